@@ -1,0 +1,156 @@
+"""The adapter contract (SPEC 5.2, 5.4).
+
+Rules:
+- One adapter class per file. It describes itself: ``name``, a pydantic ``Settings``
+  model (secrets as ``SecretStr``, every field described), and ``capabilities``.
+- ``send(message)`` returns a ``Receipt`` or raises ``TransientDeliveryError``
+  (retry later, optionally after ``retry_after`` seconds) or
+  ``PermanentDeliveryError`` (dead-letter now). It never returns False.
+- ``describe()`` never shows a secret.
+- Settings are validated twice with the same model: by ``cmtyflow validate`` on the
+  text the playbook holds (``${env:NAME}`` references unresolved), and when the
+  channel is opened, after ``resolve_env`` has put the values in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+FORMATS = ("plain", "markdown", "html")
+# Template file extension for each format (SPEC 2: templates/NAME.<locale>.<ext>.j2).
+FORMAT_EXT = {"plain": "txt", "markdown": "md", "html": "html"}
+
+
+class DeliveryError(Exception):
+    """Base of the two errors an adapter may raise."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Try again later; ``retry_after`` (seconds) is the platform's own hint if it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """This message will never go through as it is (bad request, forbidden, unknown chat)."""
+
+
+class MissingSecretError(Exception):
+    """A ``${env:NAME}`` reference names an unset variable; the name is shown, never a value."""
+
+    def __init__(self, channel: str, name: str) -> None:
+        super().__init__(f"channel '{channel}': environment variable {name} is not set")
+        self.channel = channel
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    formats: tuple[str, ...] = ("plain",)  # in order of preference
+    max_length: int | None = None  # characters per message; longer text is split or refused
+    split: bool = True  # split past max_length (False: PermanentDeliveryError)
+    idempotent: bool = False  # the platform deduplicates by our key (SPEC 5.2 in-doubt resend)
+    rate_per_second: float | None = None  # documented default per destination
+    rate_burst: int = 1
+    needs_handle: str | None = None  # member field used as the address, e.g. "telegram"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    member_id: str
+    name: str | None = None
+    handles: Mapping[str, str] = field(default_factory=dict)  # email, telegram, slack, discord, ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    key: str  # stable idempotency key (SPEC 5.2)
+    channel: str
+    text: str  # rendered in ``format``
+    format: str = "plain"
+    recipient: Recipient | None = None  # None: the channel's own destination
+    urgent: bool = False
+    subject: str | None = None
+    alternatives: Mapping[str, str] = field(default_factory=dict)  # other formats rendered
+    playbook: str | None = None
+    unsubscribe_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    platform_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class AdapterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    name: ClassVar[str]
+    Settings: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[Capabilities]
+    description: ClassVar[str]
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, message: OutboundMessage) -> Receipt: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def masked(settings: BaseModel) -> dict[str, Any]:
+    """Settings as a dict with every secret, and every credential inside a URL, masked."""
+    out: dict[str, Any] = {}
+    for key, value in settings:
+        if isinstance(value, SecretStr):
+            out[key] = "********" if value.get_secret_value() else ""
+        elif isinstance(value, str):
+            out[key] = mask_url(value)
+        elif isinstance(value, Mapping):
+            out[key] = {k: "********" for k in value}
+        else:
+            out[key] = value
+    return out
+
+
+_URL_CRED = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", re.I)
+_QUERY_SECRET = re.compile(r"([?&](?:key|token|access_token|secret|sign|password)=)[^&#\s]+", re.I)
+
+
+def mask_url(text: str) -> str:
+    text = _URL_CRED.sub(r"\g<scheme>********@", text)
+    return _QUERY_SECRET.sub(r"\1********", text)
+
+
+def resolve_env(channel: str, settings: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Put ``${env:NAME}`` values in; raise ``MissingSecretError`` naming an unset one."""
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str):
+            def sub(m: re.Match[str]) -> str:
+                name = m.group(1)
+                if name not in environ:
+                    raise MissingSecretError(channel, name)
+                return environ[name]
+
+            return ENV_REF.sub(sub, value)
+        if isinstance(value, Mapping):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    return {k: resolve(v) for k, v in settings.items()}

@@ -1,0 +1,266 @@
+"""The one sandboxed Jinja environment for expressions and templates (SPEC 2).
+
+Rules:
+- Everything is compiled once and evaluated many times; compiled objects are cached
+  by source text.
+- ImmutableSandboxedEnvironment + StrictUndefined: no attribute starting with an
+  underscore, no mutation of lists or dicts, a misspelled name raises.
+- Rendering is bounded: output size (``MAX_OUTPUT``), ``range()`` and string or list
+  repetition (``MAX_REPEAT``), total loop iterations through ``range`` per render
+  (``MAX_ITERATIONS``), and the exponent of ``**`` (``MAX_EXPONENT``). Over a bound the
+  render raises ``RenderError`` with a message in playbook terms.
+- Member data is only ever *context*, never template source, so a member named
+  ``{{ 7*7 }}`` prints as such.
+- ``static_problems`` finds what can be seen without running: syntax errors, names
+  outside the scope SPEC 2 defines, access to private attributes, the ``attr``
+  filter, constant expressions over the bounds.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_OUTPUT = 64 * 1024
+MAX_REPEAT = 10_000
+MAX_ITERATIONS = 100_000
+MAX_EXPONENT = 256
+
+# Names SPEC 2 puts in scope. ``audience`` exists in campaign runs, ``checkin`` after a
+# checkin step, ``wait`` after a wait; they are all accepted statically and are
+# undefined (strict) where they do not apply.
+SCOPE_NAMES = frozenset(
+    {"member", "state", "vars", "roles", "event", "now", "today", "run", "wait", "audience", "checkin"}
+)
+
+
+class RenderError(Exception):
+    """A template or expression failed for this run only (SPEC 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StaticProblem:
+    message: str
+    lineno: int  # 1-based line inside the expression or template source
+
+
+_iterations: ContextVar[list[int] | None] = ContextVar("cmtyflow_iterations", default=None)
+
+
+def _bounded_range(*args: int) -> Iterator[int]:
+    r = range(*args)
+    if len(r) > MAX_REPEAT:
+        raise SecurityError(f"range() of {len(r)} items is over the limit of {MAX_REPEAT}")
+    budget = _iterations.get()
+    for i in r:
+        if budget is not None:
+            budget[0] += 1
+            if budget[0] > MAX_ITERATIONS:
+                raise SecurityError(f"more than {MAX_ITERATIONS} loop iterations in one render")
+        yield i
+
+
+def _check_repeat(count: Any, other: Any) -> None:
+    if isinstance(other, (str, list, tuple)) and isinstance(count, int) and not isinstance(count, bool):
+        if count * max(len(other), 1) > MAX_REPEAT * 10 or count > MAX_REPEAT:
+            raise SecurityError(f"repeating {count} times is over the limit of {MAX_REPEAT}")
+
+
+def _safe_mul(left: Any, right: Any) -> Any:
+    _check_repeat(right, left)
+    _check_repeat(left, right)
+    return operator.mul(left, right)
+
+
+def _safe_pow(left: Any, right: Any) -> Any:
+    if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+        raise SecurityError(f"an exponent of {right} is over the limit of {MAX_EXPONENT}")
+    return operator.pow(left, right)
+
+
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {"*": _safe_mul, "**": _safe_pow}
+
+
+class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(_BINOPS)
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        return _BINOPS[operator_](left, right)
+
+
+def _make_env() -> CmtyflowEnvironment:
+    env = CmtyflowEnvironment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["range"] = _bounded_range
+    # The attr filter reaches attributes by computed name; the sandbox guards it, but
+    # there is nothing a playbook needs it for (SPEC 2: bounded, inert templates).
+    env.filters.pop("attr", None)
+    return env
+
+
+ENV = _make_env()
+_GLOBAL_NAMES = frozenset(ENV.globals) | SCOPE_NAMES
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, UndefinedError):
+        return f"undefined name or key: {exc.message}"
+    if isinstance(exc, SecurityError):
+        return f"not allowed: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+class Expression:
+    """A compiled expression; ``evaluate(context)`` returns its value."""
+
+    __slots__ = ("source", "_fn")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._fn = ENV.compile_expression(source, undefined_to_none=False)
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        try:
+            return self._fn(context)
+        except RenderError:
+            raise
+        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+            raise RenderError(f"expression `{self.source}`: {_describe(exc)}") from exc
+
+
+class Template:
+    """A compiled message template with bounded rendering."""
+
+    __slots__ = ("source", "name", "_tmpl")
+
+    def __init__(self, source: str, name: str = "<text>") -> None:
+        self.source = source
+        self.name = name
+        self._tmpl = ENV.from_string(source)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        token = _iterations.set([0])
+        try:
+            size = 0
+            parts: list[str] = []
+            for chunk in self._tmpl.generate(context):
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    raise RenderError(
+                        f"template {self.name}: output is over the limit of {MAX_OUTPUT} characters"
+                    )
+                parts.append(chunk)
+            return "".join(parts)
+        except RenderError:
+            raise
+        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+            raise RenderError(f"template {self.name}: {_describe(exc)}") from exc
+        finally:
+            _iterations.reset(token)
+
+
+@lru_cache(maxsize=8192)
+def compile_expression(source: str) -> Expression:
+    return Expression(source)
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str, name: str = "<text>") -> Template:
+    return Template(source, name)
+
+
+# --- static checks ------------------------------------------------------------------------
+
+
+def _assigned_names(tree: nodes.Node) -> set[str]:
+    names: set[str] = set()
+    for node in tree.find_all((nodes.Name,)):
+        if node.ctx in ("store", "param"):
+            names.add(node.name)
+    for macro in tree.find_all((nodes.Macro,)):
+        names.add(macro.name)
+    return names
+
+
+def _const(node: nodes.Node) -> Any:
+    """Value of a constant sub-expression made of literals, * and **, within bounds."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, (nodes.Mul, nodes.Pow)):
+        left, right = _const(node.left), _const(node.right)
+        return (_safe_mul if isinstance(node, nodes.Mul) else _safe_pow)(left, right)
+    raise LookupError
+
+
+def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticProblem]:
+    problems: list[StaticProblem] = []
+    allowed = _GLOBAL_NAMES | _assigned_names(tree) | set(extra_names)
+    seen: set[str] = set()
+    for node in tree.find_all((nodes.Name,)):
+        if node.ctx == "load" and node.name not in allowed and node.name not in seen:
+            seen.add(node.name)
+            hint = _near(node.name, sorted(SCOPE_NAMES))
+            problems.append(
+                StaticProblem(
+                    f"unknown name '{node.name}'{hint}; names in scope are "
+                    + ", ".join(sorted(SCOPE_NAMES)),
+                    node.lineno,
+                )
+            )
+    for node in tree.find_all((nodes.Getattr,)):
+        if node.attr.startswith("_"):
+            problems.append(StaticProblem(f"access to '{node.attr}' is not allowed", node.lineno))
+    for node in tree.find_all((nodes.Getitem,)):
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
+            problems.append(StaticProblem(f"access to '{node.arg.value}' is not allowed", node.lineno))
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        if isinstance(node, nodes.Filter) and node.name == "attr":
+            problems.append(StaticProblem("the attr filter is not allowed in playbooks", node.lineno))
+        elif isinstance(node, nodes.Filter) and node.name not in ENV.filters:
+            problems.append(StaticProblem(f"unknown filter '{node.name}'", node.lineno))
+        if isinstance(node, nodes.Test) and node.name not in ENV.tests:
+            problems.append(StaticProblem(f"unknown test '{node.name}'", node.lineno))
+    for node in tree.find_all((nodes.Mul, nodes.Pow)):
+        try:
+            _const(node)
+        except SecurityError as exc:
+            problems.append(StaticProblem(f"not allowed: {exc}", node.lineno))
+        except (LookupError, TypeError, ValueError, ArithmeticError):
+            pass
+    return problems
+
+
+def _near(name: str, options: list[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def static_problems_expression(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:
+    try:
+        tree = ENV.parse("{{ (" + source + ") }}")
+    except TemplateSyntaxError as exc:
+        return [StaticProblem(f"expression syntax error: {exc.message}", exc.lineno)]
+    return _walk_problems(tree, extra_names)
+
+
+def static_problems_template(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        return [StaticProblem(f"template syntax error: {exc.message}", exc.lineno)]
+    return _walk_problems(tree, extra_names)
