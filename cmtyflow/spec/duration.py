@@ -92,7 +92,9 @@ def localize(naive: datetime, tz: ZoneInfo) -> datetime:
     # Round-trip through UTC: a non-existent wall time comes back different.
     back = aware.astimezone(timezone.utc).astimezone(tz)
     if back.replace(tzinfo=None) != naive:
-        return naive.replace(tzinfo=tz, fold=1).astimezone(timezone.utc).astimezone(tz)
+        # PEP 495: fold=0 reads a skipped time with the offset before the jump, which
+        # lands the same distance past the gap.
+        return back
     return aware
 
 

@@ -1,0 +1,119 @@
+"""Names in scope for expressions and templates (SPEC 2), built per run.
+
+Rules:
+- ``state`` reads built-in keys as 0, empty or none until set; ``state.streak`` reads
+  0 once a whole local day has passed without a check-in; ``last_checkin`` reads as
+  a date. Other keys through ``state.get('key', default)`` or ``state.key`` once set.
+- ``member`` is the roster record; fields a member lacks read as none for the fields
+  SPEC 2 names (``name``, ``locale``, ``timezone``, handles...), and ``tags`` as [].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+
+BUILTIN_STATE: dict[str, Any] = {
+    "points": 0,
+    "badges": (),
+    "checkins": 0,
+    "streak": 0,
+    "best_streak": 0,
+    "last_checkin": None,
+}
+MEMBER_FIELDS = ("id", "name", "locale", "timezone", "tags", "joined_at", "opted_out", "email", "telegram")
+
+
+class StateView(Mapping[str, Any]):
+    """Read-only view of one state mapping as SPEC 2 defines its reading."""
+
+    __slots__ = ("_data", "_today")
+
+    def __init__(self, data: Mapping[str, Any], today: date | None) -> None:
+        self._data = data
+        self._today = today
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "streak":
+            last = self._last()
+            if last is None or self._today is None or (self._today - last).days > 1:
+                return 0
+            return self._data.get("streak", 0)
+        if key == "last_checkin":
+            return self._last()
+        if key in self._data:
+            value = self._data[key]
+            return list(value) if key == "badges" else value
+        if key in BUILTIN_STATE:
+            default = BUILTIN_STATE[key]
+            return [] if default == () else default
+        raise KeyError(key)
+
+    def _last(self) -> date | None:
+        raw = self._data.get("last_checkin")
+        if raw is None:
+            return None
+        return raw if isinstance(raw, date) else date.fromisoformat(raw)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(BUILTIN_STATE), **dict.fromkeys(self._data)})
+
+    def __len__(self) -> int:
+        return len(set(BUILTIN_STATE) | set(self._data))
+
+    def __repr__(self) -> str:
+        return f"StateView({dict(self)!r})"
+
+
+class MemberView(Mapping[str, Any]):
+    """A roster record as templates see it; in campaign runs also ``.state``."""
+
+    __slots__ = ("_data", "_state")
+
+    def __init__(self, data: Mapping[str, Any], state: StateView | None = None) -> None:
+        self._data = data
+        self._state = state
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "state" and self._state is not None:
+            return self._state
+        if key in self._data:
+            return self._data[key]
+        if key == "tags":
+            return []
+        if key == "opted_out":
+            return False
+        if key in MEMBER_FIELDS:
+            return None
+        raise KeyError(key)
+
+    def __getattr__(self, key: str) -> Any:
+        # Jinja's sort(attribute='state.points') and plain Python use attributes.
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"MemberView({self._data.get('id')!r})"
+
+
+def local_today(now: datetime) -> date:
+    return now.date()
+
+
+def yesterday(day: date) -> date:
+    return day - timedelta(days=1)

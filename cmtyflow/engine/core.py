@@ -1,0 +1,346 @@
+"""The engine: (programs, store, now, one input) -> Decision.
+
+Rules (SPEC 3, 5):
+- An event first updates the roster when it carries member data, then resolves goal
+  conversions, then resumes the runs waiting for it, then fires the event triggers of
+  every loaded playbook, in load order and trigger order.
+- A member run is started only for a member inside the playbook's audience; an event
+  from a member outside it starts nothing and is counted (``outside_audience``).
+- Triggers fire only inside the playbook window (local dates, in the firing's
+  timezone: a member-local schedule reads the member's calendar).
+- ``mode`` decides what a firing does while a run of the same flow for the same member
+  (or the same campaign) is active: single drops and counts it, restart cancels the
+  active run, queued starts it when the active one ends, parallel starts it anyway.
+- A due timer resumes its run after the wait; a stale timer (its run moved on or
+  ended) does nothing.
+- The engine never performs I/O and never reads the clock: ``now`` is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+
+from ..expr import RenderError
+from .context import MemberView, StateView
+from .interp import Interpreter, zone
+from .model import Decision, Event, Firing, Launch, Run, TimerDue
+from .ports import StateReader
+from .program import Program
+from .schedule import in_window
+from .txn import Txn
+
+STANDARD_EVENTS = frozenset(
+    {
+        "member.joined", "member.left", "message.posted", "reaction.added", "report.filed",
+        "poll.answered", "member.opted_out", "member.opted_in",
+    }
+)
+
+
+class Engine:
+    def __init__(self, programs: Iterable[Program]) -> None:
+        self.programs: dict[str, Program] = {p.name: p for p in programs}
+        self._event_triggers: dict[str, list[tuple[Program, Any]]] = {}
+        for prog in self.programs.values():
+            for trigger in prog.playbook.triggers:
+                if trigger.kind == "event":
+                    self._event_triggers.setdefault(trigger.event, []).append((prog, trigger))
+
+    # entry point ------------------------------------------------------------------------------
+    def handle(self, store: StateReader, now: datetime, item: Any) -> Decision:
+        decision = Decision()
+        txn = Txn(store, decision)
+        interp = Interpreter(self, txn, now)
+        if isinstance(item, TimerDue):
+            self._timer(interp, item)
+        elif isinstance(item, Firing):
+            self._firing(interp, item)
+        elif isinstance(item, Event):
+            self._event(interp, item)
+        elif isinstance(item, Launch):
+            self._launch(interp, item)
+        else:
+            raise TypeError(f"not an engine input: {item!r}")
+        return decision
+
+    # audience ----------------------------------------------------------------------------------
+    def in_audience(self, prog: Program, member: dict[str, Any], now: datetime) -> bool:
+        if member.get("left"):
+            return False
+        if prog.audience is None:
+            return True
+        tz = zone(member.get("timezone"), prog.tz)
+        local = now.astimezone(tz)
+        ctx = {
+            "member": MemberView(member), "vars": prog.playbook.vars, "roles": prog.playbook.roles,
+            "now": local, "today": local.date(),
+        }
+        return bool(prog.audience.evaluate(ctx))
+
+    def audience_list(self, txn: Txn, prog: Program, today: date) -> list[MemberView]:
+        out = []
+        now = datetime.combine(today, datetime.min.time(), prog.tz)
+        for member in txn.store.iter_members():
+            member = txn.decision.members.get(member["id"], member)
+            try:
+                if not self.in_audience(prog, member, now):
+                    continue
+            except RenderError:
+                continue
+            out.append(MemberView(member, StateView(txn.state_read(prog.name, member["id"]), today)))
+        return out
+
+    # inputs --------------------------------------------------------------------------------------
+    def _timer(self, interp: Interpreter, item: TimerDue) -> None:
+        timer = item.timer
+        run = interp.txn.run(timer.run)
+        if run is None or run.status != "active" or not run.waiting or run.waiting.get("timer") != timer.id:
+            interp.txn.decision.count("stale_timers")
+            return
+        prog = self.programs.get(run.playbook)
+        if prog is None or run.flow not in prog.flows:
+            interp.txn.decision.note("run_orphaned", run=run.id, playbook=run.playbook)
+            return
+        late = (interp.now - timer.due).total_seconds()
+        if late >= 1:
+            interp.txn.decision.note("late_wait", run=run.id, playbook=run.playbook, late_seconds=late)
+        if timer.kind == "timeout":
+            run.wait = {"event": None, "timed_out": True}
+            interp.txn.decision.cancel_waits_of.append(run.id)
+        run.waiting = None
+        run.pc += 1
+        interp.txn.decision.runs[run.id] = run
+        interp.advance(prog, run)
+
+    def _firing(self, interp: Interpreter, item: Firing) -> None:
+        prog = self.programs[item.playbook]
+        trigger = prog.trigger(item.trigger)
+        fire_tz = zone(item.timezone, prog.tz) if item.timezone else zone(getattr(trigger, "timezone", None), prog.tz)
+        if not in_window(item.at, prog.window, fire_tz):
+            interp.txn.decision.count("outside_window")
+            return
+        if item.late_by:
+            interp.txn.decision.note("late_firing", playbook=prog.name, trigger=trigger.id, late_seconds=item.late_by)
+        run_base = f"{trigger.id}@{item.at.isoformat()}"
+        if trigger.for_each == "audience":
+            if item.timezone:
+                members = interp.txn.store.iter_members(timezone=item.timezone, default_timezone=prog.playbook.timezone)
+            else:
+                members = interp.txn.store.iter_members()
+            for member in members:
+                member = interp.txn.decision.members.get(member["id"], member)
+                self._member_start(interp, prog, trigger, member, f"{run_base}:{member['id']}", None, {})
+        else:
+            self._campaign_start(interp, prog, trigger, run_base, None, {})
+
+    def _event(self, interp: Interpreter, event: Event) -> None:
+        txn = interp.txn
+        self._roster_update(txn, event)
+        if event.member is not None:
+            self._goals(interp, event)
+        self._resume_waits(interp, event)
+        for prog, trigger in self._event_triggers.get(event.type, ()):
+            tz = prog.tz
+            member = txn.member(event.member) if event.member is not None else None
+            if member is not None:
+                tz = zone(member.get("timezone"), prog.tz)
+            if not in_window(event.at, prog.window, tz):
+                txn.decision.count("outside_window")
+                continue
+            run_id = f"{trigger.id}:{event.id}"
+            if event.member is None:
+                self._campaign_start(interp, prog, trigger, run_id, event, {})
+            elif member is None:
+                txn.decision.note("unknown_member", playbook=prog.name, trigger=trigger.id, member=event.member)
+            else:
+                self._member_start(interp, prog, trigger, member, run_id, event, {})
+
+    def _launch(self, interp: Interpreter, item: Launch) -> None:
+        prog = self.programs[item.playbook]
+        trigger = prog.trigger(item.trigger)
+        inputs = {name: spec.default for name, spec in trigger.manual.inputs.items()}
+        inputs.update(item.inputs)
+        run_id = f"{trigger.id}:launch:{item.id}"
+        if item.member is None:
+            self._campaign_start(interp, prog, trigger, run_id, None, inputs)
+            return
+        member = interp.txn.member(item.member)
+        if member is None:
+            interp.txn.decision.note("unknown_member", playbook=prog.name, trigger=trigger.id, member=item.member)
+            return
+        self._member_start(interp, prog, trigger, member, f"{run_id}:{item.member}", None, inputs)
+
+    # starting runs -------------------------------------------------------------------------------
+    def _member_start(
+        self, interp: Interpreter, prog: Program, trigger: Any, member: dict[str, Any], run_id: str,
+        event: Event | None, inputs: dict[str, Any],
+    ) -> None:
+        d = interp.txn.decision
+        try:
+            if not self.in_audience(prog, member, interp.now):
+                d.count("outside_audience")
+                return
+        except RenderError as exc:
+            d.note("audience_failed", playbook=prog.name, member=member.get("id"), error=str(exc))
+            return
+        run = Run(
+            id=run_id, playbook=prog.name, version=prog.version, flow=trigger.flow, member=member["id"],
+            trigger=trigger.id, mode=trigger.mode, started_at=interp.now,
+            timezone=member.get("timezone") or prog.playbook.timezone,
+            event=event.as_context() if event is not None else None, inputs=inputs,
+        )
+        self._start(interp, prog, trigger, run)
+
+    def _campaign_start(
+        self, interp: Interpreter, prog: Program, trigger: Any, run_id: str, event: Event | None,
+        inputs: dict[str, Any],
+    ) -> None:
+        run = Run(
+            id=run_id, playbook=prog.name, version=prog.version, flow=trigger.flow, member=None,
+            trigger=trigger.id, mode=trigger.mode, started_at=interp.now, timezone=prog.playbook.timezone,
+            event=event.as_context() if event is not None else None, inputs=inputs,
+        )
+        self._start(interp, prog, trigger, run)
+
+    def _start(self, interp: Interpreter, prog: Program, trigger: Any, run: Run) -> None:
+        txn = interp.txn
+        d = txn.decision
+        if txn.store.get_run(run.id) is not None or run.id in d.runs:
+            d.count("duplicate_starts")  # the same input handled twice: SPEC 5.2 replay
+            return
+        where = prog.trigger_where.get(trigger.id)
+        if where is not None:
+            ctx = interp.context(prog, run)
+            try:
+                if not where.evaluate(ctx):
+                    d.count("filtered")
+                    return
+            except RenderError as exc:
+                d.note("trigger_failed", playbook=prog.name, trigger=trigger.id, member=run.member, error=str(exc))
+                return
+        active = txn.active_runs(prog.name, run.flow, run.member)
+        if active:
+            if trigger.mode == "single":
+                d.count(f"dropped:{trigger.id}")
+                return
+            if trigger.mode == "queued":
+                d.queued_starts.append(_start_record(run))
+                d.count(f"queued:{trigger.id}")
+                return
+            if trigger.mode == "restart":
+                for rid in active:
+                    old = txn.run(rid)
+                    if old is not None:
+                        interp.finish(prog, old, "cancelled", f"restarted by {trigger.id}")
+        d.count("runs_started")
+        if prog.playbook.goals and run.member is not None:
+            for goal in prog.playbook.goals:
+                d.exposures.append((prog.name, goal, run.member, "", None, interp.now))
+        interp.advance(prog, run)
+
+    def start_queued(self, interp: Interpreter, prog: Program, ended: Run) -> None:
+        """SPEC 3 ``mode: queued``: when a run ends, the oldest start waiting behind it runs."""
+        d = interp.txn.decision
+        waiting = [r for r in interp.txn.store.queued_starts(prog.name, ended.flow, ended.member) if r["id"] not in d.dequeued]
+        waiting += [
+            r for r in d.queued_starts
+            if (r["playbook"], r["flow"], r["member"]) == (prog.name, ended.flow, ended.member) and r["id"] not in d.dequeued
+        ]
+        if not waiting:
+            return
+        record = waiting[0]
+        d.dequeued.append(record["id"])
+        run = _run_from_record(record, interp.now)
+        interp.txn.decision.counters["runs_started"] = interp.txn.decision.counters.get("runs_started", 0) + 1
+        interp.advance(prog, run)
+
+    # waits and goals ------------------------------------------------------------------------------
+    def _resume_waits(self, interp: Interpreter, event: Event) -> None:
+        txn = interp.txn
+        for wait in list(txn.store.event_waits(event.type, event.member)):
+            run = txn.run(wait.run)
+            if run is None or run.status != "active" or not run.waiting or run.waiting.get("kind") != "event":
+                continue
+            prog = self.programs.get(run.playbook)
+            if prog is None:
+                continue
+            if wait.where is not None:
+                from ..expr import compile_expression
+
+                ctx = interp.context(prog, run)
+                ctx["event"] = event.as_context()
+                try:
+                    if not compile_expression(wait.where).evaluate(ctx):
+                        continue
+                except RenderError as exc:
+                    interp.fail(prog, run, run.flow, str(exc))
+                    continue
+            elif wait.member is not None and wait.member != event.member:
+                continue
+            txn.decision.cancel_waits_of.append(run.id)
+            txn.decision.cancel_timers_of.append(run.id)
+            run.wait = {"event": event.as_context(), "timed_out": False}
+            run.waiting = None
+            run.pc += 1
+            txn.decision.runs[run.id] = run
+            interp.advance(prog, run)
+
+    def _goals(self, interp: Interpreter, event: Event) -> None:
+        assert event.member is not None
+        for prog in self.programs.values():
+            goals = prog.playbook.goals
+            if not goals:
+                continue
+            wanted = {g for g, spec in goals.items() if spec.event == event.type}
+            if not wanted:
+                continue
+            for goal, step, variant, at in interp.txn.store.exposures(prog.name, event.member):
+                if goal not in wanted or at > event.at:
+                    continue
+                within = prog.goal_within[goal]
+                if event.at > within.add_to(at, prog.tz):
+                    continue
+                where = prog.goal_where.get(goal)
+                if where is not None:
+                    member = interp.txn.member(event.member) or {"id": event.member}
+                    try:
+                        if not where.evaluate({"member": MemberView(member), "event": event.as_context(), "vars": prog.playbook.vars}):
+                            continue
+                    except RenderError:
+                        continue
+                interp.txn.decision.conversions.append((prog.name, goal, event.member, step, variant))
+
+    def _roster_update(self, txn: Txn, event: Event) -> None:
+        if event.member is None:
+            return
+        if event.member_update:
+            rec = txn.member_for_write(event.member)
+            rec.update({k: v for k, v in event.member_update.items() if k != "id"})
+        if event.type == "member.joined":
+            rec = txn.member_for_write(event.member)
+            rec.pop("left", None)
+            rec.setdefault("joined_at", event.at.isoformat())
+        elif event.type == "member.left":
+            txn.member_for_write(event.member)["left"] = True
+        elif event.type == "member.opted_out":
+            txn.member_for_write(event.member)["opted_out"] = True
+        elif event.type == "member.opted_in":
+            txn.member_for_write(event.member)["opted_out"] = False
+
+
+def _start_record(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id, "playbook": run.playbook, "version": run.version, "flow": run.flow,
+        "member": run.member, "trigger": run.trigger, "mode": run.mode, "timezone": run.timezone,
+        "event": run.event, "inputs": run.inputs,
+    }
+
+
+def _run_from_record(record: dict[str, Any], now: datetime) -> Run:
+    return Run(
+        id=record["id"], playbook=record["playbook"], version=record["version"], flow=record["flow"],
+        member=record["member"], trigger=record["trigger"], mode=record["mode"], started_at=now,
+        timezone=record["timezone"], event=record.get("event"), inputs=record.get("inputs") or {},
+    )

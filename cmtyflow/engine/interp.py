@@ -1,0 +1,392 @@
+"""The step interpreter: advances one run until it waits or ends (SPEC 4).
+
+Rules:
+- Steps run in order; a step whose ``if`` is false is skipped (a skipped choose or
+  repeat skips its whole body).
+- A failing expression or template fails *this run only*: it is marked failed with
+  the step and the reason, and the input's other runs go on (SPEC 2).
+- Every execution of an instruction counts an occurrence; the occurrence is part of
+  the idempotency key of what the step queues, so a loop's second pass sends anew
+  while a replay of the same input sends the same keys (SPEC 5.2).
+- ``repeat`` is bounded by ``policies.max_loop`` iterations; past it the run fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..expr import RenderError
+from ..spec.duration import next_time_of_day
+from .context import MemberView, StateView
+from .model import Event, EventWait, QueuedMessage, Run, Timer, message_key
+from .policies import plan_delivery
+from .program import Instr, Program
+from .txn import Txn
+
+
+class RunFailed(Exception):
+    pass
+
+
+def zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
+    if not name:
+        return default
+    try:
+        return _ZONES[name]
+    except KeyError:
+        try:
+            found = ZoneInfo(name)
+        except (ValueError, LookupError, OSError):
+            found = default
+        _ZONES[name] = found
+        return found
+
+
+_ZONES: dict[str, ZoneInfo] = {}
+
+
+def pick_variant(weights: list[tuple[str, float]], seed: str) -> str:
+    """Stable weighted choice: the same member gets the same variant on every run."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64 * sum(w for _, w in weights)
+    for name, weight in weights:
+        point -= weight
+        if point < 0:
+            return name
+    return weights[-1][0]
+
+
+class Interpreter:
+    """Runs instructions of one program against a ``Txn``; one per input."""
+
+    def __init__(self, engine: Any, txn: Txn, now: datetime) -> None:
+        self.engine = engine
+        self.txn = txn
+        self.now = now
+
+    # context ------------------------------------------------------------------------------
+    def context(self, prog: Program, run: Run) -> dict[str, Any]:
+        tz = zone(run.timezone, prog.tz)
+        now = self.now.astimezone(tz)
+        today = now.date()
+        member_rec = self.txn.member(run.member) if run.member else None
+        ctx: dict[str, Any] = {
+            "member": MemberView(member_rec) if member_rec is not None else None,
+            "state": StateView(self.txn.state(prog.name, run.member), today),
+            "vars": prog.playbook.vars,
+            "roles": prog.playbook.roles,
+            "event": run.event,
+            "now": now,
+            "today": today,
+            "run": {
+                "id": run.id,
+                "started_at": run.started_at,
+                "trigger": run.trigger,
+                "inputs": run.inputs,
+                "flow": run.flow,
+                "playbook": prog.name,
+            },
+        }
+        if run.wait is not None:
+            ctx["wait"] = run.wait
+        if run.checkin is not None:
+            ctx["checkin"] = run.checkin
+        if run.campaign and prog.uses_audience:
+            ctx["audience"] = self.engine.audience_list(self.txn, prog, today)
+        return ctx
+
+    # the loop -------------------------------------------------------------------------------
+    def advance(self, prog: Program, run: Run) -> None:
+        instrs = prog.flows[run.flow]
+        ctx = self.context(prog, run)
+        budget = prog.max_loop * (len(instrs) + 1) + 10
+        try:
+            while run.pc < len(instrs):
+                budget -= 1
+                if budget < 0:
+                    raise RunFailed(f"flow '{run.flow}' ran more than {prog.max_loop} loop iterations")
+                ins = instrs[run.pc]
+                op = ins.op
+                if op == "jump":
+                    run.pc = ins.target
+                    continue
+                if ins.cond is not None and not ins.cond.evaluate(ctx):
+                    run.pc = ins.target if op in ("choose", "loop") else run.pc + 1
+                    if op == "loop":
+                        run.loops.pop(run.pc, None)
+                    continue
+                occ = run.occurrences.get(run.pc, 0) + 1
+                run.occurrences[run.pc] = occ
+                handler = _HANDLERS[op]
+                if handler(self, prog, run, ins, ctx, occ):
+                    return  # suspended or stopped
+        except (RenderError, RunFailed) as exc:
+            self.fail(prog, run, instrs[run.pc].label if run.pc < len(instrs) else run.flow, str(exc))
+            return
+        self.finish(prog, run, "done")
+
+    def finish(self, prog: Program, run: Run, status: str, reason: str | None = None) -> None:
+        run.status = status
+        run.waiting = None
+        d = self.txn.decision
+        d.count(f"runs_{status}")
+        if run.id in d.runs or self.txn.store.get_run(run.id) is not None:
+            d.runs[run.id] = run
+            d.cancel_timers_of.append(run.id)
+            d.cancel_waits_of.append(run.id)
+        if reason:
+            d.note("run_" + status, playbook=prog.name, run=run.id, flow=run.flow, member=run.member, reason=reason)
+        self.engine.start_queued(self, prog, run)
+
+    def fail(self, prog: Program, run: Run, step: str, message: str) -> None:
+        self.txn.decision.note(
+            "run_failed", playbook=prog.name, run=run.id, flow=run.flow, step=step, member=run.member, error=message
+        )
+        run.status = "failed"
+        self.finish(prog, run, "failed")
+
+    # step kinds: each returns True when the run must not go on now -------------------------
+    def _send(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        spec = ins.step.send
+        channel = spec.channel or prog.default_channel
+        if channel is None or channel not in prog.channel_adapters:
+            raise RunFailed(f"send has no channel '{channel}'")
+        to = spec.to if spec.to is not None else ("member" if run.member else "channel")
+        recipients = self._recipients(prog, run, to)
+        plan = prog.sends[id(ins)]
+        tz = zone(run.timezone, prog.tz)
+        policies = prog.playbook.policies
+        for rid, to_label in recipients:
+            rec = self.txn.member(rid) if rid is not None else None
+            if rid is not None and rec is None:
+                self.txn.decision.note("unknown_member", playbook=prog.name, run=run.id, step=ins.label, member=rid)
+                continue
+            if rec is not None and rec.get("opted_out") and not spec.urgent:
+                self.txn.decision.count("skipped_opted_out")
+                continue
+            variant = pick_variant(plan.weights, f"{prog.name}/{ins.label}/{rid or run.id}") if plan.weights else None
+            text, fmt = self._render(prog, plan, variant, rec, ctx, prog.channel_formats[channel])
+            if not text.strip():
+                self.txn.decision.note("empty_message", playbook=prog.name, run=run.id, step=ins.label, member=rid)
+                continue
+            if spec.urgent:
+                deliver_at, deferred, day = self.now, None, None
+            else:
+                member_tz = zone(rec.get("timezone"), prog.tz) if rec is not None else None
+                deliver_at, deferred, day = plan_delivery(
+                    self.now,
+                    quiet=prog.quiet,
+                    run_tz=tz,
+                    cap=policies.max_per_member_per_day if rec is not None else None,
+                    member_tz=member_tz,
+                    day_count=(lambda d, _r=rid: self.txn.day_count(_r, d)) if rid is not None else (lambda d: 0),
+                )
+            if deferred:
+                self.txn.decision.count(f"deferred_{deferred}")
+            if day is not None and rid is not None:
+                self.txn.add_day_count(rid, day)
+            key = message_key(prog.name, run.id, ins.label, occ, rid if rid is not None else "#" + channel)
+            self.txn.decision.messages.append(
+                QueuedMessage(
+                    key=key, playbook=prog.name, run=run.id, flow=run.flow, step=ins.label, occurrence=occ,
+                    channel=channel, adapter=prog.channel_adapters[channel], member=rid, to=to_label,
+                    text=text, format=fmt, variant=variant, urgent=spec.urgent, queued_at=self.now,
+                    deliver_at=deliver_at, deferred=deferred,
+                )
+            )
+            if rid is not None and prog.playbook.goals:
+                for goal in prog.playbook.goals:
+                    self.txn.decision.exposures.append((prog.name, goal, rid, ins.label, variant, deliver_at))
+        return False
+
+    def _recipients(self, prog: Program, run: Run, to: Any) -> list[tuple[str | None, str]]:
+        if isinstance(to, list):
+            return [(str(x), str(x)) for x in to]
+        if to == "member":
+            if run.member is None:
+                raise RunFailed("to: member in a campaign run, which has no member")
+            return [(run.member, "member")]
+        if to == "channel":
+            return [(None, "channel")]
+        if to.startswith("roles."):
+            role = to[len("roles."):]
+            if role not in prog.playbook.roles:
+                raise RunFailed(f"no role '{role}'")
+            return [(mid, to) for mid in prog.playbook.roles[role]]
+        return [(to, to)]
+
+    def _render(
+        self, prog: Program, plan: Any, variant: str | None, rec: dict[str, Any] | None,
+        ctx: dict[str, Any], formats: tuple[str, ...],
+    ) -> tuple[str, str]:
+        inline = plan.inline.get(variant)
+        if inline is not None:
+            return inline.render(ctx), "plain"
+        name = plan.named[variant]
+        tset = prog.templates.get(name)
+        locales: list[str | None] = []
+        if rec is not None and rec.get("locale"):
+            locales.append(rec["locale"])
+        member = ctx.get("member")
+        if member is not None and member.get("locale") and member.get("locale") not in locales:
+            locales.append(member.get("locale"))
+        locales.extend([prog.playbook.locale, None])
+        found = tset.pick(tuple(locales), formats) if tset is not None else None
+        if found is None:
+            raise RenderError(f"template '{name}' has no file for locales {locales[:-1]} in formats {list(formats)}")
+        template, fmt = found
+        return template.render(ctx), fmt
+
+    def _wait(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        tz = zone(run.timezone, prog.tz)
+        d = self.txn.decision
+        timer_id = f"{run.id}#{run.pc}.{occ}"
+        if ins.duration is not None or ins.until is not None:
+            due = ins.duration.add_to(self.now, tz) if ins.duration is not None else next_time_of_day(self.now, ins.until, tz)
+            d.timers.append(Timer(timer_id, run.id, due, "wait", self.now))
+            run.waiting = {"kind": "timer", "timer": timer_id}
+        else:
+            step = ins.step.wait
+            where = step.where
+            member = run.member if (where is None and run.member is not None) else None
+            d.waits.append(EventWait(run.id, prog.name, step.event, member, where))
+            run.waiting = {"kind": "event", "event": step.event, "timer": None}
+            if ins.timeout is not None:
+                d.timers.append(Timer(timer_id, run.id, ins.timeout.add_to(self.now, tz), "timeout", self.now))
+                run.waiting["timer"] = timer_id
+        run.wait = None
+        d.runs[run.id] = run
+        return True
+
+    def _set(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        state = self.txn.state(prog.name, run.member)
+        for key, value in ins.values.items():
+            state[key] = _plain(value.evaluate(ctx) if hasattr(value, "evaluate") else value)
+        return False
+
+    def _tag(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        if run.member is None:
+            raise RunFailed(f"{ins.op} in a campaign run, which has no member")
+        rec = self.txn.member_for_write(run.member)
+        tags = list(rec.get("tags") or [])
+        names = ins.step.tag if ins.op == "tag" else ins.step.untag
+        for name in names:
+            if ins.op == "tag" and name not in tags:
+                tags.append(name)
+            elif ins.op == "untag" and name in tags:
+                tags.remove(name)
+        rec["tags"] = tags
+        ctx["member"] = MemberView(rec)
+        return False
+
+    def _award(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        state = self.txn.state(prog.name, run.member)
+        spec = ins.step.award
+        if spec.points:
+            state["points"] = state.get("points", 0) + spec.points
+        if spec.badge:
+            badges = state.setdefault("badges", [])
+            if spec.badge not in badges:
+                badges.append(spec.badge)
+        return False
+
+    def _checkin(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        # SPEC 4: once per local day; the streak goes on from yesterday or starts at 1.
+        state = self.txn.state(prog.name, run.member)
+        today = ctx["today"]
+        view = StateView(state, today)
+        last = view["last_checkin"]
+        if last == today:
+            run.checkin = {"duplicate": True}
+        else:
+            streak = (state.get("streak", 0) + 1) if last is not None and (today - last).days == 1 else 1
+            state["checkins"] = state.get("checkins", 0) + 1
+            state["streak"] = streak
+            state["best_streak"] = max(state.get("best_streak", 0), streak)
+            state["last_checkin"] = today.isoformat()
+            run.checkin = {"duplicate": False}
+        ctx["checkin"] = run.checkin
+        return False
+
+    def _choose(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        for cond, target in ins.branches:
+            if cond is None or cond.evaluate(ctx):
+                run.pc = target
+                return False
+        run.pc = ins.target
+        return False
+
+    def _loop(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        at = run.pc
+        done = run.loops.get(at, 0)
+        if ins.times is not None:
+            limit = ins.times.evaluate(ctx) if hasattr(ins.times, "evaluate") else ins.times
+            go = done < int(limit)
+        else:
+            assert ins.while_ is not None
+            go = bool(ins.while_.evaluate(ctx))
+        if go:
+            if done >= prog.max_loop:
+                raise RunFailed(f"repeat ran past policies.max_loop ({prog.max_loop}) iterations")
+            run.loops[at] = done + 1
+            run.pc = at + 1
+        else:
+            run.loops.pop(at, None)
+            run.pc = ins.target
+        return False
+
+    def _emit(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        data = {k: _plain(v.evaluate(ctx) if hasattr(v, "evaluate") else v) for k, v in ins.values.items()}
+        member = run.member
+        if ins.member_expr is not None:
+            value = ins.member_expr.evaluate(ctx)
+            member = None if value is None else str(value)
+        self.txn.decision.emitted.append(
+            Event(id=f"{run.id}/{ins.label}/{occ}", type=ins.step.emit.event, at=self.now, member=member, data=data)
+        )
+        return False
+
+    def _stop(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        self.finish(prog, run, "stopped", ins.step.stop)
+        return True
+
+
+def _plain(value: Any) -> Any:
+    """State holds JSON-able values; dates as ISO text, other objects as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _advancing(fn: Any) -> Any:
+    def step(self: Interpreter, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
+        if fn(self, prog, run, ins, ctx, occ):
+            return True
+        run.pc += 1
+        return False
+
+    return step
+
+
+_HANDLERS = {
+    "send": _advancing(Interpreter._send),
+    "wait": Interpreter._wait,
+    "set": _advancing(Interpreter._set),
+    "tag": _advancing(Interpreter._tag),
+    "untag": _advancing(Interpreter._tag),
+    "award": _advancing(Interpreter._award),
+    "checkin": _advancing(Interpreter._checkin),
+    "choose": Interpreter._choose,
+    "loop": Interpreter._loop,
+    "emit": _advancing(Interpreter._emit),
+    "stop": Interpreter._stop,
+}

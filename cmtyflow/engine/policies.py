@@ -1,0 +1,68 @@
+"""Delivery-time policies: quiet hours and the per-member daily cap (SPEC 1, 5.6).
+
+Rules:
+- Quiet hours are read in the run's timezone; a send inside them moves to their end.
+  ``start`` after ``end`` wraps midnight (22:00-08:00); ``start == end`` means none.
+- The daily cap counts non-urgent messages planned for a member on the member's
+  local date, across every loaded playbook. Over it, the message moves to the next
+  local day, at the end of quiet hours when there are any (else 00:00), and counts
+  against that day.
+- Urgent sends ignore both. Only the deferred message moves; the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from ..spec.duration import at_local
+
+MAX_DEFER_DAYS = 366
+
+
+def in_quiet(local: time, quiet: tuple[time, time]) -> bool:
+    start, end = quiet
+    if start == end:
+        return False
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+def after_quiet(moment: datetime, quiet: tuple[time, time] | None, tz: ZoneInfo) -> datetime:
+    """``moment``, or the end of the quiet period it falls in."""
+    if quiet is None:
+        return moment
+    local = moment.astimezone(tz)
+    if not in_quiet(local.time(), quiet):
+        return moment
+    start, end = quiet
+    day = local.date()
+    if start > end and local.time() >= start:
+        day += timedelta(days=1)
+    return at_local(day, end, tz)
+
+
+def plan_delivery(
+    now: datetime,
+    *,
+    quiet: tuple[time, time] | None,
+    run_tz: ZoneInfo,
+    cap: int | None,
+    member_tz: ZoneInfo | None,
+    day_count: Callable[[str], int],
+) -> tuple[datetime, str | None, str | None]:
+    """(deliver_at, reason deferred or None, local date counted against the cap)."""
+    at = after_quiet(now, quiet, run_tz)
+    reason = "quiet_hours" if at != now else None
+    if cap is None or member_tz is None:
+        return at, reason, None
+    for _ in range(MAX_DEFER_DAYS):
+        day = at.astimezone(member_tz).date()
+        if day_count(day.isoformat()) < cap:
+            return at, reason, day.isoformat()
+        reason = "daily_cap"
+        start_of_next = at_local(day + timedelta(days=1), quiet[1] if quiet else time(0), member_tz)
+        at = after_quiet(start_of_next, quiet, run_tz)
+    return at, reason, at.astimezone(member_tz).date().isoformat()

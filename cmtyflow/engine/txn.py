@@ -1,0 +1,86 @@
+"""A read-through overlay over the store for one input: reads see the writes made so
+far while handling it; the writes themselves are the ``Decision``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .model import Decision, Run
+from .ports import StateReader
+
+
+class Txn:
+    __slots__ = ("store", "decision", "_members_read")
+
+    def __init__(self, store: StateReader, decision: Decision) -> None:
+        self.store = store
+        self.decision = decision
+        self._members_read: dict[str, dict[str, Any] | None] = {}
+
+    # members ---------------------------------------------------------------------------
+    def member(self, member_id: str) -> dict[str, Any] | None:
+        if member_id in self.decision.members:
+            return self.decision.members[member_id]
+        if member_id in self._members_read:
+            return self._members_read[member_id]
+        found = self.store.get_member(member_id)
+        self._members_read[member_id] = found
+        return found
+
+    def member_for_write(self, member_id: str) -> dict[str, Any]:
+        current = self.decision.members.get(member_id)
+        if current is None:
+            base = self.member(member_id)
+            current = copy.deepcopy(base) if base is not None else {"id": member_id}
+            self.decision.members[member_id] = current
+        return current
+
+    # state -------------------------------------------------------------------------------
+    def state(self, playbook: str, member: str | None) -> dict[str, Any]:
+        """The mutable state of (playbook, member) for this input."""
+        key = (playbook, member)
+        found = self.decision.states.get(key)
+        if found is None:
+            found = dict(self.store.get_state(playbook, member))
+            if "badges" in found:
+                found["badges"] = list(found["badges"])
+            self.decision.states[key] = found
+        return found
+
+    def state_read(self, playbook: str, member: str | None) -> dict[str, Any]:
+        found = self.decision.states.get((playbook, member))
+        return found if found is not None else self.store.get_state(playbook, member)
+
+    # runs --------------------------------------------------------------------------------
+    def run(self, run_id: str) -> Run | None:
+        if run_id in self.decision.runs:
+            return self.decision.runs[run_id]
+        found = self.store.get_run(run_id)
+        if found is not None:
+            found = copy.deepcopy(found)
+            self.decision.runs[run_id] = found
+        return found
+
+    def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
+        ids = [r for r in self.store.active_runs(playbook, flow, member)]
+        out = []
+        for rid in ids:
+            changed = self.decision.runs.get(rid)
+            if changed is None or changed.status == "active":
+                out.append(rid)
+        for rid, run in self.decision.runs.items():
+            if (
+                run.status == "active" and run.playbook == playbook and run.flow == flow
+                and run.member == member and rid not in out and run.waiting is not None
+            ):
+                out.append(rid)
+        return out
+
+    # daily cap ---------------------------------------------------------------------------
+    def day_count(self, member: str, day: str) -> int:
+        return self.store.day_count(member, day) + self.decision.day_counts.get((member, day), 0)
+
+    def add_day_count(self, member: str, day: str) -> None:
+        key = (member, day)
+        self.decision.day_counts[key] = self.decision.day_counts.get(key, 0) + 1

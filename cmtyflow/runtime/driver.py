@@ -1,0 +1,179 @@
+"""The driver feeds due inputs to the engine and applies its decisions to the store.
+Dry-run and run share it; they differ only in clock, store and adapters (SPEC 5.5).
+
+Rules:
+- Inputs are taken in time order; inputs due at the same instant in a fixed order
+  (SPEC 5.6): due waits, then schedule firings (in playbook and trigger order), then
+  events (in arrival order). Events a run emits are handled right after the input
+  that emitted them, at the same instant.
+- Each input's decision is applied in one transaction together with what it consumed
+  (the timer, the event, the schedule position), so a crash either replays the input
+  or has fully applied it.
+- Catch-up (SPEC 5.3): when a schedule's due firings lie in the past, the latest is
+  fired late if it is within ``catch_up.grace`` and the others are coalesced into it;
+  firings older than the grace are skipped. Both are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..engine.core import Engine
+from ..engine.model import Event, Firing, Launch, TimerDue
+from ..engine.program import Program
+from ..engine.schedule import after_window, next_cron
+from ..spec.duration import parse_duration
+from ..store.base import ScheduleUpdate, Store
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleKey:
+    playbook: str
+    trigger: str
+    zone: str
+
+
+class Driver:
+    def __init__(self, engine: Engine, store: Store) -> None:
+        self.engine = engine
+        self.store = store
+        self._order = [
+            (prog, t) for prog in engine.programs.values() for t in prog.playbook.triggers if t.kind in ("cron", "at")
+        ]
+
+    @property
+    def programs(self) -> dict[str, Program]:
+        return self.engine.programs
+
+    # schedules -----------------------------------------------------------------------------------------
+    def _zones(self, prog: Program, trigger: Any, member_zones: set[str]) -> list[str]:
+        if getattr(trigger, "timezone", None) == "member":
+            return sorted(member_zones | {prog.playbook.timezone})
+        return [trigger.timezone or prog.playbook.timezone]
+
+    def _first_due(self, prog: Program, trigger: Any, zone: str, after: datetime) -> datetime | None:
+        if trigger.kind == "at":
+            at = prog.at_times[trigger.id]
+            if zone != (trigger.timezone or prog.playbook.timezone):
+                # `at` with timezone: member reads the wall time in each member zone.
+                from ..engine.program import parse_at
+                from ..engine.schedule import _zone
+
+                at = parse_at(trigger.at, _zone(zone))
+            return at
+        return next_cron(trigger.cron, after, zone)
+
+    def init_schedules(self, now: datetime) -> None:
+        """Give every schedule (and every new member timezone) a first due time."""
+        positions = self.store.schedule_positions()
+        zones = self.store.member_timezones()
+        updates = []
+        for prog, trigger in self._order:
+            for zone in self._zones(prog, trigger, zones):
+                if (prog.name, trigger.id, zone) not in positions:
+                    updates.append(ScheduleUpdate(prog.name, trigger.id, zone, self._first_due(prog, trigger, zone, now)))
+        if updates:
+            self.store.set_schedules(updates)
+
+    def _next_after(self, prog: Program, trigger: Any, zone: str, fired: datetime) -> datetime | None:
+        if trigger.kind == "at":
+            return None
+        nxt = next_cron(trigger.cron, fired, zone)
+        if after_window(nxt, prog.window, prog.tz):
+            return None
+        return nxt
+
+    # the loop --------------------------------------------------------------------------------------------
+    def next_instant(self) -> datetime | None:
+        candidates = [self.store.next_timer_due(), self.store.next_event_at()]
+        candidates.extend(d for d in self.store.schedule_positions().values())
+        found = [c for c in candidates if c is not None]
+        return min(found) if found else None
+
+    def process_until(self, now: datetime) -> int:
+        """Handle every input due at or before ``now``; returns how many."""
+        handled = 0
+        self.init_schedules(now)
+        while True:
+            instant = self.next_instant()
+            if instant is None or instant > now:
+                return handled
+            handled += self._process_instant(instant, now)
+
+    def _process_instant(self, instant: datetime, now: datetime) -> int:
+        handled = 0
+        # 1. due waits
+        for timer in self.store.due_timers(instant, MAX_BATCH):
+            if timer.due > instant:
+                continue
+            decision = self.engine.handle(self.store, now, TimerDue(timer))
+            self.store.apply(decision, consumed_timer=timer.id)
+            handled += 1 + self._emitted(decision.emitted, now)
+        # 2. schedule firings, in trigger order
+        positions = self.store.schedule_positions()
+        for prog, trigger in self._order:
+            for (pb, tid, zone), due in positions.items():
+                if pb != prog.name or tid != trigger.id or due is None or due > instant:
+                    continue
+                handled += self._fire(prog, trigger, zone, due, now)
+        # 3. events, in arrival order
+        for event in self.store.pending_events(instant, MAX_BATCH):
+            decision = self.engine.handle(self.store, now, event)
+            self.store.apply(decision, consumed_event=event.id)
+            handled += 1
+        return handled
+
+    def _fire(self, prog: Program, trigger: Any, zone: str, due: datetime, now: datetime) -> int:
+        grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
+        missed: list[datetime] = []
+        latest = due
+        nxt = self._next_after(prog, trigger, zone, due)
+        while nxt is not None and nxt <= now:
+            missed.append(latest)
+            latest = nxt
+            nxt = self._next_after(prog, trigger, zone, latest)
+        late = (now - latest).total_seconds()
+        update = ScheduleUpdate(prog.name, trigger.id, zone, nxt)
+        member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
+        if late > grace:
+            from ..engine.model import Decision
+
+            skipped = Decision()
+            for at in [*missed, latest]:
+                skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat(), late_seconds=(now - at).total_seconds())
+            skipped.count("skipped_firings", len(missed) + 1)
+            self.store.apply(skipped, schedules=[update])
+            return 1
+        decision = self.engine.handle(
+            self.store, now, Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0)
+        )
+        for at in missed:
+            decision.note("coalesced_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat())
+        if missed:
+            decision.count("coalesced_firings", len(missed))
+        self.store.apply(decision, schedules=[update])
+        return 1 + self._emitted(decision.emitted, now)
+
+    def _emitted(self, events: Iterable[Event], now: datetime) -> int:
+        # Emitted events were queued by ``apply``; handle them now, at the same instant.
+        handled = 0
+        pending = list(events)
+        while pending:
+            event = pending.pop(0)
+            taken = [e for e in self.store.pending_events(event.at, MAX_BATCH)]
+            for e in taken:
+                decision = self.engine.handle(self.store, now, e)
+                self.store.apply(decision, consumed_event=e.id)
+                pending.extend(decision.emitted)
+                handled += 1
+        return handled
+
+    def launch(self, launch: Launch, now: datetime) -> None:
+        decision = self.engine.handle(self.store, now, launch)
+        self.store.apply(decision)
+        self._emitted(decision.emitted, now)

@@ -1,0 +1,101 @@
+"""The Store protocol (SPEC 5.1): everything durable lives behind it.
+
+Rules:
+- ``apply`` writes one engine decision, the schedule position it consumed and the
+  event it consumed, all in one transaction: a crash leaves either all of it or
+  none of it (SPEC 5.2).
+- The outbox is keyed by the message's idempotency key: queuing a key that is
+  already there changes nothing, so replaying an input never duplicates a message.
+- Outbox states: ``queued`` (waiting for deliver_at), ``inflight`` (claimed by a
+  dispatcher), ``sent``, ``failed`` (will retry at ``next_attempt``), ``dead``
+  (attempts exhausted or permanent error), ``in_doubt`` (was in flight when the
+  process died; SPEC 5.2), ``cancelled`` (opted out or superseded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..engine.model import Decision, Event, QueuedMessage, Timer
+from ..engine.ports import StateReader
+
+OUTBOX_STATES = ("queued", "inflight", "sent", "failed", "dead", "in_doubt", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleUpdate:
+    playbook: str
+    trigger: str
+    zone: str
+    next_due: datetime | None  # None: this trigger will not fire again (an `at` that fired)
+
+
+@dataclass(slots=True)
+class OutboxRow:
+    message: QueuedMessage
+    status: str
+    attempts: int = 0
+    next_attempt: datetime | None = None
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+class Store(StateReader, Protocol):
+    # roster -------------------------------------------------------------------------------------
+    def put_members(self, members: Iterable[dict[str, Any]]) -> int: ...
+
+    def member_timezones(self) -> set[str]: ...
+
+    def member_count(self) -> int: ...
+
+    # the engine's writes ------------------------------------------------------------------------
+    def apply(
+        self,
+        decision: Decision,
+        *,
+        schedules: Iterable[ScheduleUpdate] = (),
+        consumed_event: str | None = None,
+        consumed_timer: str | None = None,
+    ) -> None: ...
+
+    # inputs -------------------------------------------------------------------------------------
+    def add_event(self, event: Event) -> bool:
+        """Queue an event; False (and nothing queued) when its id was seen before."""
+        ...
+
+    def next_event_at(self) -> datetime | None: ...
+
+    def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]: ...
+
+    def next_timer_due(self) -> datetime | None: ...
+
+    def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]: ...
+
+    def schedule_positions(self) -> dict[tuple[str, str, str], datetime | None]: ...
+
+    def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None: ...
+
+    # outbox ---------------------------------------------------------------------------------------
+    def next_message_due(self) -> datetime | None: ...
+
+    def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
+        """Move due queued/failed rows to inflight and return them, oldest first."""
+        ...
+
+    def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """(key, new status, fields such as attempts, next_attempt, last_error, sent_at)."""
+        ...
+
+    def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]: ...
+
+    # reporting ------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]: ...
+
+    def notes(self) -> list[dict[str, Any]]: ...
+
+    def goal_stats(self) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
+        """(playbook, goal, step, variant) -> (exposed members, converted members)."""
+        ...

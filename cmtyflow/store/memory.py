@@ -1,0 +1,292 @@
+"""In-memory Store for dry runs and tests: the same protocol as SQLite, in dicts.
+
+Rules: as ``store.base``. Nothing here outlives the process; ``apply`` is atomic by
+being a single-threaded sequence of dict updates with no failure points between.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from ..engine.model import Decision, Event, EventWait, Run, Timer
+from .base import OutboxRow, ScheduleUpdate
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._members: dict[str, dict[str, Any]] = {}
+        self._zones: set[str] = set()
+        self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
+        self._runs: dict[str, Run] = {}
+        self._active: dict[tuple[str, str, str | None], list[str]] = defaultdict(list)
+        self._timers: dict[str, Timer] = {}
+        self._timer_heap: list[tuple[datetime, str]] = []
+        self._timers_by_run: dict[str, set[str]] = defaultdict(set)
+        self._waits: dict[tuple[str, str | None], dict[str, EventWait]] = defaultdict(dict)
+        self._waits_of_run: dict[str, list[EventWait]] = defaultdict(list)
+        self._day_counts: dict[tuple[str, str], int] = {}
+        self._events_seen: set[str] = set()
+        self._event_heap: list[tuple[datetime, int, Event]] = []
+        self._event_seq = 0
+        self._schedules: dict[tuple[str, str, str], datetime | None] = {}
+        self._outbox: dict[str, OutboxRow] = {}
+        self._outbox_heap: list[tuple[datetime, int, str]] = []
+        self._outbox_seq = 0
+        self._queued: dict[tuple[str, str, str | None], list[dict[str, Any]]] = defaultdict(list)
+        self._exposures: dict[tuple[str, str], list[tuple[str, str, str | None, datetime]]] = defaultdict(list)
+        self._exposed: dict[tuple[str, str, str, str | None], set[str]] = defaultdict(set)
+        self._converted: dict[tuple[str, str, str, str | None], set[str]] = defaultdict(set)
+        self._counters: dict[str, int] = defaultdict(int)
+        self._notes: list[dict[str, Any]] = []
+
+    # StateReader ---------------------------------------------------------------------------------
+    def get_member(self, member_id: str) -> dict[str, Any] | None:
+        return self._members.get(member_id)
+
+    def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
+        if timezone is None:
+            yield from list(self._members.values())
+            return
+        for member in list(self._members.values()):
+            if (member.get("timezone") or default_timezone) == timezone:
+                yield member
+
+    def get_state(self, playbook: str, member: str | None) -> dict[str, Any]:
+        return self._states.get((playbook, member), _EMPTY)
+
+    def get_run(self, run_id: str) -> Run | None:
+        return self._runs.get(run_id)
+
+    def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
+        return self._active.get((playbook, flow, member), [])
+
+    def event_waits(self, event_type: str, member: str | None) -> Iterable[EventWait]:
+        found = list(self._waits.get((event_type, None), {}).values())
+        if member is not None:
+            found.extend(self._waits.get((event_type, member), {}).values())
+        return found
+
+    def day_count(self, member: str, day: str) -> int:
+        return self._day_counts.get((member, day), 0)
+
+    def exposures(self, playbook: str, member: str) -> Iterable[tuple[str, str, str | None, datetime]]:
+        return self._exposures.get((playbook, member), ())
+
+    def queued_starts(self, playbook: str, flow: str, member: str | None) -> list[dict[str, Any]]:
+        return self._queued.get((playbook, flow, member), [])
+
+    # roster ----------------------------------------------------------------------------------------
+    def put_members(self, members: Iterable[dict[str, Any]]) -> int:
+        n = 0
+        for member in members:
+            current = self._members.get(member["id"])
+            self._members[member["id"]] = {**current, **member} if current else dict(member)
+            if member.get("timezone"):
+                self._zones.add(member["timezone"])
+            n += 1
+        return n
+
+    def member_timezones(self) -> set[str]:
+        return set(self._zones)
+
+    def member_count(self) -> int:
+        return len(self._members)
+
+    # the engine's writes -----------------------------------------------------------------------------
+    def apply(
+        self,
+        decision: Decision,
+        *,
+        schedules: Iterable[ScheduleUpdate] = (),
+        consumed_event: str | None = None,
+        consumed_timer: str | None = None,
+    ) -> None:
+        if consumed_timer is not None:
+            self._drop_timer(consumed_timer)
+        for rid in decision.cancel_timers_of:
+            for tid in list(self._timers_by_run.get(rid, ())):
+                self._drop_timer(tid)
+        for rid in decision.cancel_waits_of:
+            for wait in self._waits_of_run.pop(rid, []):
+                self._waits[(wait.event_type, wait.member)].pop(rid, None)
+        if decision.members:
+            self.put_members(decision.members.values())
+        for key, state in decision.states.items():
+            self._states[key] = state
+        for run in decision.runs.values():
+            self._put_run(run)
+        for timer in decision.timers:
+            self._timers[timer.id] = timer
+            self._timers_by_run[timer.run].add(timer.id)
+            heapq.heappush(self._timer_heap, (timer.due, timer.id))
+        for wait in decision.waits:
+            self._waits[(wait.event_type, wait.member)][wait.run] = wait
+            self._waits_of_run[wait.run].append(wait)
+        for key, n in decision.day_counts.items():
+            self._day_counts[key] = self._day_counts.get(key, 0) + n
+        for message in decision.messages:
+            if message.key in self._outbox:
+                self._counters["duplicate_messages"] += 1
+                continue
+            self._outbox[message.key] = OutboxRow(message, "queued")
+            self._outbox_seq += 1
+            heapq.heappush(self._outbox_heap, (message.deliver_at, self._outbox_seq, message.key))
+        for record in decision.queued_starts:
+            self._queued[(record["playbook"], record["flow"], record["member"])].append(record)
+        for rid in decision.dequeued:
+            for key, records in self._queued.items():
+                records[:] = [r for r in records if r["id"] != rid]
+        for playbook, goal, member, step, variant, at in decision.exposures:
+            group = (playbook, goal, step, variant)
+            if member not in self._exposed[group]:
+                self._exposed[group].add(member)
+                self._exposures[(playbook, member)].append((goal, step, variant, at))
+        for playbook, goal, member, step, variant in decision.conversions:
+            self._converted[(playbook, goal, step, variant)].add(member)
+            self._exposures[(playbook, member)] = [
+                e for e in self._exposures.get((playbook, member), []) if not (e[0] == goal and e[1] == step and e[2] == variant)
+            ]
+        for event in decision.emitted:
+            self.add_event(event)
+        for name, n in decision.counters.items():
+            self._counters[name] += n
+        self._notes.extend(decision.notes)
+        self.set_schedules(schedules)
+        if consumed_event is not None:
+            self._counters["events_processed"] += 1
+
+    def _put_run(self, run: Run) -> None:
+        key = (run.playbook, run.flow, run.member)
+        active = self._active[key]
+        if run.status == "active":
+            self._runs[run.id] = run
+            if run.id not in active:
+                active.append(run.id)
+        else:
+            self._runs.pop(run.id, None)
+            if run.id in active:
+                active.remove(run.id)
+            if not active:
+                self._active.pop(key, None)
+
+    def _drop_timer(self, timer_id: str) -> None:
+        timer = self._timers.pop(timer_id, None)
+        if timer is not None:
+            ids = self._timers_by_run.get(timer.run)
+            if ids is not None:
+                ids.discard(timer_id)
+                if not ids:
+                    self._timers_by_run.pop(timer.run, None)
+
+    # inputs ------------------------------------------------------------------------------------------
+    def add_event(self, event: Event) -> bool:
+        if event.id in self._events_seen:
+            self._counters["duplicate_events"] += 1
+            return False
+        self._events_seen.add(event.id)
+        self._event_seq += 1
+        heapq.heappush(self._event_heap, (event.at, self._event_seq, event))
+        return True
+
+    def next_event_at(self) -> datetime | None:
+        return self._event_heap[0][0] if self._event_heap else None
+
+    def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
+        out = []
+        while self._event_heap and self._event_heap[0][0] <= until and len(out) < limit:
+            out.append(heapq.heappop(self._event_heap)[2])
+        return out
+
+    def _clean_timer_heap(self) -> None:
+        while self._timer_heap and self._timer_heap[0][1] not in self._timers:
+            heapq.heappop(self._timer_heap)
+
+    def next_timer_due(self) -> datetime | None:
+        self._clean_timer_heap()
+        return self._timer_heap[0][0] if self._timer_heap else None
+
+    def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
+        out: list[Timer] = []
+        self._clean_timer_heap()
+        popped = []
+        while self._timer_heap and self._timer_heap[0][0] <= until and len(out) < limit:
+            item = heapq.heappop(self._timer_heap)
+            popped.append(item)
+            if item[1] in self._timers:
+                out.append(self._timers[item[1]])
+        for item in popped:  # they stay pending until applied (consumed_timer)
+            heapq.heappush(self._timer_heap, item)
+        out.sort(key=lambda t: (t.due, t.id))
+        return out
+
+    def schedule_positions(self) -> dict[tuple[str, str, str], datetime | None]:
+        return dict(self._schedules)
+
+    def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None:
+        for u in updates:
+            self._schedules[(u.playbook, u.trigger, u.zone)] = u.next_due
+
+    # outbox -------------------------------------------------------------------------------------------
+    def next_message_due(self) -> datetime | None:
+        while self._outbox_heap:
+            due, _, key = self._outbox_heap[0]
+            row = self._outbox.get(key)
+            if row is not None and row.status in ("queued", "failed"):
+                return due
+            heapq.heappop(self._outbox_heap)
+        return None
+
+    def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
+        out: list[OutboxRow] = []
+        while self._outbox_heap and self._outbox_heap[0][0] <= until and len(out) < limit:
+            _, _, key = heapq.heappop(self._outbox_heap)
+            row = self._outbox.get(key)
+            if row is None or row.status not in ("queued", "failed"):
+                continue
+            row.status = "inflight"
+            out.append(row)
+        return out
+
+    def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        for key, status, fields in results:
+            row = self._outbox[key]
+            row.status = status
+            for name, value in fields.items():
+                setattr(row, name, value)
+            if status == "failed" and row.next_attempt is not None:
+                self._outbox_seq += 1
+                heapq.heappush(self._outbox_heap, (row.next_attempt, self._outbox_seq, key))
+            if status == "sent":
+                self._counters["messages_sent"] += 1
+
+    def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:
+        wanted = set(statuses) if statuses is not None else None
+        for row in self._outbox.values():
+            if wanted is None or row.status in wanted:
+                yield replace(row)
+
+    def forget_sent(self) -> None:
+        """Drop delivered rows (dry runs of large rosters keep only what is pending)."""
+        for key in [k for k, r in self._outbox.items() if r.status in ("sent", "cancelled")]:
+            del self._outbox[key]
+
+    # reporting ------------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def notes(self) -> list[dict[str, Any]]:
+        return list(self._notes)
+
+    def goal_stats(self) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
+        return {
+            group: (len(members), len(self._converted.get(group, ())))
+            for group, members in self._exposed.items()
+        }
+
+
+_EMPTY: dict[str, Any] = {}
