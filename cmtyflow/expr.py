@@ -27,6 +27,9 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.lexer import describe_token
+from jinja2.parser import Parser
+from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_OUTPUT = 64 * 1024
@@ -113,6 +116,24 @@ def _make_env() -> CmtyflowEnvironment:
 
 ENV = _make_env()
 _GLOBAL_NAMES = frozenset(ENV.globals) | SCOPE_NAMES
+GLOBALS: dict[str, Any] = dict(ENV.globals)
+
+
+def scope(names: Mapping[str, Any]) -> dict[str, Any]:
+    """A context for ``evaluate`` and ``render``: the environment's globals plus ``names``.
+    Built once per run and reused for every expression and template of it."""
+    out = dict(GLOBALS)
+    out.update(names)
+    return out
+
+
+def _context(tmpl: Any, names: Mapping[str, Any]) -> Any:
+    # Jinja's own entry points copy the globals (a ChainMap) into a fresh dict on every
+    # call, which costs more than the expression itself; a shared context over a scope
+    # that already holds the globals gives the same result (brief: 8 us per expression).
+    if "range" not in names:
+        names = scope(names)
+    return new_context(ENV, tmpl.name, tmpl.blocks, names, True, None, None)
 
 
 def _describe(exc: BaseException) -> str:
@@ -126,15 +147,18 @@ def _describe(exc: BaseException) -> str:
 class Expression:
     """A compiled expression; ``evaluate(context)`` returns its value."""
 
-    __slots__ = ("source", "_fn")
+    __slots__ = ("source", "_tmpl")
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._fn = ENV.compile_expression(source, undefined_to_none=False)
+        self._tmpl = ENV.compile_expression(source, undefined_to_none=False)._template
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
-            return self._fn(context)
+            ctx = _context(self._tmpl, context)
+            for _ in self._tmpl.root_render_func(ctx):
+                pass
+            return ctx.vars["result"]
         except RenderError:
             raise
         except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
@@ -156,7 +180,7 @@ class Template:
         try:
             size = 0
             parts: list[str] = []
-            for chunk in self._tmpl.generate(context):
+            for chunk in self._tmpl.root_render_func(_context(self._tmpl, context)):
                 size += len(chunk)
                 if size > MAX_OUTPUT:
                     raise RenderError(
@@ -251,11 +275,19 @@ def _near(name: str, options: list[str]) -> str:
 
 
 def static_problems_expression(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:
+    # Parsed the way ENV.compile_expression parses, so the static check and the run
+    # accept exactly the same expressions.
     try:
-        tree = ENV.parse("{{ (" + source + ") }}")
+        parser = Parser(ENV, source, state="variable")
+        tree = parser.parse_expression()
+        if not parser.stream.eos:
+            token = parser.stream.current
+            raise TemplateSyntaxError(f"unexpected {describe_token(token)} after the expression", token.lineno)
     except TemplateSyntaxError as exc:
-        return [StaticProblem(f"expression syntax error: {exc.message}", exc.lineno)]
-    return _walk_problems(tree, extra_names)
+        message = (exc.message or "invalid expression").replace("'end of template'", "end of expression")
+        return [StaticProblem(f"expression syntax error: {message}", exc.lineno or 1)]
+    # find_all looks below a node, never at the node itself: give the expression a parent.
+    return _walk_problems(nodes.Template([nodes.Output([tree])]), extra_names)
 
 
 def static_problems_template(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:

@@ -94,13 +94,6 @@ class MemberView(Mapping[str, Any]):
             return None
         raise KeyError(key)
 
-    def __getattr__(self, key: str) -> Any:
-        # Jinja's sort(attribute='state.points') and plain Python use attributes.
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
 

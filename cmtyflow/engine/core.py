@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-from ..expr import RenderError
+from ..expr import RenderError, scope
 from .context import MemberView, StateView
 from .interp import Interpreter, zone
 from .model import Decision, Event, Firing, Launch, Run, TimerDue
@@ -43,6 +43,7 @@ class Engine:
     def __init__(self, programs: Iterable[Program]) -> None:
         self.programs: dict[str, Program] = {p.name: p for p in programs}
         self._event_triggers: dict[str, list[tuple[Program, Any]]] = {}
+        self._audience_cache: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}
         for prog in self.programs.values():
             for trigger in prog.playbook.triggers:
                 if trigger.kind == "event":
@@ -71,12 +72,26 @@ class Engine:
             return False
         if prog.audience is None:
             return True
+        if prog.audience_static:
+            # An audience that reads only member data, vars and roles is a function of
+            # the member record: remember it until the record changes.
+            key = (prog.name, member["id"])
+            cached = self._audience_cache.get(key)
+            if cached is not None and cached[0] is member:
+                return cached[1]
+            result = self._audience_eval(prog, member, now)
+            self._audience_cache[key] = (member, result)
+            return result
+        return self._audience_eval(prog, member, now)
+
+    def _audience_eval(self, prog: Program, member: dict[str, Any], now: datetime) -> bool:
+        assert prog.audience is not None
         tz = zone(member.get("timezone"), prog.tz)
         local = now.astimezone(tz)
-        ctx = {
+        ctx = scope({
             "member": MemberView(member), "vars": prog.playbook.vars, "roles": prog.playbook.roles,
             "now": local, "today": local.date(),
-        }
+        })
         return bool(prog.audience.evaluate(ctx))
 
     def audience_list(self, txn: Txn, prog: Program, today: date) -> list[MemberView]:
@@ -242,6 +257,8 @@ class Engine:
 
     def start_queued(self, interp: Interpreter, prog: Program, ended: Run) -> None:
         """SPEC 3 ``mode: queued``: when a run ends, the oldest start waiting behind it runs."""
+        if ended.flow not in prog.queued_flows:
+            return
         d = interp.txn.decision
         waiting = [r for r in interp.txn.store.queued_starts(prog.name, ended.flow, ended.member) if r["id"] not in d.dequeued]
         waiting += [

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..expr import RenderError
+from ..expr import RenderError, scope
 from ..spec.duration import next_time_of_day
 from .context import MemberView, StateView
 from .model import Event, EventWait, QueuedMessage, Run, Timer, message_key
@@ -73,7 +73,7 @@ class Interpreter:
         now = self.now.astimezone(tz)
         today = now.date()
         member_rec = self.txn.member(run.member) if run.member else None
-        ctx: dict[str, Any] = {
+        ctx: dict[str, Any] = scope({
             "member": MemberView(member_rec) if member_rec is not None else None,
             "state": StateView(self.txn.state(prog.name, run.member), today),
             "vars": prog.playbook.vars,
@@ -89,7 +89,7 @@ class Interpreter:
                 "flow": run.flow,
                 "playbook": prog.name,
             },
-        }
+        })
         if run.wait is not None:
             ctx["wait"] = run.wait
         if run.checkin is not None:

@@ -105,7 +105,7 @@ class EventWait:
     where: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueuedMessage:
     """A message in the outbox with its rendered text (SPEC 5.2)."""
 

@@ -89,6 +89,8 @@ class Program:
     at_times: dict[str, datetime] = field(default_factory=dict)
     default_channel: str | None = None
     uses_audience: bool = False
+    audience_static: bool = False  # the audience reads only member, vars and roles
+    queued_flows: frozenset[str] = frozenset()
 
     def trigger(self, trigger_id: str) -> Any:
         for t in self.playbook.triggers:
@@ -233,8 +235,19 @@ def compile_program(
         window=window,
         at_times=at_times,
         default_channel=single,
+        audience_static=pb.audience is not None and _static_names(pb.audience.where),
+        queued_flows=frozenset(t.flow for t in pb.triggers if t.mode == "queued"),
         uses_audience=_uses_audience(loaded),
     )
+
+
+def _static_names(source: str) -> bool:
+    from jinja2 import meta
+
+    from ..expr import ENV
+
+    names = meta.find_undeclared_variables(ENV.parse("{{ (" + source + ") }}"))
+    return names <= {"member", "vars", "roles"}
 
 
 _AUDIENCE_NAME = re.compile(r"\baudience\b(?!\s*:)")

@@ -42,6 +42,8 @@ class Driver:
     def __init__(self, engine: Engine, store: Store) -> None:
         self.engine = engine
         self.store = store
+        self._positions: dict[tuple[str, str, str], datetime | None] | None = None
+        self._zone_count = -1
         self._order = [
             (prog, t) for prog in engine.programs.values() for t in prog.playbook.triggers if t.kind in ("cron", "at")
         ]
@@ -68,10 +70,23 @@ class Driver:
             return at
         return next_cron(trigger.cron, after, zone)
 
+    def positions(self) -> dict[tuple[str, str, str], datetime | None]:
+        if self._positions is None:
+            self._positions = self.store.schedule_positions()
+        return self._positions
+
+    def _set_positions(self, updates: list[ScheduleUpdate]) -> None:
+        positions = self.positions()
+        for u in updates:
+            positions[(u.playbook, u.trigger, u.zone)] = u.next_due
+
     def init_schedules(self, now: datetime) -> None:
         """Give every schedule (and every new member timezone) a first due time."""
-        positions = self.store.schedule_positions()
         zones = self.store.member_timezones()
+        if len(zones) == self._zone_count:
+            return
+        self._zone_count = len(zones)
+        positions = self.positions()
         updates = []
         for prog, trigger in self._order:
             for zone in self._zones(prog, trigger, zones):
@@ -79,6 +94,7 @@ class Driver:
                     updates.append(ScheduleUpdate(prog.name, trigger.id, zone, self._first_due(prog, trigger, zone, now)))
         if updates:
             self.store.set_schedules(updates)
+            self._set_positions(updates)
 
     def _next_after(self, prog: Program, trigger: Any, zone: str, fired: datetime) -> datetime | None:
         if trigger.kind == "at":
@@ -91,7 +107,7 @@ class Driver:
     # the loop --------------------------------------------------------------------------------------------
     def next_instant(self) -> datetime | None:
         candidates = [self.store.next_timer_due(), self.store.next_event_at()]
-        candidates.extend(d for d in self.store.schedule_positions().values())
+        candidates.extend(self.positions().values())
         found = [c for c in candidates if c is not None]
         return min(found) if found else None
 
@@ -115,9 +131,9 @@ class Driver:
             self.store.apply(decision, consumed_timer=timer.id)
             handled += 1 + self._emitted(decision.emitted, now)
         # 2. schedule firings, in trigger order
-        positions = self.store.schedule_positions()
+        positions = self.positions()
         for prog, trigger in self._order:
-            for (pb, tid, zone), due in positions.items():
+            for (pb, tid, zone), due in list(positions.items()):
                 if pb != prog.name or tid != trigger.id or due is None or due > instant:
                     continue
                 handled += self._fire(prog, trigger, zone, due, now)
@@ -148,6 +164,7 @@ class Driver:
                 skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat(), late_seconds=(now - at).total_seconds())
             skipped.count("skipped_firings", len(missed) + 1)
             self.store.apply(skipped, schedules=[update])
+            self._set_positions([update])
             return 1
         decision = self.engine.handle(
             self.store, now, Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0)
@@ -157,6 +174,7 @@ class Driver:
         if missed:
             decision.count("coalesced_firings", len(missed))
         self.store.apply(decision, schedules=[update])
+        self._set_positions([update])
         return 1 + self._emitted(decision.emitted, now)
 
     def _emitted(self, events: Iterable[Event], now: datetime) -> int:

@@ -18,7 +18,9 @@ from .base import OutboxRow, ScheduleUpdate
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, *, keep_delivered: bool = True) -> None:
+        # Dry runs of large rosters keep only what is still pending.
+        self.keep_delivered = keep_delivered
         self._members: dict[str, dict[str, Any]] = {}
         self._zones: set[str] = set()
         self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
@@ -263,17 +265,14 @@ class MemoryStore:
                 heapq.heappush(self._outbox_heap, (row.next_attempt, self._outbox_seq, key))
             if status == "sent":
                 self._counters["messages_sent"] += 1
+            if not self.keep_delivered and status in ("sent", "cancelled"):
+                del self._outbox[key]
 
     def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:
         wanted = set(statuses) if statuses is not None else None
         for row in self._outbox.values():
             if wanted is None or row.status in wanted:
                 yield replace(row)
-
-    def forget_sent(self) -> None:
-        """Drop delivered rows (dry runs of large rosters keep only what is pending)."""
-        for key in [k for k, r in self._outbox.items() if r.status in ("sent", "cancelled")]:
-            del self._outbox[key]
 
     # reporting ------------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

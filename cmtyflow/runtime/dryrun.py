@@ -1,0 +1,215 @@
+"""Dry run (SPEC 5.5, 6): the real engine and driver on a virtual clock, an in-memory
+store and a recording dispatcher.
+
+Rules:
+- The span is ``[start, start + days)``: events outside it are ignored (counted),
+  messages due after it are counted as pending, not listed.
+- The virtual clock jumps from one due instant to the next; at each instant, inputs
+  are handled first, then the messages due at that instant are delivered. A message
+  to a member who opted out after it was queued is not delivered (SPEC 5.2), unless
+  it is urgent.
+- Deliveries are handed to ``sink`` one by one in time order, as SPEC 6 jsonl objects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..clock import VirtualClock
+from ..engine.core import Engine
+from ..engine.model import Event, QueuedMessage
+from ..engine.program import Program
+from ..store.memory import MemoryStore
+from .driver import Driver
+from .simulate import Simulation
+
+
+def delivery_record(message: QueuedMessage, at: datetime, tz: Any) -> dict[str, Any]:
+    return {
+        "kind": "delivery",
+        "at": at.astimezone(tz).isoformat(),
+        "playbook": message.playbook,
+        "flow": message.flow,
+        "step": message.step,
+        "channel": message.channel,
+        "adapter": message.adapter,
+        "member": message.member,
+        "to": message.to,
+        "text": message.text,
+        "variant": message.variant,
+    }
+
+
+@dataclass
+class DryRunStats:
+    start: datetime
+    end: datetime
+    days: int
+    deliveries: int = 0
+    per_day: Counter[str] = field(default_factory=Counter)
+    per_step: Counter[str] = field(default_factory=Counter)
+    per_channel: Counter[str] = field(default_factory=Counter)
+    per_variant: Counter[str] = field(default_factory=Counter)
+    per_day_step: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    ignored_events: int = 0
+    held_opted_out: int = 0
+    inputs: int = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        day = record["at"][:10]
+        self.deliveries += 1
+        self.per_day[day] += 1
+        step = f"{record['playbook']}/{record['step']}"
+        self.per_step[step] += 1
+        self.per_channel[record["channel"]] += 1
+        self.per_day_step[day][step] += 1
+        if record["variant"] is not None:
+            self.per_variant[f"{step}:{record['variant']}"] += 1
+
+
+class DryRun:
+    def __init__(
+        self,
+        programs: list[Program],
+        *,
+        start: datetime,
+        days: int,
+        sink: Callable[[dict[str, Any]], None],
+        simulation: Simulation | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        self.programs = programs
+        self.engine = Engine(programs)
+        self.store = MemoryStore(keep_delivered=False)
+        self.driver = Driver(self.engine, self.store)
+        self.clock = VirtualClock(start)
+        self.start = start
+        self.end = start + timedelta(days=days)
+        self.sink = sink
+        self.simulation = simulation
+        self.progress = progress
+        self.tz = programs[0].tz if programs else None
+        self.stats = DryRunStats(start, self.end, days)
+
+    def load_roster(self, members: Iterable[dict[str, Any]]) -> int:
+        return self.store.put_members(members)
+
+    def load_events(self, events: Iterable[Event]) -> int:
+        n = 0
+        for event in events:
+            if self.start <= event.at < self.end:
+                n += self.store.add_event(event)
+            else:
+                self.stats.ignored_events += 1
+        return n
+
+    def run(self) -> DryRunStats:
+        self.driver.init_schedules(self.start)
+        span = (self.end - self.start).total_seconds()
+        generated = self.start  # synthetic events exist for [start, generated)
+        while True:
+            due = [t for t in (self.driver.next_instant(), self.store.next_message_due()) if t is not None]
+            instant = max(min(due), self.start) if due else None
+            if self.simulation is not None and generated < self.end and (instant is None or generated <= instant):
+                # Synthetic behaviour comes one day at a time, always ahead of the clock.
+                chunk_end = min(generated + timedelta(days=1), self.end)
+                self.load_events(self.simulation.events_for(generated, chunk_end, self.store))
+                generated = chunk_end
+                continue
+            if instant is None or instant >= self.end:
+                break
+            self.clock.set(instant)
+            self.stats.inputs += self.driver.process_until(instant)
+            self._deliver(instant)
+            if self.progress is not None and span:
+                self.progress((instant - self.start).total_seconds() / span)
+        if self.progress is not None:
+            self.progress(1.0)
+        return self.stats
+
+    def _deliver(self, instant: datetime) -> None:
+        results = []
+        while True:
+            rows = self.store.claim_due_messages(instant, 5000)
+            if not rows:
+                break
+            for row in rows:
+                message = row.message
+                member = self.store.get_member(message.member) if message.member else None
+                if member is not None and member.get("opted_out") and not message.urgent:
+                    results.append((message.key, "cancelled", {"last_error": "member opted out"}))
+                    self.stats.held_opted_out += 1
+                    continue
+                record = delivery_record(message, message.deliver_at, self._tz_of(message))
+                self.stats.add(record)
+                self.sink(record)
+                results.append((message.key, "sent", {"sent_at": instant}))
+        if results:
+            self.store.finish_messages(results)
+
+    def _tz_of(self, message: QueuedMessage) -> Any:
+        prog = self.engine.programs.get(message.playbook)
+        return prog.tz if prog is not None else self.tz
+
+    def summary(self) -> dict[str, Any]:
+        counters = self.store.counters()
+        pending = sum(1 for _ in self.store.outbox(["queued", "failed"]))
+        notes = self.store.notes()
+        warnings: list[str] = []
+        failures = [n for n in notes if n["kind"] == "run_failed"]
+        for note in failures[:20]:
+            warnings.append(f"run {note['run']} failed at {note['step']}: {note['error']}")
+        if len(failures) > 20:
+            warnings.append(f"... and {len(failures) - 20} more failed runs")
+        empties = [n for n in notes if n["kind"] == "empty_message"]
+        if empties:
+            warnings.append(f"{len(empties)} sends rendered empty text and were not queued (first: {empties[0]['playbook']}/{empties[0]['step']})")
+        unknown = [n for n in notes if n["kind"] == "unknown_member"]
+        if unknown:
+            warnings.append(f"{len(unknown)} references to members not in the roster (first: {unknown[0]['member']})")
+        goals: dict[str, Any] = {}
+        for (playbook, goal, step, variant), (exposed, converted) in sorted(self.store.goal_stats().items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "")):
+            label = f"{playbook}/{goal}" + (f" after {step}" if step else " per run") + (f" [{variant}]" if variant else "")
+            goals[label] = {"reached": converted, "of": exposed}
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "days": self.stats.days,
+            "deliveries": self.stats.deliveries,
+            "per_day": dict(sorted(self.stats.per_day.items())),
+            "per_step": dict(self.stats.per_step.most_common()),
+            "per_channel": dict(self.stats.per_channel.most_common()),
+            "per_variant": dict(sorted(self.stats.per_variant.items())),
+            "deferred": {
+                "quiet_hours": counters.get("deferred_quiet_hours", 0),
+                "daily_cap": counters.get("deferred_daily_cap", 0),
+            },
+            "dropped": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("dropped:")},
+            "queued_behind_active": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("queued:")},
+            "runs": {
+                "started": counters.get("runs_started", 0),
+                "done": counters.get("runs_done", 0),
+                "stopped": counters.get("runs_stopped", 0),
+                "failed": counters.get("runs_failed", 0),
+                "cancelled": counters.get("runs_cancelled", 0),
+                "active_at_end": sum(1 for _ in self._active_runs()),
+            },
+            "skipped": {
+                "opted_out": counters.get("skipped_opted_out", 0) + self.stats.held_opted_out,
+                "outside_audience": counters.get("outside_audience", 0),
+                "outside_window": counters.get("outside_window", 0),
+                "filtered_by_where": counters.get("filtered", 0),
+                "events_outside_span": self.stats.ignored_events,
+                "duplicate_events": counters.get("duplicate_events", 0),
+            },
+            "goals": goals,
+            "pending": pending,
+            "warnings": warnings,
+        }
+
+    def _active_runs(self) -> Iterable[str]:
+        return list(self.store._runs)  # noqa: SLF001 - a count for the summary

@@ -1,0 +1,101 @@
+"""Rehearsal with synthetic behaviour: ``--simulate checkin=0.7,post=0.2`` (issue 3).
+
+Rules:
+- Each name is an event type with a daily probability per member; shorthands:
+  ``checkin`` -> ``checkin.posted``, ``post`` -> ``message.posted``, ``react`` ->
+  ``reaction.added``, ``poll`` -> ``poll.answered``, ``report`` -> ``report.filed``.
+  Any dotted name is taken as it is.
+- Draws come from one seeded generator walking members in roster order, day by day,
+  so the same seed, roster and span give the same events.
+- An event falls at a uniformly drawn moment of its day; one that would land in the
+  member's night (23:00-07:00 local) is moved twelve hours on, within the same day.
+- Members who opted out or left still behave; the engine decides what reaches them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..engine.model import Event
+
+SHORTHANDS = {
+    "checkin": "checkin.posted",
+    "post": "message.posted",
+    "react": "reaction.added",
+    "poll": "poll.answered",
+    "report": "report.filed",
+}
+
+
+class SimulationSpecError(ValueError):
+    pass
+
+
+def parse_spec(text: str) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise SimulationSpecError(f"'{part}' should be NAME=PROBABILITY, e.g. checkin=0.7")
+        try:
+            p = float(value)
+        except ValueError:
+            raise SimulationSpecError(f"'{value}' is not a probability") from None
+        if not 0 <= p <= 1:
+            raise SimulationSpecError(f"probability {p} is not between 0 and 1")
+        name = name.strip()
+        etype = SHORTHANDS.get(name, name)
+        if "." not in etype:
+            raise SimulationSpecError(
+                f"unknown behaviour '{name}'; use one of {', '.join(SHORTHANDS)} or a dotted event type"
+            )
+        out.append((etype, p))
+    if not out:
+        raise SimulationSpecError("no behaviour given, e.g. checkin=0.7,post=0.2")
+    return out
+
+
+class Simulation:
+    def __init__(self, behaviours: list[tuple[str, float]], *, seed: int = 0, default_tz: str = "UTC") -> None:
+        self.behaviours = behaviours
+        self.rng = random.Random(seed)
+        self.default_tz = ZoneInfo(default_tz)
+        self._zones: dict[str, ZoneInfo] = {}
+        self._day = 0
+
+    def _zone(self, name: str | None) -> ZoneInfo:
+        if not name:
+            return self.default_tz
+        zone = self._zones.get(name)
+        if zone is None:
+            zone = self._zones[name] = ZoneInfo(name)
+        return zone
+
+    def events_for(self, start: datetime, end: datetime, store: Any) -> Iterator[Event]:
+        span = int((end - start).total_seconds())
+        if span <= 0:
+            return
+        self._day += 1
+        rng = self.rng
+        random_ = rng.random
+        for member in store.iter_members():
+            mid = member["id"]
+            for etype, p in self.behaviours:
+                if random_() >= p:
+                    continue
+                offset = int(random_() * span)
+                at = start + timedelta(seconds=offset)
+                hour = at.astimezone(self._zone(member.get("timezone"))).hour
+                if hour >= 23 or hour < 7:
+                    at = start + timedelta(seconds=(offset + 12 * 3600) % span)
+                data: dict[str, Any] = {}
+                if etype == "message.posted":
+                    data = {"text": "hello", "channel": "group"}
+                yield Event(id=f"sim-{self._day}-{etype}-{mid}", type=etype, at=at, member=mid, data=data)
