@@ -1,0 +1,103 @@
+"""``cmtyflow dry-run`` (SPEC 6): simulate playbooks over days of virtual time and print
+the timeline of deliveries, a summary, and optionally an HTML report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+
+from ..clock import SystemClock
+from ..errors import UserError
+from ..runtime.dryrun import DryRun
+from ..runtime.inputs import RowProblem, read_events, read_roster
+from ..runtime.prepare import default_days, load_programs, parse_start
+from ..runtime.simulate import Simulation, SimulationSpecError, parse_spec
+from . import EXIT_OK, cli
+from .timeline import TextTimeline, print_summary
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), transient=True)
+    task = bar.add_task("dry-run", total=1.0)
+    return bar, lambda fraction: bar.update(task, completed=fraction)
+
+
+@click.command("dry-run")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False), required=True, help="members, CSV or JSON lines")
+@click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False), help="events, JSON lines")
+@click.option("--start", help="ISO 8601 start (default: the playbook window's first day, else today 00:00)")
+@click.option("--days", type=click.IntRange(1, 3660), help="how many days to simulate (default: the window, else 7)")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False), help="also write a self-contained HTML report here")
+@click.option("--simulate", help="synthetic behaviour, daily probabilities: checkin=0.7,post=0.2")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed for --simulate")
+def dry_run(
+    paths: tuple[str, ...], roster: str, events_file: str | None, start: str | None, days: int | None,
+    fmt: str, report: str | None, simulate: str | None, seed: int,
+) -> int:
+    """Rehearse playbooks against a roster: what `run` would send, to the second.
+
+    The same engine as `run`, on a virtual clock with an in-memory store; nothing is
+    sent. The span is [start, start + days); messages due after it are counted as
+    pending.
+    """
+    _, programs = load_programs(paths)
+    begin = parse_start(start, programs, SystemClock().now())
+    span = days or default_days(programs, begin)
+    simulation = None
+    if simulate:
+        try:
+            simulation = Simulation(parse_spec(simulate), seed=seed, default_tz=programs[0].playbook.timezone)
+        except SimulationSpecError as exc:
+            raise UserError(f"--simulate: {exc}") from None
+    collected: list[dict[str, Any]] = []
+    timeline = TextTimeline(sys.stdout) if fmt == "text" else None
+
+    def sink(record: dict[str, Any]) -> None:
+        if timeline is not None:
+            timeline.add(record)
+        else:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if report:
+            collected.append(record)
+
+    bar, progress = _progress(sys.stderr.isatty() and fmt == "text")
+    sim = DryRun(programs, start=begin, days=span, sink=sink, simulation=simulation, progress=progress)
+    problems: list[RowProblem] = []
+    sim.load_roster(read_roster(roster, problems))
+    if events_file:
+        sim.load_events(read_events(events_file, problems, ZoneInfo(programs[0].playbook.timezone)))
+    for problem in problems:
+        click.echo(f"{problem}: row skipped", err=True)
+    if bar is not None:
+        with bar:
+            sim.run()
+    else:
+        sim.run()
+    summary = sim.summary()
+    summary["input_problems"] = len(problems)
+    if timeline is not None:
+        timeline.close()
+        print_summary(sys.stdout, summary)
+    else:
+        sys.stdout.write(json.dumps({"kind": "summary", **summary}, ensure_ascii=False) + "\n")
+    if report:
+        from ..runtime.report_html import write_report
+
+        title = ", ".join(p.playbook.title or p.name for p in programs)
+        write_report(Path(report), collected, summary, title=f"{title}: dry run")
+        click.echo(f"report written to {report}", err=True)
+    return EXIT_OK
+
+
+cli.add_command(dry_run)

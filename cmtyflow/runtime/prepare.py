@@ -1,0 +1,66 @@
+"""From paths on disk to compiled programs: load, refuse on errors, compile with the
+formats each channel's adapter takes. Shared by dry-run, run, preview and test."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from ..adapters import registry
+from ..engine.program import Program, compile_program
+from ..errors import UserError
+from ..loader import LoadResult, load
+from ..problems import format_text
+from ..spec.duration import localize
+
+
+def adapter_formats(result: LoadResult) -> dict[str, tuple[str, ...]]:
+    formats: dict[str, tuple[str, ...]] = {}
+    for loaded in result.playbooks:
+        for channel in loaded.playbook.channels.values():
+            if channel.adapter not in formats:
+                try:
+                    formats[channel.adapter] = tuple(registry.get(channel.adapter).capabilities.formats)
+                except (LookupError, ImportError):
+                    formats[channel.adapter] = ("plain",)
+    return formats
+
+
+def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program]]:
+    """Load and compile; a playbook with errors is refused with its problems."""
+    result = load(paths)
+    if not result.ok:
+        raise UserError("the playbooks have errors; nothing was run\n" + format_text(result.problems))
+    if not result.playbooks:
+        raise UserError(f"no playbooks found in {', '.join(str(p) for p in paths)}")
+    formats = adapter_formats(result)
+    return result, [compile_program(loaded, formats) for loaded in result.playbooks]
+
+
+def parse_start(text: str | None, programs: list[Program], now: datetime) -> datetime:
+    """``--start``: ISO 8601 (a date means its midnight), without an offset in the first
+    playbook's timezone. Default: the earliest window start, else today's midnight."""
+    tz: ZoneInfo = programs[0].tz
+    if text:
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"--start '{text}' is not an ISO 8601 date or datetime") from None
+        return value if value.tzinfo is not None else localize(value, tz)
+    starts = [
+        localize(datetime.combine(p.window[0], datetime.min.time()), p.tz) for p in programs if p.window
+    ]
+    if starts:
+        return min(starts)
+    local = now.astimezone(tz)
+    return localize(datetime.combine(local.date(), datetime.min.time()), tz)
+
+
+def default_days(programs: list[Program], start: datetime) -> int:
+    ends = [p.window[1] for p in programs if p.window and p.window[1] is not None]
+    if ends:
+        last = max(ends)
+        return max(1, (last - start.astimezone(programs[0].tz).date()).days + 1)
+    return 7
