@@ -1,0 +1,60 @@
+"""``cmtyflow preview PLAYBOOK STEP --member ID``: render one message."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+
+from ..clock import SystemClock
+from ..errors import UserError
+from ..expr import RenderError
+from ..runtime.inputs import RowProblem, read_roster
+from ..runtime.prepare import load_programs, parse_start
+from ..runtime.preview import preview
+from . import EXIT_OK, cli
+
+
+@click.command("preview")
+@click.argument("playbook", type=click.Path(exists=True))
+@click.argument("step")
+@click.option("--member", "member_id", help="the member the message is for (omit for a channel post)")
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False), help="members, CSV or JSON lines")
+@click.option("--at", "at", help="render as of this ISO 8601 time (default: now)")
+@click.option("--state", "state_json", help='member state to render with, JSON, e.g. \'{"streak": 7}\'')
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def preview_cmd(
+    playbook: str, step: str, member_id: str | None, roster: str | None, at: str | None,
+    state_json: str | None, fmt: str,
+) -> int:
+    """Render the message of send step STEP (its id, or flow[N]) for one member."""
+    _, programs = load_programs([playbook])
+    now = parse_start(at, programs, SystemClock().now()) if at else SystemClock().now()
+    problems: list[RowProblem] = []
+    members = list(read_roster(roster, problems)) if roster else []
+    if member_id and not roster:
+        members = [{"id": member_id}]
+    state = None
+    if state_json:
+        try:
+            state = json.loads(state_json)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--state is not JSON: {exc.msg}") from None
+        if not isinstance(state, dict):
+            raise UserError("--state must be a JSON object")
+    try:
+        result = preview(programs, step, member_id, members, now, state)
+    except RenderError as exc:
+        raise UserError(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps(asdict(result), ensure_ascii=False))
+    else:
+        variant = f" variant {result.variant}" if result.variant else ""
+        to = result.member or f"#{result.channel}"
+        click.echo(f"{result.playbook}/{result.step}{variant} -> {to} via {result.channel} ({result.adapter}, {result.format})")
+        click.echo(result.text)
+    return EXIT_OK
+
+
+cli.add_command(preview_cmd)

@@ -1,0 +1,132 @@
+"""Golden transcript tests (``cmtyflow test``): a small spec file beside a playbook
+names its roster, events and span; the dry run's deliveries (SPEC 6 jsonl) are
+compared with a checked-in expected file.
+
+Spec file ``NAME.test.yaml`` (paths relative to it)::
+
+    playbook: onboarding.yaml
+    roster: ../examples/members.csv
+    events: ../examples/onboarding.events.jsonl   # optional
+    start: 2026-12-01T00:00:00+08:00
+    days: 14
+    simulate: checkin=0.7                          # optional, with seed
+    expected: onboarding.expected.jsonl            # default: NAME.expected.jsonl
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from ..errors import UserError
+from .dryrun import DryRun
+from .inputs import RowProblem, read_events, read_roster
+from .prepare import load_programs, parse_start
+from .simulate import Simulation, SimulationSpecError, parse_spec
+
+SUFFIX = ".test.yaml"
+
+
+class GoldenSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    playbook: str
+    roster: str
+    events: str | None = None
+    start: str
+    days: int
+    simulate: str | None = None
+    seed: int = 0
+    expected: str | None = None
+
+
+@dataclass
+class GoldenResult:
+    spec: Path
+    expected: Path
+    actual: list[str]
+    diff: list[str]
+    missing: bool
+
+    @property
+    def passed(self) -> bool:
+        return not self.missing and not self.diff
+
+
+def discover(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(path.rglob(f"*{SUFFIX}")))
+        elif path.name.endswith(SUFFIX):
+            found.append(path)
+        elif path.suffix in (".yaml", ".yml") and path.with_name(path.stem + SUFFIX).exists():
+            found.append(path.with_name(path.stem + SUFFIX))
+        else:
+            raise UserError(f"{raw}: not a golden spec (*{SUFFIX}) nor a playbook with one beside it")
+    if not found:
+        raise UserError(f"no *{SUFFIX} files in {', '.join(paths)}")
+    return found
+
+
+def read_spec(path: Path) -> GoldenSpec:
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+        return GoldenSpec.model_validate({k: str(v) if k == "start" else v for k, v in (data or {}).items()})
+    except (YAMLError, OSError) as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path}: {where}: {first['msg']}") from None
+
+
+def transcript(spec_path: Path) -> tuple[GoldenSpec, list[str]]:
+    spec = read_spec(spec_path)
+    base = spec_path.parent
+    _, programs = load_programs([base / spec.playbook])
+    start = parse_start(spec.start, programs, None)  # type: ignore[arg-type]
+    lines: list[str] = []
+    simulation = None
+    if spec.simulate:
+        try:
+            simulation = Simulation(parse_spec(spec.simulate), seed=spec.seed, default_tz=programs[0].playbook.timezone)
+        except SimulationSpecError as exc:
+            raise UserError(f"{spec_path}: simulate: {exc}") from None
+
+    def sink(record: dict[str, Any]) -> None:
+        lines.append(json.dumps(record, ensure_ascii=False, sort_keys=False))
+
+    sim = DryRun(programs, start=start, days=spec.days, sink=sink, simulation=simulation)
+    problems: list[RowProblem] = []
+    sim.load_roster(read_roster(base / spec.roster, problems))
+    if spec.events:
+        sim.load_events(read_events(base / spec.events, problems, ZoneInfo(programs[0].playbook.timezone)))
+    if problems:
+        raise UserError(f"{spec_path}: bad input rows:\n" + "\n".join(str(p) for p in problems))
+    sim.run()
+    return spec, lines
+
+
+def run_golden(spec_path: Path, update: bool = False) -> GoldenResult:
+    spec, lines = transcript(spec_path)
+    name = spec_path.name[: -len(SUFFIX)]
+    expected_path = spec_path.parent / (spec.expected or f"{name}.expected.jsonl")
+    if update:
+        expected_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return GoldenResult(spec_path, expected_path, lines, [], False)
+    if not expected_path.exists():
+        return GoldenResult(spec_path, expected_path, lines, [], True)
+    expected = expected_path.read_text(encoding="utf-8").splitlines()
+    diff = list(
+        difflib.unified_diff(expected, lines, fromfile=str(expected_path), tofile="dry run", lineterm="", n=1)
+    )
+    return GoldenResult(spec_path, expected_path, lines, diff, False)
