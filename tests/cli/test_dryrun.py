@@ -1,0 +1,143 @@
+import json
+from pathlib import Path
+
+from cmtyflow.cli import main
+
+PLAYBOOK = """\
+cmtyflow: 1
+name: hello
+timezone: Asia/Shanghai
+locale: zh-CN
+channels:
+  dm: {adapter: console}
+  group: {adapter: console}
+policies:
+  quiet_hours: {start: "22:00", end: "08:00"}
+triggers:
+  - {id: joined, event: member.joined, flow: welcome}
+  - {id: daily, cron: "0 9 * * *", flow: morning}
+flows:
+  welcome:
+    - {id: hi, send: {channel: dm, text: "你好 {{ member.name }}"}}
+    - wait: 1d
+    - {id: again, send: {channel: dm, text: "第二天 {{ member.name }}"}}
+  morning:
+    - {id: brief, send: {channel: group, text: "早安"}}
+"""
+ROSTER = "id,name,timezone\nu1,{{ 7*7 }},\nu2,Bob,Europe/Berlin\n"
+EVENTS = (
+    '{"id": "e1", "type": "member.joined", "at": "2026-12-01T23:30:00+08:00", "member": "u1"}\n'
+    '{"id": "e2", "type": "member.joined", "at": "2026-12-01T10:00:00+01:00", "member": "u2"}\n'
+    '{"id": "e0", "type": "member.joined", "at": "2026-11-01T10:00:00+01:00", "member": "u2"}\n'
+)
+
+
+def _files(tmp_path: Path) -> list[str]:
+    (tmp_path / "hello.yaml").write_text(PLAYBOOK, encoding="utf-8")
+    (tmp_path / "m.csv").write_text(ROSTER, encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text(EVENTS, encoding="utf-8")
+    return [str(tmp_path / "hello.yaml"), "--roster", str(tmp_path / "m.csv"), "--events", str(tmp_path / "e.jsonl"),
+            "--start", "2026-12-01", "--days", "2"]
+
+
+def test_jsonl_is_spec_6_exactly(tmp_path, capsys):
+    assert main(["dry-run", *_files(tmp_path), "--format", "jsonl"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    deliveries = [x for x in lines if x["kind"] == "delivery"]
+    assert [(d["at"], d["step"], d["member"], d["to"], d["text"]) for d in deliveries] == [
+        ("2026-12-01T09:00:00+08:00", "brief", None, "channel", "早安"),
+        ("2026-12-01T17:00:00+08:00", "hi", "u2", "member", "你好 Bob"),
+        # 23:30 Shanghai is inside quiet hours: moved to 08:00 the next morning
+        ("2026-12-02T08:00:00+08:00", "hi", "u1", "member", "你好 {{ 7*7 }}"),
+        ("2026-12-02T09:00:00+08:00", "brief", None, "channel", "早安"),
+        ("2026-12-02T17:00:00+08:00", "again", "u2", "member", "第二天 Bob"),
+    ]
+    assert set(deliveries[0]) == {"kind", "at", "playbook", "flow", "step", "channel", "adapter", "member", "to", "text", "variant"}
+    assert deliveries[0]["adapter"] == "console" and deliveries[0]["variant"] is None
+    summary = lines[-1]
+    assert summary["kind"] == "summary"
+    assert summary["pending"] == 1  # u1's "again" is due 2026-12-02T23:30 -> deferred past the span
+    assert summary["skipped"]["events_outside_span"] == 1
+    assert summary["deferred"]["quiet_hours"] == 2
+
+
+def test_text_timeline_groups_by_day_and_summarises(tmp_path, capsys):
+    assert main(["dry-run", *_files(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== 2026-12-01 Tue ==\n09:00:00  hello/brief  group -> #group\n    早安\n" in out
+    assert "== 2026-12-02 Wed ==" in out
+    assert "deliveries: 5, pending after the span: 1" in out
+    assert "quiet_hours  2" in out
+
+
+def test_report_is_written(tmp_path, capsys):
+    report = tmp_path / "r.html"
+    assert main(["dry-run", *_files(tmp_path), "--report", str(report)]) == 0
+    html = report.read_text(encoding="utf-8")
+    assert "早安" in html and "{{ 7*7 }}" in html
+
+
+def test_bad_playbook_refused_with_location(tmp_path, capsys):
+    args = _files(tmp_path)
+    (tmp_path / "hello.yaml").write_text(PLAYBOOK.replace("flow: morning", "flow: mornin"), encoding="utf-8")
+    assert main(["dry-run", *args]) == 1
+    err = capsys.readouterr().err
+    assert "hello.yaml:12:42: error: trigger starts flow 'mornin', which does not exist (did you mean 'morning'?)" in err
+
+
+def test_bad_rows_reported_not_fatal(tmp_path, capsys):
+    args = _files(tmp_path)
+    (tmp_path / "m.csv").write_text(ROSTER + ",nobody,\n", encoding="utf-8")
+    assert main(["dry-run", *args, "--format", "jsonl"]) == 0
+    assert f"{tmp_path / 'm.csv'}:4: missing id: row skipped" in capsys.readouterr().err
+
+
+def test_simulate_is_reproducible(tmp_path, capsys):
+    args = _files(tmp_path)
+    body = PLAYBOOK + "  posted:\n    - {id: thanks, send: {channel: dm, text: ok}}\n"
+    body = body.replace("triggers:\n", "triggers:\n  - {id: post, event: message.posted, flow: posted}\n")
+    (tmp_path / "hello.yaml").write_text(body, encoding="utf-8")
+    runs = []
+    for _ in range(2):
+        assert main(["dry-run", *args, "--format", "jsonl", "--simulate", "post=0.5", "--seed", "3"]) == 0
+        runs.append(capsys.readouterr().out)
+    assert runs[0] == runs[1] and '"step": "thanks"' in runs[0]
+    assert main(["dry-run", *args, "--simulate", "dance=1"]) == 1
+    assert "unknown behaviour 'dance'" in capsys.readouterr().err
+
+
+def _setup(tmp_path):
+    (tmp_path / "hello.yaml").write_text(PLAYBOOK, encoding="utf-8")
+    (tmp_path / "m.csv").write_text(ROSTER, encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text(EVENTS, encoding="utf-8")
+    (tmp_path / "hello.test.yaml").write_text(
+        "playbook: hello.yaml\nroster: m.csv\nevents: e.jsonl\nstart: 2026-12-01T00:00:00+08:00\ndays: 2\n", encoding="utf-8"
+    )
+
+
+def test_golden_missing_update_pass_and_diff(tmp_path, capsys):
+    _setup(tmp_path)
+    assert main(["test", str(tmp_path)]) == 1
+    assert "does not exist; run with --update" in capsys.readouterr().out
+    assert main(["test", str(tmp_path), "--update"]) == 0
+    expected = tmp_path / "hello.expected.jsonl"
+    assert len(expected.read_text(encoding="utf-8").splitlines()) == 5
+    assert main(["test", str(tmp_path / "hello.yaml")]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+    (tmp_path / "hello.yaml").write_text(PLAYBOOK.replace("早安", "早上好"), encoding="utf-8")
+    assert main(["test", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and '-{"kind": "delivery", "at": "2026-12-01T09:00:00+08:00"' in out and "早上好" in out
+
+
+def test_preview_renders_literally_and_lists_steps(tmp_path, capsys):
+    _setup(tmp_path)
+    args = ["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "u1", "--roster", str(tmp_path / "m.csv")]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines() == ["hello/hi -> u1 via dm (console, plain)", "你好 {{ 7*7 }}"]
+    assert main([*args, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "你好 {{ 7*7 }}"
+    assert main(["preview", str(tmp_path / "hello.yaml"), "nope", "--member", "u1"]) == 1
+    assert "no send step 'nope'; send steps are: again, brief, hi" in capsys.readouterr().err
+    assert main(["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "zz", "--roster", str(tmp_path / "m.csv")]) == 1
+    assert "member 'zz' is not in the roster" in capsys.readouterr().err

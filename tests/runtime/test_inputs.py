@@ -1,0 +1,73 @@
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from cmtyflow.runtime.inputs import RowProblem, events_from_text, read_roster
+
+SH = ZoneInfo("Asia/Shanghai")
+
+
+def test_roster_csv_fields_and_bad_rows_are_reported_and_skipped(tmp_path):
+    path = tmp_path / "members.csv"
+    path.write_text(
+        "id,name,tags,opted_out,joined_at,timezone,city\n"
+        "u1,王晓明,reading;fitness,false,2025-03-01,Asia/Shanghai,上海\n"
+        ",no id,,false,,,\n"
+        "u3,Ann,,maybe,,,\n"
+        "u4,Bo,,true,2025-13-01,,\n"
+        "u5,Cy,,TRUE,2025-01-02T10:00:00,Mars/Base,\n"
+        "u6,Di,,,,,\n",
+        encoding="utf-8",
+    )
+    problems: list[RowProblem] = []
+    members = list(read_roster(path, problems))
+    assert members == [
+        {"id": "u1", "name": "王晓明", "tags": ["reading", "fitness"], "opted_out": False, "joined_at": "2025-03-01", "timezone": "Asia/Shanghai", "city": "上海"},
+        {"id": "u6", "name": "Di"},
+    ]
+    assert [str(p) for p in problems] == [
+        f"{path}:3: missing id",
+        f"{path}:4: opted_out must be true or false, not 'maybe'",
+        f"{path}:5: joined_at '2025-13-01' is not an ISO date or datetime",
+        f"{path}:6: unknown timezone 'Mars/Base'",
+    ]
+
+
+def test_roster_jsonl(tmp_path):
+    path = tmp_path / "members.jsonl"
+    path.write_text('{"id": 7, "name": "A", "tags": ["x"]}\n[1]\n\n{"name": "no id"}\n', encoding="utf-8")
+    problems: list[RowProblem] = []
+    assert list(read_roster(path, problems)) == [{"id": "7", "name": "A", "tags": ["x"]}]
+    assert [(p.line, p.message) for p in problems] == [(2, "a member must be a JSON object"), (4, "missing id")]
+
+
+def test_roster_without_id_column(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("name\nA\n", encoding="utf-8")
+    problems: list[RowProblem] = []
+    assert list(read_roster(path, problems)) == []
+    assert problems[0].message == "the header row has no 'id' column"
+
+
+def test_events_parse_offsets_members_and_errors():
+    problems: list[RowProblem] = []
+    text = "\n".join([
+        '{"id": "e1", "type": "member.joined", "at": "2026-12-01T10:00:00", "member": {"id": "u9", "name": "新人"}}',
+        '{"id": "e2", "type": "message.posted", "at": "2026-12-01T10:05:00+00:00", "member": "u9", "data": {"text": "hi"}}',
+        'not json',
+        '{"type": "x.y"}',
+        '{"id": "e3", "type": "a.b", "at": "2026-12-01", "extra": 1}',
+        '{"type": "crisis.declared", "at": "2026-12-02T09:00:00+08:00"}',
+    ])
+    events = events_from_text(text, problems, SH, name="ev.jsonl")
+    assert [e.id for e in events[:2]] == ["e1", "e2"]
+    assert events[0].at == datetime(2026, 12, 1, 10, tzinfo=SH)
+    assert events[0].member == "u9" and events[0].member_update == {"id": "u9", "name": "新人"}
+    assert events[1].data == {"text": "hi"}
+    assert events[2].id.startswith("auto-") and events[2].member is None
+    assert [(p.line, p.message) for p in problems] == [
+        (3, "not JSON: Expecting value"),
+        (4, "missing at (an ISO 8601 datetime)"),
+        (5, "unknown event field(s): extra"),
+    ]
+    again = events_from_text(text, [], SH)
+    assert again[2].id == events[2].id  # derived ids are stable: re-import is idempotent
