@@ -1,0 +1,302 @@
+"""Semantic checks that need the whole playbook (SPEC 1-4): references between parts,
+names, schedules, channels and their adapters, literal secrets.
+
+Rules:
+- Checks read the raw data (after folder defaults are merged), never the models, so
+  they still run when the models reject some other part of the file: every problem
+  is reported in one pass. A value of the wrong type is skipped here; the models
+  report it.
+- Each problem carries the position of the offending key or value; problems inside a
+  folder's ``cmtyflow.yaml`` point into that file.
+- Channels and their adapters are checked in ``channelchecks``, expressions and
+  templates in ``textchecks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from croniter import croniter
+
+from . import channelchecks, textchecks
+from .checkbase import (
+    CheckContext,
+    iter_steps,
+    iter_triggers,
+    listing,
+    problem,
+    sends,
+    template_names,
+)
+from .problems import WARNING, Problem
+from .secretscan import credential_in_url
+from .spec.errors import did_you_mean
+from .spec.sourcemap import Loc
+
+__all__ = [
+    "CheckContext",
+    "check_names",
+    "check_playbook",
+    "cron_problem",
+    "template_names",
+    "valid_timezone",
+]
+
+
+def check_playbook(ctx: CheckContext) -> list[Problem]:
+    found: list[Problem] = []
+    found += _check_timezone(ctx, ("timezone",), allow_member=False)
+    found += _check_triggers(ctx)
+    found += _check_flows_used(ctx)
+    found += _check_step_ids(ctx)
+    found += _check_sends(ctx)
+    found += channelchecks.check_channels(ctx)
+    found += _check_credential_urls(ctx)
+    found += textchecks.check_expressions(ctx)
+    found += textchecks.check_templates(ctx)
+    return found
+
+
+@lru_cache(maxsize=1)
+def _zones() -> list[str]:
+    return sorted(available_timezones())
+
+
+def valid_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _check_timezone(ctx: CheckContext, loc: Loc, allow_member: bool) -> list[Problem]:
+    container: Any = ctx.data
+    for part in loc[:-1]:
+        container = container[part]
+    value = container.get(loc[-1]) if isinstance(container, dict) else None
+    if not isinstance(value, str) or value == "member" and allow_member:
+        return []
+    if value == "member":
+        return [ctx.at(loc, "timezone: member applies to triggers with for_each: audience only")]
+    if valid_timezone(value):
+        return []
+    return [
+        ctx.at(
+            loc,
+            f"unknown timezone '{value}'{did_you_mean(value, _zones())}; use an IANA name such as Asia/Shanghai",
+        )
+    ]
+
+
+_CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day of week", "0-6 or SUN-SAT"),
+    ("second", "0-59"),
+)
+
+
+def cron_problem(text: str) -> str | None:
+    """Why ``text`` is not a cron schedule of 5 fields (or 6, seconds last), or None."""
+    fields = text.split()
+    if len(fields) not in (5, 6):
+        return (
+            f"cron '{text}' has {len(fields)} field{'s' if len(fields) != 1 else ''}; write 5 "
+            "(minute hour day-of-month month day-of-week), or 6 with seconds last"
+        )
+    try:
+        croniter(text)
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        for index, part in enumerate(fields):
+            probe = ["*"] * len(fields)
+            probe[index] = part
+            try:
+                croniter(" ".join(probe))
+            except (ValueError, KeyError, TypeError):
+                name, allowed = _CRON_FIELDS[index]
+                return f"cron '{text}': '{part}' is not a valid {name} ({allowed})"
+        return f"cron '{text}' is not valid: {exc}"
+
+
+def _check_triggers(ctx: CheckContext) -> list[Problem]:
+    found: list[Problem] = []
+    flows = ctx.mapping("flows")
+    ids: dict[str, Loc] = {}
+    for loc, kind, trigger in iter_triggers(ctx.data):
+        tid = trigger.get("id")
+        if isinstance(tid, str):
+            if tid in ids:
+                first = ctx.smap.mark((*ids[tid], "id")).line
+                found.append(
+                    ctx.at((*loc, "id"), f"duplicate trigger id '{tid}' (first at line {first})")
+                )
+            else:
+                ids[tid] = loc
+        flow = trigger.get("flow")
+        if isinstance(flow, str) and flow not in flows:
+            hint = did_you_mean(flow, list(flows)) or f"; flows are {listing(flows)}"
+            found.append(
+                ctx.at((*loc, "flow"), f"trigger starts flow '{flow}', which does not exist{hint}")
+            )
+        if kind == "cron" and isinstance(trigger["cron"], str):
+            why = cron_problem(trigger["cron"])
+            if why:
+                found.append(ctx.at((*loc, "cron"), why))
+        if kind == "at" and isinstance(trigger["at"], str):
+            try:
+                datetime.fromisoformat(trigger["at"].strip())
+            except ValueError:
+                found.append(
+                    ctx.at(
+                        (*loc, "at"),
+                        f"'at' should be an ISO 8601 date and time such as 2026-12-24T20:00, not '{trigger['at']}'",
+                    )
+                )
+        if "timezone" in trigger:
+            for_each = trigger.get("for_each") == "audience"
+            if trigger.get("timezone") == "member" and not for_each:
+                found.append(
+                    ctx.at((*loc, "timezone"), "timezone: member needs for_each: audience")
+                )
+            else:
+                found += _check_timezone(ctx, (*loc, "timezone"), allow_member=for_each)
+    return found
+
+
+def _check_flows_used(ctx: CheckContext) -> list[Problem]:
+    started = {t.get("flow") for _loc, _kind, t in iter_triggers(ctx.data)}
+    return [
+        ctx.at(
+            ("flows", name),
+            f"flow '{name}' is never started: no trigger names it",
+            WARNING,
+            key=True,
+        )
+        for name in ctx.mapping("flows")
+        if name not in started
+    ]
+
+
+def _check_step_ids(ctx: CheckContext) -> list[Problem]:
+    found: list[Problem] = []
+    seen: dict[str, Loc] = {}
+    for step in iter_steps(ctx.data):
+        sid = step.body.get("id")
+        if not isinstance(sid, str):
+            continue
+        if sid in seen:
+            first = ctx.smap.mark((*seen[sid], "id")).line
+            found.append(
+                ctx.at(
+                    (*step.loc, "id"),
+                    f"duplicate step id '{sid}'; step ids are unique in a playbook (first at line {first})",
+                )
+            )
+        else:
+            seen[sid] = step.loc
+    return found
+
+
+def _check_sends(ctx: CheckContext) -> list[Problem]:
+    found: list[Problem] = []
+    channels = ctx.mapping("channels")
+    roles = ctx.mapping("roles")
+    for loc, send in sends(ctx.data):
+        channel = send.get("channel")
+        if channel is None:
+            if len(channels) == 0:
+                found.append(
+                    ctx.at(
+                        loc,
+                        "send has no channel and the playbook defines none; add channels:",
+                        key=True,
+                    )
+                )
+            elif len(channels) > 1:
+                found.append(
+                    ctx.at(
+                        loc,
+                        f"send has no channel; name one of {listing(channels)} "
+                        "(a send may leave it out only when there is exactly one channel)",
+                        key=True,
+                    )
+                )
+        elif isinstance(channel, str) and channel not in channels:
+            hint = did_you_mean(channel, list(channels))
+            found.append(
+                ctx.at(
+                    (*loc, "channel"),
+                    f"unknown channel '{channel}'{hint}; channels are {listing(channels)}",
+                )
+            )
+        to = send.get("to")
+        if isinstance(to, str) and to not in ("member", "channel"):
+            if to.startswith("roles."):
+                role = to[len("roles.") :]
+                if role not in roles:
+                    hint = did_you_mean(role, list(roles))
+                    found.append(
+                        ctx.at(
+                            (*loc, "to"), f"unknown role '{role}'{hint}; roles are {listing(roles)}"
+                        )
+                    )
+            else:
+                found.append(
+                    ctx.at(
+                        (*loc, "to"),
+                        f"'to' should be member, channel, a role such as roles.moderators, or a list of member ids, not '{to}'",
+                    )
+                )
+    return found
+
+
+def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    if isinstance(value, str):
+        yield loc, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*loc, index))
+
+
+def _check_credential_urls(ctx: CheckContext) -> list[Problem]:
+    """SPEC 1: URLs with credentials in vars (channel settings are checked with their
+    adapter)."""
+    found = []
+    for loc, text in _strings(ctx.data.get("vars"), ("vars",)):
+        what = credential_in_url(text)
+        if what:
+            found.append(
+                ctx.at(
+                    loc,
+                    f"this URL has {what} in it; put secrets in the environment and write ${{env:NAME}}",
+                    WARNING,
+                )
+            )
+    return found
+
+
+def check_names(loaded: list[Any]) -> list[Problem]:
+    """SPEC 1: a playbook's name is unique among the playbooks loaded together."""
+    found: list[Problem] = []
+    first: dict[str, Any] = {}
+    for item in loaded:
+        name = item.playbook.name
+        if name in first:
+            mark = item.source_map.mark(("name",))
+            found.append(
+                problem(mark, f"playbook name '{name}' is also used by {first[name].path}")
+            )
+        else:
+            first[name] = item
+    return found

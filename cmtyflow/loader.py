@@ -1,0 +1,371 @@
+"""Playbook files -> validated models with a source map, and every problem found
+(SPEC 1).
+
+Rules:
+- A folder argument means every ``*.yaml`` / ``*.yml`` below it, except folder
+  defaults (``cmtyflow.yaml``), golden transcript specs (``*.test.yaml``), anything
+  under a ``templates`` folder and hidden folders (``.git``, ``.github``).
+- A folder's ``cmtyflow.yaml`` (policies, channels, roles) applies to the playbooks in
+  that folder; the playbook's own keys win, merged per key (each policy key, each
+  channel name, each role name). Problems inside it point into that file.
+- A file over 1 MiB is refused before it is parsed; so is one that is not UTF-8 text.
+- Every problem is collected: YAML structure, the models (``spec.errors``), then the
+  semantic checks (``checks``), which work on the raw data so that they still run
+  when the models reject something else in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import channelchecks, checks
+from .errors import UserError
+from .problems import ERROR, Problem
+from .spec.errors import describe, translate
+from .spec.models import LANGUAGE_VERSION, Defaults, Playbook
+from .spec.sourcemap import Mark, Origin, SourceMap, split_lines
+from .spec.yamldata import parse_yaml
+from .templates import TemplateReadError, TemplateSource, find_templates, template_dirs
+
+MAX_BYTES = 1024 * 1024
+DEFAULTS_NAME = "cmtyflow.yaml"
+MERGED_KEYS = ("policies", "channels", "roles")  # SPEC 1: what a folder's defaults hold
+
+
+@dataclass
+class LoadedPlaybook:
+    path: Path
+    text: str
+    playbook: Playbook
+    source_map: SourceMap
+    templates: dict[str, list[TemplateSource]]
+    version: str  # sha256 of the playbook text, the folder defaults and the template sources
+
+
+@dataclass
+class LoadResult:
+    playbooks: list[LoadedPlaybook]
+    problems: list[Problem]
+    files: list[Path] = field(default_factory=list)  # playbooks and folder defaults read
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == ERROR for p in self.problems)
+
+
+@dataclass
+class _Defaults:
+    path: Path
+    text: str
+    data: dict[str, Any]
+    source_map: SourceMap
+
+
+def problem_at(mark: Mark, message: str, severity: str = ERROR) -> Problem:
+    return Problem(mark.path, mark.line, mark.col, severity, message, mark.source_line)
+
+
+def _file_problem(path: Path, message: str, line: int = 1, col: int = 1) -> Problem:
+    return Problem(str(path), line, col, ERROR, message)
+
+
+def _decode(path: Path, raw: bytes) -> tuple[str | None, Problem | None]:
+    if len(raw) > MAX_BYTES:
+        size = len(raw) / MAX_BYTES
+        return None, _file_problem(path, f"file is {size:.1f} MiB; a playbook may be at most 1 MiB")
+    if b"\x00" in raw:
+        return None, _file_problem(path, "not UTF-8 text (the file looks binary)")
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        return None, _file_problem(path, "not UTF-8 text", line)
+
+
+def _read(path: Path) -> tuple[str | None, Problem | None]:
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            return None, _file_problem(
+                path, f"file is {size / MAX_BYTES:.1f} MiB; a playbook may be at most 1 MiB"
+            )
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        return None, _file_problem(path, f"cannot be read: {exc.strerror or exc}")
+    return _decode(path, raw)
+
+
+def _is_playbook_file(name: str) -> bool:
+    return (
+        name.endswith((".yaml", ".yml"))
+        and name != DEFAULTS_NAME
+        and not name.endswith(".test.yaml")
+    )
+
+
+def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(playbook files, folder defaults files) named by ``paths``, in a stable order."""
+    playbooks: list[Path] = []
+    defaults: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != "templates" and not d.startswith("."))
+                for name in sorted(files):
+                    if name == DEFAULTS_NAME:
+                        defaults.append(Path(folder) / name)
+                    elif _is_playbook_file(name):
+                        playbooks.append(Path(folder) / name)
+        elif path.is_file():
+            if path.name == DEFAULTS_NAME:
+                defaults.append(path)
+            elif not path.name.endswith(".test.yaml"):
+                playbooks.append(path)
+        else:
+            raise UserError(f"{given}: no such file or folder")
+    # The same file named twice (a folder and a file in it) is loaded once.
+    return _unique(playbooks), _unique(defaults)
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    seen: set[str] = set()
+    out = []
+    for path in paths:
+        key = os.path.normcase(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.files: list[Path] = []
+        self._defaults: dict[str, _Defaults | None] = {}
+
+    def defaults_for(self, folder: Path) -> _Defaults | None:
+        path = folder / DEFAULTS_NAME
+        key = os.path.normpath(path)
+        if key not in self._defaults:
+            self._defaults[key] = self._load_defaults(path) if path.is_file() else None
+        return self._defaults[key]
+
+    def _load_defaults(self, path: Path) -> _Defaults | None:
+        self.files.append(path)
+        text, problem = _read(path)
+        if problem is not None or text is None:
+            self.problems.append(problem or _file_problem(path, "cannot be read"))
+            return None
+        origin = Origin(str(path), split_lines(text))
+        parsed = parse_yaml(text, origin)
+        self._yaml_problems(parsed.problems, origin)
+        if not parsed.usable:
+            return None
+        data = parsed.data if parsed.data is not None else {}
+        if not isinstance(data, dict):
+            mark = parsed.source_map.mark(())
+            self.problems.append(
+                problem_at(
+                    mark, "cmtyflow.yaml should be a mapping with policies, channels and roles"
+                )
+            )
+            return None
+        self._validate(Defaults, data, parsed.source_map)
+        # Its channels are checked here too, so that a folder's defaults are checked even
+        # before any playbook uses them (playbooks repeat these problems; they are merged).
+        context = checks.CheckContext(path, data, parsed.source_map, {}, [])
+        self.problems.extend(channelchecks.check_channels(context))
+        return _Defaults(path, text, data, parsed.source_map)
+
+    def _yaml_problems(self, found: Iterable[Any], origin: Origin) -> None:
+        for p in found:
+            self.problems.append(
+                Problem(origin.path, p.line, p.col, ERROR, p.message, origin.line(p.line))
+            )
+
+    def _validate(self, model: type[BaseModel], data: Any, smap: SourceMap) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for err in translate(exc, model, data):
+                mark = smap.key_mark(err.loc) if err.at_key else _value_mark(smap, err.loc, data)
+                self.problems.append(problem_at(mark, err.message))
+            return None
+
+    def load_playbook(
+        self, path: Path, text: str | None, with_folder: bool = True
+    ) -> LoadedPlaybook | None:
+        self.files.append(path)
+        if text is None:
+            text, problem = _read(path)
+            if problem is not None or text is None:
+                self.problems.append(problem or _file_problem(path, "cannot be read"))
+                return None
+        origin = Origin(str(path), split_lines(text))
+        parsed = parse_yaml(text, origin)
+        self._yaml_problems(parsed.problems, origin)
+        if not parsed.usable:
+            return None
+        data, smap = parsed.data, parsed.source_map
+        if data is None:
+            self.problems.append(
+                Problem(
+                    str(path),
+                    1,
+                    1,
+                    ERROR,
+                    "empty file: a playbook needs at least cmtyflow, name and flows",
+                )
+            )
+            return None
+        if not isinstance(data, dict):
+            self.problems.append(
+                problem_at(
+                    smap.mark(()),
+                    f"a playbook should be a mapping of keys such as cmtyflow, name and flows, not {describe(data)}",
+                )
+            )
+            return None
+        version = data.get("cmtyflow", LANGUAGE_VERSION)
+        if version != LANGUAGE_VERSION or isinstance(version, bool):
+            # A playbook for another language version: its other keys mean other things.
+            self.problems.append(
+                problem_at(
+                    smap.mark(("cmtyflow",)),
+                    f"unsupported language version {_yaml_text(version)}; "
+                    f"this cmtyflow reads version {LANGUAGE_VERSION}",
+                )
+            )
+            return None
+        defaults = self.defaults_for(path.parent) if with_folder else None
+        if defaults is not None:
+            data = _merge(data, smap, defaults)
+        playbook = self._validate(Playbook, data, smap)
+        dirs = template_dirs(path) if with_folder else []
+        templates = self._templates(data, dirs)
+        self.problems.extend(
+            checks.check_playbook(checks.CheckContext(path, data, smap, templates, dirs))
+        )
+        if playbook is None:
+            return None
+        return LoadedPlaybook(
+            path, text, playbook, smap, templates, _version(text, defaults, templates)
+        )
+
+    def _templates(self, data: dict[str, Any], dirs: list[Path]) -> dict[str, list[TemplateSource]]:
+        found: dict[str, list[TemplateSource]] = {}
+        for name in checks.template_names(data):
+            try:
+                found[name] = find_templates(dirs, name)
+            except TemplateReadError as exc:
+                self.problems.append(Problem(str(exc.path), 1, 1, ERROR, f"template {exc.reason}"))
+                found[name] = []
+        return found
+
+
+def _yaml_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return "nothing" if value is None else str(value)
+
+
+def _value_mark(smap: SourceMap, loc: tuple[Any, ...], data: Any) -> Mark:
+    """A mapping or list value is pointed at by its key (a block mapping's own position
+    is the line after the key); a scalar, or a list item, by itself."""
+    value: Any = data
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return smap.mark(loc)
+    if isinstance(value, (dict, list)) and loc and isinstance(loc[-1], str):
+        return smap.key_mark(loc)
+    return smap.mark(loc)
+
+
+def _merge(data: dict[str, Any], smap: SourceMap, defaults: _Defaults) -> dict[str, Any]:
+    """SPEC 1: the folder's policies, channels and roles, under the playbook's own."""
+    merged = dict(data)
+    for key in MERGED_KEYS:
+        base = defaults.data.get(key)
+        if not isinstance(base, dict) or not base:
+            continue
+        own = data.get(key)
+        if own is None:
+            merged[key] = dict(base)
+            smap.graft((key,), defaults.source_map)
+            continue
+        if not isinstance(own, dict):
+            continue
+        merged[key] = {**base, **own}
+        for name in base:
+            if name not in own:
+                smap.graft((key, name), defaults.source_map)
+    return merged
+
+
+def _version(
+    text: str, defaults: _Defaults | None, templates: dict[str, list[TemplateSource]]
+) -> str:
+    digest = hashlib.sha256(text.encode("utf-8"))
+    if defaults is not None:
+        digest.update(b"\0defaults\0" + defaults.text.encode("utf-8"))
+    sources = sorted((str(s.path), s.source) for group in templates.values() for s in group)
+    for path, source in sources:
+        digest.update(b"\0template\0" + path.encode("utf-8") + b"\0" + source.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _finish(session: _Session, loaded: list[LoadedPlaybook], order: list[str]) -> LoadResult:
+    session.problems.extend(checks.check_names(loaded))
+    rank = {path: i for i, path in enumerate(order)}
+    unique = list(dict.fromkeys(session.problems))
+    unique.sort(key=lambda p: (rank.get(p.path, len(rank)), p.path, p.line, p.col))
+    return LoadResult(loaded, unique, list(dict.fromkeys(session.files)))
+
+
+def load(paths: Sequence[str | Path]) -> LoadResult:
+    """Load and check every playbook named by ``paths`` (files or folders)."""
+    playbook_paths, defaults_paths = discover(paths)
+    session = _Session()
+    loaded: list[LoadedPlaybook] = []
+    for path in playbook_paths:
+        result = session.load_playbook(path, None)
+        if result is not None:
+            loaded.append(result)
+    for path in defaults_paths:
+        session.defaults_for(path.parent)
+    order = [str(p) for p in session.files]
+    return _finish(session, loaded, order)
+
+
+def load_text(text: str, path: str | Path = "<playbook>") -> LoadResult:
+    """Load one playbook from ``text``; the folder defaults and templates of ``path``'s
+    folder apply when ``path`` names a real location."""
+    path = Path(path)
+    session = _Session()
+    with_folder = not str(path).startswith("<")
+    raw = text.encode("utf-8")
+    decoded, problem = _decode(path, raw)
+    loaded: list[LoadedPlaybook] = []
+    if problem is not None:
+        session.files.append(path)
+        session.problems.append(problem)
+    else:
+        result = session.load_playbook(path, decoded, with_folder=with_folder)
+        if result is not None:
+            loaded.append(result)
+    return _finish(session, loaded, [str(p) for p in session.files])

@@ -1,0 +1,318 @@
+"""YAML text -> plain Python data plus a source map, safely (SPEC 1).
+
+Rules:
+- libyaml (ruamel.yaml.clib) parses and composes; this module builds the data from
+  the composed nodes itself, so no YAML constructor ever runs: only the standard tags
+  (str, int, float, bool, null, map, seq, timestamp, merge) become values, any other
+  tag is refused at its position and nothing is constructed for it.
+- A timestamp is handed over as the text the author wrote; the models parse dates.
+- Limits: nesting deeper than ``MAX_DEPTH`` is refused from the event stream before
+  composing (libyaml's composer recurses and would crash on very deep input); aliases
+  are expanded while counting nodes, refused past ``MAX_NODES`` (the billion-laughs
+  file fails at once instead of after the expansion).
+- Duplicate keys are errors at the second key; ``<<`` merge keys are supported and
+  never count as duplicates (explicit keys win, earlier merges win over later ones).
+- Mapping keys are text: a scalar key such as ``2024`` is kept as the text written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .sourcemap import Loc, Mark, Origin, SourceMap
+
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_MAP, _SEQ, _TIMESTAMP, _MERGE = (_TAG + t for t in ("map", "seq", "timestamp", "merge"))
+
+
+@dataclass(frozen=True)
+class YamlProblem:
+    line: int
+    col: int
+    message: str
+
+
+@dataclass
+class ParsedYaml:
+    data: Any  # None for an empty document
+    source_map: SourceMap
+    problems: list[YamlProblem] = field(default_factory=list)
+    usable: bool = True  # False: the data must not be validated further
+
+
+class _Refused(Exception):
+    def __init__(self, line: int, col: int, message: str) -> None:
+        super().__init__(message)
+        self.problem = YamlProblem(line, col, message)
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
+
+
+def _tag_message(tag: str) -> str:
+    return f"tag '{_short_tag(tag)}' is not allowed in a playbook; it holds plain data only"
+
+
+def _syntax_problem(exc: YAMLError, origin: Origin) -> YamlProblem:
+    if isinstance(exc, MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        message = f"YAML syntax error: {problem}"
+        ctx = exc.context_mark
+        if exc.context and ctx is not None and exc.problem and ctx.line + 1 != line:
+            message += f" ({exc.context} at line {ctx.line + 1})"
+        return YamlProblem(line, max(col, 1), message)
+    position = getattr(exc, "position", None)
+    if isinstance(position, int):
+        before = "\n".join(origin.lines)[:position]
+        line = before.count("\n") + 1
+        col = position - (before.rfind("\n") + 1) + 1
+        reason = getattr(exc, "reason", None) or str(exc)
+        return YamlProblem(line, col, f"YAML syntax error: {reason}")
+    return YamlProblem(1, 1, f"YAML syntax error: {exc}")
+
+
+def _check_depth(text: str) -> None:
+    depth = 0
+    for event in YAML(typ="safe").parse(text):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                m = event.start_mark
+                raise _Refused(m.line + 1, m.column + 1, f"nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+
+
+def parse_yaml(text: str, origin: Origin) -> ParsedYaml:
+    smap = SourceMap(origin)
+    try:
+        _check_depth(text)
+        root = YAML(typ="safe").compose(text)
+    except _Refused as exc:
+        return ParsedYaml(None, smap, [exc.problem], usable=False)
+    except YAMLError as exc:
+        return ParsedYaml(None, smap, [_syntax_problem(exc, origin)], usable=False)
+    if root is None:
+        return ParsedYaml(None, smap)
+    builder = _Builder(origin, smap)
+    try:
+        _expanded_size(root, {}, set(), 1)
+        data = builder.build(root, (), 1)
+    except _Refused as exc:
+        return ParsedYaml(None, smap, [*builder.problems, exc.problem], usable=False)
+    return ParsedYaml(data, smap, builder.problems, usable=not builder.refused)
+
+
+def _expanded_size(node: Node, memo: dict[int, int], active: set[int], depth: int) -> int:
+    """Values ``node`` turns into once its aliases are expanded, counted over the
+    distinct nodes only, so a billion-laughs file is refused before any expansion."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    m = node.start_mark
+    if depth > MAX_DEPTH:
+        raise _Refused(m.line + 1, m.column + 1, f"nested deeper than {MAX_DEPTH} levels")
+    if key in active:
+        raise _Refused(m.line + 1, m.column + 1, "an alias refers to a value that contains it")
+    size = 1
+    if isinstance(node, (SequenceNode, MappingNode)):
+        active.add(key)
+        children = (
+            node.value
+            if isinstance(node, SequenceNode)
+            else [v for pair in node.value for v in pair]
+        )
+        for child in children:
+            size += _expanded_size(child, memo, active, depth + 1)
+            if size > MAX_NODES:
+                # Reported at the innermost value whose expansion is over the limit.
+                raise _Refused(
+                    m.line + 1,
+                    m.column + 1,
+                    f"the file expands to more than {MAX_NODES:,} values (through aliases); refused",
+                )
+        active.discard(key)
+    memo[key] = size
+    return size
+
+
+class _Builder:
+    def __init__(self, origin: Origin, smap: SourceMap) -> None:
+        self.origin = origin
+        self.smap = smap
+        self.count = 0
+        self.active: set[int] = set()
+        self.problems: list[YamlProblem] = []
+        self.refused = False  # a refused tag: report every one, validate nothing
+
+    def _mark(self, node: Node) -> Mark:
+        style = getattr(node, "style", None) or ""
+        return Mark(node.start_mark.line + 1, node.start_mark.column + 1, self.origin, style)
+
+    def _refuse_soft(self, node: Node, message: str) -> None:
+        m = self._mark(node)
+        self.problems.append(YamlProblem(m.line, m.col, message))
+        self.refused = True
+
+    def build(self, node: Node, loc: Loc, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            m = self._mark(node)
+            raise _Refused(
+                m.line,
+                m.col,
+                f"the file expands to more than {MAX_NODES:,} values (through aliases); refused",
+            )
+        if depth > MAX_DEPTH:
+            m = self._mark(node)
+            raise _Refused(m.line, m.col, f"nested deeper than {MAX_DEPTH} levels")
+        if id(node) in self.active:
+            m = self._mark(node)
+            raise _Refused(m.line, m.col, "an alias refers to a value that contains it")
+        self.smap.set_value(loc, self._mark(node))
+        if isinstance(node, ScalarNode):
+            return self._scalar(node)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                if node.tag != _SEQ:
+                    self._refuse_soft(node, _tag_message(str(node.tag)))
+                    return None
+                return [self.build(item, (*loc, i), depth + 1) for i, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                if node.tag != _MAP:
+                    self._refuse_soft(node, _tag_message(str(node.tag)))
+                    return None
+                return self._mapping(node, loc, depth)
+        finally:
+            self.active.discard(id(node))
+        self._refuse_soft(node, "unsupported YAML node")
+        return None
+
+    def _scalar(self, node: ScalarNode) -> Any:
+        tag, text = node.tag, node.value
+        if tag in (_STR, _TIMESTAMP):
+            return text
+        if tag == _NULL:
+            return None
+        if tag == _BOOL:
+            if text.lower() not in ("true", "false"):
+                self._refuse_soft(node, f"'{text}' is not true or false")
+            return text.lower() == "true"
+        if tag == _INT:
+            value = _to_int(text)
+            if value is None:
+                self._refuse_soft(node, f"'{text}' is not a valid integer")
+            return value
+        if tag == _FLOAT:
+            number = _to_float(text)
+            if number is None:
+                self._refuse_soft(node, f"'{text}' is not a valid number")
+            return number
+        if tag == _TAG + "binary":
+            self._refuse_soft(node, "binary values (!!binary) are not allowed in a playbook")
+            return None
+        self._refuse_soft(node, _tag_message(str(tag)))
+        return None
+
+    def _key(self, node: Node) -> str | None:
+        if not isinstance(node, ScalarNode):
+            self._refuse_soft(node, "a mapping key must be plain text, not a list or mapping")
+            return None
+        if node.tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP):
+            self._scalar(node)  # reports the refused tag
+            return None
+        return str(node.value)
+
+    def _mapping(self, node: MappingNode, loc: Loc, depth: int) -> dict[str, Any]:
+        merges: list[Node] = []
+        pairs: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merges.append(value_node)
+                continue
+            key = self._key(key_node)
+            if key is None:
+                continue
+            if key in pairs:
+                m = self._mark(key_node)
+                first = self._mark(pairs[key][0])
+                self.problems.append(
+                    YamlProblem(
+                        m.line, m.col, f"duplicate key '{key}' (first at line {first.line})"
+                    )
+                )
+                continue
+            pairs[key] = (key_node, value_node)
+        result: dict[str, Any] = {}
+        if merges:
+            # Merged first, so that the positions of explicit keys overwrite theirs.
+            result = self._merged(merges, loc, depth)
+            self.smap.set_value(loc, self._mark(node))
+        for key, (key_node, value_node) in pairs.items():
+            self.smap.set_key((*loc, key), self._mark(key_node))
+            result[key] = self.build(value_node, (*loc, key), depth + 1)
+        return result
+
+    def _merged(self, merges: list[Node], loc: Loc, depth: int) -> dict[str, Any]:
+        sources: list[Node] = []
+        for value in merges:
+            if isinstance(value, SequenceNode) and value.tag == _SEQ:
+                sources.extend(value.value)
+            else:
+                sources.append(value)
+        result: dict[str, Any] = {}
+        # Earlier sources win: build later ones first so earlier positions overwrite.
+        for source in reversed(sources):
+            if not isinstance(source, MappingNode):
+                self._refuse_soft(source, "a merge key (<<) takes a mapping or a list of mappings")
+                continue
+            built = self.build(source, loc, depth)
+            if isinstance(built, dict):
+                result.update(built)
+        return result
+
+
+def _to_int(text: str) -> int | None:
+    s = text.replace("_", "")
+    sign = -1 if s.startswith("-") else 1
+    s = s.lstrip("+-")
+    try:
+        if s[:2].lower() in ("0x", "0o", "0b"):
+            return sign * int(s, 0)
+        if ":" in s:
+            value = 0
+            for part in s.split(":"):
+                value = value * 60 + int(part)
+            return sign * value
+        return sign * int(s, 10)
+    except ValueError:
+        return None
+
+
+def _to_float(text: str) -> float | None:
+    s = text.replace("_", "").lower()
+    if s in (".inf", "+.inf"):
+        return math.inf
+    if s == "-.inf":
+        return -math.inf
+    if s == ".nan":
+        return math.nan
+    try:
+        return float(s)
+    except ValueError:
+        return None

@@ -1,0 +1,141 @@
+"""Expressions and message templates, checked statically (SPEC 2).
+
+Rules:
+- Every expression (audience, trigger and goal ``where``, step and branch ``if``, wait
+  ``where``, repeat ``while`` and text ``times``, text values of ``set`` and of emit
+  ``data``, emit ``member``) and every inline template (send ``text``, variant
+  ``text``) goes through ``expr.static_problems_*``; a problem on line N of the text is
+  reported on the YAML line that holds line N.
+- ``template:`` names must resolve for the playbook's locale or for no locale, in any
+  format; every file found for a referenced name is checked, with problems pointing
+  into that file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from .adapters.base import FORMATS
+from .checkbase import CheckContext, iter_steps, iter_triggers, problem, sends
+from .expr import static_problems_expression, static_problems_template
+from .problems import ERROR, Problem
+from .spec.sourcemap import Loc, first_non_blank
+from .templates import TemplateSource, pick, valid_name
+
+# Names Jinja itself defines inside templates (loops, macros).
+TEMPLATE_NAMES = ("loop", "caller", "varargs", "kwargs")
+
+
+def _expressions(ctx: CheckContext) -> Iterator[tuple[Loc, Any]]:
+    data = ctx.data
+    audience = data.get("audience")
+    if isinstance(audience, dict):
+        yield ("audience", "where"), audience.get("where")
+    for loc, _kind, trigger in iter_triggers(data):
+        yield (*loc, "where"), trigger.get("where")
+    for name, goal in ctx.mapping("goals").items():
+        if isinstance(goal, dict):
+            yield ("goals", name, "where"), goal.get("where")
+    for step in iter_steps(data):
+        yield (*step.loc, "if"), step.body.get("if")
+        kind = step.kind
+        body = step.body.get(kind) if kind else None
+        if kind is None or not isinstance(body, (dict, list)):
+            continue
+        here = (*step.loc, kind)
+        if kind == "wait" and isinstance(body, dict):
+            yield (*here, "where"), body.get("where")
+        elif kind == "repeat" and isinstance(body, dict):
+            yield (*here, "while"), body.get("while")
+            yield (*here, "times"), body.get("times")
+        elif kind == "set" and isinstance(body, dict):
+            for key, value in body.items():
+                yield (*here, key), value
+        elif kind == "emit" and isinstance(body, dict):
+            yield (*here, "member"), body.get("member")
+            if isinstance(body.get("data"), dict):
+                for key, value in body["data"].items():
+                    yield (*here, "data", key), value
+        elif kind == "choose" and isinstance(body, list):
+            for index, branch in enumerate(body):
+                if isinstance(branch, dict):
+                    yield (*here, index, "if"), branch.get("if")
+
+
+def check_expressions(ctx: CheckContext) -> list[Problem]:
+    found: list[Problem] = []
+    for loc, source in _expressions(ctx):
+        if not isinstance(source, str):
+            continue
+        for p in static_problems_expression(source):
+            found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
+    return found
+
+
+def _inline_templates(ctx: CheckContext) -> Iterator[tuple[Loc, Any]]:
+    for loc, send in sends(ctx.data):
+        yield (*loc, "text"), send.get("text")
+        variants = send.get("variants")
+        if isinstance(variants, dict):
+            for name, variant in variants.items():
+                if isinstance(variant, dict):
+                    yield (*loc, "variants", name, "text"), variant.get("text")
+
+
+def _template_refs(ctx: CheckContext) -> Iterator[tuple[Loc, str]]:
+    for loc, send in sends(ctx.data):
+        if isinstance(send.get("template"), str):
+            yield (*loc, "template"), send["template"]
+        variants = send.get("variants")
+        if isinstance(variants, dict):
+            for name, variant in variants.items():
+                if isinstance(variant, dict) and isinstance(variant.get("template"), str):
+                    yield (*loc, "variants", name, "template"), variant["template"]
+
+
+def check_templates(ctx: CheckContext) -> list[Problem]:
+    found: list[Problem] = []
+    for loc, source in _inline_templates(ctx):
+        if isinstance(source, str):
+            for p in static_problems_template(source, TEMPLATE_NAMES):
+                found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
+    locale = ctx.data.get("locale") if isinstance(ctx.data.get("locale"), str) else "en"
+    for loc, name in _template_refs(ctx):
+        if not valid_name(name):
+            found.append(
+                ctx.at(loc, f"template name '{name}' must stay inside the templates folder")
+            )
+            continue
+        sources = ctx.templates.get(name, [])
+        if pick(sources, [locale, None], FORMATS) is None:
+            found.append(
+                ctx.at(
+                    loc,
+                    f"template '{name}' not found: looked for templates/{name}.{locale}.*.j2 "
+                    f"and templates/{name}.*.j2",
+                )
+            )
+    checked: set[str] = set()
+    for sources in ctx.templates.values():
+        for source in sources:
+            if str(source.path) not in checked:
+                checked.add(str(source.path))
+                found += template_file_problems(source)
+    return found
+
+
+def template_file_problems(source: TemplateSource) -> list[Problem]:
+    return list(_file_problems(str(source.path), source.source))
+
+
+@lru_cache(maxsize=1024)
+def _file_problems(path: str, text: str) -> tuple[Problem, ...]:
+    # A shared templates folder serves many playbooks: check each file once.
+    lines = text.splitlines()
+    found = []
+    for p in static_problems_template(text, TEMPLATE_NAMES):
+        line = lines[p.lineno - 1] if 0 < p.lineno <= len(lines) else None
+        found.append(Problem(path, p.lineno, first_non_blank(line), ERROR, p.message, line))
+    return tuple(found)

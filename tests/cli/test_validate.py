@@ -1,0 +1,180 @@
+"""``cmtyflow validate`` and ``cmtyflow schema`` from the command line (SPEC 6)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from cmtyflow.cli import main
+from cmtyflow.cli.schema import SHIPPED, schema_text
+
+GOOD = """\
+cmtyflow: 1
+name: good
+channels:
+  group: {adapter: console}
+triggers:
+  - {id: joined, event: member.joined, flow: onboard}
+flows:
+  onboard:
+    - send: {text: "Hello {{ member.name }}"}
+"""
+
+BAD = """\
+cmtyflow: 1
+name: bad
+channels:
+  group: {adapter: console}
+triggers:
+  - {id: joined, event: member.joined, flow: onboard}
+flows:
+  onboard:
+    - send: {text: "Hello {{ membr.name }}"}
+  spare:
+    - stop: done
+"""
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_valid_playbooks_exit_0(write, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write("playbooks/good.yaml", GOOD)
+    assert run(capsys, "validate", "playbooks") == (0, "1 file, 0 errors, 0 warnings\n", "")
+
+
+def test_problems_are_printed_with_source_line_and_caret(write, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write("playbooks/bad.yaml", BAD)
+    write("playbooks/good.yaml", GOOD)
+    code, out, _err = run(capsys, "validate", "playbooks")
+    assert code == 1
+    assert out == (
+        "playbooks/bad.yaml:9:20: error: unknown name 'membr' (did you mean 'member'?); names in scope are "
+        "audience, checkin, event, member, now, roles, run, state, today, vars, wait\n"
+        '        - send: {text: "Hello {{ membr.name }}"}\n'
+        "                       ^\n"
+        "playbooks/bad.yaml:10:3: warning: flow 'spare' is never started: no trigger names it\n"
+        "      spare:\n"
+        "      ^\n"
+        "2 files, 1 error, 1 warning\n"
+    )
+
+
+def test_warnings_alone_exit_0(write, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write("pb.yaml", GOOD + "  spare:\n    - stop: done\n")
+    code, out, _ = run(capsys, "validate", "pb.yaml")
+    assert code == 0
+    assert out.endswith("1 file, 0 errors, 1 warning\n")
+
+
+def test_the_caret_accounts_for_wide_characters(write, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write("pb.yaml", GOOD.replace("name: good", "name: good\ntitle: 读书\nvars: {书: [a, {}: x]}"))
+    code, out, _ = run(capsys, "validate", "pb.yaml")
+    assert code == 1
+    lines = out.splitlines()
+    assert (
+        lines[0] == "pb.yaml:4:15: error: a mapping key must be plain text, not a list or mapping"
+    )
+    assert lines[1] == "    vars: {书: [a, {}: x]}"
+    # 书 takes two terminal columns, so the caret moves one further right.
+    assert lines[2] == "    " + " " * 15 + "^"
+
+
+def test_json_format(write, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write("bad.yaml", BAD)
+    write("good.yaml", GOOD)
+    code, out, _ = run(capsys, "validate", "--format", "json", "bad.yaml", "good.yaml")
+    assert code == 1
+    assert json.loads(out) == {
+        "files": 2,
+        "errors": 1,
+        "warnings": 1,
+        "problems": [
+            {
+                "path": "bad.yaml",
+                "line": 9,
+                "col": 20,
+                "severity": "error",
+                "message": "unknown name 'membr' (did you mean 'member'?); names in scope are "
+                "audience, checkin, event, member, now, roles, run, state, today, vars, wait",
+            },
+            {
+                "path": "bad.yaml",
+                "line": 10,
+                "col": 3,
+                "severity": "warning",
+                "message": "flow 'spare' is never started: no trigger names it",
+            },
+        ],
+    }
+
+
+def test_json_format_when_all_is_well(write, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write("good.yaml", GOOD)
+    code, out, _ = run(capsys, "validate", "good.yaml", "--format=json")
+    assert code == 0
+    assert json.loads(out) == {"files": 1, "errors": 0, "warnings": 0, "problems": []}
+
+
+def test_schema_matches_the_shipped_file(capsys):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0
+    assert out == schema_text()
+    assert out == SHIPPED.read_text(encoding="utf-8")
+    schema = json.loads(out)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["title"] == "cmtyflow playbook"
+    assert {"cmtyflow", "name"} <= set(schema["required"])
+
+
+def test_schema_output_file(tmp_path, capsys):
+    target = tmp_path / "schema.json"
+    assert run(capsys, "schema", "--output", str(target)) == (0, "", "")
+    assert target.read_text(encoding="utf-8") == schema_text()
+
+
+def test_the_schema_accepts_a_valid_playbook():
+    import jsonschema
+
+    schema = json.loads(schema_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    data = YAML(typ="safe").load(GOOD)
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(data)) == []
+
+
+def test_pre_commit_hook_definition():
+    hooks = YAML(typ="safe").load(
+        Path(__file__).resolve().parents[2].joinpath(".pre-commit-hooks.yaml").read_text()
+    )
+    (hook,) = hooks
+    assert hook["id"] == "cmtyflow-validate"
+    assert hook["entry"] == "cmtyflow validate"
+    assert hook["language"] == "python"
+    assert hook["files"] == r"\.ya?ml$"
+    chosen = [
+        path
+        for path in [
+            "playbooks/onboarding.yaml",
+            "playbooks/cmtyflow.yaml",
+            "community.yml",
+            ".pre-commit-config.yaml",
+            ".github/workflows/ci.yml",
+            "playbooks/templates/x.yaml",
+            "playbooks/onboarding.test.yaml",
+            "templates/welcome.txt.j2",
+        ]
+        if re.search(hook["files"], path) and not re.search(hook["exclude"], path)
+    ]
+    assert chosen == ["playbooks/onboarding.yaml", "playbooks/cmtyflow.yaml", "community.yml"]

@@ -1,0 +1,342 @@
+"""Semantic checks over a whole playbook: references, schedules, channels, secrets,
+templates (SPEC 1-4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmtyflow.checks import cron_problem, valid_timezone
+from cmtyflow.loader import load, load_text
+from cmtyflow.secretscan import credential_in_url, literal_secret
+from cmtyflow.templates import TemplateSource, find_templates, pick, template_dirs
+
+FULL = """\
+cmtyflow: 1
+name: reading-challenge
+title: 21天读书打卡挑战
+timezone: Asia/Shanghai
+locale: zh-CN
+window: {start: 2026-12-01, days: 21}
+vars: {checkin_word: 打卡, goal_days: 21}
+channels:
+  group: {adapter: console, prefix: "[group] "}
+  log: {adapter: file, path: "${env:LOG_PATH}", fsync: "${env:LOG_FSYNC}"}
+audience: {where: "'reading' in member.tags"}
+roles: {moderators: [u001, u002]}
+policies:
+  quiet_hours: {start: "22:00", end: "08:00"}
+  max_per_member_per_day: 3
+  catch_up: {grace: 1h}
+goals:
+  first_post: {event: message.posted, within: 7d, where: "event.data.channel == 'group'"}
+triggers:
+  - {id: joined, event: member.joined, flow: onboard}
+  - id: nightly
+    cron: "0 20 * * *"
+    timezone: member
+    for_each: audience
+    flow: remind
+  - {id: every-second, cron: "*/30 * * * * 0", flow: remind, mode: queued}
+  - {id: xmas, at: "2026-12-24T20:00", timezone: Europe/Paris, flow: remind}
+  - id: launch
+    manual: {inputs: {note: {type: string, default: hi}}}
+    flow: remind
+flows:
+  onboard:
+    - id: welcome
+      send: {channel: group, text: "欢迎 {{ member.name }}"}
+    - wait: {event: message.posted, timeout: 3d}
+    - if: wait.timed_out
+      send: {channel: log, text: "{{ member.id }} is quiet", to: roles.moderators}
+    - set: {intro_done: "true", score: 1, note: "'x' ~ vars.checkin_word"}
+    - choose:
+        - if: "state.points > 10"
+          steps: [{award: {points: 5, badge: reader}}]
+        - else: [{tag: [quiet]}]
+    - repeat:
+        times: "vars.goal_days // 7"
+        steps:
+          - checkin: {}
+          - emit: {event: reading.done, data: {day: "state.checkins", label: "'x'"}, member: member.id}
+  remind:
+    - send:
+        channel: group
+        to: [u001, u002]
+        variants:
+          short: {text: "{{ vars.checkin_word }}!", weight: 2}
+          long: {text: "Day {{ state.streak }}: {{ vars.checkin_word }}"}
+    - stop: done
+"""
+
+
+def problems(result) -> list[str]:
+    return [f"{p.line}:{p.col}: {p.severity}: {p.message}" for p in result.problems]
+
+
+def test_a_playbook_using_every_feature_passes():
+    result = load_text(FULL)
+    assert problems(result) == []
+    assert result.ok
+
+
+def test_a_send_may_omit_its_channel_when_there_is_exactly_one():
+    text = "cmtyflow: 1\nname: x\nchannels: {c: {adapter: console}}\ntriggers: [{id: t, event: e, flow: a}]\nflows: {a: [{send: {text: hi}}]}\n"
+    assert problems(load_text(text)) == []
+
+
+def test_the_one_channel_may_come_from_folder_defaults(write, tmp_path):
+    write("cmtyflow.yaml", "channels: {c: {adapter: console}}\n")
+    text = "cmtyflow: 1\nname: x\ntriggers: [{id: t, event: e, flow: a}]\nflows: {a: [{send: {text: hi}}]}\n"
+    assert problems(load_text(text, tmp_path / "pb.yaml")) == []
+
+
+def test_a_send_without_channel_and_no_channels():
+    text = "cmtyflow: 1\nname: x\ntriggers: [{id: t, event: e, flow: a}]\nflows: {a: [{send: {text: hi}}]}\n"
+    assert problems(load_text(text)) == [
+        "4:14: error: send has no channel and the playbook defines none; add channels:"
+    ]
+
+
+def test_a_flow_no_trigger_starts_is_a_warning_only():
+    text = FULL.replace("  remind:\n", "  spare: [{stop: x}]\n  remind:\n")
+    result = load_text(text)
+    assert problems(result) == ["48:3: warning: flow 'spare' is never started: no trigger names it"]
+    assert result.ok
+
+
+def test_duplicate_trigger_ids():
+    text = FULL.replace("id: launch", "id: joined")
+    assert problems(load_text(text)) == [
+        "28:9: error: duplicate trigger id 'joined' (first at line 20)"
+    ]
+
+
+def test_step_ids_are_unique_across_flows_and_nested_steps():
+    text = FULL.replace("- checkin: {}", "- {id: welcome, checkin: {}}")
+    assert problems(load_text(text)) == [
+        "46:18: error: duplicate step id 'welcome'; step ids are unique in a playbook (first at line 33)"
+    ]
+
+
+def test_to_must_be_member_channel_a_role_or_ids():
+    text = FULL.replace("to: roles.moderators", "to: moderators")
+    assert problems(load_text(text)) == [
+        "37:66: error: 'to' should be member, channel, a role such as roles.moderators, "
+        "or a list of member ids, not 'moderators'"
+    ]
+
+
+def test_expressions_everywhere_are_checked():
+    text = (
+        FULL.replace("member.tags", "membr.tags")
+        .replace("event.data.channel", "evnt.data.channel")
+        .replace("state.checkins", "stat.checkins")
+        .replace("member: member.id", "member: mbr.id")
+        .replace("vars.goal_days // 7", "var.goal_days // 7")
+        .replace('if: "state.points > 10"', 'if: "points > 10"')
+    )
+    found = [p.split(";")[0] for p in problems(load_text(text))]
+    assert found == [
+        "11:19: error: unknown name 'membr' (did you mean 'member'?)",
+        "18:58: error: unknown name 'evnt' (did you mean 'event'?)",
+        "40:15: error: unknown name 'points'",
+        "44:16: error: unknown name 'var' (did you mean 'vars'?)",
+        "47:53: error: unknown name 'stat' (did you mean 'state'?)",
+        "47:93: error: unknown name 'mbr' (did you mean 'member'?)",
+    ]
+
+
+def test_variant_templates_are_checked():
+    text = FULL.replace("{{ state.streak }}", "{{ state.streak }")
+    assert problems(load_text(text)) == ["54:24: error: template syntax error: unexpected '}'"]
+
+
+def test_adapter_settings_accept_env_references_of_any_type():
+    # fsync is a boolean; "${env:LOG_FSYNC}" is only resolved when the channel opens.
+    assert "fsync" in FULL
+    assert load_text(FULL).ok
+
+
+def test_adapter_setting_of_the_wrong_type():
+    text = FULL.replace('fsync: "${env:LOG_FSYNC}"', "fsync: sometimes")
+    assert problems(load_text(text)) == [
+        "10:56: error: setting 'fsync' should be true or false, not 'sometimes'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("token: 12345:abcdef", "setting 'token' holds a literal secret"),
+        ("api_key: sk-live-1", "setting 'api_key' holds a literal secret"),
+        ("webhook: https://example.com/in/abc", "setting 'webhook' holds a literal secret"),
+        (
+            "url: https://bot:hunter2@example.com/",
+            "setting 'url' is a URL with a user name and password in it",
+        ),
+        (
+            "url: https://hooks.slack.com/services/T0/B0/XYZ",
+            "setting 'url' is a URL with a Slack webhook credential in it",
+        ),
+        (
+            "url: https://discord.com/api/webhooks/1/abc",
+            "setting 'url' is a URL with a Discord webhook token in it",
+        ),
+        (
+            "url: https://open.feishu.cn/open-apis/bot/v2/hook/abc",
+            "setting 'url' is a URL with a Feishu/Lark webhook token in it",
+        ),
+        (
+            "url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc",
+            "setting 'url' is a URL with a credential in its query in it",
+        ),
+        (
+            "url: https://oapi.dingtalk.com/robot/send?access_token=abc",
+            "setting 'url' is a URL with a credential in its query in it",
+        ),
+    ],
+)
+def test_literal_secrets_in_channels_are_warned_about(setting, message):
+    key, value = setting.split(": ", 1)
+    text = FULL.replace('prefix: "[group] "', f'{key}: "{value}"')
+    found = [p for p in load_text(text).problems if p.severity == "warning"]
+    assert [(p.line, p.col) for p in found] == [(9, 31 + len(key))]
+    assert found[0].message == (
+        f"channel 'group' {message}; write ${{env:NAME}} and set NAME in the environment"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "${env:TG_TOKEN}",
+        "https://hooks.slack.com/services/${env:SLACK_HOOK}",
+        "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=${env:WECOM_KEY}",
+        "https://${env:USER}:${env:PASS}@example.com/",
+    ],
+)
+def test_env_references_are_not_secrets(value):
+    assert literal_secret("token", value) is None
+    assert literal_secret("url", value) is None
+
+
+def test_credential_urls_in_vars_are_warned_about():
+    text = FULL.replace(
+        "goal_days: 21}", "goal_days: 21, hook: 'https://discord.com/api/webhooks/1/x'}"
+    )
+    assert problems(load_text(text)) == [
+        "7:47: warning: this URL has a Discord webhook token in it; put secrets in the environment and write ${env:NAME}"
+    ]
+
+
+def test_harmless_settings_are_not_secrets():
+    assert literal_secret("prefix", "token: ") is None
+    assert literal_secret("key_file", "/etc/key.pem") is None
+    assert credential_in_url("https://example.com/page?id=3") is None
+
+
+def test_playbook_names_are_unique_among_loaded_playbooks(write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("a.yaml", FULL)
+    write("b.yaml", FULL)
+    assert [f"{p.path}:{p.line}:{p.col}: {p.message}" for p in load(["."]).problems] == [
+        "b.yaml:2:7: playbook name 'reading-challenge' is also used by a.yaml"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("0 20 * * *", None),
+        ("*/15 9-17 * * MON-FRI", None),
+        ("0 0 1 1 * 30", None),
+        (
+            "@daily",
+            "cron '@daily' has 1 field; write 5 (minute hour day-of-month month day-of-week), or 6 with seconds last",
+        ),
+        ("60 * * * *", "cron '60 * * * *': '60' is not a valid minute (0-59)"),
+        ("0 0 32 * *", "cron '0 0 32 * *': '32' is not a valid day of month (1-31)"),
+        ("0 0 * 13 *", "cron '0 0 * 13 *': '13' is not a valid month (1-12 or JAN-DEC)"),
+    ],
+)
+def test_cron(cron, message):
+    assert cron_problem(cron) == message
+
+
+def test_timezones():
+    assert valid_timezone("Asia/Shanghai")
+    assert valid_timezone("UTC")
+    assert not valid_timezone("Mars/Olympus")
+    assert not valid_timezone("../../etc/passwd")
+    assert not valid_timezone("")
+
+
+# --- template files (SPEC 2) ---------------------------------------------------------
+
+
+def source(locale, fmt):
+    return TemplateSource("welcome", locale, fmt, Path(f"welcome.{locale}.{fmt}.j2"), "")
+
+
+def test_pick_walks_the_locale_chain_then_the_formats():
+    sources = [
+        source(None, "plain"),
+        source("zh-CN", "plain"),
+        source("zh-CN", "markdown"),
+        source("fr", "html"),
+    ]
+    assert pick(sources, ["zh-CN", "en", None], ("markdown", "plain")).format == "markdown"
+    assert pick(sources, ["de", "zh-CN", None], ("html", "plain")).locale == "zh-CN"
+    assert pick(sources, [None, "en", None], ("plain",)).locale is None
+    assert pick(sources, ["fr", None], ("plain",)).locale is None
+    assert pick(sources, ["en"], ("plain",)) is None
+
+
+def test_find_templates_first_folder_wins(write, tmp_path):
+    write("playbooks/templates/welcome.zh-CN.md.j2", "near")
+    write("templates/welcome.zh-CN.md.j2", "far")
+    write("templates/welcome.txt.j2", "plain")
+    write("templates/welcome.extra.zh-CN.md.j2", "not this")
+    write("templates/welcomed.txt.j2", "nor this")
+    write("templates/emails/welcome.html.j2", "<p>hi</p>")
+    dirs = template_dirs(tmp_path / "playbooks" / "pb.yaml")
+    assert dirs == [tmp_path / "playbooks" / "templates", tmp_path / "templates"]
+    found = {(s.locale, s.format): s.source for s in find_templates(dirs, "welcome")}
+    assert found == {("zh-CN", "markdown"): "near", (None, "plain"): "plain"}
+    assert [s.source for s in find_templates(dirs, "emails/welcome")] == ["<p>hi</p>"]
+    assert find_templates(dirs, "../templates/welcome") == []
+
+
+def test_a_template_found_in_the_parent_folder_resolves(write, tmp_path):
+    write("templates/welcome.txt.j2", "Hello {{ member.name }}")
+    text = FULL.replace('text: "欢迎 {{ member.name }}"', "template: welcome")
+    path = write("playbooks/pb.yaml", text)
+    result = load([path])
+    assert problems(result) == []
+    assert [s.path for s in result.playbooks[0].templates["welcome"]] == [
+        tmp_path / "templates" / "welcome.txt.j2"
+    ]
+
+
+def test_a_variant_template_that_does_not_exist(write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = FULL.replace(
+        'long: {text: "Day {{ state.streak }}: {{ vars.checkin_word }}"}', "long: {template: long}"
+    )
+    write("pb.yaml", text)
+    assert problems(load(["pb.yaml"])) == [
+        "54:28: error: template 'long' not found: looked for templates/long.zh-CN.*.j2 and templates/long.*.j2"
+    ]
+
+
+def test_a_template_file_that_is_not_text(write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write("templates/welcome.txt.j2", b"\xff\xfe\x00binary")
+    write("pb.yaml", FULL.replace('text: "欢迎 {{ member.name }}"', "template: welcome"))
+    found = [f"{p.path}:{p.line}:{p.col}: {p.message}" for p in load(["pb.yaml"]).problems]
+    assert found == [
+        "pb.yaml:34:40: template 'welcome' not found: looked for templates/welcome.zh-CN.*.j2 and templates/welcome.*.j2",
+        "templates/welcome.txt.j2:1:1: template not UTF-8 text",
+    ]

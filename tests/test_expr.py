@@ -1,0 +1,127 @@
+"""Template and expression injection (SPEC 2): refused by validate at the YAML line, and
+member data is never evaluated as template source."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmtyflow.expr import (
+    RenderError,
+    compile_template,
+    static_problems_expression,
+    static_problems_template,
+)
+from cmtyflow.loader import load, load_text
+
+PLAYBOOK = """\
+cmtyflow: 1
+name: demo
+channels:
+  group: {{adapter: console}}
+triggers:
+  - id: joined
+    event: member.joined
+    flow: onboard
+flows:
+  onboard:
+    - send:
+        text: |
+          Hello!
+          {text}
+"""
+
+
+def problems_for(text: str) -> list[str]:
+    result = load_text(PLAYBOOK.format(text=text), "pb.yaml")
+    return [f"{p.line}:{p.col}: {p.severity}: {p.message}" for p in result.problems]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("{{ ''.__class__.__mro__ }}", "access to '__mro__' is not allowed"),
+        ("{{ cycler.__init__.__globals__.os }}", "access to '__globals__' is not allowed"),
+        ("{{ member.name|attr('format') }}", "the attr filter is not allowed in playbooks"),
+        ("{{ 'a'*10**9 }}", "not allowed: repeating 1000000000 times is over the limit of 10000"),
+        ("{{ member['__class__'] }}", "access to '__class__' is not allowed"),
+        ("{{ 2**100000 }}", "not allowed: an exponent of 100000 is over the limit of 256"),
+    ],
+    ids=["mro", "globals", "attr-filter", "repeat", "getitem-dunder", "pow"],
+)
+def test_injection_in_a_template_is_refused_at_its_yaml_line(payload, message):
+    found = problems_for(payload)
+    assert f"14:11: error: {message}" in found
+    assert all(p.startswith("14:11: error: ") for p in found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["''.__class__.__mro__", "cycler.__init__.__globals__", "'x'|attr('format')", "'a'*10**9"],
+)
+def test_injection_in_an_expression_is_refused(source, write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(
+        "pb.yaml",
+        f"""\
+        cmtyflow: 1
+        name: demo
+        channels:
+          group: {{adapter: console}}
+        triggers:
+          - id: joined
+            event: member.joined
+            where: "{source}"
+            flow: onboard
+        flows:
+          onboard:
+            - send: {{text: hi}}
+        """,
+    )
+    result = load(["pb.yaml"])
+    assert not result.ok
+    assert {(p.line, p.col) for p in result.problems} == {(8, 12)}
+    assert all("not allowed" in p.message for p in result.problems)
+
+
+def test_member_data_is_printed_never_evaluated():
+    template = compile_template("Welcome, {{ member.name }}!")
+    assert template.render({"member": {"name": "{{ 7*7 }}"}}) == "Welcome, {{ 7*7 }}!"
+    assert template.render({"member": {"name": "{% for x in range(9) %}x{% endfor %}"}}) == (
+        "Welcome, {% for x in range(9) %}x{% endfor %}!"
+    )
+
+
+def test_repetition_with_runtime_values_fails_that_render_only():
+    template = compile_template("{{ 'a' * vars.n }}")
+    assert template.render({"vars": {"n": 3}}) == "aaa"
+    with pytest.raises(RenderError, match="over the limit"):
+        template.render({"vars": {"n": 10**9}})
+
+
+def test_unknown_name_has_a_did_you_mean():
+    (problem,) = static_problems_expression("membr.name")
+    assert problem.message.startswith("unknown name 'membr' (did you mean 'member'?)")
+
+
+def test_expression_syntax_errors_read_as_expressions():
+    assert [p.message for p in static_problems_expression("state.points >")] == [
+        "expression syntax error: unexpected end of expression"
+    ]
+    assert [p.message for p in static_problems_expression("a b")] == [
+        "expression syntax error: unexpected b after the expression"
+    ]
+
+
+def test_template_problems_carry_the_line_inside_the_template():
+    found = static_problems_template("line one\nline two\n{{ nope }}\n")
+    assert [(p.lineno, p.message.split(";")[0]) for p in found] == [(3, "unknown name 'nope'")]
+
+
+def test_loop_variables_and_set_names_are_known_in_templates(write, tmp_path, monkeypatch):
+    result = load_text(
+        PLAYBOOK.format(
+            text="{% set n = 2 %}{% for b in state.badges %}{{ loop.index }} {{ b }} {{ n }}{% endfor %}"
+        ),
+        "pb.yaml",
+    )
+    assert result.problems == []
