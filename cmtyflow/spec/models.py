@@ -313,6 +313,7 @@ class WaitStep(StepBase):
                         "type": "object",
                         "additionalProperties": False,
                         "properties": {
+                            "for": {"type": "string", "pattern": DURATION_PATTERN},
                             "until": {"type": "string", "pattern": TIME_OF_DAY_PATTERN},
                             "event": {"type": "string"},
                             "where": {"type": "string"},
@@ -503,10 +504,16 @@ class Playbook(Model):
     triggers: list[Trigger] = Field(default_factory=list)
     flows: dict[str, list[Step]] = Field(default_factory=dict)
 
-    @field_validator("roles")
+    @field_validator("roles", mode="before")
     @classmethod
-    def _role_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        return {k: [str(m) for m in v] for k, v in value.items()}
+    def _role_names(cls, value: Any) -> Any:
+        # Member ids such as 1001 are read by YAML as numbers; they are ids all the same.
+        if isinstance(value, dict):
+            return {
+                k: [str(m) if isinstance(m, int) and not isinstance(m, bool) else m for m in v] if isinstance(v, list) else v
+                for k, v in value.items()
+            }
+        return value
 
 
 def walk_steps(steps: list[Any], prefix: str) -> list[tuple[str, Any]]:
