@@ -7,6 +7,9 @@ Rules:
   (retry later, optionally after ``retry_after`` seconds) or
   ``PermanentDeliveryError`` (dead-letter now). It never returns False.
 - ``describe()`` never shows a secret.
+- Optionally, ``escape(value, format)`` (a classmethod) makes member data inert in
+  that format's markup on this platform; the renderer uses it as the autoescape for
+  member values (``escape_value`` falls back to a generic escaper).
 - Settings are validated twice with the same model: by ``cmtyflow validate`` on the
   text the playbook holds (``${env:NAME}`` references unresolved), and when the
   channel is opened, after ``resolve_env`` has put the values in.
@@ -17,9 +20,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
+from pydantic_core import PydanticCustomError
 
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -62,6 +67,7 @@ class Capabilities:
     rate_per_second: float | None = None  # documented default per destination
     rate_burst: int = 1
     needs_handle: str | None = None  # member field used as the address, e.g. "telegram"
+    max_bytes: int | None = None  # UTF-8 bytes per message, for platforms that count bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,30 @@ class Receipt:
 
 
 class AdapterSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Settings hold credentials: a validation error must not echo the value it refused.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+def _check_url(value: str) -> str:
+    # SPEC 1: the playbook text may hold ``${env:NAME}``; the resolved value is checked
+    # again when the channel is opened, with the same model.
+    if ENV_REF.search(value):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("url", "expected an http(s) URL or a ${env:NAME} reference")
+    return value
+
+
+def _check_secret_url(value: SecretStr) -> SecretStr:
+    _check_url(value.get_secret_value())  # its message never carries the value
+    return value
+
+
+# An http(s) URL setting that may also be written as a ``${env:NAME}`` reference.
+UrlSetting = Annotated[str, AfterValidator(_check_url)]
+# The same for a URL that is itself a credential (a webhook URL with its token inside).
+SecretUrlSetting = Annotated[SecretStr, AfterValidator(_check_secret_url)]
 
 
 @runtime_checkable
@@ -109,6 +138,16 @@ class Adapter(Protocol):
     async def send(self, message: OutboundMessage) -> Receipt: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+def escape_value(adapter: Any, fmt: str, value: str) -> str:
+    """``value`` made inert in ``fmt`` for ``adapter`` (its own ``escape`` when it has one)."""
+    own = getattr(adapter, "escape", None)
+    if callable(own):
+        return str(own(value, fmt))
+    from .text import escape
+
+    return escape(value, fmt)
 
 
 def masked(settings: BaseModel) -> dict[str, Any]:

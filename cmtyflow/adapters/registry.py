@@ -13,6 +13,14 @@ from typing import Any
 BUILTINS: dict[str, tuple[str, str, str | None]] = {
     "console": ("cmtyflow.adapters.console", "ConsoleAdapter", None),
     "file": ("cmtyflow.adapters.file", "FileAdapter", None),
+    "webhook": ("cmtyflow.adapters.webhook", "WebhookAdapter", None),
+    "slack": ("cmtyflow.adapters.slack", "SlackAdapter", None),
+    "discord": ("cmtyflow.adapters.discord", "DiscordAdapter", None),
+    "telegram": ("cmtyflow.adapters.telegram", "TelegramAdapter", None),
+    "email": ("cmtyflow.adapters.email", "EmailAdapter", None),
+    "wecom": ("cmtyflow.adapters.wecom", "WecomAdapter", None),
+    "dingtalk": ("cmtyflow.adapters.dingtalk", "DingtalkAdapter", None),
+    "feishu": ("cmtyflow.adapters.feishu", "FeishuAdapter", None),
 }
 
 ENTRY_POINT_GROUP = "cmtyflow.adapters"

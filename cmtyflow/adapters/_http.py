@@ -1,0 +1,231 @@
+"""What every HTTP adapter shares: the aiohttp session, timeouts, rate limits, and the
+mapping of transport failures and HTTP statuses to delivery errors (SPEC 5.4).
+
+Rules:
+- The runner passes one shared ``aiohttp.ClientSession``; an adapter given none makes
+  its own in ``open()`` and closes only that one.
+- Every request has a total timeout. A timeout, a refused or dropped connection, a
+  429, a 408 and any 5xx are transient; any other 4xx is permanent; a redirect is
+  permanent (an API endpoint never legitimately redirects a POST) unless an adapter
+  knows better. Platform conventions inside a 2xx body are mapped by each adapter.
+- Error messages name the host, never the URL: webhook URLs carry credentials.
+- A message split in parts remembers how many parts went out, so a retry in the same
+  process resumes after them instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from pydantic import BaseModel
+from yarl import URL
+
+from .base import (
+    Capabilities,
+    OutboundMessage,
+    PermanentDeliveryError,
+    Receipt,
+    TransientDeliveryError,
+    masked,
+)
+from .ratelimit import Bucket, RateLimiter, default_limiter
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+def host_of(url: str | URL) -> str:
+    parts = urlsplit(str(url))
+    return parts.hostname or "?"
+
+
+class HttpAdapter:
+    """Base of the HTTP adapters; subclasses define ``name``, ``Settings``,
+    ``capabilities``, ``description`` and ``send``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Settings: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(
+        self,
+        settings: Any,
+        channel: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.channel = channel or self.name
+        self.timeout = timeout
+        self.limiter = limiter if limiter is not None else default_limiter()
+        self._session = session
+        self._own_session = False
+        self._parts_sent: dict[str, list[str | None]] = {}
+
+    @classmethod
+    def escape(cls, value: str, fmt: str) -> str:
+        from .text import escape
+
+        return escape(value, fmt)
+
+    async def open(self) -> None:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._own_session = True
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        if self._own_session:
+            self._session = None
+            self._own_session = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": self.name, "channel": self.channel, **masked(self.settings)}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()!r}>"
+
+    # ------------------------------------------------------------ requests
+
+    async def request(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        buckets: tuple[Bucket, ...] = (),
+    ) -> Reply:
+        if self._session is None or self._session.closed:
+            await self.open()
+        assert self._session is not None
+        if buckets:
+            await self.limiter.acquire(*buckets)
+        sent_headers = dict(headers or {})
+        if body is not None:
+            sent_headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=body,
+                headers=sent_headers,
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as resp:
+                return Reply(resp.status, resp.headers, await resp.read())
+        except TimeoutError as exc:
+            raise TransientDeliveryError(
+                f"{self.name}: {host_of(url)} did not answer within {self.timeout:g}s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransientDeliveryError(
+                f"{self.name}: cannot reach {host_of(url)} ({type(exc).__name__})"
+            ) from exc
+
+    def check_status(
+        self,
+        reply: Reply,
+        detail: str | None = None,
+        *,
+        retry_after: float | None = None,
+        defer: Hashable | None = None,
+    ) -> None:
+        """Raise the delivery error an unsuccessful HTTP status means; no-op on 2xx."""
+        status = reply.status
+        if 200 <= status < 300:
+            return
+        detail = detail or reply.text.strip()[:300] or reply_reason(status)
+        if status == 429:
+            wait = (
+                retry_after
+                if retry_after is not None
+                else parse_retry_after(reply.headers.get("Retry-After"))
+            )
+            if defer is not None and wait:
+                self.limiter.defer(defer, wait)
+            raise TransientDeliveryError(f"{self.name}: rate limited: {detail}", retry_after=wait)
+        if status >= 500 or status == 408:
+            raise TransientDeliveryError(
+                f"{self.name}: HTTP {status}: {detail}",
+                retry_after=parse_retry_after(reply.headers.get("Retry-After")),
+            )
+        if 300 <= status < 400:
+            raise PermanentDeliveryError(f"{self.name}: unexpected redirect (HTTP {status})")
+        raise PermanentDeliveryError(f"{self.name}: HTTP {status}: {detail}")
+
+    # ------------------------------------------------------------ split messages
+
+    async def send_parts(
+        self,
+        message: OutboundMessage,
+        parts: list[str],
+        send_one: Callable[[int, str], Awaitable[str | None]],
+    ) -> Receipt:
+        """Send ``parts`` in order; a retry of the same key skips parts already sent."""
+        done = self._parts_sent.setdefault(message.key, [])
+        for index in range(len(done), len(parts)):
+            done.append(await send_one(index, parts[index]))
+        ids = self._parts_sent.pop(message.key)
+        detail: dict[str, Any] = {"parts": len(parts)} if len(parts) > 1 else {}
+        if len(parts) > 1:
+            detail["ids"] = ids
+        return Receipt(platform_id=ids[0] if ids else None, detail=detail)
+
+
+def reply_reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "unknown status"

@@ -1,0 +1,271 @@
+"""``email``: SMTP with STARTTLS (or implicit TLS), one message per member.
+
+The address is ``member.email``; a message to the channel itself goes to ``to_address``.
+Each message is ``multipart/alternative``: a text/plain part and a text/html part.
+When the message has no HTML alternative the HTML is the plain text autoescaped,
+so member data never becomes markup. Headers: ``Message-ID`` derived from the
+message key (a resend carries the same ID, so clients and list software can
+collapse duplicates), ``Date``, ``Auto-Submitted: auto-generated``, and, when the
+message has an unsubscribe URL, ``List-Unsubscribe: <url>`` with
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058).
+
+smtplib runs in a worker thread (``asyncio.to_thread``); its socket timeout bounds
+every step. SMTP replies 4xx are transient and 5xx permanent; a refused or dropped
+connection or a timeout is transient; a server without STARTTLS, or a certificate
+that does not verify, is a configuration error and permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from typing import Annotated, Any, ClassVar
+
+import aiohttp
+from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic_core import PydanticCustomError
+
+from .base import (
+    ENV_REF,
+    AdapterSettings,
+    Capabilities,
+    DeliveryError,
+    OutboundMessage,
+    PermanentDeliveryError,
+    Receipt,
+    TransientDeliveryError,
+    masked,
+)
+from .text import escape_html, html_to_text, plain_to_html
+
+_ADDRESS = re.compile(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+")
+
+
+def _check_address(value: str) -> str:
+    if ENV_REF.search(value) or _ADDRESS.fullmatch(value):
+        return value
+    raise PydanticCustomError("email", "expected an email address such as club@example.org")
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+class EmailSettings(AdapterSettings):
+    host: str = Field(description="SMTP server host name")
+    port: int = Field(587, ge=1, le=65535, description="SMTP port: 587 with STARTTLS, 465 with tls")
+    starttls: bool = Field(True, description="upgrade the connection with STARTTLS before sending")
+    tls: bool = Field(False, description="connect with implicit TLS (usually port 465) instead")
+    username: str | None = Field(None, description="SMTP login name, when the server needs one")
+    password: SecretStr | None = Field(None, description="SMTP password")
+    from_address: Address = Field(description="sender address, e.g. club@example.org")
+    from_name: str | None = Field(None, description="sender display name")
+    reply_to: Address | None = Field(None, description="Reply-To address")
+    to_address: Address | None = Field(
+        None, description="address for messages to the channel itself, e.g. a mailing list"
+    )
+    subject: str | None = Field(
+        None, description="subject when the message has none (else its first line is used)"
+    )
+    list_id: str | None = Field(
+        None, description="List-Id header, e.g. 'Reading club <reading.example.org>'"
+    )
+    ca_file: str | None = Field(
+        None, description="CA certificates (PEM) to verify the server with, for private CAs"
+    )
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> EmailSettings:
+        if self.tls and self.starttls:
+            raise ValueError(
+                "choose one of tls (implicit TLS) and starttls; set starttls: false with tls"
+            )
+        if self.password is not None and self.username is None:
+            raise ValueError("password is used with username")
+        return self
+
+
+def message_id(key: str, from_address: str) -> str:
+    domain = from_address.rsplit("@", 1)[-1] or "cmtyflow.invalid"
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}.cmtyflow@{domain}>"
+
+
+def _one_line(value: str, limit: int = 150) -> str:
+    value = re.sub(r"\s+", " ", value).strip()
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
+
+
+_DOCUMENT = (
+    '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+    "<body>\n{body}\n</body></html>\n"
+)
+
+
+class EmailAdapter:
+    name: ClassVar[str] = "email"
+    description: ClassVar[str] = "SMTP with STARTTLS: multipart text + HTML, one-click unsubscribe"
+    Settings: ClassVar[type[EmailSettings]] = EmailSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        formats=("html", "plain"), needs_handle="email"
+    )
+
+    def __init__(
+        self,
+        settings: EmailSettings,
+        channel: str = "email",
+        *,
+        session: aiohttp.ClientSession | None = None,  # unused: SMTP, not HTTP
+        timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.timeout = timeout
+
+    @classmethod
+    def escape(cls, value: str, fmt: str) -> str:
+        return escape_html(value) if fmt == "html" else value
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": self.name, "channel": self.channel, **masked(self.settings)}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()!r}>"
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        address = self._address(message)
+        try:
+            mail = self.build(message, address)
+        except (ValueError, TypeError) as exc:
+            raise PermanentDeliveryError(f"email: cannot build the message: {exc}") from exc
+        await asyncio.to_thread(self._deliver, mail, address)
+        return Receipt(platform_id=str(mail["Message-ID"]))
+
+    def _address(self, message: OutboundMessage) -> str:
+        if message.recipient is not None:
+            address = message.recipient.handles.get("email")
+            if not address:
+                raise PermanentDeliveryError(
+                    f"email: member {message.recipient.member_id} has no email"
+                )
+        elif self.settings.to_address:
+            address = self.settings.to_address
+        else:
+            raise PermanentDeliveryError(f"email channel '{self.channel}' has no to_address")
+        if not _ADDRESS.fullmatch(address):
+            raise PermanentDeliveryError(f"email: '{address}' is not an email address")
+        return address
+
+    def bodies(self, message: OutboundMessage) -> tuple[str, str]:
+        """(plain, html) for ``message``; HTML made from autoescaped plain text if need be."""
+        alt = message.alternatives
+        if message.format == "plain":
+            plain = message.text
+        elif "plain" in alt:
+            plain = alt["plain"]
+        elif message.format == "html":
+            plain = html_to_text(message.text)
+        else:
+            plain = message.text
+        if message.format == "html":
+            html = message.text
+        elif "html" in alt:
+            html = alt["html"]
+        else:
+            html = _DOCUMENT.format(
+                title=escape_html(self._subject(message, plain)), body=plain_to_html(plain)
+            )
+        return plain, html
+
+    def _subject(self, message: OutboundMessage, plain: str) -> str:
+        if message.subject:
+            return _one_line(message.subject)
+        if self.settings.subject:
+            return _one_line(self.settings.subject)
+        first = next((line for line in plain.splitlines() if line.strip()), self.channel)
+        return _one_line(first, 78)
+
+    def build(self, message: OutboundMessage, address: str) -> EmailMessage:
+        s = self.settings
+        plain, html = self.bodies(message)
+        mail = EmailMessage()
+        mail["From"] = formataddr((s.from_name, s.from_address)) if s.from_name else s.from_address
+        mail["To"] = address
+        mail["Subject"] = self._subject(message, plain)
+        mail["Date"] = formatdate(usegmt=True)
+        mail["Message-ID"] = message_id(message.key, s.from_address)
+        mail["Auto-Submitted"] = "auto-generated"
+        if s.reply_to:
+            mail["Reply-To"] = s.reply_to
+        if s.list_id:
+            mail["List-Id"] = s.list_id
+        if message.unsubscribe_url:
+            mail["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+            mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        mail.set_content(plain)
+        mail.add_alternative(html, subtype="html")
+        return mail
+
+    # ------------------------------------------------------------ SMTP (worker thread)
+
+    def _deliver(self, mail: EmailMessage, address: str) -> None:
+        s = self.settings
+        context = ssl.create_default_context(cafile=s.ca_file)
+        try:
+            smtp: smtplib.SMTP
+            if s.tls:
+                smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=self.timeout, context=context)
+            else:
+                smtp = smtplib.SMTP(s.host, s.port, timeout=self.timeout)
+            try:
+                smtp.ehlo()
+                if s.starttls:
+                    smtp.starttls(context=context)
+                    smtp.ehlo()
+                if s.username:
+                    smtp.login(s.username, s.password.get_secret_value() if s.password else "")
+                smtp.send_message(mail, from_addr=s.from_address, to_addrs=[address])
+            finally:
+                try:
+                    smtp.quit()
+                except (smtplib.SMTPException, OSError):
+                    smtp.close()
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            raise smtp_error(exc, s.host) from exc
+
+
+def smtp_error(exc: Exception, host: str) -> DeliveryError:
+    """The delivery error an smtplib/ssl/socket exception means."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code, text = next(iter(exc.recipients.values()), (550, b"refused"))
+        return _by_code(code, text, "recipient refused")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return PermanentDeliveryError(f"email: {host} does not support {exc}; check starttls/tls")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _by_code(exc.smtp_code, exc.smtp_error, type(exc).__name__)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return PermanentDeliveryError(
+            f"email: certificate of {host} does not verify: {exc.verify_message}"
+        )
+    if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | smtplib.SMTPException):
+        return TransientDeliveryError(f"email: {host}: {type(exc).__name__}: {exc}")
+    return PermanentDeliveryError(f"email: {type(exc).__name__}: {exc}")
+
+
+def _by_code(code: int, text: bytes | str, what: str) -> DeliveryError:
+    said = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    detail = f"email: {what}: {code} {said}"
+    if 400 <= code < 500:
+        return TransientDeliveryError(detail)
+    return PermanentDeliveryError(detail)

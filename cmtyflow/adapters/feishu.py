@@ -1,0 +1,138 @@
+"""``feishu``: 飞书 (Feishu / Lark) custom bot webhook, with optional signature check.
+
+Request: ``POST https://open.feishu.cn/open-apis/bot/v2/hook/<id>`` with
+``{"msg_type": "text", "content": {"text"}}``; with ``secret`` set, the body also
+holds ``timestamp`` (seconds, as a string) and ``sign`` =
+base64(HMAC-SHA256(key=timestamp + "\\n" + secret, msg=b"")). Note the unusual
+shape: the joined string is the HMAC *key* and the message is empty.
+
+The answer is ``{"code", "msg", "data"}`` (older deployments also send
+``StatusCode``/``StatusMessage``). ``code`` 0 is success. 11232 is the bot's
+frequency limit (100 per minute and 5 per second per bot): transient. 9499 is
+"Bad Request" (malformed body, or over the 20 KB body limit) and 19021
+(signature or timestamp) are permanent, as is any other code. HTTP 429 is transient.
+
+Text messages turn ``<at user_id="all">`` into a mention of everyone, so that
+tag is defused in every message; nothing else in text is parsed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import aiohttp
+from pydantic import Field, SecretStr
+
+from ._http import HttpAdapter, Reply, dumps
+from .base import (
+    AdapterSettings,
+    Capabilities,
+    OutboundMessage,
+    PermanentDeliveryError,
+    Receipt,
+    SecretUrlSetting,
+    TransientDeliveryError,
+)
+from .ratelimit import FEISHU_PER_MINUTE, FEISHU_PER_SECOND, RateLimiter
+from .text import defuse_feishu_at, fit_parts, pick
+
+# The request body may not exceed 20 KB; this leaves room for the JSON around the text.
+MAX_BYTES = 18000
+RATE_LIMITED = frozenset({11232})
+
+
+def sign(secret: str, timestamp: str) -> str:
+    key = f"{timestamp}\n{secret}".encode()
+    return base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode("ascii")
+
+
+class FeishuSettings(AdapterSettings):
+    webhook_url: SecretUrlSetting = Field(
+        description="custom bot webhook URL (https://open.feishu.cn/open-apis/bot/v2/hook/...)"
+    )
+    secret: SecretStr | None = Field(None, description="signing secret when 签名校验 is enabled")
+
+
+class FeishuAdapter(HttpAdapter):
+    name: ClassVar[str] = "feishu"
+    description: ClassVar[str] = (
+        "飞书 (Feishu/Lark) custom bot with optional signing: text messages"
+    )
+    Settings: ClassVar[type[FeishuSettings]] = FeishuSettings
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        formats=("plain",),
+        max_bytes=MAX_BYTES,
+        rate_per_second=FEISHU_PER_MINUTE.rate,
+    )
+    settings: FeishuSettings
+
+    def __init__(
+        self,
+        settings: FeishuSettings,
+        channel: str = "feishu",
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(settings, channel, session=session, timeout=timeout, limiter=limiter)
+        self._clock = clock
+
+    @classmethod
+    def escape(cls, value: str, fmt: str) -> str:
+        return defuse_feishu_at(value)
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        _, text = pick(message, self.capabilities.formats)
+        parts = fit_parts(text, max_length=None, max_bytes=MAX_BYTES, platform=self.name)
+        url = self.settings.webhook_url.get_secret_value()
+        buckets = (
+            (("feishu", url, "minute"), FEISHU_PER_MINUTE),
+            (("feishu", url, "second"), FEISHU_PER_SECOND),
+        )
+
+        async def one(index: int, part: str) -> str | None:
+            payload: dict[str, Any] = {
+                "msg_type": "text",
+                "content": {"text": defuse_feishu_at(part)},
+            }
+            if self.settings.secret is not None:
+                timestamp = str(int(self._clock()))
+                payload = {
+                    "timestamp": timestamp,
+                    "sign": sign(self.settings.secret.get_secret_value(), timestamp),
+                    **payload,
+                }
+            reply = await self.request("POST", url, body=dumps(payload), buckets=buckets)
+            self._check(reply, buckets[0][0])
+            return None
+
+        return await self.send_parts(message, parts, one)
+
+    def _check(self, reply: Reply, bucket: Any) -> None:
+        data = reply.json()
+        code = None
+        if isinstance(data, dict):
+            code = data.get("code", data.get("StatusCode"))
+        detail = None
+        if isinstance(data, dict) and code is not None:
+            detail = f"{data.get('msg') or data.get('StatusMessage')} (code {code})"
+        if reply.status == 429:
+            wait = reply.headers.get("x-ogw-ratelimit-reset")
+            self.check_status(
+                reply, detail, retry_after=float(wait) if wait else None, defer=bucket
+            )
+        if isinstance(code, int) and code in RATE_LIMITED:
+            # Feishu does not say which of its two windows was hit, nor for how long.
+            raise TransientDeliveryError(f"feishu: {detail}")
+        self.check_status(reply, detail, defer=bucket)
+        if not isinstance(code, int):
+            raise TransientDeliveryError(f"feishu: unexpected answer (HTTP {reply.status})")
+        if code != 0:
+            raise PermanentDeliveryError(f"feishu: {detail}")

@@ -1,0 +1,314 @@
+"""The email adapter against a real SMTP server on 127.0.0.1 (aiosmtpd), with STARTTLS
+on a certificate made for the test."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import socket
+import ssl
+from collections.abc import Iterator
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_cases import HOSTILE, html_shows, message
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cmtyflow.adapters.base import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    Recipient,
+    TransientDeliveryError,
+)
+from cmtyflow.adapters.email import EmailAdapter, EmailSettings
+
+PASSWORD = "smtp-pass-secret-0008"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.rcpt_reply: str | None = None
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(
+            {
+                "from": envelope.mail_from,
+                "to": list(envelope.rcpt_tos),
+                "tls": session.ssl is not None,
+                "authenticated": session.authenticated,
+                "message": BytesParser(policy=policy.default).parsebytes(envelope.content),
+            }
+        )
+        return "250 Message accepted for delivery"
+
+
+def authenticator(
+    server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+) -> AuthResult:
+    ok = (
+        isinstance(data, LoginPassword)
+        and data.login == b"club"
+        and data.password == PASSWORD.encode()
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+def run(inbox: Inbox, **kwargs: Any) -> tuple[Controller, int]:
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    return controller, port
+
+
+@pytest.fixture
+def smtp(certificate: tuple[Path, Path]) -> Iterator[tuple[Inbox, int]]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    inbox = Inbox()
+    controller, port = run(
+        inbox, tls_context=context, require_starttls=True, authenticator=authenticator
+    )
+    yield inbox, port
+    controller.stop()
+
+
+def adapter(port: int, certificate: tuple[Path, Path] | None, **overrides: Any) -> EmailAdapter:
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "username": "club",
+        "password": PASSWORD,
+        "from_address": "club@example.org",
+        "from_name": "Reading Club",
+        "list_id": "Reading <reading.example.org>",
+        "ca_file": str(certificate[0]) if certificate else None,
+        **overrides,
+    }
+    return EmailAdapter(EmailSettings.model_validate(settings), "mail", timeout=2.0)
+
+
+def to_member(text: str, **kw: Any) -> OutboundMessage:
+    return message(text, member=True, handles={"email": "ann@example.net"}, **kw)
+
+
+async def test_starttls_login_and_multipart_message(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    inbox, port = smtp
+    msg = to_member(
+        f"Welcome {HOSTILE[0]}!\n\nSee you.",
+        subject="Welcome",
+        unsubscribe_url="https://club.example.org/u/abc",
+    )
+    receipt = await adapter(port, certificate).send(msg)
+    [got] = inbox.received
+    assert got["tls"] and got["authenticated"]
+    assert (got["from"], got["to"]) == ("club@example.org", ["ann@example.net"])
+    mail = got["message"]
+    expected_id = f"<{hashlib.sha256(msg.key.encode()).hexdigest()[:40]}.cmtyflow@example.org>"
+    assert receipt.platform_id == mail["Message-ID"] == expected_id
+    assert mail["From"] == "Reading Club <club@example.org>" and mail["To"] == "ann@example.net"
+    assert mail["Subject"] == "Welcome" and mail["Date"]
+    assert mail["List-Unsubscribe"] == "<https://club.example.org/u/abc>"
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mail["List-Id"] == "Reading <reading.example.org>"
+    assert mail["Auto-Submitted"] == "auto-generated"
+    assert mail.get_content_type() == "multipart/alternative"
+    plain, html = mail.get_payload()
+    assert plain.get_content_type() == "text/plain" and html.get_content_type() == "text/html"
+    assert plain.get_content().replace("\r\n", "\n").rstrip("\n") == msg.text
+    tags, shown = html_shows(html.get_content())
+    assert set(tags) <= {"html", "head", "meta", "title", "body", "p", "br"} and "b" not in tags
+    assert "&lt;b&gt;x&lt;/b&gt;" in html.get_content()
+    assert f"Welcome {HOSTILE[0]}!" in shown
+
+
+async def test_html_alternative_is_sent_as_given(smtp: tuple[Inbox, int], certificate: Any) -> None:
+    inbox, port = smtp
+    msg = to_member("Hi Ann", alternatives={"html": "<p>Hi <b>Ann</b></p>"})
+    await adapter(port, certificate).send(msg)
+    plain, html = inbox.received[0]["message"].get_payload()
+    assert plain.get_content().strip() == "Hi Ann"
+    assert html.get_content().strip() == "<p>Hi <b>Ann</b></p>"
+    assert inbox.received[0]["message"]["Subject"] == "Hi Ann"  # first line, no subject given
+    assert "List-Unsubscribe" not in inbox.received[0]["message"]
+
+
+async def test_html_only_message_gets_a_text_part(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    inbox, port = smtp
+    await adapter(port, certificate).send(
+        to_member("<h1>News</h1><p>Day 3 &amp; counting</p>", fmt="html")
+    )
+    plain, _ = inbox.received[0]["message"].get_payload()
+    assert plain.get_content().replace("\r\n", "\n").strip() == "News\n\nDay 3 & counting"
+
+
+async def test_subject_cannot_inject_headers(smtp: tuple[Inbox, int], certificate: Any) -> None:
+    inbox, port = smtp
+    await adapter(port, certificate).send(to_member("x", subject="Hi\r\nBcc: evil@example.com"))
+    mail = inbox.received[0]["message"]
+    assert mail["Subject"] == "Hi Bcc: evil@example.com" and mail["Bcc"] is None
+    assert inbox.received[0]["to"] == ["ann@example.net"]
+
+
+async def test_channel_message_goes_to_to_address(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    inbox, port = smtp
+    with pytest.raises(PermanentDeliveryError, match="no to_address"):
+        await adapter(port, certificate).send(message("x"))
+    await adapter(port, certificate, to_address="list@example.org").send(message("x"))
+    assert inbox.received[0]["to"] == ["list@example.org"]
+    no_email = OutboundMessage(
+        key="k", channel="mail", text="x", recipient=Recipient("u9", "Bo", {})
+    )
+    with pytest.raises(PermanentDeliveryError, match="member u9 has no email"):
+        await adapter(port, certificate).send(no_email)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("450 4.2.1 Mailbox busy, try later", TransientDeliveryError),
+        ("550 5.1.1 No such user", PermanentDeliveryError),
+    ],
+)
+async def test_smtp_reply_codes(
+    smtp: tuple[Inbox, int], certificate: Any, reply: str, error: type
+) -> None:
+    inbox, port = smtp
+    inbox.rcpt_reply = reply
+    with pytest.raises(error, match=reply.split(" ", 1)[0]):
+        await adapter(port, certificate).send(to_member("x"))
+
+
+async def test_bad_password_is_permanent_and_never_shown(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    _, port = smtp
+    mailer = adapter(port, certificate, password="wrong-pass-secret")
+    with pytest.raises(PermanentDeliveryError, match="535") as caught:
+        await mailer.send(to_member("x"))
+    for text in (str(caught.value), repr(mailer), str(mailer.describe())):
+        assert "wrong-pass-secret" not in text and PASSWORD not in text
+
+
+async def test_untrusted_certificate_is_permanent(smtp: tuple[Inbox, int]) -> None:
+    _, port = smtp
+    with pytest.raises(PermanentDeliveryError, match="does not verify"):
+        await adapter(port, None).send(to_member("x"))
+
+
+async def test_server_without_starttls(certificate: Any) -> None:
+    inbox = Inbox()
+    controller, port = run(inbox)
+    try:
+        with pytest.raises(PermanentDeliveryError, match="STARTTLS"):
+            await adapter(port, certificate, username=None, password=None).send(to_member("x"))
+        await adapter(port, None, username=None, password=None, starttls=False).send(to_member("x"))
+    finally:
+        controller.stop()
+    assert len(inbox.received) == 1 and inbox.received[0]["tls"] is False
+
+
+async def test_silent_server_times_out_as_transient() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)  # accepts, never greets
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = EmailAdapter(
+        EmailSettings.model_validate(
+            {"host": "127.0.0.1", "port": port, "from_address": "club@example.org"}
+        ),
+        timeout=0.2,
+    )
+    try:
+        with pytest.raises(TransientDeliveryError, match="timed out"):
+            await mailer.send(to_member("x"))
+    finally:
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_refused_connection_is_transient() -> None:
+    mailer = EmailAdapter(
+        EmailSettings.model_validate(
+            {"host": "127.0.0.1", "port": free_port(), "from_address": "club@example.org"}
+        ),
+        timeout=0.5,
+    )
+    with pytest.raises(TransientDeliveryError, match="ConnectionRefusedError"):
+        await mailer.send(to_member("x"))
+
+
+def test_settings_refuse_tls_and_starttls_together() -> None:
+    with pytest.raises(ValueError, match="choose one of tls"):
+        EmailSettings.model_validate({"host": "h", "from_address": "a@b.org", "tls": True})
+    with pytest.raises(ValueError, match="email address"):
+        EmailSettings.model_validate({"host": "h", "from_address": "not-an-address"})

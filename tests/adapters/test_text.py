@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+from adapter_cases import message, telegram_parse
+
+from cmtyflow.adapters.text import (
+    TextTooLong,
+    defuse_feishu_at,
+    escape_discord,
+    escape_html,
+    escape_markdown,
+    escape_markdown_v2,
+    escape_slack,
+    fit_escaped,
+    fit_parts,
+    html_to_text,
+    pick,
+    plain_to_html,
+    split_text,
+    utf8_len,
+)
+
+NAME = "@everyone <b>x</b> *y*"
+
+
+def test_pick_prefers_the_adapters_order_then_alternatives() -> None:
+    msg = message("*hi*", fmt="markdown", alternatives={"html": "<b>hi</b>", "plain": "hi"})
+    assert pick(msg, ("html", "plain")) == ("html", "<b>hi</b>")
+    assert pick(msg, ("markdown", "plain")) == ("markdown", "*hi*")
+    assert pick(msg, ("plain",)) == ("plain", "hi")
+
+
+def test_pick_falls_back_to_plain_text() -> None:
+    assert pick(message("<p>Hi &amp; <b>bye</b></p>", fmt="html"), ("plain",)) == (
+        "plain",
+        "Hi & bye",
+    )
+    assert pick(message("*hi*", fmt="markdown"), ("plain",)) == ("plain", "*hi*")
+
+
+def test_html_to_text_keeps_paragraphs_and_drops_scripts() -> None:
+    markup = "<html><head><title>t</title></head><body><p>One</p><script>x()</script><p>Two<br>three</p></body></html>"
+    assert html_to_text(markup) == "One\n\nTwo\nthree"
+
+
+def test_plain_to_html_autoescapes_and_keeps_breaks() -> None:
+    assert plain_to_html(f"Hi {NAME}\nline\n\npara") == (
+        "<p>Hi @everyone &lt;b&gt;x&lt;/b&gt; *y*<br>\nline</p>\n<p>para</p>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("escaper", "expected"),
+    [
+        (escape_html, "@everyone &lt;b&gt;x&lt;/b&gt; *y*"),
+        (escape_slack, "@everyone &lt;b&gt;x&lt;/b&gt; *y*"),
+        (escape_markdown_v2, r"@everyone <b\>x</b\> \*y\*"),
+        (escape_discord, r"\@everyone \<b\>x\</b\> \*y\*"),
+        (escape_markdown, r"@everyone &lt;b\>x&lt;/b\> \*y\*"),
+    ],
+)
+def test_escapers(escaper: object, expected: str) -> None:
+    assert escaper(NAME) == expected  # type: ignore[operator]
+
+
+def test_markdown_v2_escapes_every_reserved_character_and_backslash() -> None:
+    hostile = "_*[]()~`>#+-=|{}.!\\ done"
+    assert telegram_parse(escape_markdown_v2(hostile), "MarkdownV2") == hostile
+
+
+def test_feishu_at_tag_is_defused_in_any_case() -> None:
+    assert defuse_feishu_at('<AT user_id="all">') == '<\u200bAT user_id="all">'
+    assert defuse_feishu_at("<attention>") == "<attention>"
+
+
+def test_split_prefers_paragraphs_then_lines_then_words() -> None:
+    text = "first paragraph here\n\nsecond one\nwith lines and words"
+    assert split_text(text, 30) == ["first paragraph here", "second one\nwith lines and", "words"]
+    assert split_text("abcdefghij", 4) == ["abcd", "efgh", "ij"]
+    assert split_text("short", 10) == ["short"]
+
+
+def test_split_by_bytes_never_cuts_a_character() -> None:
+    parts = split_text("打卡" * 10, 7, measure=utf8_len)
+    assert parts == ["打卡"] * 10 and all(utf8_len(p) <= 7 for p in parts)
+
+
+def test_markup_is_cut_only_between_lines() -> None:
+    assert split_text("<b>a</b>\n<i>b</i>", 9, words=False) == ["<b>a</b>", "<i>b</i>"]
+    with pytest.raises(TextTooLong, match="cannot be split"):
+        split_text("<b>" + "a " * 20 + "</b>", 10, words=False)
+
+
+def test_fit_parts_refuses_when_the_platform_does_not_split() -> None:
+    assert fit_parts("x" * 10, max_length=10, platform="p") == ["x" * 10]
+    with pytest.raises(TextTooLong, match="p: message is 11 characters, over the 10 allowed"):
+        fit_parts("x" * 11, max_length=10, split=False, platform="p")
+
+
+def test_fit_escaped_counts_the_escaped_length() -> None:
+    text = "*a* " * 100
+    parts = fit_escaped(text, escape_discord, max_length=50, platform="discord")
+    assert all(len(p) <= 50 for p in parts)
+    assert " ".join(p.replace("\\", "") for p in parts).split() == text.split()
+
+
+def test_retry_after_header_as_seconds_or_http_date() -> None:
+    from cmtyflow.adapters._http import parse_retry_after
+
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    noon = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=lambda: noon) == 30.0
