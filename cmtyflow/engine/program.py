@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -53,16 +54,25 @@ class SendPlan:
     weights: list[tuple[str, float]] = field(default_factory=list)
 
 
+@lru_cache(maxsize=1024)
+def locale_key(locale: str | None) -> str | None:
+    """As ``templates._locale_key``: ``zh_CN``, ``zh-cn`` and ``zh-CN`` are one locale."""
+    return locale.replace("_", "-").lower() if locale else None
+
+
 @dataclass(slots=True)
 class TemplateSet:
-    """Every file of one template name: (locale or None, format) -> compiled template."""
+    """Every file of one template name: (locale key or None, format) -> compiled
+    template. Locales match as ``templates.pick`` (and so ``validate``) matches them:
+    case-insensitively, ``_`` as ``-`` (``zh_cn`` finds ``NAME.zh-CN.txt.j2``)."""
 
     files: dict[tuple[str | None, str], Template] = field(default_factory=dict)
 
     def pick(self, locales: tuple[str | None, ...], formats: tuple[str, ...]) -> tuple[Template, str] | None:
         for locale in locales:
+            key = locale_key(locale)
             for fmt in formats:
-                found = self.files.get((locale, fmt))
+                found = self.files.get((key, fmt))
                 if found is not None:
                     return found, fmt
         return None
@@ -203,7 +213,7 @@ def compile_program(
     for name, sources in loaded.templates.items():
         ts = TemplateSet()
         for src in sources:
-            ts.files.setdefault((src.locale, src.format), compile_template(src.source, str(src.path)))
+            ts.files.setdefault((locale_key(src.locale), src.format), compile_template(src.source, str(src.path)))
         templates[name] = ts
     tz = ZoneInfo(pb.timezone)
     quiet = None

@@ -24,7 +24,7 @@ from typing import Any
 from ..engine.core import Engine
 from ..engine.model import Event, Firing, Launch, TimerDue
 from ..engine.program import Program
-from ..engine.schedule import after_window, next_cron
+from ..engine.schedule import _zone, after_window, next_cron
 from ..spec.duration import parse_duration
 from ..store.base import ScheduleUpdate, Store
 
@@ -100,7 +100,9 @@ class Driver:
         if trigger.kind == "at":
             return None
         nxt = next_cron(trigger.cron, fired, zone)
-        if after_window(nxt, prog.window, prog.tz):
+        # The window's days are the firing's local dates (the schedule's zone), as
+        # the engine reads them: a member-local firing reads the member's calendar.
+        if after_window(nxt, prog.window, _zone(zone)):
             return None
         return nxt
 
@@ -141,7 +143,7 @@ class Driver:
         for event in self.store.pending_events(instant, MAX_BATCH):
             decision = self.engine.handle(self.store, now, event)
             self.store.apply(decision, consumed_event=event.id)
-            handled += 1
+            handled += 1 + self._emitted(decision.emitted, now)
         return handled
 
     def _fire(self, prog: Program, trigger: Any, zone: str, due: datetime, now: datetime) -> int:
@@ -178,17 +180,18 @@ class Driver:
         return 1 + self._emitted(decision.emitted, now)
 
     def _emitted(self, events: Iterable[Event], now: datetime) -> int:
-        # Emitted events were queued by ``apply``; handle them now, at the same instant.
+        # Emitted events were queued by ``apply``; handle them now, at the same instant,
+        # and only them: other inputs due now keep their SPEC 5.6 order.
         handled = 0
         pending = list(events)
         while pending:
-            event = pending.pop(0)
-            taken = [e for e in self.store.pending_events(event.at, MAX_BATCH)]
-            for e in taken:
-                decision = self.engine.handle(self.store, now, e)
-                self.store.apply(decision, consumed_event=e.id)
-                pending.extend(decision.emitted)
-                handled += 1
+            event = self.store.take_event(pending.pop(0).id)
+            if event is None:  # not queued: its id was seen before
+                continue
+            decision = self.engine.handle(self.store, now, event)
+            self.store.apply(decision, consumed_event=event.id)
+            pending.extend(decision.emitted)
+            handled += 1
         return handled
 
     def launch(self, launch: Launch, now: datetime) -> None:

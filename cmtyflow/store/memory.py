@@ -35,6 +35,7 @@ class MemoryStore:
         self._events_seen: set[str] = set()
         self._event_heap: list[tuple[datetime, int, Event]] = []
         self._event_seq = 0
+        self._queued_events: dict[str, Event] = {}  # queued, not yet handed out; by id
         self._schedules: dict[tuple[str, str, str], datetime | None] = {}
         self._outbox: dict[str, OutboxRow] = {}
         self._outbox_heap: list[tuple[datetime, int, str]] = []
@@ -192,17 +193,32 @@ class MemoryStore:
             return False
         self._events_seen.add(event.id)
         self._event_seq += 1
+        self._queued_events[event.id] = event
         heapq.heappush(self._event_heap, (event.at, self._event_seq, event))
         return True
 
+    def _clean_event_heap(self) -> None:
+        # Events handed out by ``take_event`` leave the heap lazily.
+        while self._event_heap and self._event_heap[0][2].id not in self._queued_events:
+            heapq.heappop(self._event_heap)
+
     def next_event_at(self) -> datetime | None:
+        self._clean_event_heap()
         return self._event_heap[0][0] if self._event_heap else None
 
     def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
         out = []
+        self._clean_event_heap()
         while self._event_heap and self._event_heap[0][0] <= until and len(out) < limit:
-            out.append(heapq.heappop(self._event_heap)[2])
+            event = heapq.heappop(self._event_heap)[2]
+            if self._queued_events.pop(event.id, None) is not None:
+                out.append(event)
+            self._clean_event_heap()
         return out
+
+    def take_event(self, event_id: str) -> Event | None:
+        """The queued event ``event_id``, out of the queue; None when it is not queued."""
+        return self._queued_events.pop(event_id, None)
 
     def _clean_timer_heap(self) -> None:
         while self._timer_heap and self._timer_heap[0][1] not in self._timers:

@@ -1,0 +1,326 @@
+"""The pure engine, one input at a time: ``Engine.handle(store, now, input)`` and the
+whole ``Decision`` it returns (no driver, no clock, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from cmtyflow.engine.model import (
+    Decision,
+    Event,
+    EventWait,
+    Firing,
+    QueuedMessage,
+    Run,
+    Timer,
+    TimerDue,
+    message_key,
+)
+
+PLAYBOOK = """
+cmtyflow: 1
+name: p
+timezone: Asia/Shanghai
+window: {start: 2026-12-01, days: 10}
+channels:
+  dm: {adapter: console}
+policies:
+  quiet_hours: {start: "22:00", end: "08:00"}
+  max_per_member_per_day: 3
+triggers:
+  - id: t
+    event: ping
+    flow: f
+  - id: w
+    event: join
+    flow: waiter
+  - id: c
+    event: checkin.posted
+    flow: daily
+  - id: cron
+    cron: "0 9 * * *"
+    flow: f
+flows:
+  f:
+    - id: hello
+      send: {channel: dm, text: "hi {{ member.name }}"}
+    - wait: 1d
+    - id: bye
+      send: {channel: dm, text: "bye"}
+  waiter:
+    - wait: {event: message.posted, timeout: 2d}
+    - id: got
+      send: {channel: dm, text: "timed_out={{ wait.timed_out }}"}
+  daily:
+    - checkin: {}
+    - id: streak
+      send: {channel: dm, text: "{{ state.streak }}/{{ checkin.duplicate }}", urgent: true}
+"""
+
+
+def t(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.fixture
+def setup(compile_text, tmp_path):
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.store.memory import MemoryStore
+
+    (prog,) = compile_text(PLAYBOOK, tmp_path)
+    store = MemoryStore()
+    store.put_members([{"id": "m", "name": "Mo"}, {"id": "ny", "name": "Nia", "timezone": "America/New_York"}])
+    return Engine([prog]), store, prog
+
+
+def msg(prog, run: str, step: str, member: str, text: str, at: datetime, deliver_at: datetime,
+        deferred: str | None = None, occurrence: int = 1, flow: str = "f", urgent: bool = False) -> QueuedMessage:
+    return QueuedMessage(
+        key=message_key(prog.name, run, step, occurrence, member), playbook=prog.name, run=run, flow=flow,
+        step=step, occurrence=occurrence, channel="dm", adapter="console", member=member, to="member",
+        text=text, format="plain", variant=None, urgent=urgent, queued_at=at, deliver_at=deliver_at,
+        deferred=deferred,
+    )
+
+
+def test_event_starts_a_run_that_sends_deferred_and_waits(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T23:00:00+08:00")
+    event = Event("e1", "ping", at, "m")
+    decision = engine.handle(store, at, event)
+    assert decision == Decision(
+        runs={
+            "t:e1": Run(
+                id="t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t",
+                mode="single", started_at=at, timezone="Asia/Shanghai", pc=1,
+                occurrences={0: 1, 1: 1}, event=event.as_context(),
+                waiting={"kind": "timer", "timer": "t:e1#1.1"},
+            )
+        },
+        timers=[Timer("t:e1#1.1", "t:e1", t("2026-12-02T23:00:00+08:00"), "wait", at)],
+        states={("p", "m"): {}},
+        messages=[msg(prog, "t:e1", "hello", "m", "hi Mo", at, t("2026-12-02T08:00:00+08:00"), "quiet_hours")],
+        day_counts={("m", "2026-12-02"): 1},
+        counters={"runs_started": 1, "deferred_quiet_hours": 1},
+    )
+
+
+def test_due_timer_resumes_and_ends_the_run(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+    store.apply(engine.handle(store, at, Event("e1", "ping", at, "m")))
+    (timer,) = store.due_timers(t("2026-12-02T10:00:00+08:00"))
+    later = t("2026-12-02T10:00:00+08:00")
+    decision = engine.handle(store, later, TimerDue(timer))
+    assert decision == Decision(
+        runs={
+            "t:e1": Run(
+                id="t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t",
+                mode="single", started_at=at, timezone="Asia/Shanghai", pc=3,
+                occurrences={0: 1, 1: 1, 2: 1}, event=Event("e1", "ping", at, "m").as_context(),
+                status="done",
+            )
+        },
+        cancel_timers_of=["t:e1"],
+        cancel_waits_of=["t:e1"],
+        states={("p", "m"): {}},
+        messages=[msg(prog, "t:e1", "bye", "m", "bye", later, later, occurrence=1)],
+        day_counts={("m", "2026-12-02"): 1},
+        counters={"runs_done": 1},
+    )
+    # Handling the same timer again after it was applied is a stale timer: nothing else.
+    store.apply(decision, consumed_timer=timer.id)
+    assert engine.handle(store, later, TimerDue(timer)) == Decision(counters={"stale_timers": 1})
+
+
+def test_firing_outside_the_window_does_nothing_but_count(setup):
+    engine, store, prog = setup
+    at = t("2026-11-30T09:00:00+08:00")
+    assert engine.handle(store, at, Firing("p", "cron", at)) == Decision(counters={"outside_window": 1})
+    late = t("2026-12-11T09:00:00+08:00")  # the day after the window's last day
+    assert engine.handle(store, late, Firing("p", "cron", late)) == Decision(counters={"outside_window": 1})
+    assert engine.handle(store, late, Event("e9", "ping", late, "m")) == Decision(counters={"outside_window": 1})
+    last = t("2026-12-10T23:59:59+08:00")
+    assert engine.handle(store, last, Event("e8", "ping", last, "m")).counters == {"runs_started": 1, "deferred_quiet_hours": 1}
+
+
+def test_member_run_reads_time_in_the_members_timezone(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00-05:00")
+    decision = engine.handle(store, at, Event("e1", "ping", at, "ny"))
+    assert decision.runs["t:e1"].timezone == "America/New_York"
+    (timer,) = decision.timers
+    assert timer == Timer("t:e1#1.1", "t:e1", t("2026-12-02T10:00:00-05:00"), "wait", at)
+    assert timer.due.isoformat() == "2026-12-02T10:00:00-05:00"
+    (message,) = decision.messages
+    assert (message.deliver_at, message.deferred) == (at, None)  # 10:00 New York is not quiet
+    assert decision.day_counts == {("ny", "2026-12-01"): 1}  # the member's local date, not Shanghai's
+
+
+def test_single_mode_drops_a_second_firing(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+    store.apply(engine.handle(store, at, Event("e1", "ping", at, "m")))
+    later = t("2026-12-01T11:00:00+08:00")
+    assert engine.handle(store, later, Event("e2", "ping", later, "m")) == Decision(counters={"dropped:t": 1})
+    # The same input handled twice (a replay) starts nothing new either.
+    assert engine.handle(store, at, Event("e1", "ping", at, "m")) == Decision(counters={"duplicate_starts": 1})
+
+
+def test_matching_event_resumes_an_event_wait(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+    join = Event("j1", "join", at, "m")
+    first = engine.handle(store, at, join)
+    assert first == Decision(
+        runs={
+            "w:j1": Run(
+                id="w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
+                mode="single", started_at=at, timezone="Asia/Shanghai", pc=0, occurrences={0: 1},
+                event=join.as_context(), waiting={"kind": "event", "event": "message.posted", "timer": "w:j1#0.1"},
+            )
+        },
+        timers=[Timer("w:j1#0.1", "w:j1", t("2026-12-03T10:00:00+08:00"), "timeout", at)],
+        waits=[EventWait("w:j1", "p", "message.posted", "m", None)],
+        states={("p", "m"): {}},
+        counters={"runs_started": 1},
+    )
+    store.apply(first)
+    # Another member's post leaves the wait alone.
+    other = t("2026-12-01T10:30:00+08:00")
+    assert engine.handle(store, other, Event("x", "message.posted", other, "ny")) == Decision()
+    posted_at = t("2026-12-01T11:00:00+08:00")
+    post = Event("p1", "message.posted", posted_at, "m", {"text": "hello"})
+    decision = engine.handle(store, posted_at, post)
+    assert decision == Decision(
+        runs={
+            "w:j1": Run(
+                id="w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
+                mode="single", started_at=at, timezone="Asia/Shanghai", pc=2, occurrences={0: 1, 1: 1},
+                event=join.as_context(), wait={"event": post.as_context(), "timed_out": False}, status="done",
+            )
+        },
+        cancel_timers_of=["w:j1", "w:j1"],
+        cancel_waits_of=["w:j1", "w:j1"],
+        states={("p", "m"): {}},
+        messages=[msg(prog, "w:j1", "got", "m", "timed_out=False", posted_at, posted_at, flow="waiter")],
+        day_counts={("m", "2026-12-01"): 1},
+        counters={"runs_done": 1},
+    )
+
+
+def test_timeout_resumes_an_event_wait_as_timed_out(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+    store.apply(engine.handle(store, at, Event("j1", "join", at, "m")))
+    due = t("2026-12-03T10:00:00+08:00")
+    (timer,) = store.due_timers(due)
+    decision = engine.handle(store, due, TimerDue(timer))
+    assert decision.runs["w:j1"].wait == {"event": None, "timed_out": True}
+    assert decision.runs["w:j1"].status == "done"
+    assert decision.cancel_waits_of == ["w:j1", "w:j1"]
+    assert decision.messages == [msg(prog, "w:j1", "got", "m", "timed_out=True", due, due, flow="waiter")]
+
+
+def test_checkin_updates_state_from_yesterday(setup):
+    engine, store, prog = setup
+    store.apply(Decision(states={("p", "m"): {"checkins": 4, "streak": 4, "best_streak": 6, "last_checkin": "2026-11-30"}}))
+    at = t("2026-12-01T23:30:00+08:00")
+    decision = engine.handle(store, at, Event("c1", "checkin.posted", at, "m"))
+    assert decision == Decision(
+        states={("p", "m"): {"checkins": 5, "streak": 5, "best_streak": 6, "last_checkin": "2026-12-01"}},
+        messages=[msg(prog, "c:c1", "streak", "m", "5/False", at, at, flow="daily", urgent=True)],
+        counters={"runs_started": 1, "runs_done": 1},
+    )
+    store.apply(decision)
+    again = t("2026-12-01T23:45:00+08:00")
+    assert engine.handle(store, again, Event("c2", "checkin.posted", again, "m")) == Decision(
+        states={("p", "m"): {"checkins": 5, "streak": 5, "best_streak": 6, "last_checkin": "2026-12-01"}},
+        messages=[msg(prog, "c:c2", "streak", "m", "5/True", again, again, flow="daily", urgent=True)],
+        counters={"runs_started": 1, "runs_done": 1},
+    )
+
+
+def test_opt_out_event_updates_the_roster_only(setup):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+    decision = engine.handle(store, at, Event("o1", "member.opted_out", at, "m"))
+    assert decision == Decision(members={"m": {"id": "m", "name": "Mo", "opted_out": True}})
+    assert store.get_member("m") == {"id": "m", "name": "Mo"}  # the engine never writes
+
+
+def test_campaign_firing_sends_to_the_channel(compile_text, tmp_path):
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.store.memory import MemoryStore
+
+    (prog,) = compile_text(
+        """
+        cmtyflow: 1
+        name: news
+        timezone: Asia/Shanghai
+        channels:
+          group: {adapter: console}
+        policies:
+          quiet_hours: {start: "22:00", end: "08:00"}
+        triggers:
+          - id: daily
+            cron: "30 7 * * *"
+            flow: f
+        flows:
+          f:
+            - id: post
+              send: {channel: group, text: "{{ today }}"}
+        """,
+        tmp_path,
+    )
+    store = MemoryStore()
+    at = t("2026-12-01T07:30:00+08:00")
+    decision = Engine([prog]).handle(store, at, Firing("news", "daily", at))
+    run_id = "daily@2026-12-01T07:30:00+08:00"
+    assert decision == Decision(
+        states={("news", None): {}},
+        messages=[
+            QueuedMessage(
+                key=message_key("news", run_id, "post", 1, "#group"), playbook="news", run=run_id, flow="f",
+                step="post", occurrence=1, channel="group", adapter="console", member=None, to="channel",
+                text="2026-12-01", format="plain", variant=None, urgent=False, queued_at=at,
+                deliver_at=t("2026-12-01T08:00:00+08:00"), deferred="quiet_hours",
+            )
+        ],
+        counters={"runs_started": 1, "deferred_quiet_hours": 1, "runs_done": 1},
+    )
+
+
+def test_restart_cancels_the_active_run_in_the_same_decision(compile_text, tmp_path):
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.store.memory import MemoryStore
+
+    (prog,) = compile_text(PLAYBOOK.replace("    flow: f\n  - id: w", "    flow: f\n    mode: restart\n  - id: w"), tmp_path)
+    engine = Engine([prog])
+    store = MemoryStore()
+    store.put_members([{"id": "m", "name": "Mo"}])
+    at = t("2026-12-01T10:00:00+08:00")
+    e1 = Event("e1", "ping", at, "m")
+    store.apply(engine.handle(store, at, e1))
+    later = t("2026-12-01T11:00:00+08:00")
+    e2 = Event("e2", "ping", later, "m")
+    decision = engine.handle(store, later, e2)
+    common = {"playbook": "p", "version": prog.version, "flow": "f", "member": "m", "trigger": "t", "mode": "restart",
+              "timezone": "Asia/Shanghai", "pc": 1, "occurrences": {0: 1, 1: 1}}
+    assert decision == Decision(
+        runs={
+            "t:e1": Run(id="t:e1", started_at=at, event=e1.as_context(), status="cancelled", **common),
+            "t:e2": Run(id="t:e2", started_at=later, event=e2.as_context(),
+                        waiting={"kind": "timer", "timer": "t:e2#1.1"}, **common),
+        },
+        timers=[Timer("t:e2#1.1", "t:e2", t("2026-12-02T11:00:00+08:00"), "wait", later)],
+        cancel_timers_of=["t:e1"],
+        cancel_waits_of=["t:e1"],
+        states={("p", "m"): {}},
+        messages=[msg(prog, "t:e2", "hello", "m", "hi Mo", later, later)],
+        day_counts={("m", "2026-12-01"): 1},
+        counters={"runs_cancelled": 1, "runs_started": 1},
+        notes=[{"kind": "run_cancelled", "playbook": "p", "run": "t:e1", "flow": "f", "member": "m", "reason": "restarted by t"}],
+    )

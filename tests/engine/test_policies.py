@@ -1,0 +1,270 @@
+"""Quiet hours, the daily cap, urgent sends and opt-outs (SPEC 1 policies, 4 send, 5.2, 5.6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+NY = ZoneInfo("America/New_York")
+
+
+def trio(deliveries):
+    return [(d["at"], d["member"], d["step"]) for d in deliveries]
+
+
+PING = """
+cmtyflow: 1
+name: qh
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: console}
+policies:
+  quiet_hours: {start: "22:00", end: "08:00"}
+triggers:
+  - id: t
+    event: ping
+    flow: f
+flows:
+  f:
+    - id: hello
+      send: {channel: dm, text: "hi {{ member.name }}"}
+    - id: alert
+      if: event.data.get('alert', false)
+      send: {channel: dm, text: "ALERT", urgent: true}
+"""
+
+
+def test_quiet_hours_defer_across_midnight_in_member_timezone(simulate, tmp_path):
+    roster = [
+        {"id": "ny", "name": "Nia", "timezone": "America/New_York"},
+        {"id": "sh", "name": "Shu"},  # no timezone: the playbook's (Asia/Shanghai)
+    ]
+    events = [
+        # 23:30 in New York is 12:30 next day in Shanghai: quiet for ny only.
+        {"id": "e1", "type": "ping", "at": "2026-12-01T23:30:00-05:00", "member": "ny"},
+        {"id": "e2", "type": "ping", "at": "2026-12-01T23:30:00-05:00", "member": "sh"},
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 4, tmp_path)
+    assert trio(out) == [
+        ("2026-12-02T12:30:00+08:00", "sh", "hello"),
+        # 08:00 New York on Dec 2, shown in the playbook's timezone.
+        ("2026-12-02T21:00:00+08:00", "ny", "hello"),
+    ]
+    assert datetime.fromisoformat(out[1]["at"]).astimezone(NY).isoformat() == "2026-12-02T08:00:00-05:00"
+    assert out[1]["text"] == "hi Nia"
+    assert summary["deferred"] == {"quiet_hours": 1, "daily_cap": 0}
+
+
+def test_quiet_hours_before_midnight_and_after_midnight_same_end(simulate, tmp_path):
+    roster = [{"id": "ny", "name": "Nia", "timezone": "America/New_York"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T22:00:00-05:00", "member": "ny"},  # first quiet second
+        {"id": "e2", "type": "ping", "at": "2026-12-02T07:59:59-05:00", "member": "ny"},  # last quiet second
+        {"id": "e3", "type": "ping", "at": "2026-12-02T08:00:00-05:00", "member": "ny"},  # quiet is over
+        {"id": "e4", "type": "ping", "at": "2026-12-02T21:59:59-05:00", "member": "ny"},  # not yet quiet
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 4, tmp_path)
+    assert trio(out) == [
+        ("2026-12-02T21:00:00+08:00", "ny", "hello"),
+        ("2026-12-02T21:00:00+08:00", "ny", "hello"),
+        ("2026-12-02T21:00:00+08:00", "ny", "hello"),
+        ("2026-12-03T10:59:59+08:00", "ny", "hello"),
+    ]
+    assert summary["deferred"]["quiet_hours"] == 2
+
+
+def test_urgent_send_inside_quiet_hours_goes_out_at_once(simulate, tmp_path):
+    roster = [{"id": "ny", "name": "Nia", "timezone": "America/New_York"}]
+    events = [{"id": "e1", "type": "ping", "at": "2026-12-01T23:30:00-05:00", "member": "ny", "data": {"alert": True}}]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 4, tmp_path)
+    assert trio(out) == [
+        ("2026-12-02T12:30:00+08:00", "ny", "alert"),  # 23:30 New York, at once
+        ("2026-12-02T21:00:00+08:00", "ny", "hello"),  # 08:00 New York
+    ]
+    assert summary["deferred"] == {"quiet_hours": 1, "daily_cap": 0}
+
+
+def test_opted_out_member_gets_no_non_urgent_send_but_urgent_goes(simulate, tmp_path):
+    roster = [
+        {"id": "out", "name": "Olga", "opted_out": True},
+        {"id": "in", "name": "Ines"},
+    ]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T10:00:00+08:00", "member": "out", "data": {"alert": True}},
+        {"id": "e2", "type": "ping", "at": "2026-12-01T10:00:00+08:00", "member": "in"},
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 2, tmp_path)
+    assert trio(out) == [
+        ("2026-12-01T10:00:00+08:00", "out", "alert"),
+        ("2026-12-01T10:00:00+08:00", "in", "hello"),
+    ]
+    assert summary["skipped"]["opted_out"] == 1
+
+
+def test_opt_out_recorded_while_deferred_message_queued_is_not_delivered(simulate, tmp_path):
+    roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}]
+    events = [
+        # 23:00 Shanghai: deferred to 08:00 the next day.
+        {"id": "e1", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "a"},
+        {"id": "e2", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "b"},
+        {"id": "e3", "type": "member.opted_out", "at": "2026-12-02T01:00:00+08:00", "member": "a"},
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 3, tmp_path)
+    assert trio(out) == [("2026-12-02T08:00:00+08:00", "b", "hello")]
+    assert summary["skipped"]["opted_out"] == 1
+    assert summary["pending"] == 0
+
+
+def test_opt_out_at_the_delivery_instant_wins(simulate, tmp_path):
+    """Inputs at an instant are handled before that instant's deliveries (dryrun docstring)."""
+    roster = [{"id": "a", "name": "Ana"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "a"},
+        {"id": "e2", "type": "member.opted_out", "at": "2026-12-02T08:00:00+08:00", "member": "a"},
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 3, tmp_path)
+    assert out == []
+    assert summary["skipped"]["opted_out"] == 1
+
+
+def test_opt_in_again_receives_later_sends(simulate, tmp_path):
+    roster = [{"id": "a", "name": "Ana", "opted_out": True}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T10:00:00+08:00", "member": "a"},
+        {"id": "e2", "type": "member.opted_in", "at": "2026-12-01T11:00:00+08:00", "member": "a"},
+        {"id": "e3", "type": "ping", "at": "2026-12-01T12:00:00+08:00", "member": "a"},
+    ]
+    out, _ = simulate(PING, roster, events, "2026-12-01", 2, tmp_path)
+    assert trio(out) == [("2026-12-01T12:00:00+08:00", "a", "hello")]
+
+
+CAPPED = """
+cmtyflow: 1
+name: {name}
+timezone: Asia/Shanghai
+channels:
+  dm: {{adapter: console}}
+policies:
+  quiet_hours: {{start: "22:00", end: "08:00"}}
+  max_per_member_per_day: 2
+triggers:
+  - id: t
+    event: {event}
+    flow: f
+flows:
+  f:
+{steps}
+"""
+
+
+def _capped(name: str, event: str, step_ids: list[str], urgent: bool = False) -> str:
+    steps = "".join(
+        f"    - id: {sid}\n      send: {{channel: dm, text: \"{sid}\", urgent: {str(urgent).lower()}}}\n"
+        for sid in step_ids
+    )
+    return CAPPED.format(name=name, event=event, steps=steps)
+
+
+def test_daily_cap_is_shared_by_two_playbooks(simulate, tmp_path):
+    a = _capped("alpha", "ping.a", ["a1", "a2"])
+    b = _capped("beta", "ping.b", ["b1"])
+    roster = [{"id": "m", "name": "Mo", "timezone": "America/New_York"}, {"id": "n", "name": "Ned"}]
+    events = [
+        {"id": "e1", "type": "ping.a", "at": "2026-12-01T10:00:00-05:00", "member": "m"},
+        {"id": "e2", "type": "ping.b", "at": "2026-12-01T15:00:00-05:00", "member": "m"},
+        {"id": "e3", "type": "ping.b", "at": "2026-12-01T15:00:00-05:00", "member": "n"},
+    ]
+    out, summary = simulate([a, b], roster, events, "2026-12-01", 4, tmp_path)
+    assert trio(out) == [
+        ("2026-12-01T23:00:00+08:00", "m", "a1"),
+        ("2026-12-01T23:00:00+08:00", "m", "a2"),
+        # 15:00 New York is 04:00 Shanghai, inside quiet hours for n (Shanghai): 08:00.
+        ("2026-12-02T08:00:00+08:00", "n", "b1"),
+        # m's third message of Dec 1 (New York) moves to Dec 2, 08:00 New York.
+        ("2026-12-02T21:00:00+08:00", "m", "b1"),
+    ]
+    assert datetime.fromisoformat(out[3]["at"]).astimezone(NY).isoformat() == "2026-12-02T08:00:00-05:00"
+    assert summary["deferred"] == {"quiet_hours": 1, "daily_cap": 1}
+
+
+def test_daily_cap_moved_message_counts_against_the_next_day(simulate, tmp_path):
+    pb = _capped("alpha", "ping", ["s1", "s2", "s3", "s4", "s5"])
+    roster = [{"id": "m", "name": "Mo"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T10:00:00+08:00", "member": "m"},
+    ]
+    out, summary = simulate(pb, roster, events, "2026-12-01", 5, tmp_path)
+    assert trio(out) == [
+        ("2026-12-01T10:00:00+08:00", "m", "s1"),
+        ("2026-12-01T10:00:00+08:00", "m", "s2"),
+        ("2026-12-02T08:00:00+08:00", "m", "s3"),
+        ("2026-12-02T08:00:00+08:00", "m", "s4"),
+        ("2026-12-03T08:00:00+08:00", "m", "s5"),
+    ]
+    assert summary["deferred"]["daily_cap"] == 3
+
+
+def test_urgent_sends_ignore_and_do_not_use_the_daily_cap(simulate, tmp_path):
+    urgent = _capped("alerts", "alarm", ["u1", "u2", "u3"], urgent=True)
+    normal = _capped("normal", "ping", ["n1", "n2"])
+    roster = [{"id": "m", "name": "Mo"}]
+    events = [
+        {"id": "e1", "type": "alarm", "at": "2026-12-01T23:00:00+08:00", "member": "m"},
+        {"id": "e2", "type": "ping", "at": "2026-12-02T09:00:00+08:00", "member": "m"},
+    ]
+    out, summary = simulate([urgent, normal], roster, events, "2026-12-01", 3, tmp_path)
+    assert trio(out) == [
+        ("2026-12-01T23:00:00+08:00", "m", "u1"),
+        ("2026-12-01T23:00:00+08:00", "m", "u2"),
+        ("2026-12-01T23:00:00+08:00", "m", "u3"),
+        ("2026-12-02T09:00:00+08:00", "m", "n1"),
+        ("2026-12-02T09:00:00+08:00", "m", "n2"),
+    ]
+    assert summary["deferred"] == {"quiet_hours": 0, "daily_cap": 0}
+
+
+def test_quiet_deferral_counts_against_the_day_it_is_delivered(simulate, tmp_path):
+    pb = _capped("alpha", "ping", ["s1", "s2"])
+    roster = [{"id": "m", "name": "Mo"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "m"},
+        {"id": "e2", "type": "ping", "at": "2026-12-02T10:00:00+08:00", "member": "m"},
+    ]
+    out, summary = simulate(pb, roster, events, "2026-12-01", 4, tmp_path)
+    assert trio(out) == [
+        ("2026-12-02T08:00:00+08:00", "m", "s1"),
+        ("2026-12-02T08:00:00+08:00", "m", "s2"),
+        ("2026-12-03T08:00:00+08:00", "m", "s1"),  # Dec 2 already holds two
+        ("2026-12-03T08:00:00+08:00", "m", "s2"),
+    ]
+    assert summary["deferred"] == {"quiet_hours": 2, "daily_cap": 2}
+
+
+def test_daytime_quiet_hours_and_messages_due_after_the_span(simulate, tmp_path):
+    pb = PING.replace('{start: "22:00", end: "08:00"}', '{start: "12:00", end: "14:00"}')
+    roster = [{"id": "m", "name": "Mo"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T11:59:59+08:00", "member": "m"},
+        {"id": "e2", "type": "ping", "at": "2026-12-01T12:00:00+08:00", "member": "m"},
+        {"id": "e3", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "m"},
+        {"id": "e4", "type": "ping", "at": "2026-12-02T13:00:00+08:00", "member": "m"},  # outside the span: ignored
+        {"id": "e1", "type": "ping", "at": "2026-12-01T15:00:00+08:00", "member": "m"},  # a duplicate id
+    ]
+    out, summary = simulate(pb, roster, events, "2026-12-01", 1, tmp_path)
+    assert trio(out) == [
+        ("2026-12-01T11:59:59+08:00", "m", "hello"),
+        ("2026-12-01T14:00:00+08:00", "m", "hello"),
+        ("2026-12-01T23:00:00+08:00", "m", "hello"),
+    ]
+    assert summary["skipped"]["events_outside_span"] == 1
+    assert summary["skipped"]["duplicate_events"] == 1
+    assert summary["pending"] == 0  # e4 was outside the span, so never handled
+
+
+def test_message_deferred_past_the_span_is_pending(simulate, tmp_path):
+    roster = [{"id": "m", "name": "Mo"}]
+    events = [{"id": "e1", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "m"}]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 1, tmp_path)
+    assert out == []
+    assert summary["pending"] == 1
+    assert summary["deferred"]["quiet_hours"] == 1
