@@ -43,6 +43,8 @@ class Driver:
         self.engine = engine
         self.store = store
         self._positions: dict[tuple[str, str, str], datetime | None] | None = None
+        self._soonest: datetime | None = None  # the earliest schedule position, when known
+        self._soonest_known = False
         self._zone_count = -1
         self._order = [
             (prog, t) for prog in engine.programs.values() for t in prog.playbook.triggers if t.kind in ("cron", "at")
@@ -73,12 +75,22 @@ class Driver:
     def positions(self) -> dict[tuple[str, str, str], datetime | None]:
         if self._positions is None:
             self._positions = self.store.schedule_positions()
+            self._soonest_known = False
         return self._positions
 
     def _set_positions(self, updates: list[ScheduleUpdate]) -> None:
         positions = self.positions()
         for u in updates:
             positions[(u.playbook, u.trigger, u.zone)] = u.next_due
+        self._soonest_known = False
+
+    def _soonest_position(self) -> datetime | None:
+        # Asked once or more per instant; the positions change only when a schedule fires.
+        if not self._soonest_known:
+            due = [d for d in self.positions().values() if d is not None]
+            self._soonest = min(due) if due else None
+            self._soonest_known = True
+        return self._soonest
 
     def init_schedules(self, now: datetime) -> None:
         """Give every schedule (and every new member timezone) a first due time."""
@@ -108,10 +120,11 @@ class Driver:
 
     # the loop --------------------------------------------------------------------------------------------
     def next_instant(self) -> datetime | None:
-        candidates = [self.store.next_timer_due(), self.store.next_event_at()]
-        candidates.extend(self.positions().values())
-        found = [c for c in candidates if c is not None]
-        return min(found) if found else None
+        best = self.store.next_timer_due()
+        for candidate in (self.store.next_event_at(), self._soonest_position()):
+            if candidate is not None and (best is None or candidate < best):
+                best = candidate
+        return best
 
     def process_until(self, now: datetime) -> int:
         """Handle every input due at or before ``now``; returns how many."""
@@ -133,12 +146,14 @@ class Driver:
             self.store.apply(decision, consumed_timer=timer.id)
             handled += 1 + self._emitted(decision.emitted, now)
         # 2. schedule firings, in trigger order
-        positions = self.positions()
-        for prog, trigger in self._order:
-            for (pb, tid, zone), due in list(positions.items()):
-                if pb != prog.name or tid != trigger.id or due is None or due > instant:
-                    continue
-                handled += self._fire(prog, trigger, zone, due, now)
+        soonest = self._soonest_position()
+        if soonest is not None and soonest <= instant:
+            positions = self.positions()
+            for prog, trigger in self._order:
+                for (pb, tid, zone), due in list(positions.items()):
+                    if pb != prog.name or tid != trigger.id or due is None or due > instant:
+                        continue
+                    handled += self._fire(prog, trigger, zone, due, now)
         # 3. events, in arrival order
         for event in self.store.pending_events(instant, MAX_BATCH):
             decision = self.engine.handle(self.store, now, event)

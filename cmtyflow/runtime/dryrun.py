@@ -27,6 +27,8 @@ from ..store.memory import MemoryStore
 from .driver import Driver
 from .simulate import Simulation
 
+DELIVERY_BATCH = 5000
+
 
 def delivery_record(message: QueuedMessage, at: datetime, tz: Any) -> dict[str, Any]:
     return {
@@ -132,11 +134,12 @@ class DryRun:
         return self.stats
 
     def _deliver(self, instant: datetime) -> None:
+        due = self.store.next_message_due()
+        if due is None or due > instant:
+            return
         results = []
         while True:
-            rows = self.store.claim_due_messages(instant, 5000)
-            if not rows:
-                break
+            rows = self.store.claim_due_messages(instant, DELIVERY_BATCH)
             for row in rows:
                 message = row.message
                 member = self.store.get_member(message.member) if message.member else None
@@ -148,6 +151,8 @@ class DryRun:
                 self.stats.add(record)
                 self.sink(record)
                 results.append((message.key, "sent", {"sent_at": instant}))
+            if len(rows) < DELIVERY_BATCH:  # claimed rows stay inflight: none are left
+                break
         if results:
             self.store.finish_messages(results)
 
