@@ -27,18 +27,20 @@ class MemoryStore:
         self._runs: dict[str, Run] = {}
         self._active: dict[tuple[str, str, str | None], list[str]] = defaultdict(list)
         self._timers: dict[str, Timer] = {}
-        self._timer_heap: list[tuple[datetime, str]] = []
+        # Heaps are keyed by POSIX timestamp: comparing aware datetimes of different
+        # zones calls utcoffset() on both, several times per push and pop.
+        self._timer_heap: list[tuple[float, str, datetime]] = []
         self._timers_by_run: dict[str, set[str]] = defaultdict(set)
         self._waits: dict[tuple[str, str | None], dict[str, EventWait]] = defaultdict(dict)
         self._waits_of_run: dict[str, list[EventWait]] = defaultdict(list)
         self._day_counts: dict[tuple[str, str], int] = {}
         self._events_seen: set[str] = set()
-        self._event_heap: list[tuple[datetime, int, Event]] = []
+        self._event_heap: list[tuple[float, int, Event]] = []
         self._event_seq = 0
         self._queued_events: dict[str, Event] = {}  # queued, not yet handed out; by id
         self._schedules: dict[tuple[str, str, str], datetime | None] = {}
         self._outbox: dict[str, OutboxRow] = {}
-        self._outbox_heap: list[tuple[datetime, int, str]] = []
+        self._outbox_heap: list[tuple[float, int, str, datetime]] = []
         self._outbox_seq = 0
         self._queued: dict[tuple[str, str, str | None], list[dict[str, Any]]] = defaultdict(list)
         self._exposures: dict[tuple[str, str], list[tuple[str, str, str | None, datetime]]] = defaultdict(list)
@@ -126,7 +128,7 @@ class MemoryStore:
         for timer in decision.timers:
             self._timers[timer.id] = timer
             self._timers_by_run[timer.run].add(timer.id)
-            heapq.heappush(self._timer_heap, (timer.due, timer.id))
+            heapq.heappush(self._timer_heap, (timer.due.timestamp(), timer.id, timer.due))
         for wait in decision.waits:
             self._waits[(wait.event_type, wait.member)][wait.run] = wait
             self._waits_of_run[wait.run].append(wait)
@@ -138,7 +140,8 @@ class MemoryStore:
                 continue
             self._outbox[message.key] = OutboxRow(message, "queued")
             self._outbox_seq += 1
-            heapq.heappush(self._outbox_heap, (message.deliver_at, self._outbox_seq, message.key))
+            due = message.deliver_at
+            heapq.heappush(self._outbox_heap, (due.timestamp(), self._outbox_seq, message.key, due))
         for record in decision.queued_starts:
             self._queued[(record["playbook"], record["flow"], record["member"])].append(record)
         for rid in decision.dequeued:
@@ -194,7 +197,7 @@ class MemoryStore:
         self._events_seen.add(event.id)
         self._event_seq += 1
         self._queued_events[event.id] = event
-        heapq.heappush(self._event_heap, (event.at, self._event_seq, event))
+        heapq.heappush(self._event_heap, (event.at.timestamp(), self._event_seq, event))
         return True
 
     def _clean_event_heap(self) -> None:
@@ -204,12 +207,13 @@ class MemoryStore:
 
     def next_event_at(self) -> datetime | None:
         self._clean_event_heap()
-        return self._event_heap[0][0] if self._event_heap else None
+        return self._event_heap[0][2].at if self._event_heap else None
 
     def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
         out = []
         self._clean_event_heap()
-        while self._event_heap and self._event_heap[0][0] <= until and len(out) < limit:
+        last = until.timestamp()
+        while self._event_heap and self._event_heap[0][0] <= last and len(out) < limit:
             event = heapq.heappop(self._event_heap)[2]
             if self._queued_events.pop(event.id, None) is not None:
                 out.append(event)
@@ -226,13 +230,14 @@ class MemoryStore:
 
     def next_timer_due(self) -> datetime | None:
         self._clean_timer_heap()
-        return self._timer_heap[0][0] if self._timer_heap else None
+        return self._timer_heap[0][2] if self._timer_heap else None
 
     def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
         out: list[Timer] = []
         self._clean_timer_heap()
         popped = []
-        while self._timer_heap and self._timer_heap[0][0] <= until and len(out) < limit:
+        last = until.timestamp()
+        while self._timer_heap and self._timer_heap[0][0] <= last and len(out) < limit:
             item = heapq.heappop(self._timer_heap)
             popped.append(item)
             if item[1] in self._timers:
@@ -252,7 +257,7 @@ class MemoryStore:
     # outbox -------------------------------------------------------------------------------------------
     def next_message_due(self) -> datetime | None:
         while self._outbox_heap:
-            due, _, key = self._outbox_heap[0]
+            _, _, key, due = self._outbox_heap[0]
             row = self._outbox.get(key)
             if row is not None and row.status in ("queued", "failed"):
                 return due
@@ -261,8 +266,9 @@ class MemoryStore:
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
         out: list[OutboxRow] = []
-        while self._outbox_heap and self._outbox_heap[0][0] <= until and len(out) < limit:
-            _, _, key = heapq.heappop(self._outbox_heap)
+        last = until.timestamp()
+        while self._outbox_heap and self._outbox_heap[0][0] <= last and len(out) < limit:
+            key = heapq.heappop(self._outbox_heap)[2]
             row = self._outbox.get(key)
             if row is None or row.status not in ("queued", "failed"):
                 continue
@@ -278,7 +284,8 @@ class MemoryStore:
                 setattr(row, name, value)
             if status == "failed" and row.next_attempt is not None:
                 self._outbox_seq += 1
-                heapq.heappush(self._outbox_heap, (row.next_attempt, self._outbox_seq, key))
+                due = row.next_attempt
+                heapq.heappush(self._outbox_heap, (due.timestamp(), self._outbox_seq, key, due))
             if status == "sent":
                 self._counters["messages_sent"] += 1
             if not self.keep_delivered and status in ("sent", "cancelled"):
