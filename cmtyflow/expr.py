@@ -92,11 +92,41 @@ def _safe_pow(left: Any, right: Any) -> Any:
 _BINOPS: dict[str, Callable[[Any, Any], Any]] = {"*": _safe_mul, "**": _safe_pow}
 
 
+# Mapping types whose instances have no attributes beyond their class's (plain dicts,
+# the engine's ``state`` and ``member`` views): type -> the names ``getattr`` can find.
+_ITEM_FIRST: dict[type, frozenset[str]] = {dict: frozenset(dir(dict))}
+
+
+def item_first(cls: type) -> type:
+    """Class decorator: ``obj.name`` on an instance reads ``obj['name']`` straight away
+    when ``name`` is no attribute of the class, instead of raising and catching an
+    AttributeError first. The sandbox falls back to ``obj[name]`` on that error
+    anyway, so the result is the same; names the class does have take the sandbox's
+    checked path as before."""
+    own_lookup = [k for k in cls.__mro__[:-1] if "__getattr__" in vars(k) or "__getattribute__" in vars(k)]
+    if cls.__dictoffset__ or own_lookup:
+        raise TypeError(f"{cls.__name__} instances may have attributes their class does not list")
+    _ITEM_FIRST[cls] = frozenset(dir(cls))
+    return cls
+
+
 class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(_BINOPS)
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         return _BINOPS[operator_](left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        names = _ITEM_FIRST.get(type(obj))
+        if names is not None and attribute not in names:
+            try:
+                return obj[attribute]
+            except (TypeError, LookupError):
+                return self.undefined(obj=obj, name=attribute)
+        return _sandbox_getattr(self, obj, attribute)
+
+
+_sandbox_getattr = ImmutableSandboxedEnvironment.getattr
 
 
 def _make_env() -> CmtyflowEnvironment:

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from ..expr import item_first
+
 BUILTIN_STATE: dict[str, Any] = {
     "points": 0,
     "badges": (),
@@ -25,25 +27,30 @@ BUILTIN_STATE: dict[str, Any] = {
 MEMBER_FIELDS = ("id", "name", "locale", "timezone", "tags", "joined_at", "opted_out", "email", "telegram")
 
 
+@item_first
 class StateView(Mapping[str, Any]):
     """Read-only view of one state mapping as SPEC 2 defines its reading."""
 
-    __slots__ = ("_data", "_today")
+    __slots__ = ("_data", "_today", "_raw", "_day")
 
     def __init__(self, data: Mapping[str, Any], today: date | None) -> None:
         self._data = data
         self._today = today
+        self._raw: Any = None  # the last ``last_checkin`` text parsed, and its date
+        self._day: date | None = None
 
     def __getitem__(self, key: str) -> Any:
-        if key == "streak":
+        data = self._data
+        if key == "streak" or key == "last_checkin":  # the two readings SPEC 2 defines
             last = self._last()
-            if last is None or self._today is None or (self._today - last).days > 1:
+            if key == "last_checkin":
+                return last
+            today = self._today
+            if last is None or today is None or (today - last).days > 1:
                 return 0
-            return self._data.get("streak", 0)
-        if key == "last_checkin":
-            return self._last()
-        if key in self._data:
-            value = self._data[key]
+            return data.get("streak", 0)
+        if key in data:
+            value = data[key]
             return list(value) if key == "badges" else value
         if key in BUILTIN_STATE:
             default = BUILTIN_STATE[key]
@@ -52,9 +59,11 @@ class StateView(Mapping[str, Any]):
 
     def _last(self) -> date | None:
         raw = self._data.get("last_checkin")
-        if raw is None:
-            return None
-        return raw if isinstance(raw, date) else date.fromisoformat(raw)
+        if raw is None or isinstance(raw, date):
+            return raw
+        if raw is not self._raw:  # read many times per run, written at most once
+            self._raw, self._day = raw, date.fromisoformat(raw)
+        return self._day
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
@@ -72,6 +81,7 @@ class StateView(Mapping[str, Any]):
         return f"StateView({dict(self)!r})"
 
 
+@item_first
 class MemberView(Mapping[str, Any]):
     """A roster record as templates see it; in campaign runs also ``.state``."""
 

@@ -43,7 +43,9 @@ class Engine:
     def __init__(self, programs: Iterable[Program]) -> None:
         self.programs: dict[str, Program] = {p.name: p for p in programs}
         self._event_triggers: dict[str, list[tuple[Program, Any]]] = {}
-        self._audience_cache: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}
+        # playbook -> member id -> (the member record read, in the audience)
+        self._audience_cache: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {}
+        self._with_goals = [p for p in self.programs.values() if p.playbook.goals]
         for prog in self.programs.values():
             for trigger in prog.playbook.triggers:
                 if trigger.kind == "event":
@@ -54,12 +56,12 @@ class Engine:
         decision = Decision()
         txn = Txn(store, decision)
         interp = Interpreter(self, txn, now)
-        if isinstance(item, TimerDue):
+        if isinstance(item, Event):
+            self._event(interp, item)
+        elif isinstance(item, TimerDue):
             self._timer(interp, item)
         elif isinstance(item, Firing):
             self._firing(interp, item)
-        elif isinstance(item, Event):
-            self._event(interp, item)
         elif isinstance(item, Launch):
             self._launch(interp, item)
         else:
@@ -75,12 +77,12 @@ class Engine:
         if prog.audience_static:
             # An audience that reads only member data, vars and roles is a function of
             # the member record: remember it until the record changes.
-            key = (prog.name, member["id"])
-            cached = self._audience_cache.get(key)
+            known = self._audience_cache.setdefault(prog.name, {})
+            cached = known.get(member["id"])
             if cached is not None and cached[0] is member:
                 return cached[1]
             result = self._audience_eval(prog, member, now)
-            self._audience_cache[key] = (member, result)
+            known[member["id"]] = (member, result)
             return result
         return self._audience_eval(prog, member, now)
 
@@ -153,7 +155,7 @@ class Engine:
     def _event(self, interp: Interpreter, event: Event) -> None:
         txn = interp.txn
         self._roster_update(txn, event)
-        if event.member is not None:
+        if event.member is not None and self._with_goals:
             self._goals(interp, event)
         self._resume_waits(interp, event)
         for prog, trigger in self._event_triggers.get(event.type, ()):
@@ -260,7 +262,10 @@ class Engine:
         if ended.flow not in prog.queued_flows:
             return
         d = interp.txn.decision
-        waiting = [r for r in interp.txn.store.queued_starts(prog.name, ended.flow, ended.member) if r["id"] not in d.dequeued]
+        stored = interp.txn.store.queued_starts(prog.name, ended.flow, ended.member)
+        if not stored and not d.queued_starts:
+            return
+        waiting = [r for r in stored if r["id"] not in d.dequeued]
         waiting += [
             r for r in d.queued_starts
             if (r["playbook"], r["flow"], r["member"]) == (prog.name, ended.flow, ended.member) and r["id"] not in d.dequeued
@@ -306,10 +311,8 @@ class Engine:
 
     def _goals(self, interp: Interpreter, event: Event) -> None:
         assert event.member is not None
-        for prog in self.programs.values():
+        for prog in self._with_goals:
             goals = prog.playbook.goals
-            if not goals:
-                continue
             wanted = {g for g, spec in goals.items() if spec.event == event.type}
             if not wanted:
                 continue

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..expr import RenderError, scope
+from ..expr import GLOBALS, RenderError
 from ..spec.duration import next_time_of_day
 from .context import MemberView, StateView
 from .model import Event, EventWait, QueuedMessage, Run, Timer, message_key
@@ -73,7 +73,8 @@ class Interpreter:
         now = self.now.astimezone(tz)
         today = now.date()
         member_rec = self.txn.member(run.member) if run.member else None
-        ctx: dict[str, Any] = scope({
+        ctx: dict[str, Any] = {
+            **GLOBALS,  # as ``scope()``, in one step: built for every run
             "member": MemberView(member_rec) if member_rec is not None else None,
             "state": StateView(self.txn.state(prog.name, run.member), today),
             "vars": prog.playbook.vars,
@@ -89,12 +90,12 @@ class Interpreter:
                 "flow": run.flow,
                 "playbook": prog.name,
             },
-        })
+        }
         if run.wait is not None:
             ctx["wait"] = run.wait
         if run.checkin is not None:
             ctx["checkin"] = run.checkin
-        if run.campaign and prog.uses_audience:
+        if run.member is None and prog.uses_audience:  # a campaign run
             ctx["audience"] = self.engine.audience_list(self.txn, prog, today)
         return ctx
 
@@ -102,27 +103,33 @@ class Interpreter:
     def advance(self, prog: Program, run: Run) -> None:
         instrs = prog.flows[run.flow]
         ctx = self.context(prog, run)
-        budget = prog.max_loop * (len(instrs) + 1) + 10
+        end = len(instrs)
+        budget = prog.max_loop * (end + 1) + 10
+        occurrences = run.occurrences
         try:
-            while run.pc < len(instrs):
+            while run.pc < end:
                 budget -= 1
                 if budget < 0:
                     raise RunFailed(f"flow '{run.flow}' ran more than {prog.max_loop} loop iterations")
-                ins = instrs[run.pc]
+                pc = run.pc
+                ins = instrs[pc]
                 op = ins.op
                 if op == "jump":
                     run.pc = ins.target
                     continue
-                if ins.cond is not None and not ins.cond.evaluate(ctx):
-                    run.pc = ins.target if op in ("choose", "loop") else run.pc + 1
+                cond = ins.cond
+                if cond is not None and not cond.evaluate(ctx):
+                    run.pc = ins.target if op in ("choose", "loop") else pc + 1
                     if op == "loop":
                         run.loops.pop(run.pc, None)
                     continue
-                occ = run.occurrences.get(run.pc, 0) + 1
-                run.occurrences[run.pc] = occ
-                handler = _HANDLERS[op]
+                occ = occurrences.get(pc, 0) + 1
+                occurrences[pc] = occ
+                handler, advances = _HANDLERS[op]
                 if handler(self, prog, run, ins, ctx, occ):
                     return  # suspended or stopped
+                if advances:
+                    run.pc += 1
         except (RenderError, RunFailed) as exc:
             self.fail(prog, run, instrs[run.pc].label if run.pc < len(instrs) else run.flow, str(exc))
             return
@@ -158,48 +165,55 @@ class Interpreter:
         recipients = self._recipients(prog, run, to)
         plan = prog.sends[id(ins)]
         tz = zone(run.timezone, prog.tz)
-        policies = prog.playbook.policies
+        txn = self.txn
+        d = txn.decision
+        now = self.now
+        urgent = spec.urgent
+        label = ins.label
+        formats = prog.channel_formats[channel]
+        adapter = prog.channel_adapters[channel]
+        goals = prog.playbook.goals
         for rid, to_label in recipients:
-            rec = self.txn.member(rid) if rid is not None else None
+            rec = txn.member(rid) if rid is not None else None
             if rid is not None and rec is None:
-                self.txn.decision.note("unknown_member", playbook=prog.name, run=run.id, step=ins.label, member=rid)
+                d.note("unknown_member", playbook=prog.name, run=run.id, step=label, member=rid)
                 continue
-            if rec is not None and rec.get("opted_out") and not spec.urgent:
-                self.txn.decision.count("skipped_opted_out")
+            if rec is not None and rec.get("opted_out") and not urgent:
+                d.count("skipped_opted_out")
                 continue
-            variant = pick_variant(plan.weights, f"{prog.name}/{ins.label}/{rid or run.id}") if plan.weights else None
-            text, fmt = self._render(prog, plan, variant, rec, ctx, prog.channel_formats[channel])
+            variant = pick_variant(plan.weights, f"{prog.name}/{label}/{rid or run.id}") if plan.weights else None
+            text, fmt = self._render(prog, plan, variant, rec, ctx, formats)
             if not text.strip():
-                self.txn.decision.note("empty_message", playbook=prog.name, run=run.id, step=ins.label, member=rid)
+                d.note("empty_message", playbook=prog.name, run=run.id, step=label, member=rid)
                 continue
-            if spec.urgent:
-                deliver_at, deferred, day = self.now, None, None
+            if urgent:
+                deliver_at, deferred, day = now, None, None
             else:
                 member_tz = zone(rec.get("timezone"), prog.tz) if rec is not None else None
                 deliver_at, deferred, day = plan_delivery(
-                    self.now,
+                    now,
                     quiet=prog.quiet,
                     run_tz=tz,
-                    cap=policies.max_per_member_per_day if rec is not None else None,
+                    cap=prog.playbook.policies.max_per_member_per_day if rec is not None else None,
                     member_tz=member_tz,
-                    day_count=(lambda d, _r=rid: self.txn.day_count(_r, d)) if rid is not None else (lambda d: 0),
+                    day_count=(lambda text, _r=rid: txn.day_count(_r, text)) if rid is not None else (lambda text: 0),
                 )
             if deferred:
-                self.txn.decision.count(f"deferred_{deferred}")
+                d.count(f"deferred_{deferred}")
             if day is not None and rid is not None:
-                self.txn.add_day_count(rid, day)
-            key = message_key(prog.name, run.id, ins.label, occ, rid if rid is not None else "#" + channel)
-            self.txn.decision.messages.append(
+                txn.add_day_count(rid, day)
+            key = message_key(prog.name, run.id, label, occ, rid if rid is not None else "#" + channel)
+            d.messages.append(
                 QueuedMessage(
-                    key=key, playbook=prog.name, run=run.id, flow=run.flow, step=ins.label, occurrence=occ,
-                    channel=channel, adapter=prog.channel_adapters[channel], member=rid, to=to_label,
-                    text=text, format=fmt, variant=variant, urgent=spec.urgent, queued_at=self.now,
+                    key=key, playbook=prog.name, run=run.id, flow=run.flow, step=label, occurrence=occ,
+                    channel=channel, adapter=adapter, member=rid, to=to_label,
+                    text=text, format=fmt, variant=variant, urgent=urgent, queued_at=now,
                     deliver_at=deliver_at, deferred=deferred,
                 )
             )
-            if rid is not None and prog.playbook.goals:
-                for goal in prog.playbook.goals:
-                    self.txn.decision.exposures.append((prog.name, goal, rid, ins.label, variant, deliver_at))
+            if rid is not None and goals:
+                for goal in goals:
+                    d.exposures.append((prog.name, goal, rid, label, variant, deliver_at))
         return False
 
     def _recipients(self, prog: Program, run: Run, to: Any) -> list[tuple[str | None, str]]:
@@ -231,8 +245,9 @@ class Interpreter:
         if rec is not None and rec.get("locale"):
             locales.append(rec["locale"])
         member = ctx.get("member")
-        if member is not None and member.get("locale") and member.get("locale") not in locales:
-            locales.append(member.get("locale"))
+        member_locale = member.get("locale") if member is not None else None
+        if member_locale and member_locale not in locales:
+            locales.append(member_locale)
         locales.extend([prog.playbook.locale, None])
         found = tset.pick(tuple(locales), formats) if tset is not None else None
         if found is None:
@@ -367,26 +382,18 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _advancing(fn: Any) -> Any:
-    def step(self: Interpreter, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
-        if fn(self, prog, run, ins, ctx, occ):
-            return True
-        run.pc += 1
-        return False
-
-    return step
-
-
-_HANDLERS = {
-    "send": _advancing(Interpreter._send),
-    "wait": Interpreter._wait,
-    "set": _advancing(Interpreter._set),
-    "tag": _advancing(Interpreter._tag),
-    "untag": _advancing(Interpreter._tag),
-    "award": _advancing(Interpreter._award),
-    "checkin": _advancing(Interpreter._checkin),
-    "choose": Interpreter._choose,
-    "loop": Interpreter._loop,
-    "emit": _advancing(Interpreter._emit),
-    "stop": Interpreter._stop,
+# op -> (handler, whether the run moves to the next instruction after it; the others
+# set ``run.pc`` themselves)
+_HANDLERS: dict[str, tuple[Any, bool]] = {
+    "send": (Interpreter._send, True),
+    "wait": (Interpreter._wait, False),
+    "set": (Interpreter._set, True),
+    "tag": (Interpreter._tag, True),
+    "untag": (Interpreter._tag, True),
+    "award": (Interpreter._award, True),
+    "checkin": (Interpreter._checkin, True),
+    "choose": (Interpreter._choose, False),
+    "loop": (Interpreter._loop, False),
+    "emit": (Interpreter._emit, True),
+    "stop": (Interpreter._stop, False),
 }

@@ -13,12 +13,16 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from ..spec.duration import at_local
 
 MAX_DEFER_DAYS = 366
+
+# One text object per local date: the daily-cap counts of a large roster all share it.
+_day_text = lru_cache(maxsize=4096)(date.isoformat)
 
 
 def in_quiet(local: time, quiet: tuple[time, time]) -> bool:
@@ -60,9 +64,10 @@ def plan_delivery(
         return at, reason, None
     for _ in range(MAX_DEFER_DAYS):
         day = at.astimezone(member_tz).date()
-        if day_count(day.isoformat()) < cap:
-            return at, reason, day.isoformat()
+        text = _day_text(day)
+        if day_count(text) < cap:
+            return at, reason, text
         reason = "daily_cap"
         start_of_next = at_local(day + timedelta(days=1), quiet[1] if quiet else time(0), member_tz)
         at = after_quiet(start_of_next, quiet, run_tz)
-    return at, reason, at.astimezone(member_tz).date().isoformat()
+    return at, reason, _day_text(at.astimezone(member_tz).date())

@@ -67,8 +67,19 @@ class TemplateSet:
     case-insensitively, ``_`` as ``-`` (``zh_cn`` finds ``NAME.zh-CN.txt.j2``)."""
 
     files: dict[tuple[str | None, str], Template] = field(default_factory=dict)
+    # pick() answers by (locales, formats): a send asks the same question for every
+    # member of a locale; the files are fixed once compiled.
+    picked: dict[tuple[tuple[str | None, ...], tuple[str, ...]], tuple[Template, str] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def pick(self, locales: tuple[str | None, ...], formats: tuple[str, ...]) -> tuple[Template, str] | None:
+        question = (locales, formats)
+        if question not in self.picked:
+            self.picked[question] = self._pick(locales, formats)
+        return self.picked[question]
+
+    def _pick(self, locales: tuple[str | None, ...], formats: tuple[str, ...]) -> tuple[Template, str] | None:
         for locale in locales:
             key = locale_key(locale)
             for fmt in formats:

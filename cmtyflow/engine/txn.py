@@ -63,7 +63,9 @@ class Txn:
         return found
 
     def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
-        ids = [r for r in self.store.active_runs(playbook, flow, member)]
+        ids = self.store.active_runs(playbook, flow, member)
+        if not ids and not self.decision.runs:
+            return []
         out = []
         for rid in ids:
             changed = self.decision.runs.get(rid)

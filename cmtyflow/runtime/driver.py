@@ -197,6 +197,8 @@ class Driver:
     def _emitted(self, events: Iterable[Event], now: datetime) -> int:
         # Emitted events were queued by ``apply``; handle them now, at the same instant,
         # and only them: other inputs due now keep their SPEC 5.6 order.
+        if not events:
+            return 0
         handled = 0
         pending = list(events)
         while pending:

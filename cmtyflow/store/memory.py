@@ -8,19 +8,99 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from ..engine.model import Decision, Event, EventWait, Run, Timer
 from .base import OutboxRow, ScheduleUpdate
 
+BULK = 256  # events arriving together that are sorted into the run instead of the heap
+
+
+class _EventQueue:
+    """Queued events in (time, arrival) order. A day of synthetic behaviour arrives in
+    one go and is sorted into an ordered run, taken from its front; events arriving a
+    few at a time (emitted by runs, added by tests) go on a heap. The head is the
+    earlier of the two heads: the same order as one heap, without the cache misses of
+    pushing and popping a million-entry heap."""
+
+    def __init__(self) -> None:
+        self.queued: dict[str, Event] = {}  # not yet handed out; by id
+        self._seq = 0
+        self._incoming: list[tuple[float, int, Event]] = []
+        self._run: list[tuple[float, int, Event] | None] = []  # sorted; taken up to _pos
+        self._pos = 0
+        self._heap: list[tuple[float, int, Event]] = []
+        self._head: tuple[float, int, Event] | None = None  # known while nothing changes
+        self._head_known = True
+
+    def add(self, event: Event) -> None:
+        self._seq += 1
+        self.queued[event.id] = event
+        self._incoming.append((event.at.timestamp(), self._seq, event))
+        self._head_known = False
+
+    def take(self, event_id: str) -> Event | None:
+        self._head_known = False
+        return self.queued.pop(event_id, None)
+
+    def _settle(self) -> None:
+        incoming, self._incoming = self._incoming, []
+        if len(incoming) < BULK:
+            for item in incoming:
+                heapq.heappush(self._heap, item)
+            return
+        merged: list[Any] = self._run[self._pos:]
+        merged.extend(incoming)
+        # A stable sort by time keeps arrival order among equal times: the run's
+        # entries arrived before the new ones, and each part is in arrival order.
+        merged.sort(key=itemgetter(0))
+        self._run, self._pos = merged, 0
+
+    def head(self) -> tuple[float, int, Event] | None:
+        # Asked several times per instant (next_event_at, pending_events).
+        if self._head_known:
+            return self._head
+        self._head = self._find_head()
+        self._head_known = True
+        return self._head
+
+    def _find_head(self) -> tuple[float, int, Event] | None:
+        if self._incoming:
+            self._settle()
+        queued, run, heap = self.queued, self._run, self._heap
+        pos = self._pos
+        while pos < len(run) and run[pos][2].id not in queued:  # type: ignore[index]
+            run[pos] = None  # taken by id (``take``): drop it
+            pos += 1
+        self._pos = pos
+        while heap and heap[0][2].id not in queued:
+            heapq.heappop(heap)
+        first = run[pos] if pos < len(run) else None
+        if heap and (first is None or heap[0] < first):
+            return heap[0]
+        return first
+
+    def pop(self, head: tuple[float, int, Event]) -> Event:
+        """Take ``head``, as just returned by ``head()``."""
+        self._head_known = False
+        if self._heap and self._heap[0] is head:
+            heapq.heappop(self._heap)
+        else:
+            self._run[self._pos] = None
+            self._pos += 1
+        return self.queued.pop(head[2].id)
+
 
 class MemoryStore:
-    def __init__(self, *, keep_delivered: bool = True) -> None:
-        # Dry runs of large rosters keep only what is still pending.
+    def __init__(self, *, keep_delivered: bool = True, note_kinds: Collection[str] | None = None) -> None:
+        # Dry runs of large rosters keep only what is still pending, and only the notes
+        # their summary reads (``note_kinds``; None keeps every note).
         self.keep_delivered = keep_delivered
+        self.note_kinds = frozenset(note_kinds) if note_kinds is not None else None
         self._members: dict[str, dict[str, Any]] = {}
         self._zones: set[str] = set()
         self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
@@ -33,11 +113,9 @@ class MemoryStore:
         self._timers_by_run: dict[str, set[str]] = defaultdict(set)
         self._waits: dict[tuple[str, str | None], dict[str, EventWait]] = defaultdict(dict)
         self._waits_of_run: dict[str, list[EventWait]] = defaultdict(list)
-        self._day_counts: dict[tuple[str, str], int] = {}
+        self._day_counts: dict[str, dict[str, int]] = {}  # local date -> member -> count
         self._events_seen: set[str] = set()
-        self._event_heap: list[tuple[float, int, Event]] = []
-        self._event_seq = 0
-        self._queued_events: dict[str, Event] = {}  # queued, not yet handed out; by id
+        self._events = _EventQueue()
         self._schedules: dict[tuple[str, str, str], datetime | None] = {}
         self._outbox: dict[str, OutboxRow] = {}
         self._outbox_heap: list[tuple[float, int, str, datetime]] = []
@@ -71,13 +149,16 @@ class MemoryStore:
         return self._active.get((playbook, flow, member), [])
 
     def event_waits(self, event_type: str, member: str | None) -> Iterable[EventWait]:
+        if not self._waits:
+            return []
         found = list(self._waits.get((event_type, None), {}).values())
         if member is not None:
             found.extend(self._waits.get((event_type, member), {}).values())
         return found
 
     def day_count(self, member: str, day: str) -> int:
-        return self._day_counts.get((member, day), 0)
+        counts = self._day_counts.get(day)
+        return counts.get(member, 0) if counts is not None else 0
 
     def exposures(self, playbook: str, member: str) -> Iterable[tuple[str, str, str | None, datetime]]:
         return self._exposures.get((playbook, member), ())
@@ -121,8 +202,7 @@ class MemoryStore:
                 self._waits[(wait.event_type, wait.member)].pop(rid, None)
         if decision.members:
             self.put_members(decision.members.values())
-        for key, state in decision.states.items():
-            self._states[key] = state
+        self._states.update(decision.states)
         for run in decision.runs.values():
             self._put_run(run)
         for timer in decision.timers:
@@ -132,8 +212,11 @@ class MemoryStore:
         for wait in decision.waits:
             self._waits[(wait.event_type, wait.member)][wait.run] = wait
             self._waits_of_run[wait.run].append(wait)
-        for key, n in decision.day_counts.items():
-            self._day_counts[key] = self._day_counts.get(key, 0) + n
+        for (member, day), n in decision.day_counts.items():
+            counts = self._day_counts.get(day)
+            if counts is None:
+                counts = self._day_counts[day] = {}
+            counts[member] = counts.get(member, 0) + n
         for message in decision.messages:
             if message.key in self._outbox:
                 self._counters["duplicate_messages"] += 1
@@ -161,8 +244,13 @@ class MemoryStore:
             self.add_event(event)
         for name, n in decision.counters.items():
             self._counters[name] += n
-        self._notes.extend(decision.notes)
-        self.set_schedules(schedules)
+        if decision.notes:
+            if self.note_kinds is None:
+                self._notes.extend(decision.notes)
+            else:
+                self._notes.extend(n for n in decision.notes if n["kind"] in self.note_kinds)
+        if schedules:
+            self.set_schedules(schedules)
         if consumed_event is not None:
             self._counters["events_processed"] += 1
 
@@ -195,34 +283,26 @@ class MemoryStore:
             self._counters["duplicate_events"] += 1
             return False
         self._events_seen.add(event.id)
-        self._event_seq += 1
-        self._queued_events[event.id] = event
-        heapq.heappush(self._event_heap, (event.at.timestamp(), self._event_seq, event))
+        self._events.add(event)
         return True
 
-    def _clean_event_heap(self) -> None:
-        # Events handed out by ``take_event`` leave the heap lazily.
-        while self._event_heap and self._event_heap[0][2].id not in self._queued_events:
-            heapq.heappop(self._event_heap)
-
     def next_event_at(self) -> datetime | None:
-        self._clean_event_heap()
-        return self._event_heap[0][2].at if self._event_heap else None
+        head = self._events.head()
+        return head[2].at if head is not None else None
 
     def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
-        out = []
-        self._clean_event_heap()
+        out: list[Event] = []
         last = until.timestamp()
-        while self._event_heap and self._event_heap[0][0] <= last and len(out) < limit:
-            event = heapq.heappop(self._event_heap)[2]
-            if self._queued_events.pop(event.id, None) is not None:
-                out.append(event)
-            self._clean_event_heap()
+        while len(out) < limit:
+            head = self._events.head()
+            if head is None or head[0] > last:
+                break
+            out.append(self._events.pop(head))
         return out
 
     def take_event(self, event_id: str) -> Event | None:
         """The queued event ``event_id``, out of the queue; None when it is not queued."""
-        return self._queued_events.pop(event_id, None)
+        return self._events.take(event_id)
 
     def _clean_timer_heap(self) -> None:
         while self._timer_heap and self._timer_heap[0][1] not in self._timers:
@@ -235,6 +315,8 @@ class MemoryStore:
     def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
         out: list[Timer] = []
         self._clean_timer_heap()
+        if not self._timer_heap:
+            return out
         popped = []
         last = until.timestamp()
         while self._timer_heap and self._timer_heap[0][0] <= last and len(out) < limit:
