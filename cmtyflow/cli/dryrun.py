@@ -7,16 +7,14 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import click
 
 from ..clock import SystemClock
 from ..errors import UserError
-from ..runtime.dryrun import DryRun
-from ..runtime.inputs import RowProblem, read_events, read_roster
+from ..runtime.dryrun import build_dry_run
 from ..runtime.prepare import default_days, load_programs, parse_start
-from ..runtime.simulate import Simulation, SimulationSpecError, parse_spec
+from ..runtime.simulate import SimulationSpecError
 from . import EXIT_OK, cli
 from .timeline import TextTimeline, print_summary
 
@@ -54,12 +52,6 @@ def dry_run(
     _, programs = load_programs(paths)
     begin = parse_start(start, programs, SystemClock().now())
     span = days or default_days(programs, begin)
-    simulation = None
-    if simulate:
-        try:
-            simulation = Simulation(parse_spec(simulate), seed=seed, default_tz=programs[0].playbook.timezone)
-        except SimulationSpecError as exc:
-            raise UserError(f"--simulate: {exc}") from None
     collected: list[dict[str, Any]] = []
     timeline = TextTimeline(sys.stdout) if fmt == "text" else None
 
@@ -72,11 +64,13 @@ def dry_run(
             collected.append(record)
 
     bar, progress = _progress(sys.stderr.isatty() and fmt == "text")
-    sim = DryRun(programs, start=begin, days=span, sink=sink, simulation=simulation, progress=progress)
-    problems: list[RowProblem] = []
-    sim.load_roster(read_roster(roster, problems))
-    if events_file:
-        sim.load_events(read_events(events_file, problems, ZoneInfo(programs[0].playbook.timezone)))
+    try:
+        sim, problems = build_dry_run(
+            programs, start=begin, days=span, roster=roster, events=events_file, simulate=simulate,
+            seed=seed, sink=sink, progress=progress,
+        )
+    except SimulationSpecError as exc:
+        raise UserError(f"--simulate: {exc}") from None
     for problem in problems:
         click.echo(f"{problem}: row skipped", err=True)
     if bar is not None:

@@ -48,6 +48,12 @@ def zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
 _ZONES: dict[str, ZoneInfo] = {}
 
 
+def variant_for(plan: Any, playbook: str, step: str, recipient: str) -> str | None:
+    """The variant of a send for one recipient (a member id, or the run id for a
+    channel post): stable across runs, so dry-run, preview and run agree."""
+    return pick_variant(plan.weights, f"{playbook}/{step}/{recipient}") if plan.weights else None
+
+
 def pick_variant(weights: list[tuple[str, float]], seed: str) -> str:
     """Stable weighted choice: the same member gets the same variant on every run."""
     digest = hashlib.sha256(seed.encode()).digest()
@@ -181,7 +187,7 @@ class Interpreter:
             if rec is not None and rec.get("opted_out") and not urgent:
                 d.count("skipped_opted_out")
                 continue
-            variant = pick_variant(plan.weights, f"{prog.name}/{label}/{rid or run.id}") if plan.weights else None
+            variant = variant_for(plan, prog.name, label, rid or run.id)
             text, fmt = self._render(prog, plan, variant, rec, ctx, formats)
             if not text.strip():
                 d.note("empty_message", playbook=prog.name, run=run.id, step=label, member=rid)

@@ -66,7 +66,6 @@ class Driver:
             if zone != (trigger.timezone or prog.playbook.timezone):
                 # `at` with timezone: member reads the wall time in each member zone.
                 from ..engine.program import parse_at
-                from ..engine.schedule import _zone
 
                 at = parse_at(trigger.at, _zone(zone))
             return at

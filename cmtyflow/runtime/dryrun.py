@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ..clock import VirtualClock
 from ..engine.core import Engine
@@ -27,7 +29,8 @@ from ..engine.model import Event, QueuedMessage
 from ..engine.program import Program
 from ..store.memory import MemoryStore
 from .driver import Driver
-from .simulate import Simulation
+from .inputs import RowProblem, read_events, read_roster
+from .simulate import Simulation, parse_spec
 
 DELIVERY_BATCH = 5000
 GC_THRESHOLDS = (20_000, 20, 10)  # while a dry run runs; Python's default is (700, 10, 10)
@@ -95,6 +98,31 @@ class DryRunStats:
         self.per_day_step[day][step] += 1
         if record["variant"] is not None:
             self.per_variant[f"{step}:{record['variant']}"] += 1
+
+
+def build_dry_run(
+    programs: list[Program],
+    *,
+    start: datetime,
+    days: int,
+    roster: str | Path,
+    events: str | Path | None,
+    simulate: str | None,
+    seed: int,
+    sink: Callable[[dict[str, Any]], None],
+    progress: Callable[[float], None] | None = None,
+) -> tuple[DryRun, list[RowProblem]]:
+    """A dry run with its roster, events and synthetic behaviour loaded, as both
+    ``cmtyflow dry-run`` and ``cmtyflow test`` run it. Bad input rows are returned,
+    not raised; a bad ``simulate`` spec raises ``SimulationSpecError``."""
+    tz_name = programs[0].playbook.timezone
+    simulation = Simulation(parse_spec(simulate), seed=seed, default_tz=tz_name) if simulate else None
+    sim = DryRun(programs, start=start, days=days, sink=sink, simulation=simulation, progress=progress)
+    problems: list[RowProblem] = []
+    sim.load_roster(read_roster(roster, problems))
+    if events:
+        sim.load_events(read_events(events, problems, ZoneInfo(tz_name)))
+    return sim, problems
 
 
 class DryRun:

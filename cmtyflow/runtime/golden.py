@@ -20,17 +20,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from ..errors import UserError
-from .dryrun import DryRun
-from .inputs import RowProblem, read_events, read_roster
+from .dryrun import build_dry_run
 from .prepare import load_programs, parse_start
-from .simulate import Simulation, SimulationSpecError, parse_spec
+from .simulate import SimulationSpecError
 
 SUFFIX = ".test.yaml"
 
@@ -95,21 +93,17 @@ def transcript(spec_path: Path) -> tuple[GoldenSpec, list[str]]:
     _, programs = load_programs([base / spec.playbook])
     start = parse_start(spec.start, programs, None)  # type: ignore[arg-type]
     lines: list[str] = []
-    simulation = None
-    if spec.simulate:
-        try:
-            simulation = Simulation(parse_spec(spec.simulate), seed=spec.seed, default_tz=programs[0].playbook.timezone)
-        except SimulationSpecError as exc:
-            raise UserError(f"{spec_path}: simulate: {exc}") from None
 
     def sink(record: dict[str, Any]) -> None:
         lines.append(json.dumps(record, ensure_ascii=False, sort_keys=False))
 
-    sim = DryRun(programs, start=start, days=spec.days, sink=sink, simulation=simulation)
-    problems: list[RowProblem] = []
-    sim.load_roster(read_roster(base / spec.roster, problems))
-    if spec.events:
-        sim.load_events(read_events(base / spec.events, problems, ZoneInfo(programs[0].playbook.timezone)))
+    try:
+        sim, problems = build_dry_run(
+            programs, start=start, days=spec.days, roster=base / spec.roster,
+            events=base / spec.events if spec.events else None, simulate=spec.simulate, seed=spec.seed, sink=sink,
+        )
+    except SimulationSpecError as exc:
+        raise UserError(f"{spec_path}: simulate: {exc}") from None
     if problems:
         raise UserError(f"{spec_path}: bad input rows:\n" + "\n".join(str(p) for p in problems))
     sim.run()

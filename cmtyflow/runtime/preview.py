@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..engine.core import Engine
-from ..engine.interp import Interpreter, pick_variant
+from ..engine.interp import Interpreter, variant_for
 from ..engine.model import Decision, Run
 from ..engine.program import Program
 from ..engine.txn import Txn
@@ -65,6 +65,6 @@ def preview(
     spec = ins.step.send
     channel = spec.channel or prog.default_channel or ""
     plan = prog.sends[id(ins)]
-    variant = pick_variant(plan.weights, f"{prog.name}/{ins.label}/{member_id or run.id}") if plan.weights else None
+    variant = variant_for(plan, prog.name, ins.label, member_id or run.id)
     text, fmt = interp._render(prog, plan, variant, member, ctx, prog.channel_formats.get(channel, ("plain",)))  # noqa: SLF001
     return Preview(prog.name, ins.label, channel, prog.channel_adapters.get(channel, ""), member_id, variant, fmt, text)
