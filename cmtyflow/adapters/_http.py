@@ -193,7 +193,9 @@ class HttpAdapter:
             )
             if defer is not None and wait:
                 self.limiter.defer(defer, wait)
-            raise TransientDeliveryError(f"{self.name}: rate limited: {detail}", retry_after=wait)
+            raise TransientDeliveryError(
+                f"{self.name}: rate limited: {detail}", retry_after=wait, rate_limited=True
+            )
         if status >= 500 or status == 408:
             raise TransientDeliveryError(
                 f"{self.name}: HTTP {status}: {detail}",

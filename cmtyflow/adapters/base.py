@@ -38,11 +38,14 @@ class DeliveryError(Exception):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Try again later; ``retry_after`` (seconds) is the platform's own hint if it gave one."""
+    """Try again later; ``retry_after`` (seconds) is the platform's own hint if it gave one.
+    ``rate_limited``: the platform refused for rate (HTTP 429 or its own equivalent);
+    the runner waits as told and does not count it as a failed attempt."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, rate_limited: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.rate_limited = rate_limited
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -147,7 +147,7 @@ class DingtalkAdapter(HttpAdapter):
             # Over the limit DingTalk has also been seen to redirect instead of answering.
             self.limiter.defer(bucket, BLOCKED_FOR)
             raise TransientDeliveryError(
-                "dingtalk: robot is being throttled", retry_after=BLOCKED_FOR
+                "dingtalk: robot is being throttled", retry_after=BLOCKED_FOR, rate_limited=True
             )
         self.check_status(reply, detail, defer=bucket)
         if not isinstance(data, dict) or not isinstance(data.get("errcode"), int):
@@ -157,7 +157,9 @@ class DingtalkAdapter(HttpAdapter):
             return
         if code in RATE_LIMITED:
             self.limiter.defer(bucket, BLOCKED_FOR)
-            raise TransientDeliveryError(f"dingtalk: {detail}", retry_after=BLOCKED_FOR)
+            raise TransientDeliveryError(
+                f"dingtalk: {detail}", retry_after=BLOCKED_FOR, rate_limited=True
+            )
         if code == BUSY:
             raise TransientDeliveryError(f"dingtalk: {detail}")
         raise PermanentDeliveryError(f"dingtalk: {detail}")

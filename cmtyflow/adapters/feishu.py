@@ -130,7 +130,7 @@ class FeishuAdapter(HttpAdapter):
             )
         if isinstance(code, int) and code in RATE_LIMITED:
             # Feishu does not say which of its two windows was hit, nor for how long.
-            raise TransientDeliveryError(f"feishu: {detail}")
+            raise TransientDeliveryError(f"feishu: {detail}", rate_limited=True)
         self.check_status(reply, detail, defer=bucket)
         if not isinstance(code, int):
             raise TransientDeliveryError(f"feishu: unexpected answer (HTTP {reply.status})")

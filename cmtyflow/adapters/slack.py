@@ -163,7 +163,9 @@ class SlackAdapter(HttpAdapter):
                 wait = parse_retry_after(reply.headers.get("Retry-After"))
                 if wait:
                     self.limiter.defer(bucket, wait)
-                raise TransientDeliveryError(f"slack: {error}", retry_after=wait)
+                raise TransientDeliveryError(
+                    f"slack: {error}", retry_after=wait, rate_limited=error == "ratelimited"
+                )
             raise PermanentDeliveryError(f"slack: {error or 'request refused'}")
         ts = data.get("ts")
         return str(ts) if ts is not None else None

@@ -157,7 +157,9 @@ class TelegramAdapter(HttpAdapter):
             )
             if wait:
                 self.limiter.defer(chat_bucket, wait)
-            raise TransientDeliveryError(f"telegram: {description}", retry_after=wait)
+            raise TransientDeliveryError(
+                f"telegram: {description}", retry_after=wait, rate_limited=True
+            )
         if params.get("migrate_to_chat_id") is not None:
             raise PermanentDeliveryError(
                 f"telegram: {description}; the group is now chat {params['migrate_to_chat_id']}"

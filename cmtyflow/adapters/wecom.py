@@ -107,7 +107,7 @@ class WecomAdapter(HttpAdapter):
         if code == RATE_LIMITED:
             # The robot's window is one minute; wait for it rather than hammer it.
             self.limiter.defer(bucket, 60.0)
-            raise TransientDeliveryError(f"wecom: {detail}", retry_after=60.0)
+            raise TransientDeliveryError(f"wecom: {detail}", retry_after=60.0, rate_limited=True)
         if code == BUSY:
             raise TransientDeliveryError(f"wecom: {detail}")
         raise PermanentDeliveryError(f"wecom: {detail}")

@@ -126,6 +126,10 @@ class Engine:
         if timer.kind == "timeout":
             run.wait = {"event": None, "timed_out": True}
             interp.txn.decision.cancel_waits_of.append(run.id)
+            interp.txn.decision.note(
+                "wait_timed_out", playbook=run.playbook, flow=run.flow, step=run.waiting.get("step"), member=run.member,
+                run=run.id,
+            )
         run.waiting = None
         run.pc += 1
         interp.txn.decision.runs[run.id] = run
@@ -303,6 +307,12 @@ class Engine:
                 continue
             txn.decision.cancel_waits_of.append(run.id)
             txn.decision.cancel_timers_of.append(run.id)
+            since = run.waiting.get("since")
+            txn.decision.note(
+                "wait_resolved", playbook=run.playbook, flow=run.flow, step=run.waiting.get("step"), member=run.member,
+                run=run.id, by=event.member,
+                seconds=(event.at - datetime.fromisoformat(since)).total_seconds() if since else None,
+            )
             run.wait = {"event": event.as_context(), "timed_out": False}
             run.waiting = None
             run.pc += 1

@@ -274,7 +274,8 @@ class Interpreter:
             where = step.where
             member = run.member if (where is None and run.member is not None) else None
             d.waits.append(EventWait(run.id, prog.name, step.event, member, where))
-            run.waiting = {"kind": "event", "event": step.event, "timer": None}
+            # ``since`` and ``step`` let reports tell how long the event took (acknowledgement).
+            run.waiting = {"kind": "event", "event": step.event, "timer": None, "since": self.now.isoformat(), "step": ins.label}
             if ins.timeout is not None:
                 d.timers.append(Timer(timer_id, run.id, ins.timeout.add_to(self.now, tz), "timeout", self.now))
                 run.waiting["timer"] = timer_id

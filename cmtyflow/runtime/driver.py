@@ -12,23 +12,35 @@ Rules:
 - Catch-up (SPEC 5.3): when a schedule's due firings lie in the past, the latest is
   fired late if it is within ``catch_up.grace`` and the others are coalesced into it;
   firings older than the grace are skipped. Both are reported.
+- A manual launch (``cmtyflow launch``) travels as a queued event of type
+  ``LAUNCH_EVENT`` so that it is taken by the runner in arrival order, durably and
+  once (its id is the launch id); it never reaches event triggers.
+- ``observe``, when set, sees every decision after it has been applied (the runner
+  logs from it); it must not change anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from ..engine.core import Engine
-from ..engine.model import Event, Firing, Launch, TimerDue
+from ..engine.model import Decision, Event, Firing, Launch, TimerDue
 from ..engine.program import Program
 from ..engine.schedule import _zone, after_window, next_cron
 from ..spec.duration import parse_duration
 from ..store.base import ScheduleUpdate, Store
 
 MAX_BATCH = 1000
+LAUNCH_EVENT = "cmtyflow.launch"
+
+
+def launch_event(launch: Launch) -> Event:
+    """A launch as a queued event (see the rules above)."""
+    data = {"playbook": launch.playbook, "trigger": launch.trigger, "inputs": dict(launch.inputs)}
+    return Event(launch.id, LAUNCH_EVENT, launch.at, launch.member, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +54,7 @@ class Driver:
     def __init__(self, engine: Engine, store: Store) -> None:
         self.engine = engine
         self.store = store
+        self.observe: Callable[[Decision], None] | None = None
         self._positions: dict[tuple[str, str, str], datetime | None] | None = None
         self._soonest: datetime | None = None  # the earliest schedule position, when known
         self._soonest_known = False
@@ -143,6 +156,7 @@ class Driver:
                 continue
             decision = self.engine.handle(self.store, now, TimerDue(timer))
             self.store.apply(decision, consumed_timer=timer.id)
+            self._observe(decision)
             handled += 1 + self._emitted(decision.emitted, now)
         # 2. schedule firings, in trigger order
         soonest = self._soonest_position()
@@ -155,10 +169,31 @@ class Driver:
                     handled += self._fire(prog, trigger, zone, due, now)
         # 3. events, in arrival order
         for event in self.store.pending_events(instant, MAX_BATCH):
-            decision = self.engine.handle(self.store, now, event)
+            decision = self._handle_event(event, now)
             self.store.apply(decision, consumed_event=event.id)
+            self._observe(decision)
             handled += 1 + self._emitted(decision.emitted, now)
         return handled
+
+    def _handle_event(self, event: Event, now: datetime) -> Decision:
+        if event.type != LAUNCH_EVENT:
+            return self.engine.handle(self.store, now, event)
+        data = event.data
+        prog = self.programs.get(str(data.get("playbook")))
+        trigger_id = str(data.get("trigger"))
+        if prog is None or not any(t.id == trigger_id and t.kind == "manual" for t in prog.playbook.triggers):
+            decision = Decision()
+            decision.note("launch_refused", playbook=data.get("playbook"), trigger=trigger_id, launch=event.id,
+                          reason="no such manual trigger among the playbooks this runner has loaded")
+            decision.count("launches_refused")
+            return decision
+        raw_inputs = data.get("inputs")
+        inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+        return self.engine.handle(self.store, now, Launch(prog.name, trigger_id, event.id, event.at, event.member, inputs))
+
+    def _observe(self, decision: Decision) -> None:
+        if self.observe is not None:
+            self.observe(decision)
 
     def _fire(self, prog: Program, trigger: Any, zone: str, due: datetime, now: datetime) -> int:
         grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
@@ -173,13 +208,12 @@ class Driver:
         update = ScheduleUpdate(prog.name, trigger.id, zone, nxt)
         member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         if late > grace:
-            from ..engine.model import Decision
-
             skipped = Decision()
             for at in [*missed, latest]:
                 skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat(), late_seconds=(now - at).total_seconds())
             skipped.count("skipped_firings", len(missed) + 1)
             self.store.apply(skipped, schedules=[update])
+            self._observe(skipped)
             self._set_positions([update])
             return 1
         decision = self.engine.handle(
@@ -190,6 +224,7 @@ class Driver:
         if missed:
             decision.count("coalesced_firings", len(missed))
         self.store.apply(decision, schedules=[update])
+        self._observe(decision)
         self._set_positions([update])
         return 1 + self._emitted(decision.emitted, now)
 
@@ -206,6 +241,7 @@ class Driver:
                 continue
             decision = self.engine.handle(self.store, now, event)
             self.store.apply(decision, consumed_event=event.id)
+            self._observe(decision)
             pending.extend(decision.emitted)
             handled += 1
         return handled
@@ -213,4 +249,5 @@ class Driver:
     def launch(self, launch: Launch, now: datetime) -> None:
         decision = self.engine.handle(self.store, now, launch)
         self.store.apply(decision)
+        self._observe(decision)
         self._emitted(decision.emitted, now)

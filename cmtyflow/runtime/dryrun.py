@@ -27,6 +27,7 @@ from ..clock import VirtualClock
 from ..engine.core import Engine
 from ..engine.model import Event, QueuedMessage
 from ..engine.program import Program
+from ..store.base import Store
 from ..store.memory import MemoryStore
 from .driver import Driver
 from .inputs import RowProblem, read_events, read_roster
@@ -135,10 +136,11 @@ class DryRun:
         sink: Callable[[dict[str, Any]], None],
         simulation: Simulation | None = None,
         progress: Callable[[float], None] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.programs = programs
         self.engine = Engine(programs)
-        self.store = MemoryStore(keep_delivered=False, note_kinds=SUMMARY_NOTES)
+        self.store: Store = store if store is not None else MemoryStore(keep_delivered=False, note_kinds=SUMMARY_NOTES)
         self.driver = Driver(self.engine, self.store)
         self.clock = VirtualClock(start)
         self.start = start
@@ -297,4 +299,4 @@ class DryRun:
         }
 
     def _active_runs(self) -> Iterable[str]:
-        return list(self.store._runs)  # noqa: SLF001 - a count for the summary
+        return [run.id for run in self.store.runs(status="active")]

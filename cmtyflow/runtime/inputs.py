@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 from ..engine.model import Event
 from ..spec.duration import localize
 
+RESERVED_PREFIX = "cmtyflow."
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n", ""}
 
@@ -118,6 +119,8 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
     etype = raw.get("type")
     if not isinstance(etype, str) or not etype:
         raise ValueError("missing type")
+    if etype.startswith(RESERVED_PREFIX):
+        raise ValueError(f"event types starting with '{RESERVED_PREFIX}' are cmtyflow's own (use cmtyflow launch)")
     at_text = raw.get("at")
     if not isinstance(at_text, str):
         raise ValueError("missing at (an ISO 8601 datetime)")

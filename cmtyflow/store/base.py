@@ -10,6 +10,10 @@ Rules:
   dispatcher), ``sent``, ``failed`` (will retry at ``next_attempt``), ``dead``
   (attempts exhausted or permanent error), ``in_doubt`` (was in flight when the
   process died; SPEC 5.2), ``cancelled`` (opted out or superseded).
+- ``finish_messages`` with status ``sent`` also records the delivery (``deliveries``)
+  in the same transaction; several results are committed together (group commit).
+- Ids and keys are text; a campaign's member is None in the API (stores may keep it
+  as they like). Datetimes come back aware, as they went in (UTC is fine).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..engine.model import Decision, Event, QueuedMessage, Timer
+from ..engine.model import Decision, Event, QueuedMessage, Run, Timer
 from ..engine.ports import StateReader
 
 OUTBOX_STATES = ("queued", "inflight", "sent", "failed", "dead", "in_doubt", "cancelled")
@@ -41,6 +45,7 @@ class OutboxRow:
     next_attempt: datetime | None = None
     last_error: str | None = None
     sent_at: datetime | None = None
+    platform_id: str | None = None  # the adapter's receipt, once sent
 
 
 class Store(StateReader, Protocol):
@@ -104,3 +109,50 @@ class Store(StateReader, Protocol):
     def goal_stats(self) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
         """(playbook, goal, step, variant) -> (exposed members, converted members)."""
         ...
+
+    # the runner ---------------------------------------------------------------------------------
+    def add_events(self, events: Iterable[Event]) -> tuple[int, int]:
+        """Queue several events in one transaction: (accepted, duplicates by id)."""
+        ...
+
+    def mark_in_doubt(self) -> list[OutboxRow]:
+        """Rows left ``inflight`` by a process that stopped without finishing them
+        become ``in_doubt``; they are returned (SPEC 5.2). Called once at start-up."""
+        ...
+
+    def requeue(self, keys: Iterable[str], at: datetime, *, reset_attempts: bool = False) -> int:
+        """Put ``in_doubt``, ``dead``, ``failed`` or ``cancelled`` rows back to
+        ``queued``, due at ``at`` (their text unchanged); returns how many moved."""
+        ...
+
+    def find_messages(self, prefix: str) -> list[OutboxRow]:
+        """Outbox rows whose key starts with ``prefix`` (users type short keys)."""
+        ...
+
+    def record(self, at: datetime, kind: str, **detail: Any) -> None:
+        """Append to the audit log (runner start/stop, retries, dead letters, commands)."""
+        ...
+
+    def audit(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit entries, oldest first (the last ``limit`` when given), each
+        ``{"at", "kind", **detail}``; decision notes are included with their kinds."""
+        ...
+
+    def deliveries(self, playbook: str | None = None) -> Iterator[dict[str, Any]]:
+        """Sent messages in the order sent: ``{"key", "at", "playbook", "flow", "step",
+        "channel", "adapter", "member", "to", "text", "variant", "platform_id"}``."""
+        ...
+
+    def runs(self, *, status: str | None = "active", playbook: str | None = None) -> Iterator[Run]:
+        """Runs (any status when ``status`` is None), oldest first."""
+        ...
+
+    def outbox_counts(self) -> dict[str, int]: ...
+
+    def upcoming_timers(self, limit: int = 20) -> list[Timer]: ...
+
+    def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """(member or None for the campaign, state) of every state kept for ``playbook``."""
+        ...
+
+    def close(self) -> None: ...

@@ -2,12 +2,16 @@
 
 Rules: as ``store.base``. Nothing here outlives the process; ``apply`` is atomic by
 being a single-threaded sequence of dict updates with no failure points between.
+Unlike SqliteStore, finished runs are dropped (``get_run`` and ``runs`` see active runs
+only, ``runs(status=None)`` included), inputs are removed when read
+(``pending_events``, ``take_event``), and with ``keep_delivered=False`` sent and
+cancelled rows leave the outbox and no deliveries are kept.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -15,9 +19,10 @@ from operator import itemgetter
 from typing import Any
 
 from ..engine.model import Decision, Event, EventWait, Run, Timer
-from .base import OutboxRow, ScheduleUpdate
+from .base import OUTBOX_STATES, OutboxRow, ScheduleUpdate
 
 BULK = 256  # events arriving together that are sorted into the run instead of the heap
+REQUEUEABLE = frozenset({"in_doubt", "dead", "failed", "cancelled"})
 
 
 class _EventQueue:
@@ -126,6 +131,12 @@ class MemoryStore:
         self._converted: dict[tuple[str, str, str, str | None], set[str]] = defaultdict(set)
         self._counters: dict[str, int] = defaultdict(int)
         self._notes: list[dict[str, Any]] = []
+        # the runner's bookkeeping (cheap: dry runs never touch it)
+        self._records: list[tuple[int, dict[str, Any]]] = []  # (notes before it, entry)
+        self._deliveries: list[dict[str, Any]] = []  # only with keep_delivered
+        # Keys whose due time was moved by ``requeue``: their latest heap entry's seq;
+        # their older entries are stale. Empty in dry runs, so checked only when not.
+        self._moved: dict[str, int] = {}
 
     # StateReader ---------------------------------------------------------------------------------
     def get_member(self, member_id: str) -> dict[str, Any] | None:
@@ -228,7 +239,7 @@ class MemoryStore:
         for record in decision.queued_starts:
             self._queued[(record["playbook"], record["flow"], record["member"])].append(record)
         for rid in decision.dequeued:
-            for key, records in self._queued.items():
+            for records in self._queued.values():
                 records[:] = [r for r in records if r["id"] != rid]
         for playbook, goal, member, step, variant, at in decision.exposures:
             group = (playbook, goal, step, variant)
@@ -339,9 +350,9 @@ class MemoryStore:
     # outbox -------------------------------------------------------------------------------------------
     def next_message_due(self) -> datetime | None:
         while self._outbox_heap:
-            _, _, key, due = self._outbox_heap[0]
+            _, seq, key, due = self._outbox_heap[0]
             row = self._outbox.get(key)
-            if row is not None and row.status in ("queued", "failed"):
+            if row is not None and row.status in ("queued", "failed") and (not self._moved or self._moved.get(key, seq) == seq):
                 return due
             heapq.heappop(self._outbox_heap)
         return None
@@ -349,10 +360,13 @@ class MemoryStore:
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
         out: list[OutboxRow] = []
         last = until.timestamp()
+        moved = self._moved
         while self._outbox_heap and self._outbox_heap[0][0] <= last and len(out) < limit:
-            key = heapq.heappop(self._outbox_heap)[2]
+            _, seq, key, _ = heapq.heappop(self._outbox_heap)
             row = self._outbox.get(key)
             if row is None or row.status not in ("queued", "failed"):
+                continue
+            if moved and moved.get(key, seq) != seq:
                 continue
             row.status = "inflight"
             out.append(row)
@@ -364,14 +378,20 @@ class MemoryStore:
             row.status = status
             for name, value in fields.items():
                 setattr(row, name, value)
-            if status == "failed" and row.next_attempt is not None:
-                self._outbox_seq += 1
-                due = row.next_attempt
-                heapq.heappush(self._outbox_heap, (due.timestamp(), self._outbox_seq, key, due))
+            if status == "failed" or status == "queued":  # due again: at next_attempt, else as queued
+                self._push(key, row.next_attempt or row.message.deliver_at)
             if status == "sent":
                 self._counters["messages_sent"] += 1
+                if self.keep_delivered:
+                    self._deliveries.append(_delivery(row))
             if not self.keep_delivered and status in ("sent", "cancelled"):
                 del self._outbox[key]
+
+    def _push(self, key: str, due: datetime) -> None:
+        self._outbox_seq += 1
+        heapq.heappush(self._outbox_heap, (due.timestamp(), self._outbox_seq, key, due))
+        if key in self._moved:
+            self._moved[key] = self._outbox_seq
 
     def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:
         wanted = set(statuses) if statuses is not None else None
@@ -391,6 +411,99 @@ class MemoryStore:
             group: (len(members), len(self._converted.get(group, ())))
             for group, members in self._exposed.items()
         }
+
+    # the runner -------------------------------------------------------------------------------------------
+    def add_events(self, events: Iterable[Event]) -> tuple[int, int]:
+        accepted = duplicates = 0
+        for event in events:
+            if self.add_event(event):
+                accepted += 1
+            else:
+                duplicates += 1
+        return accepted, duplicates
+
+    def mark_in_doubt(self) -> list[OutboxRow]:
+        found = []
+        for row in self._outbox.values():
+            if row.status == "inflight":
+                row.status = "in_doubt"
+                found.append(replace(row))
+        return found
+
+    def requeue(self, keys: Iterable[str], at: datetime, *, reset_attempts: bool = False) -> int:
+        moved = 0
+        for key in dict.fromkeys(keys):
+            row = self._outbox.get(key)
+            if row is None or row.status not in REQUEUEABLE:
+                continue
+            row.status = "queued"
+            row.next_attempt = at
+            if reset_attempts:
+                row.attempts = 0
+            self._moved[key] = -1  # its older heap entries are stale from now on
+            self._push(key, at)
+            moved += 1
+        return moved
+
+    def find_messages(self, prefix: str) -> list[OutboxRow]:
+        return [replace(row) for key, row in self._outbox.items() if key.startswith(prefix)]
+
+    def record(self, at: datetime, kind: str, **detail: Any) -> None:
+        self._records.append((len(self._notes), {"at": at, "kind": kind, **detail}))
+
+    def audit(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        records, taken = self._records, 0
+        for i, note in enumerate(self._notes):
+            while taken < len(records) and records[taken][0] <= i:
+                entries.append(dict(records[taken][1]))
+                taken += 1
+            entries.append({"at": note.get("at"), **note})
+        entries.extend(dict(entry) for _, entry in records[taken:])
+        if kinds is not None:
+            wanted = set(kinds)
+            entries = [e for e in entries if e["kind"] in wanted]
+        if limit is not None:
+            entries = entries[-limit:] if limit > 0 else []
+        return entries
+
+    def deliveries(self, playbook: str | None = None) -> Iterator[dict[str, Any]]:
+        for record in list(self._deliveries):
+            if playbook is None or record["playbook"] == playbook:
+                yield dict(record)
+
+    def runs(self, *, status: str | None = "active", playbook: str | None = None) -> Iterator[Run]:
+        # Finished runs are not kept here: any status but "active" finds nothing new.
+        if status not in (None, "active"):
+            return
+        for run in list(self._runs.values()):
+            if playbook is None or run.playbook == playbook:
+                yield run
+
+    def outbox_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
+        counts.update(Counter(row.status for row in self._outbox.values()))
+        return counts
+
+    def upcoming_timers(self, limit: int = 20) -> list[Timer]:
+        return heapq.nsmallest(limit, self._timers.values(), key=lambda t: (t.due.timestamp(), t.id))
+
+    def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        for (pb, member), state in list(self._states.items()):
+            if pb == playbook:
+                yield member, state
+
+    def close(self) -> None:
+        pass
+
+
+def _delivery(row: OutboxRow) -> dict[str, Any]:
+    m = row.message
+    return {
+        "key": m.key, "at": row.sent_at or m.deliver_at, "playbook": m.playbook, "flow": m.flow,
+        "step": m.step, "channel": m.channel, "adapter": m.adapter, "member": m.member, "to": m.to,
+        "text": m.text, "variant": m.variant, "platform_id": row.platform_id,
+    }
 
 
 _EMPTY: dict[str, Any] = {}

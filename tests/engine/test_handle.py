@@ -179,7 +179,11 @@ def test_matching_event_resumes_an_event_wait(setup):
             "w:j1": Run(
                 id="w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
                 mode="single", started_at=at, timezone="Asia/Shanghai", pc=0, occurrences={0: 1},
-                event=join.as_context(), waiting={"kind": "event", "event": "message.posted", "timer": "w:j1#0.1"},
+                event=join.as_context(),
+                waiting={
+                    "kind": "event", "event": "message.posted", "timer": "w:j1#0.1",
+                    "since": at.isoformat(), "step": "waiter[0]",
+                },
             )
         },
         timers=[Timer("w:j1#0.1", "w:j1", t("2026-12-03T10:00:00+08:00"), "timeout", at)],
@@ -208,6 +212,10 @@ def test_matching_event_resumes_an_event_wait(setup):
         messages=[msg(prog, "w:j1", "got", "m", "timed_out=False", posted_at, posted_at, flow="waiter")],
         day_counts={("m", "2026-12-01"): 1},
         counters={"runs_done": 1},
+        notes=[{
+            "kind": "wait_resolved", "playbook": "p", "flow": "waiter", "step": "waiter[0]", "member": "m",
+            "run": "w:j1", "by": "m", "seconds": 3600.0,
+        }],
     )
 
 

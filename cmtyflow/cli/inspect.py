@@ -1,0 +1,326 @@
+"""What the store says (SPEC 6): ``status``, ``outbox [retry ID]``, ``report PLAYBOOK``.
+
+Rules:
+- Read-only, except ``outbox retry``, which puts a failed, dead, in-doubt or
+  cancelled message back in the queue with its attempts reset, and writes that to
+  the audit log. Its text is the stored text: a retry sends the same bytes.
+- Keys are shown shortened to 12 characters; any unique prefix names a message.
+- ``--format json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..clock import SystemClock
+from ..errors import UserError
+from ..store.base import OutboxRow
+from . import EXIT_OK, cli
+from .state import _width, format_option, state_option, store_at
+
+SHORT = 12
+PROBLEM_STATUSES = ("failed", "dead", "in_doubt")
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, ensure_ascii=False, default=_default, indent=2))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+# status -----------------------------------------------------------------------------------------
+
+
+@cli.command("status")
+@state_option
+@format_option
+def status(state: str | None, fmt: str) -> int:
+    """Active runs, the next timers, outbox counts, the runner's last start and stop."""
+    store, location = store_at(state, must_exist=True)
+    try:
+        active: Counter[str] = Counter()
+        for run in store.runs(status="active"):
+            active[f"{run.playbook}/{run.flow}"] += 1
+        timers = store.upcoming_timers(10)
+        counts = store.outbox_counts()
+        lifecycle = store.audit(["runner_started", "runner_stopped"], limit=2)
+        members = store.member_count()
+        next_event = store.next_event_at()
+    finally:
+        store.close()
+    doc = {
+        "state": location,
+        "members": members,
+        "active_runs": dict(sorted(active.items())),
+        "next_timers": [{"due": t.due.isoformat(), "run": t.run, "kind": t.kind} for t in timers],
+        "outbox": counts,
+        "next_event": next_event.isoformat() if next_event else None,
+        "runner": lifecycle,
+    }
+    if fmt == "json":
+        _echo_json(doc)
+        return EXIT_OK
+    click.echo(f"state: {location} ({members} members)")
+    if lifecycle:
+        last = lifecycle[-1]
+        click.echo(f"runner: {last['kind'].replace('runner_', '')} at {last['at']}")
+    click.echo(f"active runs: {sum(active.values())}")
+    for name, n in sorted(active.items()):
+        click.echo(f"  {name}: {n}")
+    click.echo("next timers:" if timers else "next timers: none")
+    for t in timers:
+        click.echo(f"  {t.due.isoformat()}  {t.kind:<7}  {t.run}")
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"
+    click.echo(f"outbox: {shown}")
+    waiting = sum(counts.get(s, 0) for s in PROBLEM_STATUSES)
+    if waiting:
+        click.echo(f"  {waiting} need attention: cmtyflow outbox")
+    if next_event is not None:
+        click.echo(f"events queued, the first at {next_event.isoformat()}")
+    return EXIT_OK
+
+
+# outbox -----------------------------------------------------------------------------------------
+
+
+def _row_doc(row: OutboxRow) -> dict[str, Any]:
+    m = row.message
+    return {
+        "key": m.key, "status": row.status, "attempts": row.attempts, "playbook": m.playbook, "flow": m.flow,
+        "step": m.step, "channel": m.channel, "adapter": m.adapter, "member": m.member, "to": m.to,
+        "urgent": m.urgent, "deliver_at": m.deliver_at, "next_attempt": row.next_attempt,
+        "last_error": row.last_error, "sent_at": row.sent_at, "text": m.text,
+    }
+
+
+@cli.group("outbox", invoke_without_command=True)
+@state_option
+@click.option("--status", "statuses", multiple=True, type=click.Choice(["queued", "inflight", "sent", "failed", "dead", "in_doubt", "cancelled"]),
+              help="show these statuses (repeatable; default: failed, dead and in_doubt)")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@format_option
+@click.pass_context
+def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], limit: int, fmt: str) -> int:
+    """Messages that need attention: failed (will retry), dead (gave up), in doubt
+    (the runner stopped while sending; not resent on platforms that cannot
+    deduplicate). `cmtyflow outbox retry KEY` sends one again."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"state": state}
+        return EXIT_OK
+    store, _ = store_at(state, must_exist=True)
+    try:
+        rows = []
+        for row in store.outbox(list(statuses or PROBLEM_STATUSES)):
+            rows.append(row)
+            if len(rows) >= limit:
+                break
+    finally:
+        store.close()
+    if fmt == "json":
+        _echo_json([_row_doc(r) for r in rows])
+        return EXIT_OK
+    if not rows:
+        click.echo("nothing " + ("with status " + "/".join(statuses) if statuses else "failed, dead or in doubt"))
+        return EXIT_OK
+    table: list[tuple[str, ...]] = [("key", "status", "tries", "step", "to", "channel", "next try", "error")]
+    for r in rows:
+        m = r.message
+        table.append((
+            m.key[:SHORT], r.status, str(r.attempts), f"{m.playbook}/{m.step}", m.member or m.to, m.channel,
+            r.next_attempt.isoformat(timespec="seconds") if r.next_attempt and r.status == "failed" else "",
+            (r.last_error or "")[:80],
+        ))
+    _table(table)
+    return EXIT_OK
+
+
+@outbox.command("retry")
+@click.argument("keys", nargs=-1, required=True)
+@state_option
+@click.pass_context
+def outbox_retry(ctx: click.Context, keys: tuple[str, ...], state: str | None) -> int:
+    """Queue failed, dead, in-doubt or cancelled messages again, by key (a unique
+    prefix is enough). They go out with their stored text at the runner's next pass."""
+    state = state or (ctx.obj or {}).get("state")
+    store, _ = store_at(state, must_exist=True)
+    try:
+        chosen: list[OutboxRow] = []
+        for prefix in keys:
+            found = store.find_messages(prefix)
+            if not found:
+                raise UserError(f"no message with key {prefix}")
+            if len(found) > 1:
+                raise UserError(f"key {prefix} is ambiguous ({len(found)} messages); give more characters")
+            row = found[0]
+            if row.status not in ("failed", "dead", "in_doubt", "cancelled"):
+                raise UserError(f"message {row.message.key[:SHORT]} is {row.status}; only failed, dead, in-doubt or cancelled ones can be retried")
+            chosen.append(row)
+        now = SystemClock().now()
+        n = store.requeue([r.message.key for r in chosen], now, reset_attempts=True)
+        for r in chosen:
+            store.record(now, "outbox_retry", key=r.message.key, was=r.status)
+    finally:
+        store.close()
+    click.echo(f"queued {n} message{'s' if n != 1 else ''} again")
+    return EXIT_OK
+
+
+# report -----------------------------------------------------------------------------------------
+
+STREAK_BUCKETS = ((0, 0), (1, 2), (3, 6), (7, 13), (14, 20), (21, None))
+
+
+def _bucket(n: int) -> str:
+    for low, high in STREAK_BUCKETS:
+        if n >= low and (high is None or n <= high):
+            return f"{low}+" if high is None else (str(low) if low == high else f"{low}-{high}")
+    return str(n)
+
+
+def _playbook_name(text: str) -> str:
+    path = Path(text)
+    if path.is_file():
+        from ..runtime.prepare import load_programs
+
+        _, programs = load_programs([path])
+        return programs[0].name
+    return text
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+@cli.command("report")
+@click.argument("playbook")
+@state_option
+@format_option
+def report(playbook: str, state: str | None, fmt: str) -> int:
+    """What a playbook achieved: deliveries per step and variant, goal conversions,
+    check-in rate and streaks, and how long event waits took to be answered.
+
+    PLAYBOOK is its name or its file."""
+    name = _playbook_name(playbook)
+    store, _ = store_at(state, must_exist=True)
+    try:
+        per_step: Counter[str] = Counter()
+        per_variant: dict[str, Counter[str]] = defaultdict(Counter)
+        first = last = None
+        for d in store.deliveries(name):
+            per_step[d["step"]] += 1
+            if d["variant"] is not None:
+                per_variant[d["step"]][d["variant"]] += 1
+            first = first or d["at"]
+            last = d["at"]
+        goals: list[dict[str, Any]] = [
+            {"goal": goal, "step": step, "variant": variant, "exposed": exposed, "converted": converted}
+            for (pb, goal, step, variant), (exposed, converted) in sorted(
+                store.goal_stats().items(), key=lambda kv: (kv[0][1], kv[0][2] or "", kv[0][3] or "")
+            )
+            if pb == name
+        ]
+        streaks: Counter[str] = Counter()
+        best: Counter[str] = Counter()
+        participants = checkins = today_count = 0
+        today = SystemClock().now().date()
+        for member, st in store.states(name):
+            if member is None or not st.get("checkins"):
+                continue
+            participants += 1
+            checkins += int(st.get("checkins", 0))
+            last_day = st.get("last_checkin")
+            if isinstance(last_day, str):
+                last_day = date.fromisoformat(last_day[:10])
+            current = int(st.get("streak", 0)) if isinstance(last_day, date) and (today - last_day).days <= 1 else 0
+            if last_day == today:
+                today_count += 1
+            streaks[_bucket(current)] += 1
+            best[_bucket(int(st.get("best_streak", 0)))] += 1
+        acks: dict[str, list[float]] = defaultdict(list)
+        timeouts: Counter[str] = Counter()
+        for entry in store.audit(["wait_resolved", "wait_timed_out"]):
+            if entry.get("playbook") != name:
+                continue
+            label = f"{entry.get('flow')}/{entry.get('step')}"
+            if entry["kind"] == "wait_resolved" and entry.get("seconds") is not None:
+                acks[label].append(float(entry["seconds"]))
+            elif entry["kind"] == "wait_timed_out":
+                timeouts[label] += 1
+        runs: Counter[str] = Counter(run.status for run in store.runs(status=None, playbook=name))
+    finally:
+        store.close()
+    ack_doc = {
+        label: {
+            "answered": len(values), "timed_out": timeouts.get(label, 0),
+            "median_seconds": sorted(values)[len(values) // 2] if values else None,
+            "max_seconds": max(values) if values else None,
+        }
+        for label, values in sorted({**{k: [] for k in timeouts}, **acks}.items())
+    }
+    order = [_bucket(low) for low, _ in STREAK_BUCKETS]
+    doc = {
+        "playbook": name,
+        "runs": dict(sorted(runs.items())),
+        "deliveries": {"total": sum(per_step.values()), "first": first, "last": last, "per_step": dict(per_step.most_common())},
+        "variants": {step: dict(sorted(c.items())) for step, c in sorted(per_variant.items())},
+        "goals": goals,
+        "checkins": {
+            "participants": participants, "total": checkins, "checked_in_today": today_count,
+            "current_streaks": {b: streaks.get(b, 0) for b in order},
+            "best_streaks": {b: best.get(b, 0) for b in order},
+        },
+        "acknowledgement": ack_doc,
+    }
+    if fmt == "json":
+        _echo_json(doc)
+        return EXIT_OK
+    click.echo(f"{name}")
+    click.echo("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"))
+    click.echo(f"deliveries: {sum(per_step.values())}" + (f" ({first} .. {last})" if first else ""))
+    for step, n in per_step.most_common():
+        variants = per_variant.get(step)
+        extra = " [" + ", ".join(f"{v}: {c}" for v, c in sorted(variants.items())) + "]" if variants else ""
+        click.echo(f"  {step}: {n}{extra}")
+    if goals:
+        click.echo("goals:")
+        for g in goals:
+            where = f" after {g['step']}" if g["step"] else ""
+            variant = f" [{g['variant']}]" if g["variant"] else ""
+            click.echo(f"  {g['goal']}{where}{variant}: {g['converted']} of {g['exposed']} ({_percent(g['converted'], g['exposed'])})")
+    if participants:
+        click.echo(f"check-ins: {checkins} by {participants} members; {today_count} checked in today ({_percent(today_count, participants)})")
+        click.echo("  current streak: " + ", ".join(f"{b}: {streaks.get(b, 0)}" for b in order))
+        click.echo("  best streak:    " + ", ".join(f"{b}: {best.get(b, 0)}" for b in order))
+    if ack_doc:
+        click.echo("event waits:")
+        for label, a in ack_doc.items():
+            median = f", median {_duration(a['median_seconds'])}, slowest {_duration(a['max_seconds'])}" if a["answered"] else ""
+            click.echo(f"  {label}: {a['answered']} answered, {a['timed_out']} timed out{median}")
+    return EXIT_OK
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -1,0 +1,138 @@
+"""``cmtyflow run`` (SPEC 5, 6): run playbooks for real on the durable store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+
+from ..clock import Clock, SystemClock, VirtualClock
+from ..errors import UserError
+from ..runtime.channels import ChannelSet
+from ..runtime.inputs import RowProblem, read_roster
+from ..runtime.prepare import load_programs
+from ..runtime.runner import Runner, StateLock, json_log, text_log
+from . import EXIT_OK, cli
+from .state import state_option, store_at
+
+
+@click.command("run")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@state_option
+@click.option("--once", is_flag=True, help="do what is due now, send what can go now, and exit (for cron or systemd timers)")
+@click.option("--listen", metavar="HOST:PORT", help="also accept events over HTTP: POST /events (needs CMTYFLOW_INTAKE_TOKEN or CMTYFLOW_INTAKE_SECRET)")
+@click.option("--roster", type=click.Path(exists=True, dir_okay=False), help="import these members (CSV or JSON lines) before starting")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True, help="sends in flight at once")
+@click.option("--drain", type=click.FloatRange(0, 3600), default=10.0, show_default=True, help="seconds sends in flight get to finish on stop")
+@click.option("--poll", type=click.FloatRange(0.05, 60), default=1.0, show_default=True, help="seconds between looks for events other processes stored")
+@click.option("--now", "now_text", metavar="TIME", help="with --once: act as if it were this time (ISO 8601 with offset), to rehearse catch-up or replay a day")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="log lines on stderr for people or machines")
+def run(
+    paths: tuple[str, ...], state: str | None, once: bool, listen: str | None, roster: str | None,
+    concurrency: int, drain: float, poll: float, now_text: str | None, log_format: str,
+) -> int:
+    """Run playbooks for real: fire schedules, take events, send messages.
+
+    Validates first and refuses to start on errors. State (roster, runs, timers, the
+    outbox) lives in the store, so stopping and starting again loses nothing: timers
+    fire late within the catch-up grace, messages queued before the stop are sent.
+    Stop with Ctrl-C or SIGTERM: sends in flight get --drain seconds to finish.
+    """
+    clock: Clock = SystemClock()
+    if now_text is not None:
+        if not once:
+            raise UserError("--now needs --once: a runner that keeps running follows the real clock")
+        try:
+            moment = datetime.fromisoformat(now_text)
+        except ValueError:
+            raise UserError(f"--now '{now_text}' is not an ISO 8601 datetime") from None
+        if moment.tzinfo is None:
+            raise UserError(f"--now '{now_text}' needs a UTC offset, e.g. {now_text}+08:00")
+        clock = VirtualClock(moment)
+    _, programs = load_programs(paths)
+    intake = None
+    if listen:
+        from ..runtime.intake import IntakeConfig, parse_listen
+
+        host, port = parse_listen(listen)
+        intake = (host, port, IntakeConfig.from_env(os.environ))
+        intake[2].check()
+    channels = ChannelSet(programs, os.environ)
+    store, location = store_at(state)
+    lock = StateLock(location) if not location.startswith(("postgres://", "postgresql://")) else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        if roster:
+            problems: list[RowProblem] = []
+            n = store.put_members(read_roster(roster, problems))
+            for problem in problems:
+                click.echo(f"{problem}: row skipped", err=True)
+            click.echo(f"imported {n} members from {roster}", err=True)
+        tz = programs[0].tz
+        log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
+        runner = Runner(programs, store, channels, clock, concurrency=concurrency, poll=poll, drain=drain, log=log)
+        asyncio.run(_serve(runner, once=once, intake=intake, default_tz=tz, log=log))
+        t = runner.totals
+        click.echo(
+            f"{'done' if once else 'stopped'}: {runner.inputs} inputs handled, {t.sent} sent, {t.failed} to retry, "
+            f"{t.dead} dead-lettered, {t.cancelled} cancelled",
+            err=True,
+        )
+    finally:
+        store.close()
+        if lock is not None:
+            lock.release()
+    return EXIT_OK
+
+
+async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInfo, log: Any) -> None:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log("stopping", drain_seconds=runner.drain, hint="signal again to abandon sends in flight")
+            runner.stop()
+        elif main_task is not None:
+            main_task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    site_runner = None
+    await runner.start()
+    try:
+        if intake is not None:
+            from ..runtime.intake import make_app, serve
+
+            host, port, config = intake
+            app = make_app(
+                runner.store.add_events, config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake
+            )
+            site_runner = await serve(app, host, port)
+            log("listening", url=f"http://{host}:{port}/events")
+        if once:
+            await runner.run_once()
+        else:
+            await runner.run_forever()
+    except asyncio.CancelledError:
+        log("abandoned", detail="sends still in flight are in doubt; see cmtyflow outbox")
+    finally:
+        if site_runner is not None:
+            await site_runner.cleanup()
+        await runner.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+cli.add_command(run)
+

@@ -1,0 +1,274 @@
+"""Commands that feed or change the store without running playbooks (SPEC 6):
+``members import|list``, ``emit``, ``events import``, ``launch``.
+
+Rules:
+- Every store command takes ``--state`` (else CMTYFLOW_STATE, else
+  .cmtyflow/state.db). Commands that only read refuse a store that does not exist
+  yet instead of creating an empty one.
+- They write to the store directly (a running runner picks the change up within its
+  poll interval); a launch is queued as an input the runner takes, in order, once.
+- ``--format json`` prints one JSON document for scripts; text is for people.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+
+from ..clock import SystemClock
+from ..engine.model import Launch
+from ..errors import UserError
+from ..runtime.driver import launch_event
+from ..runtime.inputs import RowProblem, parse_event, read_events, read_roster
+from ..store.base import Store
+from ..store.open import open_store, state_location
+from . import EXIT_ERROR, EXIT_OK, cli
+
+F = Callable[..., Any]
+
+state_option = click.option(
+    "--state", metavar="PATH|URL",
+    help="the store: an SQLite file or a postgresql:// URL (default: CMTYFLOW_STATE, else .cmtyflow/state.db)",
+)
+format_option = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+IMPORT_BATCH = 5000
+
+
+def store_at(state: str | None, *, must_exist: bool = False) -> tuple[Store, str]:
+    location = state_location(state, os.environ)
+    if must_exist and "://" not in location and not Path(location).exists():
+        raise UserError(f"no state at {location} yet: import members or start `cmtyflow run` first (or pass --state)")
+    return open_store(location), location
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    name = name or os.environ.get("TZ") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UserError(f"unknown timezone '{name}'") from None
+
+
+timezone_option = click.option(
+    "--timezone", "tz_name", metavar="IANA",
+    help="timezone of times written without an offset (default: TZ, else UTC)",
+)
+
+
+# members ----------------------------------------------------------------------------------------
+
+
+@cli.group("members")
+def members() -> None:
+    """The roster: import members, list them."""
+
+
+@members.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@state_option
+def members_import(file: str, state: str | None) -> int:
+    """Add or update members from a CSV (header row, `id` required) or JSON-lines file.
+
+    Existing members are updated field by field; nobody is removed. Bad rows are
+    reported with their line and skipped (exit 1 when there were any).
+    """
+    problems: list[RowProblem] = []
+    store, location = store_at(state)
+    try:
+        n = store.put_members(read_roster(file, problems))
+    finally:
+        store.close()
+    for problem in problems:
+        click.echo(f"{problem}: row skipped", err=True)
+    click.echo(f"imported {n} members into {location}" + (f"; {len(problems)} rows skipped" if problems else ""))
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+@members.command("list")
+@state_option
+@click.option("--tag", help="only members with this tag")
+@click.option("--limit", type=click.IntRange(1), help="at most this many")
+@format_option
+def members_list(state: str | None, tag: str | None, limit: int | None, fmt: str) -> int:
+    """Members in roster order, with timezone, tags and opt-out."""
+    store, _ = store_at(state, must_exist=True)
+    try:
+        rows = []
+        for member in store.iter_members():
+            if tag is not None and tag not in (member.get("tags") or []):
+                continue
+            rows.append(member)
+            if limit is not None and len(rows) >= limit:
+                break
+    finally:
+        store.close()
+    if fmt == "json":
+        click.echo(json.dumps(rows, ensure_ascii=False, default=str, indent=2))
+        return EXIT_OK
+    if not rows:
+        click.echo("no members")
+        return EXIT_OK
+    header = ("id", "name", "timezone", "tags", "opted out")
+    table = [header] + [
+        (
+            str(m["id"]), str(m.get("name") or ""), str(m.get("timezone") or ""),
+            ";".join(m.get("tags") or []), "yes" if m.get("opted_out") else "",
+        )
+        for m in rows
+    ]
+    widths = [max(_width(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        click.echo("  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+# events -----------------------------------------------------------------------------------------
+
+
+@cli.command("emit")
+@click.argument("event_type", metavar="TYPE")
+@click.option("--member", help="the member the event is about")
+@click.option("--data", "data_text", metavar="JSON", help='event data, a JSON object, e.g. \'{"text": "打卡"}\'')
+@click.option("--at", "at_text", metavar="TIME", help="when it happened, ISO 8601 (default: now)")
+@click.option("--id", "event_id", help="event id; the same id is taken once (default: derived from the content)")
+@timezone_option
+@state_option
+def emit(event_type: str, member: str | None, data_text: str | None, at_text: str | None, event_id: str | None,
+         tz_name: str | None, state: str | None) -> int:
+    """Feed one event to the runner, e.g. `cmtyflow emit message.posted --member u001`."""
+    data: Any = {}
+    if data_text:
+        try:
+            data = json.loads(data_text)
+        except ValueError as exc:
+            raise UserError(f"--data is not JSON: {exc}") from None
+    raw: dict[str, Any] = {"type": event_type, "at": at_text or SystemClock().now().isoformat(), "data": data}
+    if member is not None:
+        raw["member"] = member
+    if event_id is not None:
+        raw["id"] = event_id
+    try:
+        event = parse_event(raw, _zone(tz_name))
+    except ValueError as exc:
+        raise UserError(f"event: {exc}") from None
+    store, _ = store_at(state)
+    try:
+        fresh = store.add_event(event)
+    finally:
+        store.close()
+    click.echo(f"queued event {event.id}" if fresh else f"event {event.id} was seen before; nothing queued")
+    return EXIT_OK
+
+
+@cli.group("events")
+def events() -> None:
+    """Feed events in bulk."""
+
+
+@events.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@timezone_option
+@state_option
+def events_import(file: str, tz_name: str | None, state: str | None) -> int:
+    """Queue events from a JSON-lines file ({"id","type","at","member","data"} per line).
+
+    Importing the same file twice queues nothing the second time (ids, or ids derived
+    from the content). Bad lines are reported and skipped (exit 1 when there were any).
+    """
+    problems: list[RowProblem] = []
+    store, _ = store_at(state)
+    accepted = duplicates = 0
+    try:
+        batch = []
+        for event in read_events(file, problems, _zone(tz_name)):
+            batch.append(event)
+            if len(batch) >= IMPORT_BATCH:
+                a, d = store.add_events(batch)
+                accepted, duplicates, batch = accepted + a, duplicates + d, []
+        if batch:
+            a, d = store.add_events(batch)
+            accepted, duplicates = accepted + a, duplicates + d
+    finally:
+        store.close()
+    for problem in problems:
+        click.echo(f"{problem}: line skipped", err=True)
+    click.echo(f"queued {accepted} events, {duplicates} seen before" + (f", {len(problems)} lines skipped" if problems else ""))
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+# launch -----------------------------------------------------------------------------------------
+
+
+@cli.command("launch")
+@click.argument("playbook", type=click.Path(exists=True, dir_okay=False))
+@click.argument("trigger")
+@click.option("--member", help="start a member run for this member (default: a campaign run)")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=VALUE", help="a manual input; repeatable")
+@click.option("--id", "launch_id", help="launch id; the same id launches once (default: a new one)")
+@state_option
+def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, ...], launch_id: str | None,
+           state: str | None) -> int:
+    """Fire a manual trigger; the runner starts the run (at once if it is running,
+    else at its next start or `cmtyflow run PLAYBOOK --once`)."""
+    from ..runtime.prepare import load_programs
+
+    _, programs = load_programs([playbook])
+    prog = programs[0]
+    found = [t for t in prog.playbook.triggers if t.id == trigger]
+    if not found:
+        names = ", ".join(t.id for t in prog.playbook.triggers if t.kind == "manual") or "none"
+        raise UserError(f"{playbook}: no trigger '{trigger}' (manual triggers: {names})")
+    spec = found[0]
+    if spec.kind != "manual":
+        raise UserError(f"{playbook}: trigger '{trigger}' is a {spec.kind} trigger; only manual triggers can be launched")
+    values = _inputs(inputs, spec.manual.inputs)  # type: ignore[union-attr]  # kind checked above
+    store, _ = store_at(state)
+    try:
+        if member is not None and store.get_member(member) is None:
+            raise UserError(f"member '{member}' is not in the roster (cmtyflow members import)")
+        lid = launch_id or uuid.uuid4().hex[:16]
+        fresh = store.add_event(launch_event(Launch(prog.name, trigger, lid, SystemClock().now(), member, values)))
+    finally:
+        store.close()
+    click.echo(f"launch {lid} queued: {prog.name}/{trigger}" if fresh else f"launch {lid} was queued before; nothing new")
+    return EXIT_OK
+
+
+def _inputs(pairs: tuple[str, ...], specs: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise UserError(f"--input '{pair}': expected NAME=VALUE")
+        if name not in specs:
+            raise UserError(f"--input '{name}': this trigger takes {', '.join(sorted(specs)) or 'no inputs'}")
+        kind = specs[name].type
+        try:
+            if kind == "integer":
+                values[name] = int(text)
+            elif kind == "number":
+                values[name] = float(text)
+            elif kind == "boolean":
+                low = text.lower()
+                if low not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                values[name] = low in ("true", "yes", "1")
+            else:
+                values[name] = text
+        except ValueError:
+            raise UserError(f"--input '{name}': '{text}' is not a {kind}") from None
+    return values

@@ -1,0 +1,122 @@
+"""Opening the channels of loaded playbooks as adapters, for the runner (SPEC 1, 5.2).
+
+Rules:
+- ``${env:NAME}`` references are resolved here, when a channel is opened, and
+  nowhere else; an unset variable refuses the start, naming the channel, the
+  playbook file and the variable, never a value.
+- Resolved settings are checked again with the adapter's own Settings model; its
+  errors name the setting, never the value (AdapterSettings hides input).
+- Channels with the same adapter and the same settings share one adapter instance
+  (and so one rate limit), whichever playbooks name them; HTTP adapters share one
+  aiohttp session.
+- ``adapter_for(playbook, channel)`` is how the dispatcher finds where a message goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..adapters import registry
+from ..adapters.base import Capabilities, MissingSecretError, resolve_env
+from ..engine.program import Program
+from ..errors import UserError
+
+
+@dataclass
+class OpenChannel:
+    name: str
+    adapter_name: str
+    adapter: Any
+    capabilities: Capabilities
+
+
+class ChannelSet:
+    def __init__(self, programs: list[Program], environ: Mapping[str, str], *, overrides: Mapping[str, Any] | None = None) -> None:
+        """``overrides``: adapter instances by channel name, used instead of opening
+        them from settings (tests and benchmarks that bring their own)."""
+        self._by_config: dict[str, OpenChannel] = {}
+        self._by_channel: dict[tuple[str, str], OpenChannel] = {}
+        self._session: Any = None
+        problems: list[str] = []
+        for prog in programs:
+            for name, channel in prog.playbook.channels.items():
+                if overrides and name in overrides:
+                    adapter = overrides[name]
+                    key = f"override:{name}"
+                    if key not in self._by_config:
+                        self._by_config[key] = OpenChannel(name, channel.adapter, adapter, type(adapter).capabilities)
+                    self._by_channel[(prog.name, name)] = self._by_config[key]
+                    continue
+                try:
+                    opened = self._open(prog, name, channel.adapter, channel.settings(), environ)
+                except _ChannelProblem as exc:
+                    problems.append(str(exc))
+                    continue
+                self._by_channel[(prog.name, name)] = opened
+        if problems:
+            raise UserError("cannot open the channels; nothing was run\n" + "\n".join(sorted(set(problems))))
+
+    def _open(self, prog: Program, name: str, adapter_name: str, raw: dict[str, Any], environ: Mapping[str, str]) -> OpenChannel:
+        where = f"playbook '{prog.name}', channel '{name}'"
+        try:
+            cls = registry.get(adapter_name)
+        except (LookupError, ImportError) as exc:
+            raise _ChannelProblem(f"{where}: adapter '{adapter_name}' is not available ({exc})") from None
+        try:
+            resolved = resolve_env(name, raw, environ)
+        except MissingSecretError as exc:
+            raise _ChannelProblem(f"{where}: environment variable {exc.name} is not set") from None
+        key = json.dumps([adapter_name, resolved], sort_keys=True, default=str)
+        if key in self._by_config:
+            return self._by_config[key]
+        try:
+            settings = cls.Settings.model_validate(resolved)
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+            raise _ChannelProblem(f"{where}: {details}") from None
+        kwargs: dict[str, Any] = {}
+        if "session" in inspect.signature(cls.__init__).parameters:
+            kwargs["session"] = None  # set in open(), inside the event loop
+        adapter = cls(settings, name, **kwargs)
+        opened = OpenChannel(name, adapter_name, adapter, cls.capabilities)
+        self._by_config[key] = opened
+        return opened
+
+    def adapter_for(self, playbook: str, channel: str) -> OpenChannel | None:
+        return self._by_channel.get((playbook, channel))
+
+    def all(self) -> list[OpenChannel]:
+        return list(self._by_config.values())
+
+    async def open(self) -> None:
+        import aiohttp
+
+        for opened in self._by_config.values():
+            adapter = opened.adapter
+            if hasattr(adapter, "_session") and getattr(adapter, "_session", None) is None:
+                if self._session is None:
+                    self._session = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
+                    )
+                adapter._session = self._session  # noqa: SLF001 - HttpAdapter's shared-session slot
+            await adapter.open()
+
+    async def close(self) -> None:
+        for opened in self._by_config.values():
+            # Closing must not hide what stopped the runner.
+            with contextlib.suppress(Exception):
+                await opened.adapter.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class _ChannelProblem(Exception):
+    pass

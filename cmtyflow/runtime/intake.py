@@ -1,0 +1,378 @@
+"""The HTTP event intake served by ``cmtyflow run --listen HOST:PORT`` (SPEC 3, 6).
+
+Rules:
+- Routes: ``POST /events`` takes one event object, an array of them or
+  ``{"events": [...]}`` (SPEC 3: ``{"id", "type", "at", "member", "data"}``);
+  ``GET /healthz`` answers ``{"ok": true}`` without authentication and says nothing else.
+- Nothing is served without authentication: ``Authorization: Bearer <token>`` or a
+  request signed like the webhook adapter's (``X-Cmtyflow-Timestamp`` and
+  ``X-Cmtyflow-Signature``: HMAC-SHA256 of "<timestamp>." + raw body), the timestamp
+  within ``max_skew`` seconds of ``now``. Either configured method suffices.
+- Checks run in this order, so that only an authenticated caller learns anything about
+  its body: credentials (401; a signature is checked once the body is read), size
+  (413, read at most ``max_body + 1`` bytes), Content-Type (415), JSON (400), count
+  (413), each event (400 with its ``index``).
+- A batch is all-or-nothing: one bad event and nothing is stored.
+- An event without ``at`` happens at ``now()`` (one instant for the whole batch) and
+  must then carry an ``id``; an event with ``at`` but no ``id`` gets one derived from
+  its content, so a retried body is idempotent (as ``events import`` is).
+- Every error answer is ``{"error": "..."}``; no traceback, token, secret or signature
+  ever appears in an answer or in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from ..engine.model import Event
+from ..errors import UserError
+from .inputs import parse_event
+
+log = logging.getLogger("cmtyflow.intake")
+
+TOKEN_ENV = "CMTYFLOW_INTAKE_TOKEN"
+SECRET_ENV = "CMTYFLOW_INTAKE_SECRET"
+DEFAULT_HOST = "127.0.0.1"
+
+Accept = Callable[[list[Event]], tuple[int, int]]
+
+
+@dataclass
+class IntakeConfig:
+    token: str | None = None
+    hmac_secret: str | None = None
+    max_body: int = 1_048_576  # bytes
+    max_events: int = 10_000  # per request
+    max_skew: float = 300.0  # seconds between X-Cmtyflow-Timestamp and now
+
+    def __repr__(self) -> str:
+        # Secrets are masked in every printed form (as apprise does for its channels).
+        def mask(value: str | None) -> str:
+            return "None" if value is None else "'***'"
+
+        return (
+            f"IntakeConfig(token={mask(self.token)}, hmac_secret={mask(self.hmac_secret)}, "
+            f"max_body={self.max_body}, max_events={self.max_events}, max_skew={self.max_skew})"
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **limits: Any) -> IntakeConfig:
+        def read(name: str) -> str | None:
+            value = environ.get(name, "").strip()
+            return value or None
+
+        return cls(token=read(TOKEN_ENV), hmac_secret=read(SECRET_ENV), **limits)
+
+    def check(self) -> None:
+        """Refuse a configuration that would serve events to anyone."""
+        if not self.token and not self.hmac_secret:
+            raise UserError(
+                f"the event intake needs authentication: set {TOKEN_ENV} (bearer token) "
+                f"or {SECRET_ENV} (HMAC signing secret)"
+            )
+        for name in ("max_body", "max_events", "max_skew"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"intake {name} must be positive, not {getattr(self, name)}")
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def _error(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+class _Refused(Exception):
+    """A request answered with an error; raised inside the handler, answered once."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _digest(value: str) -> bytes:
+    # Comparing digests keeps the comparison constant-time in the length as well.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(_digest(given), _digest(expected))
+
+
+# --- the application -----------------------------------------------------------------------
+
+
+class _Intake:
+    def __init__(
+        self,
+        accept: Accept,
+        config: IntakeConfig,
+        default_tz: ZoneInfo,
+        now: Callable[[], datetime],
+        wake: Callable[[], None] | None,
+    ) -> None:
+        self.accept = accept
+        self.config = config
+        self.default_tz = default_tz
+        self.now = now
+        self.wake = wake
+
+    # -- authentication --
+
+    def _unauthorized(self, message: str) -> _Refused:
+        headers = {"WWW-Authenticate": "Bearer"} if self.config.token else None
+        return _Refused(_error(401, message, headers))
+
+    def _bearer_ok(self, request: web.Request) -> bool | None:
+        """True: a valid token; False: a token that is wrong; None: none offered."""
+        header = request.headers.get("Authorization")
+        if header is None or not self.config.token:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return False
+        return _same(value.strip(), self.config.token)
+
+    def _missing_credentials(self) -> str:
+        ways = []
+        if self.config.token:
+            ways.append("Authorization: Bearer <token>")
+        if self.config.hmac_secret:
+            ways.append(f"a signed request ({TIMESTAMP_HEADER} and {SIGNATURE_HEADER})")
+        return "authentication required: send " + " or ".join(ways)
+
+    def _check_timestamp(self, request: web.Request) -> str | None:
+        """The signing timestamp if a signature is offered and its window is right."""
+        timestamp = request.headers.get(TIMESTAMP_HEADER)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not self.config.hmac_secret or timestamp is None or signature is None:
+            return None
+        if not re.fullmatch(r"[0-9]{1,12}", timestamp.strip()):
+            raise self._unauthorized(f"{TIMESTAMP_HEADER} must be a time in unix seconds")
+        skew = abs(self.now().timestamp() - int(timestamp))
+        if skew > self.config.max_skew:
+            raise self._unauthorized(
+                f"the {TIMESTAMP_HEADER} timestamp is outside the allowed window of "
+                f"{self.config.max_skew:g} seconds; check the sender's clock"
+            )
+        return timestamp.strip()
+
+    # -- the body --
+
+    def _too_large(self) -> _Refused:
+        return _Refused(
+            _error(413, f"the body is larger than the limit of {self.config.max_body} bytes")
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.config.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise self._too_large()
+        # Without Content-Length (chunked), read at most limit + 1 bytes: enough to know.
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise self._too_large()
+        return b"".join(chunks)
+
+    def _check_content_type(self, request: web.Request) -> None:
+        if request.content_type != "application/json":
+            raise _Refused(_error(415, "the body must be sent as Content-Type: application/json"))
+        charset = request.charset
+        if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise _Refused(_error(415, f"the body must be UTF-8, not {charset}"))
+
+    def _decode(self, body: bytes) -> list[Any]:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Refused(_error(400, "the body is not valid UTF-8")) from None
+
+        def no_constant(name: str) -> Any:
+            raise ValueError(f"{name} is not a JSON value")
+
+        try:
+            value = json.loads(text, parse_constant=no_constant)
+        except json.JSONDecodeError as exc:
+            message = f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            raise _Refused(_error(400, message)) from None
+        except ValueError as exc:
+            raise _Refused(_error(400, f"the body is not JSON: {exc}")) from None
+        except RecursionError:
+            raise _Refused(_error(400, "the body is not JSON: nested too deeply")) from None
+        if isinstance(value, dict) and "events" in value:
+            if set(value) != {"events"} or not isinstance(value["events"], list):
+                message = 'a batch object must be {"events": [...]} and nothing else'
+                raise _Refused(_error(400, message))
+            value = value["events"]
+        items = value if isinstance(value, list) else [value]
+        if len(items) > self.config.max_events:
+            message = f"{len(items)} events is more than the limit of {self.config.max_events} per request"
+            raise _Refused(_error(413, message))
+        return items
+
+    def _events(self, items: list[Any]) -> list[Event]:
+        at = self.now().isoformat()
+        events = []
+        for index, raw in enumerate(items):
+            try:
+                events.append(parse_event(_with_defaults(raw, at), self.default_tz))
+            except (ValueError, TypeError) as exc:
+                raise _Refused(_error(400, f"events[{index}]: {exc}", index=index)) from None
+        return events
+
+    # -- handlers --
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        try:
+            bearer = self._bearer_ok(request)
+            timestamp = None if bearer else self._check_timestamp(request)
+            if not bearer and timestamp is None:
+                if bearer is False:
+                    raise self._unauthorized("the bearer token is not valid")
+                raise self._unauthorized(self._missing_credentials())
+            body = await self._read_body(request)
+            if timestamp is not None and self.config.hmac_secret:
+                expected = sign(self.config.hmac_secret, timestamp, body)
+                if not _same(request.headers.get(SIGNATURE_HEADER, "").strip(), expected):
+                    raise self._unauthorized("the signature does not match the body")
+            self._check_content_type(request)
+            events = self._events(self._decode(body))
+        except _Refused as refused:
+            if refused.response.status == 401:
+                log.warning("intake: refused a request from %s (401)", request.remote)
+            return refused.response
+        if not events:
+            return web.json_response({"accepted": 0, "duplicates": 0}, status=202)
+        try:
+            accepted, duplicates = self.accept(events)
+        except Exception:
+            # The body may hold members' data: log what failed, never what was posted.
+            log.exception("intake: could not store a batch of %d event(s)", len(events))
+            return _error(503, "the event store is unavailable; retry")
+        if accepted and self.wake is not None:
+            try:
+                self.wake()
+            except Exception:
+                log.exception("intake: waking the runner failed (the events are stored)")
+        log.info("intake: %d event(s) accepted, %d duplicate(s)", accepted, duplicates)
+        return web.json_response({"accepted": accepted, "duplicates": duplicates}, status=202)
+
+
+def _with_defaults(raw: Any, at: str) -> Any:
+    """Fill a missing ``at`` with now, for events that carry an ``id``. An event with
+    neither is refused: an id derived from its content would make tomorrow's identical
+    check-in a duplicate of today's, and one derived after filling ``at`` would make a
+    client's retry a second event."""
+    if not isinstance(raw, dict) or raw.get("at") is not None:
+        return raw
+    if raw.get("id") is None:
+        raise ValueError("give the event an id (so that a retry is taken once) or an at")
+    return {**raw, "at": at}
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own answers (404, 405) as JSON too; a bug answers 500 without details."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _error(exc.status, exc.reason.lower(), headers)
+    except Exception:
+        log.exception("intake: internal error on %s %s", request.method, request.path)
+        return _error(500, "internal error")
+
+
+def make_app(
+    accept: Accept,
+    config: IntakeConfig,
+    *,
+    default_tz: ZoneInfo,
+    now: Callable[[], datetime],
+    wake: Callable[[], None] | None = None,
+) -> web.Application:
+    """The intake as an aiohttp application. ``accept`` stores a batch in one transaction
+    and returns (accepted, duplicates); it is called on the event loop, one batch at a
+    time. ``wake`` is called after a batch that stored something new."""
+    config.check()
+    intake = _Intake(accept, config, default_tz, now, wake)
+    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body)
+    app.router.add_post("/events", intake.post_events)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start ``app`` on host:port; the caller calls ``runner.cleanup()`` when done."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UserError(f"cannot listen on {_join(host, port)}: {exc.strerror or exc}") from exc
+    return runner
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` (host 127.0.0.1) or a bare ``PORT``."""
+    usage = f"--listen expects HOST:PORT, [IPv6]:PORT or :PORT, not '{text}'"
+    value = text.strip()
+    if re.fullmatch(r"[0-9]+", value):
+        host, port_text = "", value
+    elif value.startswith("["):
+        close = value.find("]")
+        if close < 0 or value[close + 1 : close + 2] != ":":
+            raise UserError(usage)
+        host, port_text = value[1:close], value[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise UserError(f"--listen: '{host}' is not an IPv6 address") from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise UserError(usage)
+        if ":" in host:
+            raise UserError(f"--listen: put an IPv6 address in brackets, e.g. [{host}]:{port_text}")
+        if host and not _HOSTNAME.fullmatch(host):
+            raise UserError(f"--listen: '{host}' is not a host name or address")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise UserError(f"--listen: the port must be a number from 1 to 65535, not '{port_text}'")
+    return host or DEFAULT_HOST, int(port_text)

@@ -1,0 +1,256 @@
+"""The runner (SPEC 5): the engine and driver on a real store, a clock and adapters.
+
+Rules:
+- One loop: handle every input due now (each committed with its state changes and
+  queued messages in one transaction, by the driver), then send what is due (the
+  dispatcher), then sleep until the next due instant, a wake-up (an event posted to
+  the intake) or ``poll`` seconds, whichever comes first. The poll picks up events
+  and launches that other processes (``cmtyflow emit``, ``cmtyflow launch``) wrote to
+  the store.
+- ``tick()`` is one pass of that loop on whatever clock the runner was given: tests
+  and the equivalence check drive it with a virtual clock; ``--once`` is one tick.
+- Start-up: rows a previous process left in flight are settled first (in doubt,
+  SPEC 5.2); the loaded versions are written to the audit log.
+- Stop (SIGINT/SIGTERM): no new rows are claimed, sends in flight get ``drain``
+  seconds, unstarted rows go back to the queue. Nothing that was committed is lost.
+- One runner per SQLite state: a lock file beside the database refuses a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..clock import Clock
+from ..engine.core import Engine
+from ..engine.model import Decision
+from ..engine.program import Program
+from ..errors import UserError
+from ..store.base import Store
+from .channels import ChannelSet
+from .dispatch import Dispatcher, DispatchStats, Log
+from .driver import Driver
+
+LOGGED_NOTES = {
+    "run_failed": "run failed",
+    "skipped_firing": "skipped a missed firing (older than the catch-up grace)",
+    "coalesced_firing": "skipped a missed firing (coalesced into the late one)",
+    "late_firing": "fired late",
+    "late_wait": "resumed a wait late",
+    "launch_refused": "refused a launch",
+    "empty_message": "a send rendered empty text",
+    "unknown_member": "a member not in the roster",
+    "trigger_failed": "a trigger failed",
+    "audience_failed": "an audience check failed",
+}
+
+
+class Runner:
+    def __init__(
+        self,
+        programs: list[Program],
+        store: Store,
+        channels: ChannelSet,
+        clock: Clock,
+        *,
+        concurrency: int = 16,
+        poll: float = 1.0,
+        drain: float = 10.0,
+        rng: random.Random | None = None,
+        log: Log | None = None,
+    ) -> None:
+        self.programs = programs
+        self.store = store
+        self.channels = channels
+        self.clock = clock
+        self.engine = Engine(programs)
+        self.driver = Driver(self.engine, store)
+        self.log: Log = log or (lambda event, **fields: None)
+        self.driver.observe = self._observe
+        self.dispatcher = Dispatcher(
+            store, channels, clock.now,
+            policies={p.name: p.playbook.policies for p in programs},
+            concurrency=concurrency, rng=rng, log=self.log,
+        )
+        self.poll = poll
+        self.drain = drain
+        self.inputs = 0
+        self.totals = DispatchStats()
+        self._stop = False
+        self._wake: asyncio.Event | None = None
+
+    # life cycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.channels.open()
+        now = self.clock.now()
+        self.driver.init_schedules(now)
+        resent, held = self.dispatcher.recover_in_doubt()
+        if resent or held:
+            self.log("in_doubt", resent=resent, held=held)
+        self.store.record(now, "runner_started", pid=os.getpid(), versions={p.name: p.version for p in self.programs})
+
+    async def close(self) -> None:
+        try:
+            await self.channels.close()
+        finally:
+            self.store.record(self.clock.now(), "runner_stopped", inputs=self.inputs, sent=self.totals.sent,
+                              failed=self.totals.failed, dead=self.totals.dead, cancelled=self.totals.cancelled)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.dispatcher.stop()
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def wake(self) -> None:
+        """Something new is in the store (an event posted to the intake)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    # the loop ------------------------------------------------------------------------------------
+    async def tick(self) -> datetime | None:
+        """Handle every input due now, send every message due now; returns when the
+        next thing is due (None: nothing is scheduled)."""
+        now = self.clock.now()
+        if not self._stop:
+            self.inputs += self.driver.process_until(now)
+            stats = await self.dispatcher.run_due(now, drain=self.drain)
+            self._add(stats)
+        return self.next_due()
+
+    def next_due(self) -> datetime | None:
+        best = self.driver.next_instant()
+        message = self.store.next_message_due()
+        if message is not None and (best is None or message < best):
+            best = message
+        return best
+
+    async def run_forever(self) -> None:
+        self._wake = asyncio.Event()
+        try:
+            while not self._stop:
+                nxt = await self.tick()
+                if self._stop:
+                    break
+                timeout = self.poll
+                if nxt is not None:
+                    timeout = max(0.0, min(timeout, (nxt - self.clock.now()).total_seconds()))
+                if timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+        finally:
+            self._wake = None
+
+    async def run_once(self) -> None:
+        """``--once``: what is due now, including every message that can go now."""
+        await self.tick()
+
+    # logging -------------------------------------------------------------------------------------
+    def _add(self, stats: DispatchStats) -> None:
+        t = self.totals
+        t.sent += stats.sent
+        t.failed += stats.failed
+        t.dead += stats.dead
+        t.cancelled += stats.cancelled
+        t.requeued += stats.requeued
+        t.abandoned += stats.abandoned
+
+    def _observe(self, decision: Decision) -> None:
+        started = decision.counters.get("runs_started", 0)
+        if started:
+            self.log("runs_started", count=started)
+        for note in decision.notes:
+            if note["kind"] in LOGGED_NOTES:
+                self.log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})
+
+
+# the lock --------------------------------------------------------------------------------------
+
+
+class StateLock:
+    """An exclusive lock on ``<state>.lock`` held for the runner's life (POSIX flock;
+    released by the OS if the process dies)."""
+
+    def __init__(self, state_path: str | Path) -> None:
+        self.path = Path(f"{state_path}.lock")
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the runner's life
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise UserError(
+                f"another runner is using {str(self.path)[:-5]}" + (f" (pid {holder})" if holder else "")
+                + "; stop it first, or give this one its own --state"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+# log sinks -------------------------------------------------------------------------------------
+
+
+def text_log(out: TextIO, now: Callable[[], datetime], tz: Any) -> Log:
+    """Human log lines: time, what happened, the few fields that say which message."""
+
+    def log(event: str, **fields: Any) -> None:
+        stamp = now().astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+        if event == "sent":
+            to = fields.get("member") or f"#{fields.get('channel')}"
+            line = f"sent {fields.get('playbook')}/{fields.get('step')} -> {to} via {fields.get('channel')} ({fields.get('adapter')})"
+        elif event == "retry":
+            line = (f"retry {fields.get('playbook')}/{fields.get('step')} -> {fields.get('member') or 'channel'} "
+                    f"(attempt {fields.get('attempts')}) at {fields.get('next_attempt')}: {fields.get('error')}")
+        elif event == "dead":
+            line = (f"dead letter {fields.get('playbook')}/{fields.get('step')} -> {fields.get('member') or 'channel'}: "
+                    f"{fields.get('error')} (key {str(fields.get('key'))[:12]}; cmtyflow outbox retry to resend)")
+        elif event in LOGGED_NOTES:
+            detail = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line = f"{LOGGED_NOTES[event]}: {detail}"
+        else:
+            detail = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line = f"{event.replace('_', ' ')}" + (f": {detail}" if detail else "")
+        out.write(f"{stamp} {line}\n")
+        out.flush()
+
+    return log
+
+
+def json_log(out: TextIO, now: Callable[[], datetime]) -> Log:
+    import json
+
+    def log(event: str, **fields: Any) -> None:
+        out.write(json.dumps({"at": now().isoformat(), "event": event, **fields}, ensure_ascii=False, default=str) + "\n")
+        out.flush()
+
+    return log
+

@@ -1,0 +1,303 @@
+"""The runner against a loopback webhook sink, on a virtual clock and the SQLite store:
+retries and Retry-After, dead letters and `outbox retry`, opt-out while queued,
+catch-up across missed firings, in-doubt settlement at start-up, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from conftest import UTC, event, write_playbook
+
+from cmtyflow.adapters.base import Capabilities, Receipt
+from cmtyflow.cli import main
+
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+HOOK_PLAYBOOK = """
+cmtyflow: 1
+name: hooks
+timezone: UTC
+channels:
+  hook: {{adapter: webhook, url: "{url}"}}
+policies:
+  retry: {{attempts: {attempts}, max_delay: 10m}}
+  in_doubt: {in_doubt}
+triggers:
+  - {{id: joined, event: member.joined, flow: hello}}
+flows:
+  hello:
+    - id: hi
+      send: {{channel: hook, text: "你好 {{{{ member.name }}}}", urgent: {urgent}}}
+"""
+
+ROSTER = [{"id": "u1", "name": "阿明"}, {"id": "u2", "name": "Bea"}]
+
+
+def hooks(tmp_path: Path, url: str, *, attempts: int = 5, in_doubt: str = "hold", urgent: str = "false") -> list[Path]:
+    return [write_playbook(tmp_path / "pb", HOOK_PLAYBOOK.format(url=url, attempts=attempts, in_doubt=in_doubt, urgent=urgent))]
+
+
+async def joined(h: Any, member: str = "u1", at: datetime = T0) -> None:
+    h.store.put_members(ROSTER)
+    h.store.add_event(event({"id": f"j-{member}", "type": "member.joined", "member": member, "at": at.isoformat()}))
+
+
+def rows(h: Any, *statuses: str) -> list[Any]:
+    return list(h.store.outbox(list(statuses) or None))
+
+
+async def test_a_join_is_delivered_once_with_its_key_and_text(tmp_path, sink, harness):
+    h = harness(hooks(tmp_path, sink.url), T0)
+    await h.open()
+    await joined(h)
+    assert await h.at(T0) is None
+    assert [r.body["text"] for r in sink.requests] == ["你好 阿明"]
+    (row,) = rows(h)
+    assert (row.status, row.attempts) == ("sent", 1)
+    assert sink.requests[0].key == row.message.key
+    (delivery,) = list(h.store.deliveries())
+    assert (delivery["step"], delivery["member"], delivery["at"]) == ("hi", "u1", T0)
+    await h.close()
+
+
+async def test_429_with_retry_after_waits_at_least_that_long_and_costs_no_attempt(tmp_path, sink, harness):
+    sink.script = [(429, {"Retry-After": "7"})]
+    h = harness(hooks(tmp_path, sink.url, attempts=1), T0)
+    await h.open()
+    await joined(h)
+    nxt = await h.at(T0)
+    (row,) = rows(h)
+    assert (row.status, row.attempts) == ("failed", 0)  # attempts: 1 allowed, none spent
+    assert row.next_attempt >= T0 + timedelta(seconds=7)
+    assert nxt == row.next_attempt
+    await h.at(T0 + timedelta(seconds=6.9))
+    assert len(sink.requests) == 1  # nothing before the 7 seconds are up
+    await h.at(row.next_attempt)
+    assert len(sink.requests) == 2 and len(sink.delivered) == 1
+    assert rows(h)[0].status == "sent"
+    await h.close()
+
+
+async def test_500_three_times_then_200_is_one_delivery(tmp_path, sink, harness):
+    sink.script = [500, 500, 500, 200]
+    h = harness(hooks(tmp_path, sink.url), T0)
+    await h.open()
+    await joined(h)
+    await h.run_until(T0 + timedelta(days=1))
+    assert [r.status for r in sink.requests] == [500, 500, 500, 200]
+    assert len({r.key for r in sink.requests}) == 1
+    assert len({r.body["text"] for r in sink.requests}) == 1  # the same bytes each time
+    assert len(sink.delivered) == 1 and sink.duplicates == 0
+    (row,) = rows(h)
+    assert (row.status, row.attempts) == ("sent", 4)
+    # Backoff grows: each wait is at least half the doubled delay (30 s, 60 s, 120 s).
+    log = [e for e in h.store.audit() if e["kind"] == "runner_started"]
+    assert log
+    await h.close()
+
+
+async def test_retries_end_in_a_dead_letter_after_the_attempts(tmp_path, sink, harness):
+    sink.script = [503, 503, 503]
+    h = harness(hooks(tmp_path, sink.url, attempts=3), T0)
+    await h.open()
+    await joined(h)
+    await h.run_until(T0 + timedelta(days=1))
+    assert len(sink.requests) == 3
+    (row,) = rows(h)
+    assert (row.status, row.attempts) == ("dead", 3)
+    assert "503" in row.last_error
+    await h.close()
+
+
+async def test_403_dead_letters_at_once_and_outbox_retry_resends_it_once(tmp_path, sink, harness, capsys):
+    sink.script = [403]
+    h = harness(hooks(tmp_path, sink.url), T0)
+    await h.open()
+    await joined(h)
+    await h.run_until(T0 + timedelta(days=1))
+    (row,) = rows(h)
+    assert (row.status, row.attempts, len(sink.requests)) == ("dead", 1, 1)
+    await h.close()
+
+    assert main(["outbox", "--state", str(h.state)]) == 0
+    listed = capsys.readouterr().out
+    assert row.message.key[:12] in listed and "dead" in listed and "403" in listed
+    assert main(["outbox", "retry", row.message.key[:8], "--state", str(h.state)]) == 0
+    assert "queued 1 message again" in capsys.readouterr().out
+
+    await h.open()
+    await h.run_until(T0 + timedelta(days=2))
+    assert [r.status for r in sink.requests] == [403, 200]
+    assert len(sink.delivered) == 1
+    (row,) = rows(h)
+    assert (row.status, row.attempts) == ("sent", 1)
+    assert [e["kind"] for e in h.store.audit(["outbox_retry"])] == ["outbox_retry"]
+    await h.close()
+
+
+QUIET_PLAYBOOK = """
+cmtyflow: 1
+name: nightly
+timezone: UTC
+channels:
+  hook: {{adapter: webhook, url: "{url}"}}
+policies:
+  quiet_hours: {{start: "22:00", end: "08:00"}}
+triggers:
+  - {{id: joined, event: member.joined, flow: hello}}
+  - {{id: bye, event: member.opted_out, flow: farewell}}
+flows:
+  hello:
+    - {{id: hi, send: {{channel: hook, text: "hi"}}}}
+    - wait: 1d
+    - {{id: again, send: {{channel: hook, text: "again"}}}}
+  farewell:
+    - {{id: page, send: {{channel: hook, to: channel, text: "someone left"}}}}
+"""
+
+
+async def test_an_opt_out_recorded_while_messages_are_queued_stops_all_of_them(tmp_path, sink, harness):
+    night = datetime(2026, 12, 1, 23, 0, tzinfo=UTC)
+    h = harness([write_playbook(tmp_path / "pb", QUIET_PLAYBOOK.format(url=sink.url))], night)
+    await h.open()
+    h.store.put_members(ROSTER)
+    h.store.add_event(event({"id": "j1", "type": "member.joined", "member": "u1", "at": night.isoformat()}))
+    await h.at(night)
+    queued = rows(h, "queued")
+    assert [r.message.step for r in queued] == ["hi"]  # deferred to 08:00 by quiet hours
+    later = night + timedelta(hours=2)
+    h.store.add_event(event({"id": "o1", "type": "member.opted_out", "member": "u1", "at": later.isoformat()}))
+    await h.run_until(night + timedelta(days=3))
+    # Only the channel notice went out; no message to u1, neither the queued one nor later ones.
+    assert [r.body["member"] for r in sink.requests] == [None]
+    assert {r.message.step: r.status for r in rows(h)}["hi"] == "cancelled"
+    await h.close()
+
+
+DAILY_PLAYBOOK = """
+cmtyflow: 1
+name: daily
+timezone: UTC
+channels:
+  hook: {{adapter: webhook, url: "{url}"}}
+policies:
+  catch_up: {{grace: 1h}}
+triggers:
+  - {{id: nightly, cron: "0 20 * * *", flow: remind}}
+flows:
+  remind:
+    - {{id: post, send: {{channel: hook, text: "今晚打卡 {{{{ today }}}}"}}}}
+"""
+
+
+async def test_a_runner_stopped_across_three_firings_sends_one_late_and_reports_the_others(tmp_path, sink, harness):
+    start = datetime(2026, 12, 1, 19, 0, tzinfo=UTC)
+    h = harness([write_playbook(tmp_path / "pb", DAILY_PLAYBOOK.format(url=sink.url))], start)
+    await h.open()
+    await h.at(datetime(2026, 12, 1, 20, 0, tzinfo=UTC))
+    assert [r.body["text"] for r in sink.requests] == ["今晚打卡 2026-12-01"]
+    await h.close()
+    # Down from Dec 1 20:00 to Dec 4 20:30: firings of Dec 2, 3, 4 are missed.
+    await h.open()
+    await h.at(datetime(2026, 12, 4, 20, 30, tzinfo=UTC))
+    assert [r.body["text"] for r in sink.requests] == ["今晚打卡 2026-12-01", "今晚打卡 2026-12-04"]
+    kinds = [e["kind"] for e in h.store.audit(["coalesced_firing", "late_firing", "skipped_firing"])]
+    assert sorted(kinds) == ["coalesced_firing", "coalesced_firing", "late_firing"]
+    # Stopped past the grace: nothing is sent, every missed firing is reported skipped.
+    await h.close()
+    await h.open()
+    await h.at(datetime(2026, 12, 6, 23, 0, tzinfo=UTC))
+    assert len(sink.requests) == 2
+    skipped = [e["due"] for e in h.store.audit(["skipped_firing"])]
+    assert skipped == ["2026-12-05T20:00:00+00:00", "2026-12-06T20:00:00+00:00"]
+    await h.close()
+
+
+async def _leave_inflight(h: Any, overrides: dict[str, Any] | None = None) -> str:
+    """Queue a message and claim it, as a runner does just before it sends, then
+    'crash' (stop without finishing it); restart. Returns the message's key."""
+    await h.open(overrides)
+    await joined(h)
+    h.runner.driver.process_until(T0)
+    (row,) = h.store.claim_due_messages(T0, 10)
+    await h.crash()
+    await h.open(overrides)
+    return row.message.key
+
+
+async def test_in_doubt_on_an_idempotent_adapter_is_resent_with_the_same_key(tmp_path, sink, harness):
+    h = harness(hooks(tmp_path, sink.url), T0)
+    key = await _leave_inflight(h)
+    await h.at(T0)
+    assert [r.key for r in sink.requests] == [key]
+    assert rows(h)[0].status == "sent"
+    await h.close()
+
+
+class Recording:
+    """A non-idempotent adapter (it cannot deduplicate by key), recording its sends."""
+
+    capabilities = Capabilities(formats=("plain",), idempotent=False)
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def send(self, message: Any) -> Any:
+        self.sent.append(message.key)
+        return Receipt(message.key)
+
+
+async def test_in_doubt_on_a_plain_adapter_is_held_and_listed(tmp_path, sink, harness, capsys):
+    h = harness(hooks(tmp_path, sink.url), T0)
+    adapter = Recording()
+    key = await _leave_inflight(h, {"hook": adapter})
+    await h.at(T0)
+    assert adapter.sent == []
+    assert rows(h)[0].status == "in_doubt"
+    await h.close()
+    assert main(["outbox", "--state", str(h.state), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["key"], r["status"]) for r in listed] == [(key, "in_doubt")]
+
+
+async def test_in_doubt_is_resent_when_urgent_or_when_the_policy_says_resend(tmp_path, sink, harness):
+    for case, kw in (("urgent", {"urgent": "true"}), ("policy", {"in_doubt": "resend"})):
+        folder = tmp_path / case
+        h = harness(hooks(folder, sink.url, **kw), T0)
+        h.state = folder / "state.db"
+        adapter = Recording()
+        key = await _leave_inflight(h, {"hook": adapter})
+        await h.at(T0)
+        assert adapter.sent == [key], case
+        await h.close()
+
+
+async def test_stop_drains_and_an_abandoned_send_is_in_doubt_at_the_next_start(tmp_path, sink, harness):
+    sink.script = ["hang"]
+    h = harness(hooks(tmp_path, sink.url), T0, drain=0.2)
+    runner = await h.open()
+    await joined(h)
+    tick = asyncio.create_task(h.at(T0))
+    while not sink.requests:
+        await asyncio.sleep(0.01)
+    runner.stop()
+    await tick
+    assert rows(h)[0].status == "inflight"
+    await h.close()
+    sink.release.set()
+    await h.open()
+    await h.at(T0 + timedelta(seconds=1))
+    # The webhook deduplicates by key, so the in-doubt message is resent with its key.
+    assert [r.key for r in sink.requests][-1] == sink.requests[0].key
+    assert len(sink.delivered) == 1
+    await h.close()
