@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..runtime.channels import ChannelSet
 from ..runtime.inputs import RowProblem, read_roster
 from ..runtime.prepare import load_programs
-from ..runtime.runner import Runner, StateLock, json_log, text_log
+from ..runtime.runner import Runner, StateLock, build_runner, json_log, text_log
 from . import EXIT_OK, cli
 from .state import state_option, store_at
 
@@ -55,7 +55,7 @@ def run(
         if moment.tzinfo is None:
             raise UserError(f"--now '{now_text}' needs a UTC offset, e.g. {now_text}+08:00")
         clock = VirtualClock(moment)
-    _, programs = load_programs(paths)
+    result, programs = load_programs(paths)
     intake = None
     if listen:
         from ..runtime.intake import IntakeConfig, parse_listen
@@ -77,7 +77,9 @@ def run(
             click.echo(f"imported {n} members from {roster}", err=True)
         tz = programs[0].tz
         log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
-        runner = Runner(programs, store, channels, clock, concurrency=concurrency, poll=poll, drain=drain, log=log)
+        runner = build_runner(
+            result, programs, store, channels, clock, log=log, concurrency=concurrency, poll=poll, drain=drain
+        )
         asyncio.run(_serve(runner, once=once, intake=intake, default_tz=tz, log=log))
         t = runner.totals
         click.echo(

@@ -40,8 +40,11 @@ STANDARD_EVENTS = frozenset(
 
 
 class Engine:
-    def __init__(self, programs: Iterable[Program]) -> None:
+    def __init__(self, programs: Iterable[Program], older: Iterable[Program] = ()) -> None:
+        """``programs``: the current version of each playbook (they start runs);
+        ``older``: earlier versions that runs started on and finish on."""
         self.programs: dict[str, Program] = {p.name: p for p in programs}
+        self._versions: dict[tuple[str, str], Program] = {(p.name, p.version): p for p in older}
         self._event_triggers: dict[str, list[tuple[Program, Any]]] = {}
         # playbook -> member id -> (the member record read, in the audience)
         self._audience_cache: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {}
@@ -50,6 +53,13 @@ class Engine:
             for trigger in prog.playbook.triggers:
                 if trigger.kind == "event":
                     self._event_triggers.setdefault(trigger.event, []).append((prog, trigger))
+
+    def program_for(self, run: Run) -> Program | None:
+        """The version ``run`` started on when it is known, else the current one."""
+        prog = self.programs.get(run.playbook)
+        if prog is not None and prog.version == run.version:
+            return prog
+        return self._versions.get((run.playbook, run.version), prog)
 
     # entry point ------------------------------------------------------------------------------
     def handle(self, store: StateReader, now: datetime, item: Any) -> Decision:
@@ -116,7 +126,7 @@ class Engine:
         if run is None or run.status != "active" or not run.waiting or run.waiting.get("timer") != timer.id:
             interp.txn.decision.count("stale_timers")
             return
-        prog = self.programs.get(run.playbook)
+        prog = self.program_for(run)
         if prog is None or run.flow not in prog.flows:
             interp.txn.decision.note("run_orphaned", run=run.id, playbook=run.playbook)
             return
@@ -289,7 +299,7 @@ class Engine:
             run = txn.run(wait.run)
             if run is None or run.status != "active" or not run.waiting or run.waiting.get("kind") != "event":
                 continue
-            prog = self.programs.get(run.playbook)
+            prog = self.program_for(run)
             if prog is None:
                 continue
             if wait.where is not None:

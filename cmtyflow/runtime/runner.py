@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,10 +32,13 @@ from ..engine.core import Engine
 from ..engine.model import Decision
 from ..engine.program import Program
 from ..errors import UserError
+from ..loader import LoadedPlaybook, LoadResult
 from ..store.base import Store
+from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log
 from .driver import Driver
+from .prepare import adapter_formats
 
 LOGGED_NOTES = {
     "run_failed": "run failed",
@@ -64,12 +67,17 @@ class Runner:
         drain: float = 10.0,
         rng: random.Random | None = None,
         log: Log | None = None,
+        older: Sequence[Program] = (),
+        loaded: Sequence[LoadedPlaybook] = (),
     ) -> None:
+        """``older``: earlier versions that active runs finish on; ``loaded``: the
+        loaded playbooks, whose versions are kept in the store at start."""
         self.programs = programs
+        self.loaded = loaded
         self.store = store
         self.channels = channels
         self.clock = clock
-        self.engine = Engine(programs)
+        self.engine = Engine(programs, older)
         self.driver = Driver(self.engine, store)
         self.log: Log = log or (lambda event, **fields: None)
         self.driver.observe = self._observe
@@ -94,6 +102,10 @@ class Runner:
         if resent or held:
             self.log("in_doubt", resent=resent, held=held)
         self.store.record(now, "runner_started", pid=os.getpid(), versions={p.name: p.version for p in self.programs})
+        for name, first in versions.record(self.store, self.loaded, now):
+            version = next(p.version for p in self.programs if p.name == name)[:12]
+            detail = "first run" if first else "a new version; runs in flight finish on the one they started on"
+            self.log("version", playbook=name, version=version, detail=detail)
 
     async def close(self) -> None:
         try:
@@ -173,6 +185,20 @@ class Runner:
         for note in decision.notes:
             if note["kind"] in LOGGED_NOTES:
                 self.log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})
+
+
+def build_runner(
+    result: LoadResult, programs: list[Program], store: Store, channels: ChannelSet, clock: Clock,
+    *, log: Log | None = None, **options: Any,
+) -> Runner:
+    """A runner for freshly loaded playbooks on ``store``: the older versions that its
+    runs in flight started on are rebuilt for them (live edits)."""
+    log = log or (lambda event, **fields: None)
+    older, missing = versions.older_programs(store, programs, adapter_formats(result))
+    for (playbook, version), n in sorted(missing.items()):
+        log("version_unknown", playbook=playbook, version=version[:12], runs=n,
+            detail="no copy of that version is kept; these runs continue on the current version")
+    return Runner(programs, store, channels, clock, log=log, older=older, loaded=result.playbooks, **options)
 
 
 # the lock --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from cmtyflow.engine.program import Program
 from cmtyflow.runtime.channels import ChannelSet
 from cmtyflow.runtime.inputs import parse_event
 from cmtyflow.runtime.prepare import load_programs
-from cmtyflow.runtime.runner import Runner
+from cmtyflow.runtime.runner import Runner, build_runner
 from cmtyflow.store.sqlite import SqliteStore
 
 UTC = ZoneInfo("UTC")
@@ -60,11 +60,11 @@ class Harness:
         self.programs: list[Program] = []
 
     async def open(self, overrides: dict[str, Any] | None = None) -> Runner:
-        _, self.programs = load_programs(self.paths)
+        result, self.programs = load_programs(self.paths)
         self.store = SqliteStore(self.state)
         channels = ChannelSet(self.programs, {}, overrides=overrides)
         kw = {"rng": random.Random(7), **self.runner_kw}
-        self.runner = Runner(self.programs, self.store, channels, self.clock, **kw)
+        self.runner = build_runner(result, self.programs, self.store, channels, self.clock, **kw)
         await self.runner.start()
         return self.runner
 

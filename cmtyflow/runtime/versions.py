@@ -1,0 +1,240 @@
+"""Playbook versions for live edits (issue: "a playbook's version is its content hash").
+
+Rules:
+- A version is the loader's content hash of the playbook text, its folder defaults
+  and the template sources it uses. Each version a runner starts with is kept in the
+  store's audit log as a snapshot of those texts (kind ``playbook_version``), once.
+- Runs finish on the version they started on: at start-up the runner rebuilds the
+  older versions its active runs use from their snapshots and gives them to the
+  engine. A run whose version has no snapshot (started before snapshots were kept)
+  continues on the current version; the runner says so.
+- ``plan`` compares the version on disk with the last one run and lists what each
+  in-flight run has ahead of it that changed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..engine.program import Instr, Program, compile_program
+from ..loader import LoadedPlaybook, load
+from ..store.base import Store
+from ..templates import template_dirs
+
+KIND = "playbook_version"
+DEFAULTS_NAME = "cmtyflow.yaml"
+
+
+def snapshot(loaded: LoadedPlaybook) -> dict[str, Any]:
+    """The texts that make up ``loaded``'s version, enough to rebuild it."""
+    path = Path(loaded.path)
+    defaults = path.parent / DEFAULTS_NAME
+    dirs = template_dirs(path)
+    templates: list[list[str]] = []
+    for group in loaded.templates.values():
+        for source in group:
+            rel = _relative(source.path, dirs) or PurePosixPath(source.name).parent / source.path.name
+            templates.append([str(rel), source.source])
+    return {
+        "file": path.name,
+        "text": loaded.text,
+        "defaults": defaults.read_text(encoding="utf-8") if defaults.is_file() else None,
+        "templates": sorted(templates),
+    }
+
+
+def _relative(path: Path, dirs: list[Path]) -> PurePosixPath | None:
+    for folder in dirs:
+        try:
+            return PurePosixPath(Path(path).resolve().relative_to(folder.resolve()).as_posix())
+        except ValueError:
+            continue
+    return None
+
+
+def rebuild(snap: dict[str, Any], version: str, formats: dict[str, tuple[str, ...]]) -> Program | None:
+    """The program of a stored version, or None if it no longer loads (a removed
+    adapter, say)."""
+    with tempfile.TemporaryDirectory(prefix="cmtyflow-version-") as tmp:
+        root = Path(tmp)
+        (root / snap["file"]).write_text(snap["text"], encoding="utf-8")
+        if snap.get("defaults") is not None:
+            (root / DEFAULTS_NAME).write_text(snap["defaults"], encoding="utf-8")
+        for rel, source in snap.get("templates", []):
+            target = root / "templates" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.write_text(source, encoding="utf-8")
+        result = load([root / snap["file"]])
+        if not result.ok or not result.playbooks:
+            return None
+        # The rebuilt copy hashes its temporary paths; it is the stored version.
+        return compile_program(replace(result.playbooks[0], version=version), formats)
+
+
+def recorded(store: Store) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """playbook -> [(version, snapshot)] in the order first run."""
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for entry in store.audit([KIND]):
+        versions = out.setdefault(entry["playbook"], [])
+        if all(v != entry["version"] for v, _ in versions):
+            versions.append((entry["version"], entry["snapshot"]))
+    return out
+
+
+def record(store: Store, loaded: Iterable[LoadedPlaybook], now: datetime) -> list[tuple[str, bool]]:
+    """Keep a snapshot of each version not kept yet; returns (playbook, first version
+    of it) for each one recorded."""
+    known = recorded(store)
+    fresh = []
+    for item in loaded:
+        name = item.playbook.name
+        if any(v == item.version for v, _ in known.get(name, [])):
+            continue
+        store.record(now, KIND, playbook=name, version=item.version, snapshot=snapshot(item))
+        fresh.append((name, name not in known))
+    return fresh
+
+
+def older_programs(
+    store: Store, current: list[Program], formats: dict[str, tuple[str, ...]]
+) -> tuple[list[Program], Counter[tuple[str, str]]]:
+    """Programs of the older versions that active runs use, and the (playbook,
+    version) pairs, with their run counts, that have no snapshot."""
+    now_versions = {p.name: p.version for p in current}
+    wanted: Counter[tuple[str, str]] = Counter(
+        (run.playbook, run.version) for run in store.runs(status="active") if now_versions.get(run.playbook) != run.version
+    )
+    if not wanted:
+        return [], Counter()
+    snaps = {(name, v): s for name, versions in recorded(store).items() for v, s in versions}
+    programs: list[Program] = []
+    missing: Counter[tuple[str, str]] = Counter()
+    for key, n in wanted.items():
+        snap = snaps.get(key)
+        prog = rebuild(snap, key[1], formats) if snap is not None else None
+        if prog is None:
+            missing[key] = n
+        else:
+            programs.append(prog)
+    return programs, missing
+
+
+# plan --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepChange:
+    flow: str
+    step: str
+    change: str  # "removed" | "added" | "changed"
+    detail: str = ""
+
+
+@dataclass
+class RunGroup:
+    version: str
+    flow: str
+    at: str  # the step the runs are at (waiting in, or about to run)
+    count: int
+    ahead: list[StepChange] = field(default_factory=list)  # changes still ahead of them
+
+
+@dataclass
+class PlaybookPlan:
+    name: str
+    old: str | None  # the version last run (None: never run)
+    new: str
+    changes: list[StepChange] = field(default_factory=list)
+    triggers: list[str] = field(default_factory=list)
+    runs: list[RunGroup] = field(default_factory=list)
+    unknown_versions: int = 0  # active runs on a version with no snapshot
+
+
+def _steps(prog: Program) -> dict[tuple[str, str], tuple[int, Instr]]:
+    out = {}
+    for flow, instrs in prog.flows.items():
+        for pc, ins in enumerate(instrs):
+            if ins.step is not None:
+                out[(flow, ins.label)] = (pc, ins)
+    return out
+
+
+def _describe(ins: Instr) -> str:
+    """A step as a playbook writer would read it: ``wait 2d``, ``send text: hi``."""
+    if ins.step is None:
+        return ins.op
+    kind = type(ins.step).kind
+    body = ins.step.model_dump(exclude_none=True, exclude_defaults=True, by_alias=True).get(kind)
+    if isinstance(body, dict) and set(body) == {"for"}:
+        body = body["for"]
+    if isinstance(body, dict):
+        return f"{kind} " + ", ".join(f"{k}: {v}" for k, v in body.items())
+    return f"{kind} {body}" if body is not None else kind
+
+
+def diff(old: Program, new: Program) -> list[StepChange]:
+    before, after = _steps(old), _steps(new)
+    changes = []
+    for key, (_, ins) in before.items():
+        if key not in after:
+            changes.append(StepChange(key[0], key[1], "removed", _describe(ins)))
+        else:
+            other = after[key][1]
+            if ins.step.model_dump() != other.step.model_dump():
+                changes.append(StepChange(key[0], key[1], "changed", f"{_describe(ins)} -> {_describe(other)}"))
+    for key, (_, ins) in after.items():
+        if key not in before:
+            changes.append(StepChange(key[0], key[1], "added", _describe(ins)))
+    return changes
+
+
+def trigger_changes(old: Program, new: Program) -> list[str]:
+    a = {t.id: t.model_dump() for t in old.playbook.triggers}
+    b = {t.id: t.model_dump() for t in new.playbook.triggers}
+    out = [f"trigger {t} removed" for t in a if t not in b]
+    out += [f"trigger {t} changed" for t in a if t in b and a[t] != b[t]]
+    out += [f"trigger {t} added" for t in b if t not in a]
+    return out
+
+
+def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...]]) -> list[PlaybookPlan]:
+    known = recorded(store)
+    active: dict[str, Counter[tuple[str, str, int]]] = {}
+    for run in store.runs(status="active"):
+        active.setdefault(run.playbook, Counter())[(run.version, run.flow, run.pc)] += 1
+    plans = []
+    for prog in current:
+        versions = known.get(prog.name, [])
+        last = versions[-1][0] if versions else None
+        result = PlaybookPlan(prog.name, last, prog.version)
+        builds: dict[str, Program | None] = {prog.version: prog}
+        snaps = dict(versions)
+        if last is not None and last != prog.version:
+            old = builds[last] = rebuild(snaps[last], last, formats)
+            if old is not None:
+                result.changes = diff(old, prog)
+                result.triggers = trigger_changes(old, prog)
+        for (version, flow, pc), n in sorted(active.get(prog.name, Counter()).items()):
+            if version == prog.version:
+                continue
+            if version not in builds:
+                builds[version] = rebuild(snaps[version], version, formats) if version in snaps else None
+            old = builds[version]
+            if old is None:
+                result.unknown_versions += n
+                continue
+            instrs = old.flows.get(flow, [])
+            at = instrs[pc].label if pc < len(instrs) else "(end)"
+            changes = diff(old, prog)
+            ahead_labels = {ins.label for ins in instrs[pc:] if ins.step is not None}
+            ahead = [c for c in changes if c.flow == flow and (c.step in ahead_labels or c.change == "added")]
+            result.runs.append(RunGroup(version, flow, at, n, ahead))
+        plans.append(result)
+    return plans

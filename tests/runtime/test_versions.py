@@ -1,0 +1,89 @@
+"""Live edits: runs finish on the version they started on; `cmtyflow plan` tells what
+an edit changes for runs in flight before `run` picks it up."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from conftest import UTC, event, write_playbook
+
+from cmtyflow.cli import main
+
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+V1 = """
+cmtyflow: 1
+name: drip
+timezone: UTC
+channels:
+  hook: {{adapter: webhook, url: "{url}"}}
+triggers:
+  - {{id: joined, event: member.joined, flow: hello}}
+flows:
+  hello:
+    - {{id: first, send: {{channel: hook, text: "first"}}}}
+    - {{id: pause, wait: 1d}}
+    - {{id: second, send: {{channel: hook, text: "second v1"}}}}
+"""
+
+V2 = V1.replace("second v1", "second v2").replace("wait: 1d}}", "wait: 2d}}") + """    - {{id: third, send: {{channel: hook, text: "third"}}}}
+"""
+
+
+async def _join(h, member, at):
+    h.store.put_members([{"id": member, "name": member}])
+    h.store.add_event(event({"id": f"j-{member}", "type": "member.joined", "member": member, "at": at.isoformat()}))
+
+
+async def test_a_run_finishes_on_its_version_and_plan_says_so(tmp_path, sink, harness, capsys):
+    path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
+    h = harness([path], T0)
+    await h.open()
+    await _join(h, "u1", T0)
+    await h.at(T0)
+    await h.close()
+    assert [r.body["text"] for r in sink.requests] == ["first"]
+
+    path.write_text(V2.format(url=sink.url).lstrip("\n"), encoding="utf-8")
+    assert main(["plan", str(path), "--state", str(h.state)]) == 0
+    out = capsys.readouterr().out
+    assert "drip: version" in out
+    assert "step hello/pause changed: wait 1d -> wait 2d" in out
+    assert "step hello/second changed" in out and "second v2" in out
+    assert "step hello/third added" in out
+    assert "1 run of hello on" in out and "at pause: pause changed; second changed; third added" in out
+    assert main(["plan", str(path), "--state", str(h.state), "--format", "json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["old"] != doc["new"] and doc["runs"][0]["count"] == 1
+
+    await h.open()  # the runner picks the edit up
+    await _join(h, "u2", T0 + timedelta(hours=1))
+    await h.run_until(T0 + timedelta(days=5))
+    by_member = {}
+    for r in sink.requests:
+        by_member.setdefault(r.body["member"], []).append(r.body["text"])
+    # u1 started on v1: its wait stays 1d, its text v1, and v2's new step is not its.
+    assert by_member["u1"] == ["first", "second v1"]
+    assert by_member["u2"] == ["first", "second v2", "third"]
+    times = {(d["member"], d["step"]): d["at"] for d in h.store.deliveries()}
+    assert times[("u1", "second")] == T0 + timedelta(days=1)
+    assert times[("u2", "second")] == T0 + timedelta(hours=1, days=2)
+    await h.close()
+    assert main(["plan", str(path), "--state", str(h.state)]) == 0
+    assert "drip: unchanged" in capsys.readouterr().out
+
+
+async def test_plan_for_a_playbook_never_run(tmp_path, sink, capsys):
+    path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
+    state = tmp_path / "s.db"
+    assert main(["members", "import", str(_roster(tmp_path)), "--state", str(state)]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(path), "--state", str(state)]) == 0
+    assert "drip: not run yet" in capsys.readouterr().out
+
+
+def _roster(tmp_path):
+    path = tmp_path / "members.csv"
+    path.write_text("id,name\nu1,阿明\n", encoding="utf-8")
+    return path
