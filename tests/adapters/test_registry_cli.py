@@ -161,3 +161,69 @@ def test_missing_extra_shows_the_install_hint(monkeypatch: pytest.MonkeyPatch) -
     assert entry["available"] is False and entry["extra_installed"] is False
     assert entry["install"] == "pip install 'cmtyflow[sms]'"
     assert "sms (built-in)\n  not installed: pip install 'cmtyflow[sms]'" in listing()
+
+
+PIGEON_PLAYBOOK = """\
+cmtyflow: 1
+name: birds
+timezone: UTC
+channels:
+  coop: {adapter: pigeon, loft: roof, api_key: "${env:PIGEON_KEY}"%s}
+triggers:
+  - {id: hello, event: member.joined, flow: greet}
+flows:
+  greet:
+    - {id: coo, send: {channel: coop, text: "coo {{ member.name }}"}}
+"""
+
+
+def _pigeon_folder(tmp_path: Path, extra: str = "") -> Path:
+    folder = tmp_path / "book"
+    folder.mkdir(parents=True)
+    (folder / "birds.yaml").write_text(PIGEON_PLAYBOOK % extra, encoding="utf-8")
+    (folder / "members.csv").write_text("id,name\nu1,阿明\n", encoding="utf-8")
+    (folder / "events.jsonl").write_text(
+        '{"id": "j1", "type": "member.joined", "at": "2026-12-01T10:00:00+00:00", "member": "u1"}\n', encoding="utf-8"
+    )
+    return folder
+
+
+def test_plugin_settings_are_checked_by_validate(plugin: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cmtyflow.cli import main
+
+    good = _pigeon_folder(plugin)
+    assert main(["validate", str(good / "birds.yaml")]) == 0
+    bad = _pigeon_folder(plugin / "bad", ", wings: 2")
+    capsys.readouterr()
+    assert main(["validate", str(bad / "birds.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad / 'birds.yaml'}:5:" in out and "wings" in out
+
+
+def test_plugin_is_used_by_a_dry_run_and_a_run(
+    plugin: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cmtyflow.cli import main
+
+    folder = _pigeon_folder(plugin)
+    args = [str(folder / "birds.yaml"), "--roster", str(folder / "members.csv")]
+    assert main(["dry-run", *args, "--events", str(folder / "events.jsonl"), "--start", "2026-12-01", "--days", "1", "--format", "jsonl"]) == 0
+    (record, _summary) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (record["adapter"], record["text"], record["member"]) == ("pigeon", "coo 阿明", "u1")
+
+    state = str(plugin / "state.db")
+    assert main(["events", "import", str(folder / "events.jsonl"), "--state", state]) == 0
+    # A ${env:NAME} that is not set is named when the run opens the channel; nothing runs.
+    monkeypatch.delenv("PIGEON_KEY", raising=False)
+    assert main(["run", *args, "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00"]) == 1
+    err = capsys.readouterr().err
+    assert "channel 'coop'" in err and "environment variable PIGEON_KEY is not set" in err
+    pigeon = registry.get("pigeon")
+    assert pigeon.sent == []
+    # Set, it is used and never printed.
+    monkeypatch.setenv("PIGEON_KEY", "k-secret-4471")
+    assert main(["run", *args, "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00"]) == 0
+    captured = capsys.readouterr()
+    assert pigeon.sent == ["coo 阿明"]
+    assert "k-secret-4471" not in captured.out + captured.err
+    assert "sent birds/coo -> u1 via coop (pigeon)" in captured.err
