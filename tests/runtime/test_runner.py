@@ -301,3 +301,47 @@ async def test_stop_drains_and_an_abandoned_send_is_in_doubt_at_the_next_start(t
     assert [r.key for r in sink.requests][-1] == sink.requests[0].key
     assert len(sink.delivered) == 1
     await h.close()
+
+
+async def test_an_event_posted_to_the_intake_wakes_the_runner(tmp_path, sink, harness, aiohttp_client):
+    from cmtyflow.runtime.intake import IntakeConfig, make_app
+
+    h = harness(hooks(tmp_path, sink.url), T0, poll=60)  # a poll this long never fires in the test
+    runner = await h.open()
+    h.store.put_members(ROSTER)
+    app = make_app(h.store.add_events, IntakeConfig(token="t0k"), default_tz=UTC, now=h.clock.now, wake=runner.wake)
+    client = await aiohttp_client(app)
+    loop = asyncio.create_task(runner.run_forever())
+    body = {"id": "j9", "type": "member.joined", "member": "u2", "at": T0.isoformat()}
+    resp = await client.post("/events", json=body, headers={"Authorization": "Bearer t0k"})
+    assert (resp.status, await resp.json()) == (202, {"accepted": 1, "duplicates": 0})
+    for _ in range(500):  # the runner reacts to the wake-up, not to a timer
+        if sink.requests:
+            break
+        await asyncio.sleep(0.01)
+    runner.stop()
+    await loop
+    assert [r.body["text"] for r in sink.requests] == ["你好 Bea"]
+    await h.close()
+
+
+def test_listen_needs_a_token_or_a_secret(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CMTYFLOW_INTAKE_TOKEN", raising=False)
+    monkeypatch.delenv("CMTYFLOW_INTAKE_SECRET", raising=False)
+    path = hooks(tmp_path, "http://127.0.0.1:9/hook")[0]
+    assert main(["run", str(path), "--state", str(tmp_path / "s.db"), "--listen", "127.0.0.1:8765"]) == 1
+    assert "CMTYFLOW_INTAKE_TOKEN" in capsys.readouterr().err
+
+
+def test_a_second_runner_on_the_same_state_is_refused(tmp_path, capsys):
+    from cmtyflow.runtime.runner import StateLock
+
+    state = tmp_path / "s.db"
+    held = StateLock(state)
+    held.acquire()
+    try:
+        path = hooks(tmp_path, "http://127.0.0.1:9/hook")[0]
+        assert main(["run", str(path), "--state", str(state), "--once"]) == 1
+        assert "another runner is using" in capsys.readouterr().err
+    finally:
+        held.release()
