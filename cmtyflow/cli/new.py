@@ -1,0 +1,273 @@
+"""``cmtyflow new [NAME] [--lang zh-CN|en] [--dir D]``: the playbook library.
+
+Without NAME it lists the library: each playbook's name, title and one-line purpose.
+With NAME it copies that playbook, the templates it uses and the folder defaults into
+D, ready to validate and dry-run.
+
+Rules:
+- The library is ``cmtyflow/library/{playbooks,templates,examples}`` in an installed
+  package (the build copies the repository's ``playbooks/``, ``templates/`` and
+  ``examples/`` there, see setup.py); in a source checkout it is the repository root.
+- A playbook's purpose is the top of its comment header: ``# NAME — English purpose``
+  and, on the next line, the Chinese one. Titles written ``中文 / English`` are split
+  the same way. The chosen language is used where the library has it.
+- The copy is D/NAME.yaml, D/templates/... (only the templates the playbook names, in
+  the chosen language plus language-neutral ones) and D/cmtyflow.yaml (unless D has
+  one: theirs is kept). Nothing is overwritten: if any file exists, nothing is written.
+- With a language other than the playbook's ``locale:``, that one line is changed in
+  the copy; everything else, comments included, is copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from ..errors import UserError
+from ..loader import DEFAULTS_NAME, load
+from ..problems import format_text
+from ..templates import template_dirs
+from . import EXIT_OK, cli
+
+LANGS = ("zh-CN", "en")
+PACKAGE = Path(__file__).resolve().parent.parent
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LOCALE_LINE = re.compile(r"^locale:[ \t]*(?P<value>[^#\s]+)(?P<rest>[ \t]*(#.*)?)$", re.MULTILINE)
+
+
+def library_root() -> Path:
+    """``cmtyflow/library`` when installed, else the source checkout's root."""
+    for root in (PACKAGE / "library", PACKAGE.parent):
+        if (root / "playbooks" / DEFAULTS_NAME).is_file() and (root / "templates").is_dir():
+            return root
+    raise UserError(
+        f"the playbook library is missing from this installation (looked in {PACKAGE / 'library'})"
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: Path
+    title: dict[str, str]
+    purpose: dict[str, str]
+
+
+def _by_language(parts: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for part in parts:
+        part = part.strip()
+        if part:
+            found.setdefault("zh-CN" if _CJK.search(part) else "en", part)
+    return found
+
+
+def _header(text: str, name: str) -> dict[str, str]:
+    """The purpose lines at the top of the comment header."""
+    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+    for i, line in enumerate(lines):
+        if line.startswith(f"{name} — ") or line.startswith(f"{name} - "):
+            first = line.split(" ", 2)[2]
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            return _by_language([first, following if _CJK.search(following) else ""])
+    return {}
+
+
+def _title(text: str) -> str:
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError:
+        return ""
+    title = data.get("title") if isinstance(data, dict) else None
+    return str(title) if title else ""
+
+
+def entries(root: Path) -> list[Entry]:
+    found = []
+    for path in sorted((root / "playbooks").glob("*.yaml")):
+        if path.name == DEFAULTS_NAME or path.name.endswith(".test.yaml"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        name = path.stem
+        found.append(
+            Entry(name, path, _by_language(_title(text).split(" / ")), _header(text, name))
+        )
+    return found
+
+
+def _pick(texts: dict[str, str], lang: str) -> str:
+    return texts.get(lang) or next(iter(texts.values()), "")
+
+
+def _list(root: Path, lang: str) -> None:
+    items = entries(root)
+    width = max(len(e.name) for e in items)
+    click.echo(
+        "Playbook library (cmtyflow new NAME --dir DIR copies one):\n"
+        if lang == "en"
+        else "剧本库（cmtyflow new 名称 --dir 目录 复制一个到你的目录）：\n"
+    )
+    for e in items:
+        click.echo(f"  {e.name.ljust(width)}  {_pick(e.title, lang)}")
+        click.echo(f"  {' ' * width}  {_pick(e.purpose, lang)}")
+    click.echo(
+        f"\n{len(items)} playbooks; --lang zh-CN|en chooses the language of titles and templates."
+        if lang == "en"
+        else f"\n共 {len(items)} 个剧本；--lang zh-CN|en 选择标题和模板的语言。"
+    )
+
+
+# copying ------------------------------------------------------------------------------------------
+def _with_locale(text: str, lang: str) -> str:
+    """Set ``locale:`` to ``lang``, editing only that line (SPEC 1 key)."""
+    match = _LOCALE_LINE.search(text)
+    if match is None:
+        raise UserError("the library playbook has no top-level 'locale:' line to change")
+    if match.group("value") == lang:
+        return text
+    return text[: match.start()] + f"locale: {lang}{match.group('rest')}" + text[match.end() :]
+
+
+def _template_files(source: Path, lang: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """``(library file, path under templates/)`` for each template file to copy, and notes."""
+    result = load([source])
+    if not result.ok or not result.playbooks:
+        raise UserError(
+            f"the library playbook {source} does not load:\n{format_text(result.problems)}"
+        )
+    loaded = result.playbooks[0]
+    dirs = template_dirs(source)
+    files: list[tuple[Path, Path]] = []
+    notes: list[str] = []
+    for name, sources in sorted(loaded.templates.items()):
+        chosen = [s for s in sources if s.locale is None or s.locale.lower() == lang.lower()]
+        if not any(s.locale is not None for s in chosen):
+            own = loaded.playbook.locale
+            fallback = [
+                s
+                for s in sources
+                if s.locale is not None and own and s.locale.lower() == own.lower()
+            ]
+            if fallback:
+                notes.append(f"template {name} has no {lang} version; copied the {own} one")
+                chosen += fallback
+        for s in chosen:
+            base = next(d for d in dirs if s.path.is_relative_to(d))
+            files.append((s.path, s.path.relative_to(base)))
+    return files, notes
+
+
+def _suggest(root: Path, entry: Entry, dest: Path) -> list[str]:
+    playbook = shlex.quote(str(dest / f"{entry.name}.yaml"))
+    commands = [f"cmtyflow validate {playbook}"]
+    spec_path = root / "playbooks" / f"{entry.name}.test.yaml"
+    try:
+        spec = (
+            YAML(typ="safe").load(spec_path.read_text(encoding="utf-8"))
+            if spec_path.is_file()
+            else None
+        )
+    except (OSError, YAMLError):
+        spec = None
+    roster = root / "examples" / "members.csv"
+    if isinstance(spec, dict) and spec.get("roster"):
+        roster = (spec_path.parent / str(spec["roster"])).resolve()
+    dry = f"cmtyflow dry-run {playbook} --roster {shlex.quote(str(roster))}"
+    if isinstance(spec, dict):
+        if spec.get("events"):
+            dry += (
+                f" --events {shlex.quote(str((spec_path.parent / str(spec['events'])).resolve()))}"
+            )
+        if spec.get("start"):
+            dry += f" --start {str(spec['start'])[:10]} --days {spec.get('days', 7)}"
+    commands.append(dry + "    # the example roster and events")
+    commands.append(
+        f"cmtyflow dry-run {playbook} --roster members.csv    # your own roster (CSV: id,name,locale,timezone,tags,...)"
+    )
+    return commands
+
+
+def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
+    catalogue = {e.name: e for e in entries(root)}
+    entry = catalogue.get(name)
+    if entry is None:
+        near = [n for n in catalogue if name in n or n in name] or sorted(catalogue)
+        raise UserError(
+            f"no playbook '{name}' in the library; try one of: {', '.join(near)} (`cmtyflow new` lists them)"
+        )
+    text = entry.path.read_text(encoding="utf-8")
+    files, notes = _template_files(entry.path, lang)
+    # A template without a `lang` version is copied in the playbook's own language, which
+    # then stays the playbook's locale so that every member still finds a template.
+    copy_text = text if notes else _with_locale(text, lang)
+    writes: dict[Path, bytes] = {dest / f"{name}.yaml": copy_text.encode("utf-8")}
+    for src, rel in files:
+        writes[dest / "templates" / rel] = src.read_bytes()
+    defaults = dest / DEFAULTS_NAME
+    keep_defaults = defaults.exists()
+    if not keep_defaults:
+        writes[defaults] = (root / "playbooks" / DEFAULTS_NAME).read_bytes()
+    existing = [str(p) for p in writes if p.exists() or p.is_symlink()]
+    if existing:
+        raise UserError(
+            "these files exist already, so nothing was written: "
+            + ", ".join(existing)
+            + "\n(choose another --dir, or move them away first)"
+        )
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} exists and is not a folder; nothing was written")
+    for path, data in writes.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    click.echo(f"Copied {name} ({_pick(entry.title, lang)}) from the library:")
+    for path in writes:
+        click.echo(f"  wrote {path}")
+    if keep_defaults:
+        click.echo(
+            f"  kept your {defaults} (folder defaults: channels, roles, policies); the library's was not copied"
+        )
+    for note in notes:
+        click.echo(f"  note: {note}")
+    click.echo("\nNext:")
+    for command in _suggest(root, entry, dest):
+        click.echo(f"  {command}")
+    click.echo(
+        f"\nThen read the comment at the top of {dest / f'{name}.yaml'} (what to change first)."
+    )
+
+
+@click.command("new")
+@click.argument("name", required=False)
+@click.option(
+    "--lang",
+    type=click.Choice(LANGS),
+    default="zh-CN",
+    show_default=True,
+    help="language of the listing and of the copied templates",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="where to copy the playbook (DIR/NAME.yaml, DIR/templates/, DIR/cmtyflow.yaml)",
+)
+def new(name: str | None, lang: str, directory: str) -> int:
+    """List the playbook library, or copy playbook NAME (with its templates and the folder
+    defaults) into a folder of your own."""
+    root = library_root()
+    if name is None:
+        _list(root, lang)
+    else:
+        _copy(root, name, lang, Path(directory))
+    return EXIT_OK
+
+
+cli.add_command(new)
