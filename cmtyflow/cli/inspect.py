@@ -21,6 +21,7 @@ import click
 from ..clock import SystemClock
 from ..errors import UserError
 from ..store.base import OutboxRow
+from ..store.open import shown
 from . import EXIT_OK, cli
 from .state import _width, format_option, state_option, store_at
 
@@ -65,7 +66,7 @@ def status(state: str | None, fmt: str) -> int:
     finally:
         store.close()
     doc = {
-        "state": location,
+        "state": shown(location),
         "members": members,
         "active_runs": dict(sorted(active.items())),
         "next_timers": [{"due": t.due.isoformat(), "run": t.run, "kind": t.kind} for t in timers],
@@ -76,7 +77,7 @@ def status(state: str | None, fmt: str) -> int:
     if fmt == "json":
         _echo_json(doc)
         return EXIT_OK
-    click.echo(f"state: {location} ({members} members)")
+    click.echo(f"state: {shown(location)} ({members} members)")
     if lifecycle:
         last = lifecycle[-1]
         click.echo(f"runner: {last['kind'].replace('runner_', '')} at {last['at']}")
@@ -86,8 +87,8 @@ def status(state: str | None, fmt: str) -> int:
     click.echo("next timers:" if timers else "next timers: none")
     for t in timers:
         click.echo(f"  {t.due.isoformat()}  {t.kind:<7}  {t.run}")
-    shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"
-    click.echo(f"outbox: {shown}")
+    counted = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"
+    click.echo(f"outbox: {counted}")
     waiting = sum(counts.get(s, 0) for s in PROBLEM_STATUSES)
     if waiting:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")

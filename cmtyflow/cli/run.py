@@ -18,6 +18,7 @@ from ..runtime.channels import ChannelSet
 from ..runtime.inputs import RowProblem, read_roster
 from ..runtime.prepare import load_programs
 from ..runtime.runner import Runner, StateLock, build_runner, json_log, text_log
+from ..store.open import is_postgres
 from . import EXIT_OK, cli
 from .state import state_option, store_at
 
@@ -65,7 +66,8 @@ def run(
         intake[2].check()
     channels = ChannelSet(programs, os.environ)
     store, location = store_at(state)
-    lock = StateLock(location) if not location.startswith(("postgres://", "postgresql://")) else None
+    # PostgreSQL: the store itself refuses a second runner (an advisory lock).
+    lock = None if is_postgres(location) else StateLock(location)
     try:
         if lock is not None:
             lock.acquire()

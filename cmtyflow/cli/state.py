@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..runtime.driver import launch_event
 from ..runtime.inputs import RowProblem, parse_event, read_events, read_roster
 from ..store.base import Store
-from ..store.open import open_store, state_location
+from ..store.open import open_store, shown, state_location
 from . import EXIT_ERROR, EXIT_OK, cli
 
 F = Callable[..., Any]
@@ -87,7 +87,7 @@ def members_import(file: str, state: str | None) -> int:
         store.close()
     for problem in problems:
         click.echo(f"{problem}: row skipped", err=True)
-    click.echo(f"imported {n} members into {location}" + (f"; {len(problems)} rows skipped" if problems else ""))
+    click.echo(f"imported {n} members into {shown(location)}" + (f"; {len(problems)} rows skipped" if problems else ""))
     return EXIT_ERROR if problems else EXIT_OK
 
 

@@ -1,12 +1,13 @@
 """Where the state lives and how it is opened (SPEC 5.1): ``--state``, else
 ``CMTYFLOW_STATE``, else ``.cmtyflow/state.db``; a path is an SQLite file, a
-``postgresql://`` URL a PostgreSQL database."""
+``postgresql://`` URL a PostgreSQL database (``?schema=`` picks the schema, default
+``cmtyflow``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..errors import UserError
+from .base import Store
 from .sqlite import SqliteStore
 
 DEFAULT_STATE = ".cmtyflow/state.db"
@@ -20,10 +21,23 @@ def state_location(option: str | None, environ: Mapping[str, str]) -> str:
     return environ.get(ENV_VAR) or DEFAULT_STATE
 
 
-def open_store(location: str) -> SqliteStore:
-    if location.lower().startswith(POSTGRES_SCHEMES):
-        raise UserError(
-            "PostgreSQL state is not available in this build; use an SQLite file "
-            f"(--state PATH, default {DEFAULT_STATE})"
-        )
+def is_postgres(location: str) -> bool:
+    return location.lower().startswith(POSTGRES_SCHEMES)
+
+
+def shown(location: str) -> str:
+    """``location`` as it may be printed: a URL's password as ***."""
+    if is_postgres(location):
+        from .pg_connect import mask_url
+
+        return mask_url(location)
+    return location
+
+
+def open_store(location: str) -> Store:
+    if is_postgres(location):
+        # Imported here: psycopg is the optional `postgres` extra.
+        from .postgres import PostgresStore
+
+        return PostgresStore(location)
     return SqliteStore(location)

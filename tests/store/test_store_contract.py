@@ -1,6 +1,7 @@
-"""The Store contract (store/base.py), once for MemoryStore and once for SqliteStore,
-plus the dry-run equivalence: the shipped golden transcripts come out the same with
-the SQLite store under the dry run."""
+"""The Store contract (store/base.py), for MemoryStore, SqliteStore and PostgresStore
+(twice: its few-rows statements, and with every bulk write going by COPY), plus the
+dry-run equivalence: the shipped golden transcripts come out the same with the SQLite
+and the PostgreSQL store under the dry run."""
 
 from __future__ import annotations
 
@@ -27,9 +28,25 @@ PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 GOLDEN_SPECS = sorted(PLAYBOOKS.glob("*.test.yaml"))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def postgres_store(request: pytest.FixtureRequest, *, copy_always: bool = False) -> Store:
+    """A PostgresStore on a schema of its own; ``copy_always``: every bulk write by COPY."""
+    from cmtyflow.store import postgres
+
+    url = request.getfixturevalue("pg_url")
+    if copy_always:
+        request.getfixturevalue("monkeypatch").setattr(postgres, "COPY_MIN", 1)
+    return postgres.PostgresStore(url)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "postgres-copy"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "state.db")
+    made: Store
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SqliteStore(tmp_path / "state.db")
+    else:
+        made = postgres_store(request, copy_always=request.param == "postgres-copy")
     yield made
     made.close()
 
@@ -433,25 +450,25 @@ def test_audit_interleaves_records_and_notes(store: Store) -> None:
     ]
 
 
-# the dry run on the SQLite store ---------------------------------------------------------------------
+# the dry run on the durable stores ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def sqlite_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SqliteStore]:
-    """Every DryRun made (as ``cmtyflow test`` makes it) runs on this SQLite store."""
-    made = SqliteStore(tmp_path / "s.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_dry_run(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """Every DryRun made (as ``cmtyflow test`` makes it) runs on this durable store."""
+    made = SqliteStore(tmp_path / "s.db") if request.param == "sqlite" else postgres_store(request)
     monkeypatch.setattr(dryrun_module, "DryRun", functools.partial(dryrun_module.DryRun, store=made))
     yield made
     made.close()
 
 
 @pytest.mark.parametrize("spec", GOLDEN_SPECS, ids=lambda p: p.name)
-def test_golden_transcripts_on_sqlite(spec: Path, sqlite_dry_run: SqliteStore) -> None:
+def test_golden_transcripts_on_durable_stores(spec: Path, durable_dry_run: Store) -> None:
     result = golden.run_golden(spec)
     assert not result.missing
     assert result.diff == []
     expected = [json.loads(line) for line in result.expected.read_text(encoding="utf-8").splitlines()]
-    stored = list(sqlite_dry_run.deliveries())
+    stored = list(durable_dry_run.deliveries())
     assert len(stored) == len(expected) > 0
     for want, got in zip(expected, stored, strict=True):
         assert datetime.fromisoformat(want["at"]) == got["at"]
@@ -460,9 +477,12 @@ def test_golden_transcripts_on_sqlite(spec: Path, sqlite_dry_run: SqliteStore) -
         }
 
 
-def test_simulated_challenge_same_on_both_stores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", ["sqlite", "postgres"])
+def test_simulated_challenge_same_on_memory_and_durable_stores(
+    durable: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A roster over three zones with synthetic check-ins and posts: the same
-    deliveries and summary from MemoryStore and SqliteStore."""
+    deliveries and summary from MemoryStore and SqliteStore (PostgresStore)."""
     _, programs = load_programs([PLAYBOOKS / "checkin-challenge.yaml"])
     zones = ["Asia/Shanghai", "America/New_York", "Europe/Berlin", None]
     roster = [
@@ -482,7 +502,10 @@ def test_simulated_challenge_same_on_both_stores(tmp_path: Path) -> None:
         return out, sim.summary()
 
     memory = dry_run(None)
-    with SqliteStore(tmp_path / "s.db") as store:
-        sqlite = dry_run(store)
+    made = SqliteStore(tmp_path / "s.db") if durable == "sqlite" else postgres_store(request)
+    try:
+        stored = dry_run(made)
+    finally:
+        made.close()
     assert len(memory[0]) > 1000
-    assert sqlite == memory
+    assert stored == memory

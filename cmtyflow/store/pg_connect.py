@@ -1,0 +1,125 @@
+"""Opening the PostgreSQL store's connection (``postgres``): the URL, its schema,
+and errors a user can act on.
+
+Rules:
+- The schema: ``schema=`` argument, else the URL's ``?schema=`` (taken out before
+  libpq sees the URL), else the first entry of a ``search_path`` in the URL's
+  ``options``, else ``cmtyflow``; a plain identifier.
+- A bad URL, a server that is down, a refused login, a missing privilege: a
+  ``UserError`` naming the URL with its password as ``***``; the password is never in
+  a message, even where the server's text would quote it.
+- The connection is in autocommit mode, its search_path the schema, its TimeZone
+  UTC; the schema is migrated before the store uses it (``pg_migrations``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from ..errors import UserError
+from .pg_migrations import migrate
+
+try:
+    import psycopg
+except ImportError:  # the `postgres` extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+DEFAULT_SCHEMA = "cmtyflow"
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s,]+)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) as ***."""
+    if "://" not in url:  # a "key=value ..." connection string
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, hosts = netloc.rpartition("@")
+        if ":" in user:
+            user = user.split(":", 1)[0] + ":***"
+        netloc = f"{user}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*/:", quote_via=quote)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _password(url: str) -> str | None:
+    if "://" not in url:
+        found = re.search(r"password\s*=\s*(\S+)", url)
+        return found.group(1).strip("'") if found else None
+    parts = urlsplit(url)
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k == "password":
+            return v
+    return parts.password
+
+
+def split_schema(url: str, schema: str | None = None) -> tuple[str, str]:
+    """(the URL libpq is given, without ``schema=``; the schema to use)."""
+    chosen = schema
+    if "://" in url:
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        kept = [(k, v) for k, v in pairs if k != "schema"]
+        for k, v in pairs:
+            if k == "schema" and chosen is None:
+                chosen = v
+            if k == "options" and chosen is None:
+                found = _SEARCH_PATH.search(v)
+                if found:
+                    chosen = found.group(1).strip('"')
+        if len(kept) < len(pairs):  # rebuilt only then; %20 for spaces (libpq reads no '+' as space)
+            url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept, quote_via=quote), parts.fragment))
+    chosen = chosen or DEFAULT_SCHEMA
+    if not _SCHEMA_NAME.fullmatch(chosen):
+        raise UserError(
+            f"{mask_url(url)}: schema '{chosen}' is not a plain name (letters, digits, _; at most 63)"
+        )
+    return url, chosen
+
+
+def _reason(exc: BaseException, secret: str | None) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "***")
+    return text
+
+
+def connect(url: str, schema: str, shown: str) -> Any:
+    if psycopg is None:
+        raise UserError(
+            f"{shown}: PostgreSQL state needs psycopg; install cmtyflow with the postgres extra: "
+            "pip install 'cmtyflow[postgres]'"
+        )
+    secret = _password(url)
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        extra: dict[str, Any] = {k: v for k, v in (("connect_timeout", "10"), ("application_name", "cmtyflow")) if k not in given}
+        conn = psycopg.connect(url, autocommit=True, **extra)
+    except psycopg.ProgrammingError as exc:
+        raise UserError(f"{shown}: not a valid PostgreSQL URL: {_reason(exc, secret)}") from None
+    except psycopg.Error as exc:
+        raise UserError(f"{shown}: cannot connect to PostgreSQL: {_reason(exc, secret)}") from None
+    try:
+        conn.execute(
+            psycopg.sql.SQL(
+                "SET search_path TO {}; SET TimeZone TO 'UTC'; SET client_min_messages TO warning; "
+                # A runner's host that dies without closing its connection: the server ends the
+                # session (and frees the runner lock) after about a minute, not hours.
+                "SET tcp_keepalives_idle TO 30; SET tcp_keepalives_interval TO 10; SET tcp_keepalives_count TO 3"
+            ).format(psycopg.sql.Identifier(schema))
+        )
+        migrate(conn, schema, shown)
+    except psycopg.Error as exc:
+        conn.close()
+        raise UserError(f"{shown}: cannot open the state schema '{schema}': {_reason(exc, secret)}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
