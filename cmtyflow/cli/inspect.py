@@ -127,12 +127,16 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     store, _ = store_at(state, must_exist=True)
     try:
         rows = []
+        more = 0
         for row in store.outbox(list(statuses or PROBLEM_STATUSES)):
-            rows.append(row)
-            if len(rows) >= limit:
-                break
+            if len(rows) < limit:
+                rows.append(row)
+            else:
+                more += 1
     finally:
         store.close()
+    if more:
+        click.echo(f"showing the first {limit}; {more} more (raise --limit to see them)", err=True)
     if fmt == "json":
         _echo_json([_row_doc(r) for r in rows])
         return EXIT_OK

@@ -8,7 +8,8 @@ Rules:
   group's transaction ends; a crash before that leaves the row inflight, which the
   next start treats as in doubt).
 - A non-urgent message to a member who has opted out is cancelled, not sent, however
-  long it has been queued (SPEC 4, 5.2).
+  long it has been queued (SPEC 4, 5.2). The member's record is read once, when its
+  row is claimed: the same read screens the opt-out and addresses the message.
 - Failures: ``PermanentDeliveryError`` dead-letters at once. A rate limit (the
   platform's 429 or equivalent) waits at least as long as the platform asked and
   costs no attempt. Any other failure counts an attempt; after ``retry.attempts`` the
@@ -48,6 +49,7 @@ CHUNK = 1000  # rows claimed at a time
 COMMIT_EVERY = 256  # outcomes per group commit (also committed when a chunk ends)
 
 Log = Callable[..., None]
+Member = Mapping[str, Any] | None  # a member's record as the store has it
 
 
 def _no_log(event: str, **fields: Any) -> None:
@@ -109,27 +111,31 @@ class Dispatcher:
 
     # start-up ---------------------------------------------------------------------------------
     def recover_in_doubt(self) -> tuple[int, int]:
-        """SPEC 5.2: (resent with the same key, held for the outbox)."""
-        rows = self.store.mark_in_doubt()
+        """SPEC 5.2: (resent with the same key, held for the outbox).
+
+        Rows to resend go from inflight straight back to the queue (one transaction)
+        before the others are marked in doubt: a start that dies in between leaves them
+        queued or still inflight for the next start, never in doubt for good (marking
+        all first and requeuing after left them held if it died between the two)."""
         resend: list[str] = []
-        held = 0
-        for row in rows:
+        for row in self.store.outbox(["inflight"]):
             m = row.message
             opened = self.channels.adapter_for(m.playbook, m.channel)
             policy = self.policies.get(m.playbook)
             idempotent = opened is not None and opened.capabilities.idempotent
             if idempotent or m.urgent or (policy is not None and policy.in_doubt == "resend"):
                 resend.append(m.key)
-            else:
-                held += 1
-                self.log("in_doubt_held", key=m.key, playbook=m.playbook, step=m.step, channel=m.channel, member=m.member)
         if resend:
-            self.store.requeue(resend, self.now())
+            self.store.finish_messages([(key, "queued", {}) for key in resend])
             for key in resend:
                 self.log("in_doubt_resent", key=key)
-        if rows:
-            self.store.record(self.now(), "in_doubt", resent=len(resend), held=held)
-        return len(resend), held
+        held = self.store.mark_in_doubt()
+        for row in held:
+            m = row.message
+            self.log("in_doubt_held", key=m.key, playbook=m.playbook, step=m.step, channel=m.channel, member=m.member)
+        if resend or held:
+            self.store.record(self.now(), "in_doubt", resent=len(resend), held=len(held))
+        return len(resend), len(held)
 
     # dispatch ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -143,7 +149,7 @@ class Dispatcher:
         """Send every message due at or before ``until``; returns when none is left
         (or on stop). Retries that fall due meanwhile wait for the next call."""
         stats = DispatchStats()
-        queue: asyncio.Queue[OutboxRow | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[OutboxRow, Member] | None] = asyncio.Queue()
         low = self.concurrency * 2
         hungry = self._wake = asyncio.Event()
         hungry.set()
@@ -151,15 +157,15 @@ class Dispatcher:
 
         async def worker() -> None:
             while True:
-                row = await queue.get()
-                if row is None:
+                item = await queue.get()
+                if item is None:
                     return
                 if self.stopping:
-                    left.append(row.message.key)
+                    left.append(item[0].message.key)
                     continue
                 if queue.qsize() < low:
                     hungry.set()
-                await self._send(row, stats)
+                await self._send(item[0], item[1], stats)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         try:
@@ -170,8 +176,8 @@ class Dispatcher:
                 if self.stopping or queue.qsize() >= low:
                     continue
                 rows = self.store.claim_due_messages(until, CHUNK)
-                for row in self._screen(rows, stats):
-                    queue.put_nowait(row)
+                for item in self._screen(rows, stats):
+                    queue.put_nowait(item)
                 if len(rows) < CHUNK:
                     break
             for _ in workers:
@@ -205,30 +211,30 @@ class Dispatcher:
             self._flush()
         return stats
 
-    def _screen(self, rows: list[OutboxRow], stats: DispatchStats) -> list[OutboxRow]:
-        """Rows that may go; the others are finished here (opted out, no channel)."""
-        out = []
+    def _screen(self, rows: list[OutboxRow], stats: DispatchStats) -> list[tuple[OutboxRow, Member]]:
+        """Rows that may go, each with its member's record; the others are finished
+        here (opted out, no channel)."""
+        out: list[tuple[OutboxRow, Member]] = []
+        get_member = self.store.get_member
         for row in rows:
             m = row.message
-            if m.member is not None and not m.urgent:
-                member = self.store.get_member(m.member)
-                if member is not None and member.get("opted_out"):
-                    self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
-                    stats.cancelled += 1
-                    self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
-                    continue
+            member = get_member(m.member) if m.member is not None else None
+            if member is not None and not m.urgent and member.get("opted_out"):
+                self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
+                stats.cancelled += 1
+                self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
+                continue
             if self.channels.adapter_for(m.playbook, m.channel) is None:
                 self._results.append((m.key, "dead", {"last_error": f"channel '{m.channel}' is not configured", "attempts": row.attempts}))
                 stats.dead += 1
                 continue
-            out.append(row)
+            out.append((row, member))
         return out
 
-    async def _send(self, row: OutboxRow, stats: DispatchStats) -> None:
+    async def _send(self, row: OutboxRow, member: Member, stats: DispatchStats) -> None:
         m = row.message
         opened = self.channels.adapter_for(m.playbook, m.channel)
         assert opened is not None
-        member = self.store.get_member(m.member) if m.member is not None else None
         outbound = OutboundMessage(
             key=m.key,
             channel=m.channel,

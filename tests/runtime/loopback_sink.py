@@ -104,6 +104,11 @@ class ThreadedSink:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
+    def snapshot(self) -> tuple[list[Request], dict[str, dict[str, Any]], int]:
+        """A consistent copy of what the sink has seen: (requests, delivered, duplicates)."""
+        s = self.sink
+        return self.call(lambda: (list(s.requests), dict(s.delivered), s.duplicates))  # type: ignore[no-any-return]
+
 
 async def _call(fn: Any) -> Any:
     return fn()
