@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness
+from runner_harness import Harness
 
 from cmtyflow.adapters.file import FileAdapter, FileSettings
 from cmtyflow.engine.model import Event

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import UTC, event, write_playbook
+from runner_harness import UTC, event, write_playbook
 
 from cmtyflow.adapters.base import Capabilities, Receipt
 from cmtyflow.cli import main

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from conftest import UTC, event, write_playbook
+from runner_harness import UTC, event, write_playbook
 
 from cmtyflow.cli import main
 

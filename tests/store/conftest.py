@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pg_server
 import pytest
+from pg_server import with_schema
 
 
 def _unavailable(reason: str) -> None:
@@ -30,10 +31,6 @@ def postgres_url() -> Iterator[str]:
             yield url
     except pg_server.Unavailable as exc:
         _unavailable(str(exc))
-
-
-def with_schema(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
 
 
 @pytest.fixture

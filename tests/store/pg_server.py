@@ -95,3 +95,8 @@ def postgres_server() -> Iterator[str]:
         return
     with throwaway_cluster() as made:
         yield made
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with ``?schema=`` (or ``&schema=``) added."""
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"

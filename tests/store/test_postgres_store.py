@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import with_schema
+from pg_server import with_schema
 from store_records import at, event, message, run, timer, wait
 
 from cmtyflow.engine.model import Decision
