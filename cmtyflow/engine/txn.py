@@ -11,12 +11,16 @@ from .ports import StateReader
 
 
 class Txn:
-    __slots__ = ("store", "decision", "_members_read")
+    __slots__ = ("store", "decision", "_members_read", "_runs_by_key", "_runs_indexed")
 
     def __init__(self, store: StateReader, decision: Decision) -> None:
         self.store = store
         self.decision = decision
         self._members_read: dict[str, dict[str, Any] | None] = {}
+        # The decision's runs by (playbook, flow, member), for ``active_runs``: a firing
+        # for a whole audience asks once per member while adding a run per member.
+        self._runs_by_key: dict[tuple[str, str, str | None], list[str]] = {}
+        self._runs_indexed = 0
 
     # members ---------------------------------------------------------------------------
     def member(self, member_id: str) -> dict[str, Any] | None:
@@ -64,20 +68,35 @@ class Txn:
 
     def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
         ids = self.store.active_runs(playbook, flow, member)
-        if not ids and not self.decision.runs:
+        runs = self.decision.runs
+        if not ids and not runs:
             return []
         out = []
         for rid in ids:
-            changed = self.decision.runs.get(rid)
+            changed = runs.get(rid)
             if changed is None or changed.status == "active":
                 out.append(rid)
-        for rid, run in self.decision.runs.items():
-            if (
-                run.status == "active" and run.playbook == playbook and run.flow == flow
-                and run.member == member and rid not in out and run.waiting is not None
-            ):
+        self._index_runs()
+        for rid in self._runs_by_key.get((playbook, flow, member), ()):
+            run = runs[rid]
+            if run.status == "active" and run.waiting is not None and rid not in out:
                 out.append(rid)
         return out
+
+    def _index_runs(self) -> None:
+        """Index the runs added to the decision since the last call. Runs are only ever
+        added to ``decision.runs`` (never removed), and a run's key never changes, so
+        the newest entries, read from the end, are the ones not indexed yet."""
+        runs = self.decision.runs
+        new = len(runs) - self._runs_indexed
+        if new <= 0:
+            return
+        newest = reversed(runs)
+        fresh = [next(newest) for _ in range(new)]
+        for rid in reversed(fresh):  # in the order they were added
+            run = runs[rid]
+            self._runs_by_key.setdefault((run.playbook, run.flow, run.member), []).append(rid)
+        self._runs_indexed = len(runs)
 
     # daily cap ---------------------------------------------------------------------------
     def day_count(self, member: str, day: str) -> int:
