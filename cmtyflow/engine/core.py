@@ -62,10 +62,12 @@ class Engine:
         return self._versions.get((run.playbook, run.version), prog)
 
     # entry point ------------------------------------------------------------------------------
-    def handle(self, store: StateReader, now: datetime, item: Any) -> Decision:
+    def handle(self, store: StateReader, now: datetime, item: Any, *, earliest: datetime | None = None) -> Decision:
+        """``now`` is the input's time; ``earliest``, when later, is when it is being
+        handled: its messages are planned from then (quiet hours, daily cap)."""
         decision = Decision()
         txn = Txn(store, decision)
-        interp = Interpreter(self, txn, now)
+        interp = Interpreter(self, txn, now, earliest)
         if isinstance(item, Event):
             self._event(interp, item)
         elif isinstance(item, TimerDue):

@@ -68,10 +68,13 @@ def pick_variant(weights: list[tuple[str, float]], seed: str) -> str:
 class Interpreter:
     """Runs instructions of one program against a ``Txn``; one per input."""
 
-    def __init__(self, engine: Any, txn: Txn, now: datetime) -> None:
+    def __init__(self, engine: Any, txn: Txn, now: datetime, earliest: datetime | None = None) -> None:
         self.engine = engine
         self.txn = txn
-        self.now = now
+        self.now = now  # the input's time: what `now` and `today` read, what waits count from
+        # Messages cannot go before this (the time the input is handled; later than
+        # ``now`` for an event taken late, after the runner was down).
+        self.earliest = earliest if earliest is not None and earliest > now else now
 
     # context ------------------------------------------------------------------------------
     def context(self, prog: Program, run: Run) -> dict[str, Any]:
@@ -173,7 +176,7 @@ class Interpreter:
         tz = zone(run.timezone, prog.tz)
         txn = self.txn
         d = txn.decision
-        now = self.now
+        now = self.earliest
         urgent = spec.urgent
         label = ins.label
         formats = prog.channel_formats[channel]

@@ -177,7 +177,10 @@ class Driver:
 
     def _handle_event(self, event: Event, now: datetime) -> Decision:
         if event.type != LAUNCH_EVENT:
-            return self.engine.handle(self.store, now, event)
+            # An event happened at its own time: a check-in taken late still counts for
+            # the day it was made, a wait after it counts from it; what it sends is
+            # planned from now.
+            return self.engine.handle(self.store, min(event.at, now), event, earliest=now)
         data = event.data
         prog = self.programs.get(str(data.get("playbook")))
         trigger_id = str(data.get("trigger"))
@@ -239,7 +242,7 @@ class Driver:
             event = self.store.take_event(pending.pop(0).id)
             if event is None:  # not queued: its id was seen before
                 continue
-            decision = self.engine.handle(self.store, now, event)
+            decision = self._handle_event(event, now)
             self.store.apply(decision, consumed_event=event.id)
             self._observe(decision)
             pending.extend(decision.emitted)

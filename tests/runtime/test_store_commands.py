@@ -1,0 +1,116 @@
+"""The store commands end to end through `cmtyflow ...`: members import|list, emit,
+events import, launch, run --once --now, status, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from runner_harness import write_playbook
+
+from cmtyflow.cli import main
+
+PLAYBOOK = """
+cmtyflow: 1
+name: club
+timezone: Asia/Shanghai
+channels:
+  out: {adapter: file, path: "%s"}
+roles: {moderators: [m1]}
+triggers:
+  - {id: ck, event: checkin.posted, flow: ck}
+  - {id: alarm, event: report.filed, flow: page}
+  - id: poke
+    manual: {inputs: {times: {type: integer, default: 1}}}
+    flow: poke
+flows:
+  ck:
+    - checkin: {}
+    - {id: ok, if: "not checkin.duplicate", send: {channel: out, text: "第{{ state.checkins }}次打卡"}}
+  page:
+    - {id: page, send: {channel: out, to: roles.moderators, text: "有举报", urgent: true}}
+    - {id: ack, wait: {event: report.acknowledged, where: "true", timeout: 1h}}
+  poke:
+    - repeat:
+        times: 2
+        steps:
+          - {id: hello, send: {channel: out, to: channel, text: "poke {{ run.inputs.times }}"}}
+"""
+
+ROSTER = "id,name,timezone\nu1,阿明,Asia/Shanghai\nu2,Bea,Europe/Berlin\nm1,版主,Asia/Shanghai\n"
+
+
+@pytest.fixture
+def club(tmp_path: Path) -> tuple[Path, str]:
+    path = write_playbook(tmp_path / "pb", PLAYBOOK % (tmp_path / "out.jsonl"))
+    (tmp_path / "members.csv").write_text(ROSTER, encoding="utf-8")
+    return path, str(tmp_path / "state.db")
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
+    path, state = club
+    code, out, _ = cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)
+    assert code == 0 and "imported 3 members" in out
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
+    assert [m["id"] for m in json.loads(out)] == ["u1", "u2", "m1"]
+    code, out, _ = cli(capsys, "members", "list", "--state", state)
+    # CJK names take two terminal columns a character: the columns stay aligned.
+    assert out.splitlines()[1:3] == ["u1  阿明  Asia/Shanghai", "u2  Bea   Europe/Berlin"]
+
+    events = tmp_path / "events.jsonl"
+    lines = [
+        {"id": "c1", "type": "checkin.posted", "at": "2026-12-01T08:00:00+08:00", "member": "u1"},
+        {"id": "c2", "type": "checkin.posted", "at": "2026-12-02T08:00:00+08:00", "member": "u1"},
+        {"id": "c3", "type": "checkin.posted", "at": "2026-12-02T09:00:00+08:00", "member": "u1"},
+        {"id": "c4", "type": "checkin.posted", "at": "2026-12-02T09:00:00+01:00", "member": "u2"},
+        {"id": "r1", "type": "report.filed", "at": "2026-12-02T10:00:00+08:00"},
+        {"id": "a1", "type": "report.acknowledged", "at": "2026-12-02T10:12:00+08:00", "member": "m1"},
+    ]
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines) + "not json\n", encoding="utf-8")
+    code, out, err = cli(capsys, "events", "import", str(events), "--state", state)
+    assert code == 1 and "queued 6 events, 0 seen before, 1 lines skipped" in out and ":7:" in err
+    code, out, _ = cli(capsys, "events", "import", str(events), "--state", state)
+    assert "queued 0 events, 6 seen before" in out
+    code, out, _ = cli(capsys, "emit", "checkin.posted", "--member", "u2", "--at", "2026-12-03T09:00:00+01:00", "--id", "c5", "--state", state)
+    assert (code, out.strip()) == (0, "queued event c5")
+
+    code, _, err = cli(capsys, "launch", str(path), "poke", "--input", "times=x", "--state", state)
+    assert code == 1 and "'x' is not a integer" in err
+    code, _, err = cli(capsys, "launch", str(path), "ck", "--state", state)
+    assert code == 1 and "only manual triggers can be launched" in err
+    code, out, _ = cli(capsys, "launch", str(path), "poke", "--input", "times=3", "--id", "L1", "--state", state)
+    assert code == 0 and "launch L1 queued" in out
+
+    code, _, err = cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")
+    assert code == 0, err
+    sent = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    # Events taken days late count for the days they were made: two check-ins each.
+    texts = sorted(m["text"] for m in sent)
+    assert texts == sorted(["第1次打卡", "第2次打卡", "第1次打卡", "第2次打卡", "有举报", "poke 3", "poke 3"])
+
+    code, out, _ = cli(capsys, "status", "--state", state, "--format", "json")
+    doc = json.loads(out)
+    assert doc["members"] == 3 and doc["active_runs"] == {} and doc["outbox"]["sent"] == 7
+    code, out, _ = cli(capsys, "report", str(path), "--state", state, "--format", "json")
+    report = json.loads(out)
+    assert report["deliveries"]["per_step"] == {"ok": 4, "page": 1, "hello": 2}
+    assert report["checkins"]["participants"] == 2 and report["checkins"]["total"] == 4
+    assert report["checkins"]["best_streaks"]["1-2"] == 2  # u1: Dec 1 + Dec 2; u2: Dec 2 + Dec 3
+    assert report["acknowledgement"] == {
+        "page/ack": {"answered": 1, "timed_out": 0, "median_seconds": 720.0, "max_seconds": 720.0}
+    }
+    code, out, _ = cli(capsys, "report", "club", "--state", state)
+    assert "check-ins: 4 by 2 members" in out and "page/ack: 1 answered, 0 timed out, median 12m00s" in out
+
+
+def test_reading_commands_refuse_a_missing_state(tmp_path, capsys):
+    code, _, err = cli(capsys, "status", "--state", str(tmp_path / "none.db"))
+    assert code == 1 and "no state at" in err
+    assert not (tmp_path / "none.db").exists()
