@@ -2,6 +2,8 @@
 
 Rules: as ``store.base`` and as ``store.sqlite`` (the same semantics; the contract
 suite runs on both), and:
+- The reads (and the few writes) both share are ``store.sqlbase``'s, written in
+  SQLite's ``?`` style and converted once each (``sqlbase.pyformat``).
 - One psycopg 3 connection per store, used by one thread at a time. It is in
   autocommit mode, as the SQLite connection is: a read is one statement; every write
   method is one explicit transaction (``apply``, ``finish_messages``, ``add_events``,
@@ -26,29 +28,28 @@ suite runs on both), and:
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from ..engine.model import Decision, Event, EventWait, Run, Timer
+from ..engine.model import Decision, Event, Timer
 from ..errors import UserError
 from . import pg_rows, rows
-from .base import OUTBOX_STATES, OutboxRow, ScheduleUpdate
+from .base import OutboxRow, ScheduleUpdate
 from .codec import dt_parse, dt_text, dumps, loads
 from .pg_connect import connect, mask_url, split_schema
 from .pg_migrations import lock_key
+from .sqlbase import SqlStore, count, finish_params, finish_sql, pyformat
 
-PAGE = 1000
-MEMBER_BATCH = 5000  # members merged per round trip
 COPY_MIN = 64  # rows from which a bulk write goes by COPY
 SORT_IN_MEMORY = 10_000  # staged rows from which a write raises its work_mem
-FINISH_FIELDS = frozenset({"attempts", "next_attempt", "last_error", "sent_at", "platform_id"})
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
+    MEMBER_BATCH = 5000  # members merged per round trip
+
     def __init__(self, url: str, *, schema: str | None = None, exclusive: bool = True) -> None:
         libpq_url, self.schema = split_schema(url, schema)
         self.url = mask_url(url)  # for messages: never the password
@@ -67,12 +68,6 @@ class PostgresStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()  # a transaction left open is rolled back by the server
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r}, schema={self.schema!r})"
@@ -118,114 +113,34 @@ class PostgresStore:
         cur.execute(bulk.merge)
         return int(cur.rowcount)
 
-    def _paged(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows of ``sql`` (its first column ``seq``, ending ``seq > %s ORDER BY seq LIMIT %s``)."""
-        last = -(2**63)
-        while True:
-            page = self.conn.execute(sql, (*params, last, PAGE)).fetchall()
-            yield from page
-            if len(page) < PAGE:
-                return
-            last = page[-1][0]
-
+    # the primitives of ``SqlStore``: they take its ``?`` statements (``pg_rows``' own, in psycopg's
+    # ``%s`` style already, go to ``self.conn`` as they are) ---------------------------------------
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+        return self.conn.execute(pyformat(sql), params).fetchall()  # type: ignore[no-any-return]
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        return self.conn.execute(sql, params).fetchone()  # type: ignore[no-any-return]
+        return self.conn.execute(pyformat(sql), params).fetchone()  # type: ignore[no-any-return]
 
-    # StateReader ------------------------------------------------------------------------------
-    def get_member(self, member_id: str) -> dict[str, Any] | None:
-        row = self._one("SELECT record FROM members WHERE id = %s", (member_id,))
-        return loads(row[0]) if row is not None else None
+    @staticmethod
+    def _in(column: str, values: Iterable[Any]) -> tuple[str, tuple[Any, ...]]:
+        return f"{column} = ANY(?)", (list(values),)
 
-    def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
-        if timezone is None:
-            found = self._paged("SELECT seq, record FROM members WHERE seq > %s ORDER BY seq LIMIT %s")
-        else:
-            sql = "SELECT seq, record FROM members WHERE timezone = %s AND seq > %s ORDER BY seq LIMIT %s"
-            found = self._paged(sql, (timezone,))
-            if default_timezone == timezone:  # members without a timezone are in the default one
-                found = heapq.merge(found, self._paged(sql, ("",)))
-        for row in found:
-            yield loads(row[1])
+    @staticmethod
+    def _at_cols(value: datetime) -> tuple[datetime, str]:
+        return value, dt_text(value)
 
-    def get_state(self, playbook: str, member: str | None) -> dict[str, Any]:
-        row = self._one("SELECT state FROM states WHERE playbook = %s AND member = %s", (playbook, rows.who(member)))
-        return loads(row[0]) if row is not None else {}
-
-    def get_run(self, run_id: str) -> Run | None:
-        row = self._one(f"SELECT {rows.RUN_COLS} FROM runs WHERE id = %s", (run_id,))
-        return rows.run(row) if row is not None else None
-
-    def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
-        found = self._all(
-            "SELECT id FROM runs WHERE playbook = %s AND flow = %s AND member = %s AND status = 'active' ORDER BY seq",
-            (playbook, flow, rows.who(member)),
-        )
-        return [r[0] for r in found]
-
-    def event_waits(self, event_type: str, member: str | None) -> Iterable[EventWait]:
-        sql = f"SELECT {rows.WAIT_COLS} FROM waits WHERE event_type = %s AND member = %s ORDER BY seq"
-        found = self._all(sql, (event_type, ""))
-        if member is not None:
-            found += self._all(sql, (event_type, rows.who(member)))
-        return [rows.wait(r) for r in found]
-
-    def day_count(self, member: str, day: str) -> int:
-        row = self._one("SELECT n FROM day_counts WHERE day = %s AND member = %s", (day, member))
-        return int(row[0]) if row is not None else 0
-
-    def exposures(self, playbook: str, member: str) -> Iterable[tuple[str, str, str | None, datetime]]:
-        found = self._all(
-            "SELECT goal, step, variant, at FROM exposures WHERE playbook = %s AND member = %s AND NOT converted ORDER BY seq",
-            (playbook, member),
-        )
-        return [(goal, step, variant or None, dt_parse(at)) for goal, step, variant, at in found]
-
-    def queued_starts(self, playbook: str, flow: str, member: str | None) -> list[dict[str, Any]]:
-        found = self._all(
-            "SELECT record FROM queued_starts WHERE playbook = %s AND flow = %s AND member = %s ORDER BY seq",
-            (playbook, flow, rows.who(member)),
-        )
-        return [loads(r[0]) for r in found]
-
-    # roster -------------------------------------------------------------------------------------
-    def put_members(self, members: Iterable[dict[str, Any]]) -> int:
-        with self._write() as cur:
-            return self._put_members(cur, members)
-
-    def _put_members(self, cur: Any, members: Iterable[dict[str, Any]]) -> int:
-        n = 0
-        batch: dict[str, dict[str, Any]] = {}
-        zones: set[str] = set()
-        for member in members:
-            n += 1
-            mid = member["id"]
-            current = batch.get(mid)
-            batch[mid] = {**current, **member} if current is not None else member
-            if member.get("timezone"):
-                zones.add(member["timezone"])
-            if len(batch) >= MEMBER_BATCH:
-                self._merge_members(cur, batch)
-                batch = {}
-        if batch:
-            self._merge_members(cur, batch)
-        if zones:
-            self._bulk(cur, pg_rows.ZONES, [(z,) for z in sorted(zones)])
-        return n
-
+    # the writes of ``SqlStore`` -----------------------------------------------------------------
     def _merge_members(self, cur: Any, batch: dict[str, dict[str, Any]]) -> None:
         cur.execute("SELECT id, record FROM members WHERE id = ANY(%s)", (list(batch),))
         for mid, record in cur.fetchall():
             batch[mid] = {**loads(record), **batch[mid]}
         self._bulk(cur, pg_rows.MEMBERS, [(mid, m.get("timezone") or "", dumps(m)) for mid, m in batch.items()])
 
-    def member_timezones(self) -> set[str]:
-        return {r[0] for r in self._all("SELECT timezone FROM zones")}
+    def _put_zones(self, cur: Any, zones: set[str]) -> None:
+        self._bulk(cur, pg_rows.ZONES, [(z,) for z in sorted(zones)])
 
-    def member_count(self) -> int:
-        return int(self._all("SELECT count(*) FROM members")[0][0])
+    def _add_counter(self, cur: Any, name: str, n: int) -> None:
+        self._bulk(cur, pg_rows.COUNTERS, [(name, n)])
 
     # the engine's writes -----------------------------------------------------------------------
     def apply(
@@ -261,7 +176,7 @@ class PostgresStore:
                 self._bulk(cur, pg_rows.DAY_COUNTS, [(day, m, n) for (m, day), n in d.day_counts.items()])
             if d.messages:
                 added = self._bulk(cur, pg_rows.MESSAGES, [pg_rows.message_params(m) for m in d.messages])
-                _count(counts, "duplicate_messages", len(d.messages) - added)
+                count(counts, "duplicate_messages", len(d.messages) - added)
             if d.queued_starts:
                 self._bulk(cur, pg_rows.QUEUED_STARTS, [rows.queued_start_params(r) for r in d.queued_starts])
             if d.dequeued:
@@ -276,14 +191,14 @@ class PostgresStore:
                 self._bulk(cur, pg_rows.CONVERSIONS, params)
                 cur.executemany(pg_rows.CONVERT_EXPOSURE, params)
             if d.emitted:
-                _count(counts, "duplicate_events", len(d.emitted) - self._add_events(cur, d.emitted))
+                count(counts, "duplicate_events", len(d.emitted) - self._add_events(cur, d.emitted))
             if d.notes:
                 self._bulk(cur, pg_rows.AUDIT, [pg_rows.note_params(n) for n in d.notes])
             if schedules:
                 self._set_schedules(cur, schedules)
             if consumed_event is not None:
                 cur.execute("UPDATE events SET status = 'done' WHERE id = %s", (consumed_event,))
-                _count(counts, "events_processed", 1)
+                count(counts, "events_processed", 1)
             if counts:
                 self._bulk(cur, pg_rows.COUNTERS, [(k, v) for k, v in counts.items() if v])
 
@@ -291,47 +206,8 @@ class PostgresStore:
     def _add_events(self, cur: Any, events: Iterable[Event]) -> int:
         return self._bulk(cur, pg_rows.EVENTS, [pg_rows.event_params(e) for e in events])
 
-    def add_event(self, event: Event) -> bool:
-        return self.add_events([event])[0] == 1
-
-    def add_events(self, events: Iterable[Event]) -> tuple[int, int]:
-        events = list(events)
-        with self._write() as cur:
-            accepted = self._add_events(cur, events) if events else 0
-            duplicates = len(events) - accepted
-            if duplicates:
-                self._bulk(cur, pg_rows.COUNTERS, [("duplicate_events", duplicates)])
-        return accepted, duplicates
-
-    def next_event_at(self) -> datetime | None:
-        row = self._one("SELECT at FROM events WHERE status = 'queued' ORDER BY at_ts, seq LIMIT 1")
-        return dt_parse(row[0]) if row is not None else None
-
-    def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
-        found = self._all(
-            f"SELECT {rows.EVENT_COLS} FROM events WHERE status = 'queued' AND at_ts <= %s ORDER BY at_ts, seq LIMIT %s",
-            (until, limit),
-        )
-        return [rows.event(r) for r in found]
-
-    def take_event(self, event_id: str) -> Event | None:
-        row = self._one(f"SELECT {rows.EVENT_COLS} FROM events WHERE id = %s AND status = 'queued'", (event_id,))
-        return rows.event(row) if row is not None else None
-
-    def next_timer_due(self) -> datetime | None:
-        row = self._one("SELECT due FROM timers ORDER BY due_ts, id LIMIT 1")
-        return dt_parse(row[0]) if row is not None else None
-
     def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
-        return [rows.timer(r) for r in self._all(pg_rows.DUE_TIMERS, (until, limit))]
-
-    def upcoming_timers(self, limit: int = 20) -> list[Timer]:
-        found = self._all(f"SELECT {rows.TIMER_COLS} FROM timers ORDER BY due_ts, id LIMIT %s", (limit,))
-        return [rows.timer(r) for r in found]
-
-    def schedule_positions(self) -> dict[tuple[str, str, str], datetime | None]:
-        found = self._all("SELECT playbook, trigger, zone, next_due FROM schedules ORDER BY seq")
-        return {(pb, t, z): dt_parse(due) if due is not None else None for pb, t, z, due in found}
+        return [rows.timer(r) for r in self.conn.execute(pg_rows.DUE_TIMERS, (until, limit)).fetchall()]
 
     def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None:
         with self._write(runner=True) as cur:
@@ -343,7 +219,7 @@ class PostgresStore:
 
     # outbox ----------------------------------------------------------------------------------------
     def next_message_due(self) -> datetime | None:
-        row = self._one(pg_rows.NEXT_DUE)
+        row = self.conn.execute(pg_rows.NEXT_DUE).fetchone()
         return dt_parse(row[0]) if row is not None else None
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
@@ -353,7 +229,7 @@ class PostgresStore:
         return [rows.outbox_row(r[2:]) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
-        plan = [_finish_params(key, status, fields) for key, status, fields in results]
+        plan = [finish_params(key, status, fields, self._at_cols) for key, status, fields in results]
         if not plan:
             return
         with self._write(runner=True) as cur:
@@ -362,7 +238,7 @@ class PostgresStore:
                 params = [p[1] for p in group]
                 keys = [p[-1] for p in params]
                 if len(params) == 1 or len(set(keys)) < len(keys):  # one by one: the last result wins
-                    cur.executemany(_finish_sql(*shape), params)
+                    cur.executemany(pyformat(finish_sql(*shape)), params)
                 else:  # one statement for the group: the columns as arrays
                     cur.execute(_finish_many_sql(*shape), [list(col) for col in zip(*params, strict=True)])
                 if cur.rowcount != len(params):
@@ -374,27 +250,10 @@ class PostgresStore:
             if sent:
                 # Each delivery from its outbox row just updated, in the order of the results.
                 cur.execute(pg_rows.PUT_DELIVERIES, [list(col) for col in zip(*sent, strict=True)])
-                self._bulk(cur, pg_rows.COUNTERS, [("messages_sent", len(sent))])
-
-    def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:
-        if statuses is None:
-            found = self._paged(f"SELECT seq, {rows.OUTBOX_COLS} FROM outbox WHERE seq > %s ORDER BY seq LIMIT %s")
-        else:
-            found = self._paged(
-                f"SELECT seq, {rows.OUTBOX_COLS} FROM outbox WHERE status = ANY(%s) AND seq > %s ORDER BY seq LIMIT %s",
-                (list(statuses),),
-            )
-        for row in found:
-            yield rows.outbox_row(row[1:])
-
-    def outbox_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(OUTBOX_STATES, 0)
-        for status, n in self._all("SELECT status, count(*) FROM outbox GROUP BY status"):
-            counts[status] = n
-        return counts
+                self._add_counter(cur, "messages_sent", len(sent))
 
     def _hold_runner_lock(self) -> None:
-        row = self._one("SELECT pg_try_advisory_lock(%s)", (lock_key(self.schema, "runner"),))
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.schema, "runner"),)).fetchone()
         if row is None or not row[0]:
             raise UserError(
                 f"another runner is using {self.url} (schema '{self.schema}'); stop it first (a runner that "
@@ -419,81 +278,10 @@ class PostgresStore:
             cur.execute(pg_rows.REQUEUE, (at, text, text, reset_attempts, wanted))
             return int(cur.rowcount)
 
-    def find_messages(self, prefix: str) -> list[OutboxRow]:
-        if not prefix:
-            return list(self.outbox())
-        params: tuple[Any, ...]
-        if ord(prefix[-1]) < 0xD7FF:  # a key range on the unique index (byte order: COLLATE "C")
-            sql = f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE key >= %s AND key < %s ORDER BY seq"
-            params = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
-        else:
-            sql = f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE left(key, %s) = %s ORDER BY seq"
-            params = (len(prefix), prefix)
-        return [rows.outbox_row(r) for r in self._all(sql, params)]
-
-    def deliveries(self, playbook: str | None = None) -> Iterator[dict[str, Any]]:
-        if playbook is None:
-            found = self._paged(f"{rows.DELIVERIES} WHERE d.seq > %s ORDER BY d.seq LIMIT %s")
-        else:
-            found = self._paged(f"{rows.DELIVERIES} WHERE d.playbook = %s AND d.seq > %s ORDER BY d.seq LIMIT %s", (playbook,))
-        for row in found:
-            yield rows.delivery(row[1:])
-
     # reporting -------------------------------------------------------------------------------------
-    def counters(self) -> dict[str, int]:
-        return {name: int(value) for name, value in self._all("SELECT name, value FROM counters ORDER BY name")}
-
-    def notes(self) -> list[dict[str, Any]]:
-        return [loads(r[0]) for r in self._all("SELECT detail FROM audit WHERE note ORDER BY seq")]
-
     def record(self, at: datetime, kind: str, **detail: Any) -> None:
         with self._write() as cur:
             self._bulk(cur, pg_rows.AUDIT, [(at, dt_text(at), kind, False, dumps(detail))])
-
-    def audit(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        where, params = "", []
-        if kinds is not None:
-            where = "WHERE kind = ANY(%s)"
-            params.append(list(kinds))
-        if limit is None:
-            found = self._all(f"SELECT at, kind, note, detail FROM audit {where} ORDER BY seq", params)
-        else:
-            found = self._all(f"SELECT at, kind, note, detail FROM audit {where} ORDER BY seq DESC LIMIT %s", [*params, limit])
-            found.reverse()
-        return [rows.audit_entry(r) for r in found]
-
-    def goal_stats(self) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
-        converted = {
-            (pb, goal, step, variant): n
-            for pb, goal, step, variant, n in self._all(
-                "SELECT playbook, goal, step, variant, count(*) FROM conversions GROUP BY playbook, goal, step, variant"
-            )
-        }
-        return {
-            (pb, goal, step, variant or None): (n, converted.get((pb, goal, step, variant), 0))
-            for pb, goal, step, variant, n in self._all(
-                "SELECT playbook, goal, step, variant, count(*) FROM exposures GROUP BY playbook, goal, step, variant "
-                "ORDER BY min(seq)"
-            )
-        }
-
-    def runs(self, *, status: str | None = "active", playbook: str | None = None) -> Iterator[Run]:
-        where, params = [], []
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if playbook is not None:
-            where.append("playbook = %s")
-            params.append(playbook)
-        where.append("seq > %s")
-        sql = f"SELECT seq, {rows.RUN_COLS} FROM runs WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
-        for row in self._paged(sql, tuple(params)):
-            yield rows.run(row[1:])
-
-    def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
-        found = self._all("SELECT member, state FROM states WHERE playbook = %s ORDER BY seq", (playbook,))
-        for member, state in found:
-            yield (member or None), loads(state)
 
 
 _FINISH_TYPES = {"attempts": "integer", "next_attempt": "text", "last_error": "text", "sent_at": "text",
@@ -501,45 +289,10 @@ _FINISH_TYPES = {"attempts": "integer", "next_attempt": "text", "last_error": "t
 
 
 @functools.lru_cache(maxsize=64)
-def _finish_sql(fields: tuple[str, ...], moves_due: bool) -> str:
-    sets = ["status = %s", *(f"{name} = %s" for name in fields)]
-    if moves_due:  # a retry (or a row put back) is due again at next_attempt
-        sets.append("due_ts = %s, due = %s")
-    return f"UPDATE outbox SET {', '.join(sets)} WHERE key = %s"
-
-
-@functools.lru_cache(maxsize=64)
 def _finish_many_sql(fields: tuple[str, ...], moves_due: bool) -> str:
-    """``_finish_sql`` for many rows: its parameters, column by column, as arrays."""
+    """``sqlbase.finish_sql`` for many rows: its parameters, column by column, as arrays."""
     columns = ["status", *fields, *(("due_ts", "due") if moves_due else ())]
     types = ["text", *(_FINISH_TYPES[f] for f in fields), *(("timestamptz", "text") if moves_due else ())]
     arrays = ", ".join(f"%b::{t}[]" for t in [*types, "text"])  # binary: no quoting to scan for
     sets = ", ".join(f"{c} = v.{c}" for c in columns)
     return f"UPDATE outbox AS o SET {sets} FROM unnest({arrays}) AS v({', '.join([*columns, 'key'])}) WHERE o.key = v.key"
-
-
-def _finish_params(
-    key: str, status: str, fields: dict[str, Any]
-) -> tuple[tuple[tuple[str, ...], bool], tuple[Any, ...], tuple[Any, ...] | None]:
-    """(the statement's shape, its parameters, the delivery's parameters when sent)."""
-    if status not in OUTBOX_STATES:
-        raise ValueError(f"not an outbox status: {status!r}")
-    params: list[Any] = [status]
-    for name, value in fields.items():
-        if name not in FINISH_FIELDS:
-            raise ValueError(f"not an outbox field: {name!r}")
-        params.append(dt_text(value) if isinstance(value, datetime) else value)
-    retry = fields.get("next_attempt") if status in ("failed", "queued") else None
-    if retry is not None:
-        params += (retry, dt_text(retry))
-    params.append(key)
-    delivery = None
-    if status == "sent":
-        sent_at = fields.get("sent_at")
-        delivery = (*pg_rows.at_cols(sent_at), key)
-    return (tuple(fields), retry is not None), tuple(params), delivery
-
-
-def _count(counts: dict[str, int], name: str, n: int) -> None:
-    if n:
-        counts[name] = counts.get(name, 0) + n

@@ -1,6 +1,9 @@
 """The durable Store: one SQLite file in WAL mode (SPEC 5.1, 5.2).
 
 Rules: as ``store.base``, and:
+- The reads (and the few writes) that SQLite and PostgreSQL share are written once in
+  ``store.sqlbase``; this module has the connection, the transactions and the SQLite
+  side of everything else.
 - Every write method is one ``BEGIN IMMEDIATE`` ... ``COMMIT``: ``apply`` (a whole
   decision with what it consumed), ``finish_messages`` (a batch of results and their
   deliveries), ``add_events``. An exception inside rolls all of it back.
@@ -18,8 +21,6 @@ Rules: as ``store.base``, and:
 
 from __future__ import annotations
 
-import functools
-import heapq
 import itertools
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -28,18 +29,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..engine.model import Decision, Event, EventWait, Run, Timer
+from ..engine.model import Decision, Event, Timer
 from ..errors import UserError
 from . import rows
-from .base import OUTBOX_STATES, OutboxRow, ScheduleUpdate
-from .codec import dt_cols, dt_parse, dt_text, dumps, loads
+from .base import OutboxRow, ScheduleUpdate
+from .codec import dt_cols, dt_parse, dumps, loads
 from .migrations import migrate
+from .sqlbase import SqlStore, count, finish_params, finish_sql
 
-PAGE = 1000
-MEMBER_BATCH = 500  # ids per ``IN (...)`` when merging member records
 RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
 REQUEUEABLE = ("in_doubt", "dead", "failed", "cancelled")
-FINISH_FIELDS = frozenset({"attempts", "next_attempt", "last_error", "sent_at", "platform_id"})
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -71,7 +70,9 @@ def _open(path: str) -> sqlite3.Connection:
     return db
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
+    MEMBER_BATCH = 500  # ids per ``IN (...)`` when merging member records
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._db: sqlite3.Connection | None = _open(self.path)
@@ -96,12 +97,6 @@ class SqliteStore:
         finally:
             db.close()
 
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
 
@@ -117,99 +112,23 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             raise
 
-    def _paged(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows of ``sql`` (its first column ``seq``, ending ``seq > ? ORDER BY seq LIMIT ?``)."""
-        last = -(2**63)
-        while True:
-            page = self.db.execute(sql, (*params, last, PAGE)).fetchall()
-            yield from page
-            if len(page) < PAGE:
-                return
-            last = page[-1][0]
+    # the primitives of ``SqlStore`` ------------------------------------------------------------
+    # Every engine read goes through these: ``self._db or self.db`` spares the property's
+    # call while open (the property still says when the store is closed).
+    def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        return (self._db or self.db).execute(sql, params).fetchall()
 
-    # StateReader ------------------------------------------------------------------------------
-    def get_member(self, member_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT record FROM members WHERE id = ?", (member_id,)).fetchone()
-        return loads(row[0]) if row is not None else None
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        return (self._db or self.db).execute(sql, params).fetchone()  # type: ignore[no-any-return]
 
-    def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
-        if timezone is None:
-            found = self._paged("SELECT seq, record FROM members WHERE seq > ? ORDER BY seq LIMIT ?")
-        else:
-            sql = "SELECT seq, record FROM members WHERE timezone = ? AND seq > ? ORDER BY seq LIMIT ?"
-            found = self._paged(sql, (timezone,))
-            if default_timezone == timezone:  # members without a timezone are in the default one
-                found = heapq.merge(found, self._paged(sql, ("",)))
-        for row in found:
-            yield loads(row[1])
+    @staticmethod
+    def _in(column: str, values: Iterable[Any]) -> tuple[str, tuple[Any, ...]]:
+        wanted = tuple(values)
+        return f"{column} IN ({','.join('?' * len(wanted))})", wanted
 
-    def get_state(self, playbook: str, member: str | None) -> dict[str, Any]:
-        row = self.db.execute(
-            "SELECT state FROM states WHERE playbook = ? AND member = ?", (playbook, rows.who(member))
-        ).fetchone()
-        return loads(row[0]) if row is not None else {}
+    _at_cols = staticmethod(dt_cols)
 
-    def get_run(self, run_id: str) -> Run | None:
-        row = self.db.execute(f"SELECT {rows.RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return rows.run(row) if row is not None else None
-
-    def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
-        found = self.db.execute(
-            "SELECT id FROM runs WHERE playbook = ? AND flow = ? AND member = ? AND status = 'active' ORDER BY seq",
-            (playbook, flow, rows.who(member)),
-        ).fetchall()
-        return [r[0] for r in found]
-
-    def event_waits(self, event_type: str, member: str | None) -> Iterable[EventWait]:
-        sql = f"SELECT {rows.WAIT_COLS} FROM waits WHERE event_type = ? AND member = ? ORDER BY seq"
-        found = self.db.execute(sql, (event_type, "")).fetchall()
-        if member is not None:
-            found += self.db.execute(sql, (event_type, rows.who(member))).fetchall()
-        return [rows.wait(r) for r in found]
-
-    def day_count(self, member: str, day: str) -> int:
-        row = self.db.execute("SELECT n FROM day_counts WHERE day = ? AND member = ?", (day, member)).fetchone()
-        return int(row[0]) if row is not None else 0
-
-    def exposures(self, playbook: str, member: str) -> Iterable[tuple[str, str, str | None, datetime]]:
-        found = self.db.execute(
-            "SELECT goal, step, variant, at FROM exposures WHERE playbook = ? AND member = ? AND converted = 0 ORDER BY seq",
-            (playbook, member),
-        ).fetchall()
-        return [(goal, step, variant or None, dt_parse(at)) for goal, step, variant, at in found]
-
-    def queued_starts(self, playbook: str, flow: str, member: str | None) -> list[dict[str, Any]]:
-        found = self.db.execute(
-            "SELECT record FROM queued_starts WHERE playbook = ? AND flow = ? AND member = ? ORDER BY seq",
-            (playbook, flow, rows.who(member)),
-        ).fetchall()
-        return [loads(r[0]) for r in found]
-
-    # roster -------------------------------------------------------------------------------------
-    def put_members(self, members: Iterable[dict[str, Any]]) -> int:
-        with self._write() as db:
-            return self._put_members(db, members)
-
-    def _put_members(self, db: sqlite3.Connection, members: Iterable[dict[str, Any]]) -> int:
-        n = 0
-        batch: dict[str, dict[str, Any]] = {}
-        zones: set[str] = set()
-        for member in members:
-            n += 1
-            mid = member["id"]
-            current = batch.get(mid)
-            batch[mid] = {**current, **member} if current is not None else member
-            if member.get("timezone"):
-                zones.add(member["timezone"])
-            if len(batch) >= MEMBER_BATCH:
-                self._merge_members(db, batch)
-                batch = {}
-        if batch:
-            self._merge_members(db, batch)
-        if zones:
-            db.executemany("INSERT OR IGNORE INTO zones (timezone) VALUES (?)", [(z,) for z in zones])
-        return n
-
+    # the writes of ``SqlStore`` -----------------------------------------------------------------
     def _merge_members(self, db: sqlite3.Connection, batch: dict[str, dict[str, Any]]) -> None:
         ids = list(batch)
         marks = ",".join("?" * len(ids))
@@ -221,11 +140,11 @@ class SqliteStore:
             [(mid, m.get("timezone") or "", dumps(m)) for mid, m in batch.items()],
         )
 
-    def member_timezones(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT timezone FROM zones")}
+    def _put_zones(self, db: sqlite3.Connection, zones: set[str]) -> None:
+        db.executemany("INSERT OR IGNORE INTO zones (timezone) VALUES (?)", [(z,) for z in zones])
 
-    def member_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM members").fetchone()[0])
+    def _add_counter(self, db: sqlite3.Connection, name: str, n: int) -> None:
+        db.execute(rows.ADD_COUNTER, (name, n))
 
     # the engine's writes -----------------------------------------------------------------------
     def apply(
@@ -260,7 +179,7 @@ class SqliteStore:
                 db.executemany(rows.ADD_DAY_COUNT, [(day, m, n) for (m, day), n in d.day_counts.items()])
             if d.messages:
                 added = db.executemany(rows.PUT_MESSAGE, map(rows.message_params, d.messages)).rowcount
-                _count(counts, "duplicate_messages", len(d.messages) - added)
+                count(counts, "duplicate_messages", len(d.messages) - added)
             if d.queued_starts:
                 db.executemany(rows.PUT_QUEUED_START, map(rows.queued_start_params, d.queued_starts))
             if d.dequeued:
@@ -275,14 +194,14 @@ class SqliteStore:
                 db.executemany(rows.PUT_CONVERSION, params)
                 db.executemany(rows.CONVERT_EXPOSURE, params)
             if d.emitted:
-                _count(counts, "duplicate_events", len(d.emitted) - self._add_events(db, d.emitted))
+                count(counts, "duplicate_events", len(d.emitted) - self._add_events(db, d.emitted))
             if d.notes:
                 db.executemany(rows.PUT_AUDIT, map(rows.note_params, d.notes))
             if schedules:
                 self._set_schedules(db, schedules)
             if consumed_event is not None:
                 db.execute("UPDATE events SET status = 'done' WHERE id = ?", (consumed_event,))
-                _count(counts, "events_processed", 1)
+                count(counts, "events_processed", 1)
             if counts:
                 db.executemany(rows.ADD_COUNTER, [(k, v) for k, v in counts.items() if v])
 
@@ -290,57 +209,12 @@ class SqliteStore:
     def _add_events(self, db: sqlite3.Connection, events: Iterable[Event]) -> int:
         return int(db.executemany(rows.PUT_EVENT, map(rows.event_params, events)).rowcount)
 
-    def add_event(self, event: Event) -> bool:
-        return self.add_events([event])[0] == 1
-
-    def add_events(self, events: Iterable[Event]) -> tuple[int, int]:
-        events = list(events)
-        with self._write() as db:
-            accepted = self._add_events(db, events) if events else 0
-            duplicates = len(events) - accepted
-            if duplicates:
-                db.execute(rows.ADD_COUNTER, ("duplicate_events", duplicates))
-        return accepted, duplicates
-
-    def next_event_at(self) -> datetime | None:
-        row = self.db.execute(
-            "SELECT at FROM events WHERE status = 'queued' ORDER BY at_ts, seq LIMIT 1"
-        ).fetchone()
-        return dt_parse(row[0]) if row is not None else None
-
-    def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
-        found = self.db.execute(
-            f"SELECT {rows.EVENT_COLS} FROM events WHERE status = 'queued' AND at_ts <= ? ORDER BY at_ts, seq LIMIT ?",
-            (until.timestamp(), limit),
-        ).fetchall()
-        return [rows.event(r) for r in found]
-
-    def take_event(self, event_id: str) -> Event | None:
-        row = self.db.execute(
-            f"SELECT {rows.EVENT_COLS} FROM events WHERE id = ? AND status = 'queued'", (event_id,)
-        ).fetchone()
-        return rows.event(row) if row is not None else None
-
-    def next_timer_due(self) -> datetime | None:
-        row = self.db.execute("SELECT due FROM timers ORDER BY due_ts, id LIMIT 1").fetchone()
-        return dt_parse(row[0]) if row is not None else None
-
     def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
         found = self.db.execute(
             f"SELECT {rows.TIMER_COLS} FROM timers WHERE due_ts <= ? ORDER BY due_ts, id LIMIT ?",
             (until.timestamp(), limit),
         ).fetchall()
         return [rows.timer(r) for r in found]
-
-    def upcoming_timers(self, limit: int = 20) -> list[Timer]:
-        found = self.db.execute(
-            f"SELECT {rows.TIMER_COLS} FROM timers ORDER BY due_ts, id LIMIT ?", (limit,)
-        ).fetchall()
-        return [rows.timer(r) for r in found]
-
-    def schedule_positions(self) -> dict[tuple[str, str, str], datetime | None]:
-        found = self.db.execute("SELECT playbook, trigger, zone, next_due FROM schedules ORDER BY seq")
-        return {(pb, t, z): dt_parse(due) if due is not None else None for pb, t, z, due in found}
 
     def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None:
         with self._write() as db:
@@ -379,60 +253,21 @@ class SqliteStore:
         return [rows.outbox_row(r[2:]) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
-        plan = [self._finish_params(key, status, fields) for key, status, fields in results]
+        plan = [finish_params(key, status, fields, dt_cols) for key, status, fields in results]
         if not plan:
             return
         with self._write() as db:
             # Consecutive results of the same shape share one statement (group commit).
-            for sql, group in itertools.groupby(plan, key=lambda p: p[0]):
+            for shape, group in itertools.groupby(plan, key=lambda p: p[0]):
                 params = [p[1] for p in group]
-                changed = db.executemany(sql, params).rowcount
+                changed = db.executemany(finish_sql(*shape), params).rowcount
                 if changed != len(params):
                     missing = [p[-1] for p in params if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (p[-1],)).fetchone()]
                     raise KeyError(f"no outbox row with key {missing[0] if missing else '?'}")
             sent = [p[2] for p in plan if p[2] is not None]
             if sent:
                 db.executemany(rows.PUT_DELIVERY, sent)
-                db.execute(rows.ADD_COUNTER, ("messages_sent", len(sent)))
-
-    @staticmethod
-    def _finish_params(key: str, status: str, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...], tuple[Any, ...] | None]:
-        """(UPDATE statement, its parameters, the delivery's parameters when sent)."""
-        if status not in OUTBOX_STATES:
-            raise ValueError(f"not an outbox status: {status!r}")
-        params: list[Any] = [status]
-        for name, value in fields.items():
-            if name not in FINISH_FIELDS:
-                raise ValueError(f"not an outbox field: {name!r}")
-            params.append(dt_text(value) if isinstance(value, datetime) else value)
-        retry = fields.get("next_attempt") if status in ("failed", "queued") else None
-        if retry is not None:
-            params += dt_cols(retry)
-        params.append(key)
-        delivery = None
-        if status == "sent":
-            sent_at = fields.get("sent_at")
-            delivery = (*dt_cols(sent_at), key) if sent_at is not None else (None, None, key)
-        return _finish_sql(tuple(fields), retry is not None), tuple(params), delivery
-
-    def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:
-        if statuses is None:
-            found = self._paged(f"SELECT seq, {rows.OUTBOX_COLS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
-        else:
-            wanted = list(statuses)
-            marks = ",".join("?" * len(wanted))
-            found = self._paged(
-                f"SELECT seq, {rows.OUTBOX_COLS} FROM outbox WHERE status IN ({marks}) AND seq > ? ORDER BY seq LIMIT ?",
-                tuple(wanted),
-            )
-        for row in found:
-            yield rows.outbox_row(row[1:])
-
-    def outbox_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(OUTBOX_STATES, 0)
-        for status, n in self.db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
-            counts[status] = n
-        return counts
+                self._add_counter(db, "messages_sent", len(sent))
 
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write() as db:
@@ -448,93 +283,7 @@ class SqliteStore:
         with self._write() as db:
             return int(db.executemany(rows.REQUEUE, params).rowcount)
 
-    def find_messages(self, prefix: str) -> list[OutboxRow]:
-        if not prefix:
-            return list(self.outbox())
-        params: tuple[Any, ...]
-        if ord(prefix[-1]) < 0xD7FF:  # a key range on the unique index (keys are hex)
-            sql = f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE key >= ? AND key < ? ORDER BY seq"
-            params = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
-        else:
-            sql = f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY seq"
-            params = (len(prefix), prefix)
-        return [rows.outbox_row(r) for r in self.db.execute(sql, params).fetchall()]
-
-    def deliveries(self, playbook: str | None = None) -> Iterator[dict[str, Any]]:
-        if playbook is None:
-            found = self._paged(f"{rows.DELIVERIES} WHERE d.seq > ? ORDER BY d.seq LIMIT ?")
-        else:
-            found = self._paged(f"{rows.DELIVERIES} WHERE d.playbook = ? AND d.seq > ? ORDER BY d.seq LIMIT ?", (playbook,))
-        for row in found:
-            yield rows.delivery(row[1:])
-
     # reporting -------------------------------------------------------------------------------------
-    def counters(self) -> dict[str, int]:
-        return {name: value for name, value in self.db.execute("SELECT name, value FROM counters")}
-
-    def notes(self) -> list[dict[str, Any]]:
-        return [loads(r[0]) for r in self.db.execute("SELECT detail FROM audit WHERE note = 1 ORDER BY seq")]
-
     def record(self, at: datetime, kind: str, **detail: Any) -> None:
         with self._write() as db:
             db.execute(rows.PUT_AUDIT, (*dt_cols(at), kind, 0, dumps(detail)))
-
-    def audit(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        where, params = "", []
-        if kinds is not None:
-            wanted = list(kinds)
-            where = f"WHERE kind IN ({','.join('?' * len(wanted))})"
-            params = wanted
-        if limit is None:
-            found = self.db.execute(f"SELECT at, kind, note, detail FROM audit {where} ORDER BY seq", params).fetchall()
-        else:
-            found = self.db.execute(
-                f"SELECT at, kind, note, detail FROM audit {where} ORDER BY seq DESC LIMIT ?", [*params, limit]
-            ).fetchall()
-            found.reverse()
-        return [rows.audit_entry(r) for r in found]
-
-    def goal_stats(self) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
-        converted = {
-            (pb, goal, step, variant): n
-            for pb, goal, step, variant, n in self.db.execute(
-                "SELECT playbook, goal, step, variant, count(*) FROM conversions GROUP BY playbook, goal, step, variant"
-            )
-        }
-        return {
-            (pb, goal, step, variant or None): (n, converted.get((pb, goal, step, variant), 0))
-            for pb, goal, step, variant, n in self.db.execute(
-                "SELECT playbook, goal, step, variant, count(*) FROM exposures GROUP BY playbook, goal, step, variant ORDER BY min(seq)"
-            )
-        }
-
-    def runs(self, *, status: str | None = "active", playbook: str | None = None) -> Iterator[Run]:
-        where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if playbook is not None:
-            where.append("playbook = ?")
-            params.append(playbook)
-        where.append("seq > ?")
-        sql = f"SELECT seq, {rows.RUN_COLS} FROM runs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
-        for row in self._paged(sql, tuple(params)):
-            yield rows.run(row[1:])
-
-    def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
-        found = self.db.execute("SELECT member, state FROM states WHERE playbook = ? ORDER BY seq", (playbook,)).fetchall()
-        for member, state in found:
-            yield (member or None), loads(state)
-
-
-@functools.lru_cache(maxsize=64)
-def _finish_sql(fields: tuple[str, ...], moves_due: bool) -> str:
-    sets = ["status = ?", *(f"{name} = ?" for name in fields)]
-    if moves_due:  # a retry (or a row put back) is due again at next_attempt
-        sets.append("due_ts = ?, due = ?")
-    return f"UPDATE outbox SET {', '.join(sets)} WHERE key = ?"
-
-
-def _count(counts: dict[str, int], name: str, n: int) -> None:
-    if n:
-        counts[name] = counts.get(name, 0) + n
