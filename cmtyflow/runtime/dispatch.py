@@ -52,7 +52,7 @@ Log = Callable[..., None]
 Member = Mapping[str, Any] | None  # a member's record as the store has it
 
 
-def _no_log(event: str, **fields: Any) -> None:
+def no_log(event: str, **fields: Any) -> None:
     return None
 
 
@@ -94,7 +94,7 @@ class Dispatcher:
         policies: Mapping[str, Policies],
         concurrency: int = 16,
         rng: random.Random | None = None,
-        log: Log = _no_log,
+        log: Log = no_log,
     ) -> None:
         self.store = store
         self.channels = channels
@@ -103,6 +103,7 @@ class Dispatcher:
         self.concurrency = max(1, concurrency)
         self.rng = rng or random.Random()
         self.log = log
+        self._quiet = log is no_log  # the per-message log calls are skipped
         self.stopping = False
         self._results: list[tuple[str, str, dict[str, Any]]] = []
         self._inflight: set[str] = set()
@@ -175,7 +176,7 @@ class Dispatcher:
                 self._flush()
                 if self.stopping or queue.qsize() >= low:
                     continue
-                rows = self.store.claim_due_messages(until, CHUNK)
+                rows = self.store.claim_due_messages_with_members(until, CHUNK)
                 for item in self._screen(rows, stats):
                     queue.put_nowait(item)
                 if len(rows) < CHUNK:
@@ -211,24 +212,24 @@ class Dispatcher:
             self._flush()
         return stats
 
-    def _screen(self, rows: list[OutboxRow], stats: DispatchStats) -> list[tuple[OutboxRow, Member]]:
-        """Rows that may go, each with its member's record; the others are finished
-        here (opted out, no channel)."""
+    def _screen(self, rows: list[tuple[OutboxRow, Member]], stats: DispatchStats) -> list[tuple[OutboxRow, Member]]:
+        """Rows that may go, each with its member's record (claimed with it); the
+        others are finished here (opted out, no channel)."""
         out: list[tuple[OutboxRow, Member]] = []
-        get_member = self.store.get_member
-        for row in rows:
+        adapter_for = self.channels.adapter_for
+        for item in rows:
+            row, member = item
             m = row.message
-            member = get_member(m.member) if m.member is not None else None
             if member is not None and not m.urgent and member.get("opted_out"):
                 self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
                 stats.cancelled += 1
                 self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
                 continue
-            if self.channels.adapter_for(m.playbook, m.channel) is None:
+            if adapter_for(m.playbook, m.channel) is None:
                 self._results.append((m.key, "dead", {"last_error": f"channel '{m.channel}' is not configured", "attempts": row.attempts}))
                 stats.dead += 1
                 continue
-            out.append((row, member))
+            out.append(item)
         return out
 
     async def _send(self, row: OutboxRow, member: Member, stats: DispatchStats) -> None:
@@ -265,7 +266,8 @@ class Dispatcher:
         now = self.now()
         self._results.append((m.key, "sent", {"sent_at": now, "attempts": row.attempts + 1, "platform_id": receipt.platform_id, "last_error": None}))
         stats.sent += 1
-        self.log("sent", key=m.key, playbook=m.playbook, flow=m.flow, step=m.step, channel=m.channel, adapter=m.adapter, member=m.member, to=m.to)
+        if not self._quiet:
+            self.log("sent", key=m.key, playbook=m.playbook, flow=m.flow, step=m.step, channel=m.channel, adapter=m.adapter, member=m.member, to=m.to)
         if len(self._results) >= COMMIT_EVERY:
             self._flush()
 

@@ -36,7 +36,7 @@ from ..loader import LoadedPlaybook, LoadResult
 from ..store.base import Store
 from . import versions
 from .channels import ChannelSet
-from .dispatch import Dispatcher, DispatchStats, Log
+from .dispatch import Dispatcher, DispatchStats, Log, no_log
 from .driver import Driver
 from .prepare import adapter_formats
 
@@ -79,7 +79,7 @@ class Runner:
         self.clock = clock
         self.engine = Engine(programs, older)
         self.driver = Driver(self.engine, store)
-        self.log: Log = log or (lambda event, **fields: None)
+        self.log: Log = log or no_log
         self.driver.observe = self._observe
         self.dispatcher = Dispatcher(
             store, channels, clock.now,

@@ -95,6 +95,14 @@ class Store(StateReader, Protocol):
         """Move due queued/failed rows to inflight and return them, oldest first."""
         ...
 
+    def claim_due_messages_with_members(
+        self, until: datetime, limit: int = 1000
+    ) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        """``claim_due_messages``, each row with its member's record as ``get_member``
+        returns it (None for a campaign's message or a member not in the roster), read
+        with the claim: the dispatcher screens opt-outs and addresses from it."""
+        ...
+
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         """(key, new status, fields such as attempts, next_attempt, last_error, sent_at)."""
         ...

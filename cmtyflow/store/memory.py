@@ -372,6 +372,13 @@ class MemoryStore:
             out.append(row)
         return out
 
+    def claim_due_messages_with_members(self, until: datetime, limit: int = 1000) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        members = self._members
+        return [
+            (row, members.get(row.message.member) if row.message.member is not None else None)
+            for row in self.claim_due_messages(until, limit)
+        ]
+
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         for key, status, fields in results:
             row = self._outbox[key]

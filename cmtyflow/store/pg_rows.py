@@ -143,12 +143,15 @@ def at_cols(at: datetime | None) -> tuple[datetime | None, str | None]:
 O_OUTBOX_COLS = ", ".join(f"o.{c.strip()}" for c in rows.OUTBOX_COLS.split(","))
 # Due queued and failed rows, oldest first, from the partial index ``outbox_due``; rows
 # another transaction holds are skipped, not waited for (several claimers).
-CLAIM = (
+_CLAIM = (
     "UPDATE outbox AS o SET status = 'inflight' FROM ("
     "SELECT seq FROM outbox WHERE status IN ('queued', 'failed') AND due_ts <= %s "
     "ORDER BY due_ts, seq LIMIT %s FOR UPDATE SKIP LOCKED) AS pick "
-    f"WHERE o.seq = pick.seq RETURNING o.due_ts, o.seq, {O_OUTBOX_COLS}"
+    f"WHERE o.seq = pick.seq RETURNING o.due_ts, o.seq, {{member}}, {O_OUTBOX_COLS}"
 )
+# Each claimed row's member record (NULL for a campaign's or an unknown member) with it.
+CLAIM_ROWS = _CLAIM.format(member="NULL")
+CLAIM_WITH_MEMBERS = _CLAIM.format(member="(SELECT record FROM members WHERE members.id = o.member)")
 NEXT_DUE = "SELECT due FROM outbox WHERE status IN ('queued', 'failed') ORDER BY due_ts, seq LIMIT 1"
 REQUEUE = (
     "UPDATE outbox SET status = 'queued', due_ts = %s, due = %s, next_attempt = %s, "

@@ -223,10 +223,16 @@ class PostgresStore(SqlStore):
         return dt_parse(row[0]) if row is not None else None
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
+        return [row for row, _ in self._claim(pg_rows.CLAIM_ROWS, until, limit)]
+
+    def claim_due_messages_with_members(self, until: datetime, limit: int = 1000) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        return self._claim(pg_rows.CLAIM_WITH_MEMBERS, until, limit)
+
+    def _claim(self, sql: str, until: datetime, limit: int) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
         with self._write(runner=True) as cur:
-            found = cur.execute(pg_rows.CLAIM, (until, limit)).fetchall()
+            found = cur.execute(sql, (until, limit)).fetchall()
         found.sort(key=lambda r: (r[0], r[1]))
-        return [rows.outbox_row(r[2:]) for r in found]
+        return [(rows.outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         plan = [finish_params(key, status, fields, self._at_cols) for key, status, fields in results]

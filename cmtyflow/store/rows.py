@@ -176,6 +176,11 @@ def outbox_row(r: tuple[Any, ...]) -> OutboxRow:
     return OutboxRow(message, r[17], r[18], opt_dt_parse(r[19]), r[20], opt_dt_parse(r[21]), r[22])
 
 
+# The record of an outbox row's member (NULL for a campaign's or an unknown member), as a
+# column of a statement over ``outbox``: the claim returns it with the row. The CAST is
+# for RETURNING, whose column values have no affinity: without it SQLite scans members.
+MEMBER_OF_ROW = "(SELECT record FROM members WHERE members.id = CAST(outbox.member AS TEXT))"
+
 # Due queued and failed rows, oldest first: one index range per status, merged.
 DUE_SEQS = (
     "SELECT seq FROM ("
@@ -193,6 +198,11 @@ REQUEUE = (
 PUT_DELIVERY = (
     "INSERT INTO deliveries (key, at_ts, at, playbook, platform_id) "
     "SELECT key, coalesce(?1, due_ts), coalesce(?2, due), playbook, platform_id FROM outbox WHERE key = ?3"
+)
+DELIVERIES = (
+    "INSERT INTO deliveries (key, at_ts, at, playbook, platform_id) "
+    "SELECT o.key, coalesce(v.value ->> 0, o.due_ts), coalesce(v.value ->> 1, o.due), o.playbook, o.platform_id "
+    "FROM json_each(?) AS v JOIN outbox AS o ON o.key = v.value ->> 2 ORDER BY v.key"
 )
 DELIVERIES = (
     "SELECT d.seq, d.key, d.at, o.playbook, o.flow, o.step, o.channel, o.adapter, o.member, o.recipient, o.text, "

@@ -328,11 +328,10 @@ def finish_params(
     ``finish_messages`` result; ``at_cols`` is the store's ``_at_cols``."""
     if status not in OUTBOX_STATES:
         raise ValueError(f"not an outbox status: {status!r}")
+    if not FINISH_FIELDS.issuperset(fields):
+        raise ValueError(f"not an outbox field: {next(n for n in fields if n not in FINISH_FIELDS)!r}")
     params: list[Any] = [status]
-    for name, value in fields.items():
-        if name not in FINISH_FIELDS:
-            raise ValueError(f"not an outbox field: {name!r}")
-        params.append(dt_text(value) if isinstance(value, datetime) else value)
+    params += [dt_text(value) if isinstance(value, datetime) else value for value in fields.values()]
     retry = fields.get("next_attempt") if status in ("failed", "queued") else None
     if retry is not None:
         params += at_cols(retry)

@@ -238,19 +238,32 @@ class SqliteStore(SqlStore):
         return dt_parse(best[1]) if best is not None else None
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
+        return [row for row, _ in self._claim(until, limit, members=False)]
+
+    def claim_due_messages_with_members(self, until: datetime, limit: int = 1000) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        return self._claim(until, limit, members=True)
+
+    def _claim(self, until: datetime, limit: int, *, members: bool) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        """Claimed rows, oldest first, each with its member's record (read in the same
+        statement) when ``members``, else None."""
         params = (until.timestamp(), limit)
+        record = rows.MEMBER_OF_ROW if members else "NULL"
         with self._write() as db:
             if RETURNING:
                 found = db.execute(
                     f"UPDATE outbox SET status = 'inflight' WHERE seq IN ({rows.DUE_SEQS}) "
-                    f"RETURNING due_ts, seq, {rows.OUTBOX_COLS}", params,
+                    f"RETURNING due_ts, seq, {record}, {rows.OUTBOX_COLS}", params,
                 ).fetchall()
             else:  # SQLite before 3.35: the same in three statements, still one transaction
                 seqs = [(r[0],) for r in db.execute(rows.DUE_SEQS, params)]
                 db.executemany("UPDATE outbox SET status = 'inflight' WHERE seq = ?", seqs)
-                found = [db.execute(f"SELECT due_ts, seq, {rows.OUTBOX_COLS} FROM outbox WHERE seq = ?", s).fetchone() for s in seqs]
+                found = [
+                    db.execute(f"SELECT due_ts, seq, {record}, {rows.OUTBOX_COLS} FROM outbox WHERE seq = ?", s).fetchone()
+                    for s in seqs
+                ]
         found.sort(key=lambda r: (r[0], r[1]))
-        return [rows.outbox_row(r[2:]) for r in found]
+        outbox_row = rows.outbox_row
+        return [(outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
         plan = [finish_params(key, status, fields, dt_cols) for key, status, fields in results]
@@ -287,3 +300,4 @@ class SqliteStore(SqlStore):
     def record(self, at: datetime, kind: str, **detail: Any) -> None:
         with self._write() as db:
             db.execute(rows.PUT_AUDIT, (*dt_cols(at), kind, 0, dumps(detail)))
+

@@ -334,6 +334,23 @@ def test_claim_due_messages_oldest_first_with_limit(store: Store) -> None:
     assert {r.message.key for r in store.outbox(["inflight"])} == {"a", "b", "c"}
 
 
+def test_claim_with_members_returns_each_rows_member_record(store: Store) -> None:
+    store.put_members([{"id": "m1", "name": "Ann", "email": "ann@example.org"}, {"id": "m2", "name": "Bo", "opted_out": True}])
+    store.apply(Decision(messages=[
+        message("c", at(3), member="m2"), message("a", at(1)), message("b", at(2), member=None, to="channel"),
+        message("d", at(4), member="ghost"), message("later", at(30)),
+    ]))
+    claimed = store.claim_due_messages_with_members(at(5), limit=3)
+    assert [(r.message.key, r.status, member) for r, member in claimed] == [
+        ("a", "inflight", {"id": "m1", "name": "Ann", "email": "ann@example.org"}),
+        ("b", "inflight", None),
+        ("c", "inflight", {"id": "m2", "name": "Bo", "opted_out": True}),
+    ]
+    assert [(r.message.key, member) for r, member in store.claim_due_messages_with_members(at(5))] == [("d", None)]
+    assert store.claim_due_messages_with_members(at(5)) == []
+    assert {r.message.key for r in store.outbox(["inflight"])} == {"a", "b", "c", "d"}
+
+
 def test_failed_message_is_due_again_at_next_attempt(store: Store) -> None:
     store.apply(Decision(messages=[message("k1", at(1))]))
     store.claim_due_messages(at(1))
