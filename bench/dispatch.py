@@ -222,9 +222,8 @@ def make_state(folder: Path, url: str, members: int, concurrency: int, *, wait: 
     or, with ``wait``, waits that long first. Returns it and the seconds the engine took.
 
     Without a wait the runs come from one firing ``for_each: audience`` (one input);
-    with one, from a ``member.joined`` event per member: one firing that leaves many
-    runs waiting costs the engine time quadratic in their number (``Txn.active_runs``
-    scans the decision's runs for every member it starts; see docs/benchmarks.md)."""
+    with one, from a ``member.joined`` event per member (one input per timer to come,
+    as members joining over time make them)."""
     folder.mkdir(parents=True, exist_ok=True)
     steps = f"    - wait: {wait}\n" if wait else ""
     (folder / "pb.yaml").write_text(
