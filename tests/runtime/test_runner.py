@@ -345,3 +345,51 @@ def test_a_second_runner_on_the_same_state_is_refused(tmp_path, capsys):
         assert "another runner is using" in capsys.readouterr().err
     finally:
         held.release()
+
+
+def test_sigterm_stops_claiming_and_drains_within_the_timeout(tmp_path):
+    """The real signal path: `cmtyflow run` in a subprocess, a send hanging at the sink,
+    SIGTERM: the runner exits 0 after --drain seconds; the abandoned send is left in
+    flight (in doubt at the next start)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from loopback_sink import ThreadedSink
+
+    from cmtyflow.store.sqlite import SqliteStore
+
+    sink = ThreadedSink()
+    url = sink.start()
+    sink.call(lambda: sink.sink.script.append("hang"))
+    try:
+        path = hooks(tmp_path, url)[0]
+        state = str(tmp_path / "s.db")
+        roster = tmp_path / "members.csv"
+        roster.write_text("id,name\nu1,阿明\n", encoding="utf-8")
+        assert main(["members", "import", str(roster), "--state", state]) == 0
+        assert main(["emit", "member.joined", "--member", "u1", "--id", "j1", "--state", state]) == 0
+        cmd = [sys.executable, "-c", "from cmtyflow.cli import main; raise SystemExit(main())",
+               "run", str(path), "--state", state, "--drain", "0.5", "--poll", "0.1"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not sink.call(lambda: len(sink.sink.requests)) and time.monotonic() < deadline:
+                time.sleep(0.05)  # waiting for the subprocess to reach the sink, not for a schedule
+            assert sink.call(lambda: len(sink.sink.requests)) == 1
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert "stopping" in err and "abandoned" in err
+        store = SqliteStore(state)
+        try:
+            assert [r.status for r in store.outbox()] == ["inflight"]
+        finally:
+            store.close()
+    finally:
+        sink.call(lambda: sink.sink.release.set() if sink.sink.release is not None else None)
+        sink.stop()
