@@ -103,6 +103,7 @@ class HttpAdapter:
         self.settings = settings
         self.channel = channel or self.name
         self.timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)  # one object for every request
         self.limiter = limiter if limiter is not None else default_limiter()
         self._session = session
         self._own_session = False
@@ -159,7 +160,7 @@ class HttpAdapter:
                 data=body,
                 headers=sent_headers,
                 params=params,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=self._client_timeout,
                 allow_redirects=False,
             ) as resp:
                 return Reply(resp.status, resp.headers, await resp.read())
