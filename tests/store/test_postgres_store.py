@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 from pg_server import with_schema
-from store_records import at, event, message, run, timer, wait
+from store_records import at, event, message, run, timer
 
 from cmtyflow.engine.model import Decision
 from cmtyflow.errors import UserError
-from cmtyflow.store.base import ScheduleUpdate
 from cmtyflow.store.open import open_store, shown
 
 psycopg = pytest.importorskip("psycopg")
 
-from cmtyflow.store import pg_connect, pg_migrations, postgres  # noqa: E402
+from cmtyflow.store import pg_connect, pg_migrations  # noqa: E402
 from cmtyflow.store.pg_connect import mask_url, split_schema  # noqa: E402
 from cmtyflow.store.postgres import PostgresStore  # noqa: E402
 
@@ -241,84 +240,7 @@ def test_repr_and_errors_hide_the_password(pg_url: str) -> None:
         store.close()
 
 
-# durability and atomicity -------------------------------------------------------------------------
-
-
-def test_reopen_keeps_everything(opened: Callable[..., PostgresStore]) -> None:
-    store = opened()
-    store.put_members([{"id": "m1", "timezone": "Europe/Berlin", "joined": date(2026, 11, 30)}])
-    the_run = run("r1", occurrences={2: 1}, waiting={"kind": "event", "event": "reply", "timer": "t1"})
-    store.apply(Decision(
-        runs={"r1": the_run}, timers=[timer("t1", "r1", at(30), "timeout")], waits=[wait("r1")],
-        states={("pb", "m1"): {"points": 2}}, messages=[message("k1", at(1)), message("k2", at(2))],
-        day_counts={("m1", "2026-12-01"): 2}, counters={"runs_started": 1},
-    ), schedules=[ScheduleUpdate("pb", "daily", "Asia/Shanghai", at(60))])
-    store.add_events([event("e1", at(5)), event("e2", at(6))])
-    store.apply(Decision(), consumed_event="e1")
-    store.claim_due_messages(at(1))
-    store.finish_messages([("k1", "sent", {"sent_at": at(1), "attempts": 1, "platform_id": "x"})])
-    store.record(at(0), "runner_started", pid=7)
-    store.close()
-
-    again = opened()
-    assert again.get_member("m1") == {"id": "m1", "timezone": "Europe/Berlin", "joined": date(2026, 11, 30)}
-    assert again.member_timezones() == {"Europe/Berlin"}
-    assert again.get_run("r1") == the_run
-    assert again.upcoming_timers() == [timer("t1", "r1", at(30), "timeout")]
-    assert [w.run for w in again.event_waits("reply", "m1")] == ["r1"]
-    assert again.get_state("pb", "m1") == {"points": 2}
-    assert again.day_count("m1", "2026-12-01") == 2
-    assert again.schedule_positions() == {("pb", "daily", "Asia/Shanghai"): at(60)}
-    assert {r.message.key: r.status for r in again.outbox()} == {"k1": "sent", "k2": "queued"}
-    assert [d["platform_id"] for d in again.deliveries()] == ["x"]
-    assert [e.id for e in again.pending_events(at(60))] == ["e2"]
-    assert again.add_event(event("e1", at(5))) is False  # seen before, even though done
-    assert again.counters() == {"runs_started": 1, "events_processed": 1, "messages_sent": 1, "duplicate_events": 1}
-    assert again.audit() == [{"at": at(0), "kind": "runner_started", "pid": 7}]
-
-
-def test_finished_runs_are_kept_with_their_status(opened: Callable[..., PostgresStore]) -> None:
-    store = opened()
-    store.apply(Decision(runs={"r1": run("r1"), "r2": run("r2")}))
-    store.apply(Decision(runs={"r1": run("r1", status="done")}))
-    assert store.get_run("r1") == run("r1", status="done")
-    assert [(r.id, r.status) for r in store.runs(status=None)] == [("r1", "done"), ("r2", "active")]
-
-
-@pytest.mark.parametrize("copy_always", [False, True], ids=["statements", "copy"])
-def test_apply_is_all_or_nothing(opened: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch,
-                                 copy_always: bool) -> None:
-    if copy_always:
-        monkeypatch.setattr(postgres, "COPY_MIN", 1)
-    store = opened()
-    store.apply(Decision(timers=[timer("t0", "r0", at(1))]))
-    store.add_event(event("e0", at(1)))
-    bad = Decision(
-        runs={"r1": run("r1")}, timers=[timer("t1", "r1", at(5))], messages=[message("k1", at(2))],
-        states={("pb", "m1"): {"points": 1}}, emitted=[event("e1", at(3))], counters={"runs_started": 1},
-        members={"m1": {"id": "m1"}},
-        notes=[{"kind": "fine", "n": 1}, {"kind": "bad", "value": {1, 2}}],  # a set is no JSON
-    )
-    with pytest.raises(TypeError, match="cannot store a value of type set"):
-        store.apply(bad, consumed_timer="t0", consumed_event="e0", schedules=[ScheduleUpdate("pb", "daily", "UTC", at(60))])
-
-    def nothing_of_it(s: PostgresStore) -> None:
-        assert s.get_run("r1") is None
-        assert [t.id for t in s.upcoming_timers()] == ["t0"]
-        assert list(s.outbox()) == []
-        assert s.get_state("pb", "m1") == {}
-        assert s.get_member("m1") is None
-        assert [e.id for e in s.pending_events(at(9))] == ["e0"]
-        assert s.counters() == {}
-        assert s.audit() == []
-        assert s.schedule_positions() == {}
-
-    nothing_of_it(store)
-    store.apply(Decision(runs={"r2": run("r2")}, messages=[message(f"k{i}", at(1)) for i in range(3)]))  # goes on working
-    store.close()
-    again = opened()
-    assert again.get_run("r2") == run("r2") and again.get_run("r1") is None
-    assert again.outbox_counts()["queued"] == 3
+# atomicity -----------------------------------------------------------------------------------------
 
 
 def test_a_failed_statement_rolls_back_the_write(opened: Callable[..., PostgresStore]) -> None:

@@ -14,13 +14,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from store_records import SHANGHAI, at, event, message, run, timer, wait
+from store_records import SHANGHAI, at, event, message, run
 
 from cmtyflow.engine.model import Decision
 from cmtyflow.errors import UserError
 from cmtyflow.store import codec, migrations
 from cmtyflow.store import sqlite as sqlite_module
-from cmtyflow.store.base import ScheduleUpdate
 from cmtyflow.store.open import DEFAULT_STATE, open_store, state_location
 from cmtyflow.store.sqlite import SqliteStore
 
@@ -163,49 +162,6 @@ def test_migration_statements_split() -> None:
 # durability -----------------------------------------------------------------------------------------
 
 
-def test_reopen_keeps_everything(opened: Callable[..., SqliteStore], tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    store = opened(path)
-    store.put_members([{"id": "m1", "timezone": "Europe/Berlin", "joined": date(2026, 11, 30)}])
-    the_run = run("r1", occurrences={2: 1}, waiting={"kind": "event", "event": "reply", "timer": "t1"})
-    store.apply(Decision(
-        runs={"r1": the_run}, timers=[timer("t1", "r1", at(30), "timeout")], waits=[wait("r1")],
-        states={("pb", "m1"): {"points": 2}}, messages=[message("k1", at(1)), message("k2", at(2))],
-        day_counts={("m1", "2026-12-01"): 2}, counters={"runs_started": 1},
-    ), schedules=[ScheduleUpdate("pb", "daily", "Asia/Shanghai", at(60))])
-    store.add_events([event("e1", at(5)), event("e2", at(6))])
-    store.apply(Decision(), consumed_event="e1")
-    store.claim_due_messages(at(1))
-    store.finish_messages([("k1", "sent", {"sent_at": at(1), "attempts": 1, "platform_id": "x"})])
-    store.record(at(0), "runner_started", pid=7)
-    store.close()
-
-    again = opened(path)
-    assert again.get_member("m1") == {"id": "m1", "timezone": "Europe/Berlin", "joined": date(2026, 11, 30)}
-    assert again.member_timezones() == {"Europe/Berlin"}
-    assert again.get_run("r1") == the_run
-    assert again.upcoming_timers() == [timer("t1", "r1", at(30), "timeout")]
-    assert [w.run for w in again.event_waits("reply", "m1")] == ["r1"]
-    assert again.get_state("pb", "m1") == {"points": 2}
-    assert again.day_count("m1", "2026-12-01") == 2
-    assert again.schedule_positions() == {("pb", "daily", "Asia/Shanghai"): at(60)}
-    assert {r.message.key: r.status for r in again.outbox()} == {"k1": "sent", "k2": "queued"}
-    assert [d["platform_id"] for d in again.deliveries()] == ["x"]
-    assert [e.id for e in again.pending_events(at(60))] == ["e2"]
-    assert again.add_event(event("e1", at(5))) is False  # seen before, even though done
-    assert again.counters() == {"runs_started": 1, "events_processed": 1, "messages_sent": 1, "duplicate_events": 1}
-    assert again.audit() == [{"at": at(0), "kind": "runner_started", "pid": 7}]
-
-
-def test_finished_runs_are_kept_with_their_status(opened: Callable[..., SqliteStore]) -> None:
-    store = opened()
-    store.apply(Decision(runs={"r1": run("r1"), "r2": run("r2")}))
-    store.apply(Decision(runs={"r1": run("r1", status="done")}))
-    assert store.get_run("r1") == run("r1", status="done")
-    assert [(r.id, r.status) for r in store.runs(status=None)] == [("r1", "done"), ("r2", "active")]
-    assert [r.id for r in store.runs(status="done")] == ["r1"]
-
-
 def test_inflight_rows_stay_inflight_across_reopen_until_marked(opened: Callable[..., SqliteStore], tmp_path: Path) -> None:
     store = opened()
     store.apply(Decision(messages=[message("k1", at(1))]))
@@ -215,43 +171,6 @@ def test_inflight_rows_stay_inflight_across_reopen_until_marked(opened: Callable
     assert again.claim_due_messages(at(9)) == []
     assert [r.message.key for r in again.mark_in_doubt()] == ["k1"]
     assert again.outbox_counts()["in_doubt"] == 1
-
-
-# atomicity -------------------------------------------------------------------------------------------
-
-
-def test_apply_is_all_or_nothing(opened: Callable[..., SqliteStore], tmp_path: Path) -> None:
-    store = opened()
-    store.apply(Decision(timers=[timer("t0", "r0", at(1))]))
-    store.add_event(event("e0", at(1)))
-    bad = Decision(
-        runs={"r1": run("r1")}, timers=[timer("t1", "r1", at(5))], messages=[message("k1", at(2))],
-        states={("pb", "m1"): {"points": 1}}, emitted=[event("e1", at(3))], counters={"runs_started": 1},
-        members={"m1": {"id": "m1"}},
-        # the last part written cannot be encoded: a set is no JSON
-        notes=[{"kind": "fine", "n": 1}, {"kind": "bad", "value": {1, 2}}],
-    )
-    with pytest.raises(TypeError, match="cannot store a value of type set"):
-        store.apply(bad, consumed_timer="t0", consumed_event="e0",
-                    schedules=[ScheduleUpdate("pb", "daily", "UTC", at(60))])
-
-    def nothing_of_it(s: SqliteStore) -> None:
-        assert s.get_run("r1") is None
-        assert [t.id for t in s.upcoming_timers()] == ["t0"]
-        assert list(s.outbox()) == []
-        assert s.get_state("pb", "m1") == {}
-        assert s.get_member("m1") is None
-        assert [e.id for e in s.pending_events(at(9))] == ["e0"]
-        assert s.counters() == {}
-        assert s.audit() == []
-        assert s.schedule_positions() == {}
-
-    nothing_of_it(store)
-    store.apply(Decision(runs={"r2": run("r2")}))  # the store goes on working
-    store.close()
-    again = opened()
-    nothing_of_it(again)
-    assert again.get_run("r2") == run("r2")
 
 
 # several connections ---------------------------------------------------------------------------------
