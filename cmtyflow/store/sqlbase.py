@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -42,46 +43,56 @@ def pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class SqlStore:
+class SqlStore(ABC):
     MEMBER_BATCH: int  # members merged per round trip (the store says how many)
 
     # the primitives a store provides ---------------------------------------------------------
+    @abstractmethod
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
-        raise NotImplementedError
+        ...
 
     @staticmethod
+    @abstractmethod
     def _in(column: str, values: Iterable[Any]) -> tuple[str, tuple[Any, ...]]:
         """(a condition: ``column`` is one of ``values``, its parameters)."""
-        raise NotImplementedError
+        ...
 
     @staticmethod
+    @abstractmethod
     def _at_cols(value: datetime) -> tuple[Any, str]:
         """(the ``*_ts`` column's value, the text column's) of ``value``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _write(self) -> AbstractContextManager[Any]:
         """One transaction; what it yields is the ``tx`` the writes below take."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _merge_members(self, tx: Any, batch: dict[str, dict[str, Any]]) -> None:
         """Write ``batch`` (id -> record), each record merged over the one stored."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _put_zones(self, tx: Any, zones: set[str]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _add_events(self, tx: Any, events: Iterable[Event]) -> int:
         """Queue ``events`` (skipping ids seen before); returns how many were queued."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _add_counter(self, tx: Any, name: str, n: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        ...
 
     def __enter__(self) -> Self:
         return self
