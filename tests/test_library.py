@@ -552,19 +552,14 @@ def test_event_campaign_reminds_every_registered_member_once_at_a_waking_hour():
     assert set(reminded) == registered and set(reminded.values()) == {1}
 
 
+# the members examples/event-campaign.events.jsonl signs up for the event (besides the moderators)
+SIGNED_UP = ["u003", "u004", "u005", "u006", "u007", "u008", "u009", "u012"]
+
+
 def test_event_campaign_thanks_registered_members_and_reminds_moderators_to_run_the_retro():
     # after the event a DM with the replay to each registered member; two days later the retro reminder
     thanks = step("event-campaign", "thanks-dm")
-    assert sorted(d["member"] for d in thanks) == [
-        "u003",
-        "u004",
-        "u005",
-        "u006",
-        "u007",
-        "u008",
-        "u009",
-        "u012",
-    ]
+    assert sorted(d["member"] for d in thanks) == SIGNED_UP
     retro = step("event-campaign", "retro-reminder")
     assert sorted(d["member"] for d in retro) == ["u001", "u002"]
     assert {when(d) for d in retro} == {("2026-12-21", "10:00")}
@@ -574,16 +569,7 @@ def test_event_campaign_thanks_registered_members_and_reminds_moderators_to_run_
 def test_event_campaign_sends_no_dm_to_members_who_did_not_register():
     # people who never signed up (or only for another event) get no DM
     dms = {d["member"] for d in deliveries("event-campaign") if d["member"]} - {"u001", "u002"}
-    assert "u010" not in dms and dms <= {
-        "u003",
-        "u004",
-        "u005",
-        "u006",
-        "u007",
-        "u008",
-        "u009",
-        "u012",
-    }
+    assert "u010" not in dms and dms <= set(SIGNED_UP)
 
 
 # faq-autoreply ------------------------------------------------------------------------------------
