@@ -15,7 +15,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..adapters import registry
+from ..adapters._http import HttpAdapter
 from ..adapters.base import Capabilities, MissingSecretError, resolve_env
 from ..engine.program import Program
 from ..errors import UserError
@@ -81,10 +81,7 @@ class ChannelSet:
         except ValidationError as exc:
             details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
             raise _ChannelProblem(f"{where}: {details}") from None
-        kwargs: dict[str, Any] = {}
-        if "session" in inspect.signature(cls.__init__).parameters:
-            kwargs["session"] = None  # set in open(), inside the event loop
-        adapter = cls(settings, name, **kwargs)
+        adapter = cls(settings, name)  # HTTP adapters get the shared session in open()
         opened = OpenChannel(name, adapter_name, adapter, cls.capabilities)
         self._by_config[key] = opened
         return opened
@@ -100,7 +97,7 @@ class ChannelSet:
 
         for opened in self._by_config.values():
             adapter = opened.adapter
-            if hasattr(adapter, "_session") and getattr(adapter, "_session", None) is None:
+            if isinstance(adapter, HttpAdapter) and adapter._session is None:  # noqa: SLF001
                 if self._session is None:
                     self._session = aiohttp.ClientSession(
                         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
