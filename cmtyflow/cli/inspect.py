@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..store.base import OutboxRow
 from ..store.open import shown
 from . import EXIT_OK, cli
-from .state import _width, format_option, state_option, store_at
+from .state import format_option, print_table, state_option, store_at
 
 SHORT = 12
 PROBLEM_STATUSES = ("failed", "dead", "in_doubt")
@@ -37,12 +37,6 @@ def _default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 # status -----------------------------------------------------------------------------------------
@@ -151,7 +145,7 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
             r.next_attempt.isoformat(timespec="seconds") if r.next_attempt and r.status == "failed" else "",
             (r.last_error or "")[:80],
         ))
-    _table(table)
+    print_table(table)
     return EXIT_OK
 
 

@@ -123,10 +123,15 @@ def members_list(state: str | None, tag: str | None, limit: int | None, fmt: str
         )
         for m in rows
     ]
-    widths = [max(_width(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        click.echo("  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print_table(table)
     return EXIT_OK
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows (the first a header) in aligned columns, two spaces apart."""
+    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _width(text: str) -> int:
