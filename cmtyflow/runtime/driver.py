@@ -248,9 +248,3 @@ class Driver:
             pending.extend(decision.emitted)
             handled += 1
         return handled
-
-    def launch(self, launch: Launch, now: datetime) -> None:
-        decision = self.engine.handle(self.store, now, launch)
-        self.store.apply(decision)
-        self._observe(decision)
-        self._emitted(decision.emitted, now)
