@@ -3,7 +3,6 @@ SQLite store (``runner_harness.Harness``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,5 +36,3 @@ def harness(tmp_path: Path) -> Any:
         if h.store is not None:
             h.store.close()
 
-
-Make = Callable[..., Harness]
