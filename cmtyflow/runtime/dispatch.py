@@ -41,7 +41,7 @@ from ..adapters.base import (
 from ..spec.duration import parse_duration
 from ..spec.models import Policies
 from ..store.base import OutboxRow, Store
-from .channels import ChannelSet
+from .channels import ChannelSet, OpenChannel
 
 BACKOFF_BASE = 30.0  # seconds before the first retry; doubles per failed attempt
 RATE_JITTER = 0.1  # a rate-limited retry waits up to 10% longer than asked
@@ -50,6 +50,7 @@ COMMIT_EVERY = 256  # outcomes per group commit (also committed when a chunk end
 
 Log = Callable[..., None]
 Member = Mapping[str, Any] | None  # a member's record as the store has it
+Sendable = tuple[OutboxRow, Member, OpenChannel]  # a claimed row that may go, and where
 
 
 def no_log(event: str, **fields: Any) -> None:
@@ -150,7 +151,7 @@ class Dispatcher:
         """Send every message due at or before ``until``; returns when none is left
         (or on stop). Retries that fall due meanwhile wait for the next call."""
         stats = DispatchStats()
-        queue: asyncio.Queue[tuple[OutboxRow, Member] | None] = asyncio.Queue()
+        queue: asyncio.Queue[Sendable | None] = asyncio.Queue()
         low = self.concurrency * 2
         hungry = self._wake = asyncio.Event()
         hungry.set()
@@ -166,7 +167,7 @@ class Dispatcher:
                     continue
                 if queue.qsize() < low:
                     hungry.set()
-                await self._send(item[0], item[1], stats)
+                await self._send(*item, stats)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         try:
@@ -212,30 +213,28 @@ class Dispatcher:
             self._flush()
         return stats
 
-    def _screen(self, rows: list[tuple[OutboxRow, Member]], stats: DispatchStats) -> list[tuple[OutboxRow, Member]]:
-        """Rows that may go, each with its member's record (claimed with it); the
-        others are finished here (opted out, no channel)."""
-        out: list[tuple[OutboxRow, Member]] = []
+    def _screen(self, rows: list[tuple[OutboxRow, Member]], stats: DispatchStats) -> list[Sendable]:
+        """Rows that may go, each with its member's record (claimed with it) and its
+        channel; the others are finished here (opted out, no channel)."""
+        out: list[Sendable] = []
         adapter_for = self.channels.adapter_for
-        for item in rows:
-            row, member = item
+        for row, member in rows:
             m = row.message
             if member is not None and not m.urgent and member.get("opted_out"):
                 self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
                 stats.cancelled += 1
                 self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
                 continue
-            if adapter_for(m.playbook, m.channel) is None:
+            opened = adapter_for(m.playbook, m.channel)
+            if opened is None:
                 self._results.append((m.key, "dead", {"last_error": f"channel '{m.channel}' is not configured", "attempts": row.attempts}))
                 stats.dead += 1
                 continue
-            out.append(item)
+            out.append((row, member, opened))
         return out
 
-    async def _send(self, row: OutboxRow, member: Member, stats: DispatchStats) -> None:
+    async def _send(self, row: OutboxRow, member: Member, opened: OpenChannel, stats: DispatchStats) -> None:
         m = row.message
-        opened = self.channels.adapter_for(m.playbook, m.channel)
-        assert opened is not None
         outbound = OutboundMessage(
             key=m.key,
             channel=m.channel,
