@@ -51,6 +51,10 @@ class ScheduleKey:
 
 
 class Driver:
+    # Several workers (runtime.worker): due waits are jobs of their own, handled in
+    # parallel, and this driver takes only schedule firings and events.
+    handles_timers = True
+
     def __init__(self, engine: Engine, store: Store) -> None:
         self.engine = engine
         self.store = store
@@ -132,7 +136,7 @@ class Driver:
 
     # the loop --------------------------------------------------------------------------------------------
     def next_instant(self) -> datetime | None:
-        best = self.store.next_timer_due()
+        best = self.store.next_timer_due() if self.handles_timers else None
         for candidate in (self.store.next_event_at(), self._soonest_position()):
             if candidate is not None and (best is None or candidate < best):
                 best = candidate
@@ -151,7 +155,7 @@ class Driver:
     def _process_instant(self, instant: datetime, now: datetime) -> int:
         handled = 0
         # 1. due waits
-        for timer in self.store.due_timers(instant, MAX_BATCH):
+        for timer in self.store.due_timers(instant, MAX_BATCH) if self.handles_timers else ():
             if timer.due > instant:
                 continue
             decision = self.engine.handle(self.store, now, TimerDue(timer))
