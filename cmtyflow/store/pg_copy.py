@@ -26,6 +26,8 @@ from .postgres import PostgresStore
 from .sqlite import SqliteStore
 
 # In dependency-free order; every table both schemas have (meta: extra keys only).
+# Columns only PostgreSQL has: a hand-over to a worker's job (``pg_shared``), empty in a copy.
+PG_ONLY = {"timers": {"job"}, "outbox": {"job"}}
 TABLES = ("meta", "members", "zones", "states", "runs", "timers", "waits", "day_counts", "events", "schedules",
           "outbox", "deliveries", "queued_starts", "exposures", "conversions", "counters", "audit")
 STATE_TABLES = TABLES[1:]
@@ -94,7 +96,7 @@ def copy_sqlite_into(source: SqliteStore, target: PostgresStore) -> dict[str, in
 def _copy_table(src: Any, cur: Any, schema: str, table: str) -> int:
     pg_columns = _pg_columns(cur, schema, table)
     columns = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
-    missing = set(columns) ^ set(pg_columns)
+    missing = set(columns) ^ (set(pg_columns) - PG_ONLY.get(table, set()))
     if missing:  # a bug: the two schemas' latest versions must have the same columns
         raise RuntimeError(f"{table}: the SQLite and PostgreSQL columns differ: {sorted(missing)}")
     converters = [(i, _CONVERT[pg_columns[c]]) for i, c in enumerate(columns) if pg_columns[c] in _CONVERT]

@@ -141,7 +141,16 @@ CREATE INDEX audit_kind ON audit (kind, seq);
 INSERT INTO meta (key, value) VALUES ('application', 'cmtyflow');
 """
 
-MIGRATIONS: list[str] = [_V1]
+# Several workers (runtime.worker): a due timer or message is handed to a procrastinate
+# job by setting ``job``; the job's own row says whether that hand-over still holds.
+_V2 = """
+ALTER TABLE timers ADD COLUMN job bigint;
+ALTER TABLE outbox ADD COLUMN job bigint;
+CREATE INDEX timers_job ON timers (job) WHERE job IS NOT NULL;
+CREATE INDEX outbox_job ON outbox (job) WHERE job IS NOT NULL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 LATEST = len(MIGRATIONS)
 
 # Tables with a ``seq`` identity: their sequences follow copied rows (``pg_copy``).

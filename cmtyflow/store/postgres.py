@@ -262,8 +262,8 @@ class PostgresStore(SqlStore):
         row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.schema, "runner"),)).fetchone()
         if row is None or not row[0]:
             raise UserError(
-                f"another runner is using {self.url} (schema '{self.schema}'); stop it first (a runner that "
-                "died frees it within a minute); several runners on one PostgreSQL store are not supported yet"
+                f"another runner, or workers, are using {self.url} (schema '{self.schema}'); stop them first (a "
+                "process that died frees it within a minute), or share the state with `cmtyflow worker` processes"
             )
         self._runner = True
 

@@ -149,11 +149,11 @@ def test_a_new_migration_upgrades_and_a_failing_one_changes_nothing(
     with pytest.raises(UserError, match="no_such_table"):
         PostgresStore(pg_url)
     assert "extra" not in tables(postgres_url, schema)
-    assert query(postgres_url, f"SELECT max(version) FROM {schema}.migrations") == [(1,)]
+    assert query(postgres_url, f"SELECT max(version) FROM {schema}.migrations") == [(pg_migrations.LATEST - 1,)]
     monkeypatch.setattr(pg_migrations, "MIGRATIONS", [*pg_migrations.MIGRATIONS[:-1], "CREATE TABLE extra (x integer);"])
     upgraded = opened()
     assert "extra" in tables(postgres_url, schema)
-    assert query(postgres_url, f"SELECT max(version) FROM {schema}.migrations") == [(2,)]
+    assert query(postgres_url, f"SELECT max(version) FROM {schema}.migrations") == [(pg_migrations.LATEST,)]
     assert upgraded.get_member("m1") == {"id": "m1"}
 
 
@@ -364,7 +364,7 @@ def test_one_runner_per_store_until_several_are_supported(opened: Callable[..., 
         second.mark_in_doubt, lambda: second.apply(Decision()), lambda: second.set_schedules([]),
         lambda: second.claim_due_messages(at(9)), lambda: second.finish_messages([("k1", "sent", {})]),
     ):
-        with pytest.raises(UserError, match=r"another runner is using .*; stop it first"):
+        with pytest.raises(UserError, match=r"another runner, or workers, are using .*; stop them first"):
             runner_write()
     assert emit.add_event(event("e1", at(1))) and emit.requeue(["k1"], at(2)) == 0  # other commands go on
     assert [r.message.key for r in second.outbox()] == ["k1"]  # and so do reads

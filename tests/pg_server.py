@@ -42,8 +42,33 @@ def _as_owner(argv: list[str], owner: str | None) -> list[str]:
     return ["su", owner, "-s", "/bin/sh", "-c", " ".join(f"'{a}'" for a in argv)]
 
 
+class Cluster:
+    """A throwaway cluster's URL and what a test may do to it."""
+
+    def __init__(self, url: str, pg_ctl: str, data: Path, log: Path, settings: str, owner: str | None) -> None:
+        self.url = url
+        self._pg_ctl, self._data, self._log, self._settings, self._owner = pg_ctl, data, log, settings, owner
+
+    def restart(self, mode: str = "immediate") -> None:
+        """Stop the server in ``mode`` (immediate: no shutdown checkpoint, every session
+        cut, as a crash would) and start it again on the same port."""
+        self._ctl("-m", mode, "-w", "stop")
+        self._ctl("-l", str(self._log), "-w", "-t", "60", "-o", self._settings, "start")
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(_as_owner([self._pg_ctl, "-D", str(self._data), *args], self._owner),
+                       check=True, capture_output=True, text=True)
+
+
 @contextmanager
-def throwaway_cluster() -> Iterator[str]:
+def throwaway_cluster(max_connections: int = 50) -> Iterator[str]:
+    with cluster(max_connections, durable=False) as made:
+        yield made.url
+
+
+@contextmanager
+def cluster(max_connections: int = 50, *, durable: bool = True) -> Iterator[Cluster]:
+    """``durable=False``: commits not flushed (fast; a crash may lose the last ones)."""
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if initdb is None or pg_ctl is None:
         raise Unavailable(f"no PostgreSQL to test against: set {ENV_URL} to a URL, or put initdb and pg_ctl on PATH")
@@ -66,16 +91,15 @@ def throwaway_cluster() -> Iterator[str]:
             _as_owner([initdb, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D", str(data)], owner),
             check=True, capture_output=True, text=True,
         )
-        settings = (
-            f"-k {folder} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=50"
-        )
+        settings = f"-k {folder} -c listen_addresses=127.0.0.1 -p {port} -c max_connections={max_connections}"
+        if not durable:
+            settings += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
             _as_owner([pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", settings, "start"], owner),
             check=True, capture_output=True, text=True,
         )
         started = True
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield Cluster(f"postgresql://postgres@127.0.0.1:{port}/postgres", pg_ctl, data, log, settings, owner)
     except subprocess.CalledProcessError as exc:
         detail = log.read_text(errors="replace") if log.exists() else ""
         raise RuntimeError(f"the test PostgreSQL did not start: {exc.stderr or exc.stdout}\n{detail}") from None

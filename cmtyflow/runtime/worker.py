@@ -1,0 +1,424 @@
+"""Several workers on one PostgreSQL state (``cmtyflow worker``), on procrastinate.
+
+Rules (docs/scale-out.md says what each guarantees):
+- Each worker process runs a procrastinate worker on the state's schema, and every
+  worker can do every job. Jobs:
+  - ``cmtyflow.tick`` (a periodic task, every second; procrastinate defers it once per
+    second however many workers run, and its lock runs one at a time): hands due
+    waits to timer jobs, takes schedule firings and events (``Driver`` without waits,
+    under the engine lock), hands due messages to send jobs, and settles messages left
+    in flight by a send job that has ended (in doubt, as at a runner's start).
+  - ``cmtyflow.timers`` (a batch of due waits): each wait in its own transaction under
+    its member's lock (``store.pg_shared``): waits of different members in parallel.
+  - ``cmtyflow.send`` (a batch of due messages): the dispatcher over the batch's rows;
+    rows an earlier try of the same job left in flight (its worker died) are resent
+    under their key or held in doubt first, as ``Dispatcher.recover_in_doubt`` does.
+  - ``cmtyflow.recover`` (periodic, every 5 s): jobs of a worker that stopped sending
+    heartbeats are put back to run again (procrastinate's stalled-job retry).
+- SPEC 5.6 order at an instant is kept: firings and events due at an instant are taken
+  only once no wait due at or before it is left (the waits' jobs run first).
+  Events a wait's run emits are taken by the next tick, not within the wait's job.
+- Long waits stay in cmtyflow's own tables (timers, outbox) until due; procrastinate
+  schedules nothing further ahead than a job's own retry after a database error.
+- A database that goes away (restart, failover) costs retries, not work: a job that
+  fails on a connection error runs again; the worker reconnects and starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from ..clock import Clock
+from ..engine.core import Engine
+from ..engine.model import Decision, TimerDue
+from ..engine.program import Program
+from ..errors import UserError
+from ..loader import LoadResult
+from ..store.base import OutboxRow
+from ..store.pg_connect import split_schema
+from ..store.pg_shared import SharedWork, ensure_queue_schema
+from ..store.postgres import PostgresStore
+from . import versions
+from .channels import ChannelSet
+from .dispatch import Dispatcher, DispatchStats, Log, no_log
+from .driver import Driver
+from .prepare import adapter_formats
+from .runner import LOGGED_NOTES
+
+QUEUE = "cmtyflow"
+TICK_TASK = "cmtyflow.tick"
+TIMERS_TASK = "cmtyflow.timers"
+SEND_TASK = "cmtyflow.send"
+RECOVER_TASK = "cmtyflow.recover"
+
+
+class StorePool:
+    """This process's store connections, one per job running at a time (a
+    ``PostgresStore`` is used by one thread at a time); a broken one is dropped."""
+
+    def __init__(self, url: str, schema: str | None) -> None:
+        self.url = url
+        self.schema = schema
+        self._free: list[PostgresStore] = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[PostgresStore]:
+        with self._lock:
+            store = self._free.pop() if self._free else None
+        if store is None:
+            store = PostgresStore(self.url, schema=self.schema, exclusive=False)
+        try:
+            yield store
+        finally:
+            conn = store._conn
+            if conn is None or conn.closed or conn.broken:
+                store.close()
+            else:
+                with self._lock:
+                    self._free.append(store)
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for store in free:
+            store.close()
+
+
+class _TickDriver(Driver):
+    """Firings and events only; an instant waits for the waits due at or before it."""
+
+    handles_timers = False
+
+    def process_until(self, now: datetime) -> int:
+        handled = 0
+        self.init_schedules(now)
+        while True:
+            instant = self.next_instant()
+            if instant is None or instant > now:
+                return handled
+            waits = self.store.next_timer_due()
+            if waits is not None and waits <= instant:
+                return handled  # their jobs run first; the next tick goes on
+            handled += self._process_instant(instant, now)
+
+
+class _JobRows:
+    """The store as one send job's dispatcher sees it: it claims the job's rows only."""
+
+    def __init__(self, store: PostgresStore, shared: SharedWork, job: int) -> None:
+        self._store = store
+        self._shared = shared
+        self._job = job
+
+    def claim_due_messages_with_members(self, until: datetime, limit: int = 1000) -> list[tuple[OutboxRow, Any]]:
+        return self._shared.claim_job_messages(self._job, until, limit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class Worker:
+    def __init__(
+        self,
+        result: LoadResult,
+        programs: list[Program],
+        url: str,
+        channels: ChannelSet,
+        clock: Clock,
+        *,
+        schema: str | None = None,
+        jobs: int = 4,
+        concurrency: int = 16,
+        drain: float = 10.0,
+        log: Log | None = None,
+        timer_batch: int = 100,
+        send_batch: int = 200,
+        heartbeat: float = 2.0,
+        stalled_after: float = 10.0,
+    ) -> None:
+        self.result = result
+        self.programs = programs
+        self.url = url
+        self.schema = split_schema(url, schema)[1]
+        self.channels = channels
+        self.clock = clock
+        self.jobs = jobs
+        self.concurrency = concurrency
+        self.drain = drain
+        self.log: Log = log or no_log
+        self.timer_batch = timer_batch
+        self.send_batch = send_batch
+        self.heartbeat = heartbeat
+        self.stalled_after = stalled_after
+        self.pool = StorePool(url, schema)
+        self.policies = {p.name: p.playbook.policies for p in programs}
+        self.engine = Engine(programs)
+        self.totals = DispatchStats()
+        self.inputs = 0
+        self._stopping = False
+        self._task: asyncio.Task[Any] | None = None
+        self._dispatchers: set[Dispatcher] = set()
+        self._presence: PostgresStore | None = None
+        self._count_lock = threading.Lock()
+        self.app = self._build_app()
+
+    # procrastinate ------------------------------------------------------------------------------
+    def _build_app(self) -> Any:
+        import procrastinate
+        import psycopg
+        from procrastinate.manager import JobManager
+
+        libpq_url, schema = split_schema(self.url, self.schema)
+        pool_args = {"options": f"-c search_path={schema} -c TimeZone=UTC"}
+        connector = procrastinate.PsycopgConnector(
+            conninfo=libpq_url, kwargs=pool_args, min_size=1, max_size=max(4, self.jobs + 2)
+        )
+        app = procrastinate.App(connector=connector)
+        # Jobs are deferred inside the promoting transaction, on its own connection.
+        self._defer_jobs = JobManager(procrastinate.SyncPsycopgConnector(conninfo=libpq_url, kwargs=pool_args))
+        retry = procrastinate.RetryStrategy(
+            max_attempts=30, wait=1, linear_wait=1,
+            retry_exceptions={psycopg.OperationalError, procrastinate.exceptions.ConnectorException},
+        )
+
+        @app.periodic(cron="* * * * * *", periodic_id="tick")
+        @app.task(name=TICK_TASK, queue=QUEUE, lock=TICK_TASK, queueing_lock=TICK_TASK, retry=retry)
+        def tick(timestamp: int) -> None:
+            with self._retried(TICK_TASK):
+                self.tick()
+
+        @app.task(name=TIMERS_TASK, queue=QUEUE, retry=retry)
+        def timers(ids: list[str]) -> None:
+            with self._retried(TIMERS_TASK):
+                self.handle_timers(ids)
+
+        @app.task(name=SEND_TASK, queue=QUEUE, pass_context=True, retry=retry)
+        async def send(context: Any, keys: list[str]) -> None:
+            with self._retried(SEND_TASK):
+                await self.send(int(context.job.id))
+
+        @app.periodic(cron="*/5 * * * * *", periodic_id="recover")
+        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK)
+        async def recover(timestamp: int) -> None:
+            await self.recover()
+
+        return app
+
+    @contextlib.contextmanager
+    def _retried(self, task: str) -> Iterator[None]:
+        """A job cut off from the database fails and is run again (its retry strategy):
+        say so, without the connection's details."""
+        import psycopg
+
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            self.log("job_retry", task=task, error=type(exc).__name__)
+            raise
+
+    def _defer(self, task: str, arg: str) -> Any:
+        from procrastinate.jobs import Job
+
+        def defer(conn: Any, batches: Sequence[Sequence[str]]) -> list[int]:
+            jobs = [
+                Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=task, task_kwargs={arg: list(b)})
+                for b in batches
+            ]
+            return [int(j.id) for j in self._defer_jobs.batch_defer_jobs(jobs, connection=conn)]
+
+        return defer
+
+    # the jobs ------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        with self.pool.store() as store:
+            shared = SharedWork(store)
+            shared.promote_timers(self.clock.now(), self._defer(TIMERS_TASK, "ids"), batch=self.timer_batch)
+            driver = _TickDriver(self.engine, store)
+            driver.observe = self._observe
+            with shared.alone():
+                handled = driver.process_until(self.clock.now())
+            self._count(handled)
+            shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys"), batch=self.send_batch)
+            resent, held = shared.settle_inflight(self._resendable)
+            for key in resent:
+                self.log("in_doubt_resent", key=key)
+            for row in held:
+                m = row.message
+                self.log("in_doubt_held", key=m.key, playbook=m.playbook, step=m.step, channel=m.channel, member=m.member)
+            if resent or held:
+                store.record(self.clock.now(), "in_doubt", resent=len(resent), held=len(held))
+
+    def handle_timers(self, ids: Sequence[str]) -> None:
+        with self.pool.store() as store:
+            shared = SharedWork(store)
+            for timer, member in shared.job_timers(ids):
+                with shared.input(member):
+                    if not shared.timer_still_there(timer.id):
+                        continue  # an earlier try of this job took it
+                    decision = self.engine.handle(store, self.clock.now(), TimerDue(timer))
+                    store.apply(decision, consumed_timer=timer.id)
+                self._observe(decision)
+                self._count(1)
+
+    async def send(self, job: int) -> None:
+        with self.pool.store() as store:
+            shared = SharedWork(store)
+            earlier = shared.job_inflight(job)
+            if earlier:
+                resend = [r.message.key for r in earlier if self._resendable(r)]
+                hold = [r.message.key for r in earlier if not self._resendable(r)]
+                store.finish_messages([(k, "queued", {}) for k in resend] + [(k, "in_doubt", {}) for k in hold])
+                for key in resend:
+                    self.log("in_doubt_resent", key=key)
+                for key in hold:
+                    self.log("in_doubt_held", key=key)
+            dispatcher = Dispatcher(
+                _JobRows(store, shared, job), self.channels, self.clock.now,  # type: ignore[arg-type]
+                policies=self.policies, concurrency=self.concurrency, log=self.log,
+            )
+            self._dispatchers.add(dispatcher)
+            try:
+                stats = await dispatcher.run_due(self.clock.now(), drain=self.drain)
+            finally:
+                self._dispatchers.discard(dispatcher)
+            shared.release_job_messages(job)
+            self._add(stats)
+
+    async def recover(self) -> None:
+        self._ensure_presence()
+        manager = self.app.job_manager
+        for job in await manager.get_stalled_jobs(seconds_since_heartbeat=self.stalled_after):
+            await manager.retry_job(job)
+            self.log("job_recovered", job=job.id, task=job.task_name, worker=job.worker_id)
+
+    def _resendable(self, row: OutboxRow) -> bool:
+        m = row.message
+        opened = self.channels.adapter_for(m.playbook, m.channel)
+        policy = self.policies.get(m.playbook)
+        idempotent = opened is not None and opened.capabilities.idempotent
+        return bool(idempotent or m.urgent or (policy is not None and policy.in_doubt == "resend"))
+
+    # life cycle ----------------------------------------------------------------------------------
+    def _ensure_presence(self) -> None:
+        """The runner lock held shared (``pg_shared``) lives with its session: a worker
+        whose connection the database dropped takes it again on a new one."""
+        old = self._presence
+        conn = old._conn if old is not None else None
+        if old is None or conn is None or not (conn.closed or conn.broken):
+            return
+        old.close()
+        self._presence = None
+        presence = PostgresStore(self.url, schema=self.schema, exclusive=False)
+        try:
+            SharedWork(presence).join()
+        except UserError as exc:  # a single runner started while this worker was cut off
+            presence.close()
+            self.log("stopping", reason=str(exc))
+            self.stop()
+            return
+        except BaseException:
+            presence.close()
+            raise
+        self._presence = presence
+        self.log("reconnected", detail="holds the workers' share of the state again")
+
+    async def start(self) -> None:
+        presence = PostgresStore(self.url, schema=self.schema, exclusive=False)
+        try:
+            SharedWork(presence).join()
+            if ensure_queue_schema(presence):
+                self.log("queue_created", schema=self.schema)
+            older, missing = versions.older_programs(presence, self.programs, adapter_formats(self.result))
+            self.engine = Engine(self.programs, older)
+            for (playbook, version), n in sorted(missing.items()):
+                self.log("version_unknown", playbook=playbook, version=version[:12], runs=n,
+                         detail="no copy of that version is kept; these runs continue on the current version")
+            now = self.clock.now()
+            versions.record(presence, self.result.playbooks, now)
+            presence.record(now, "worker_started", pid=os.getpid(), versions={p.name: p.version for p in self.programs})
+        except BaseException:
+            presence.close()
+            raise
+        self._presence = presence
+        await self.channels.open()
+
+    async def serve(self) -> None:
+        """Run jobs until ``stop``; a worker the database dropped starts again."""
+        backoff = 1.0
+        while not self._stopping:
+            self._task = asyncio.ensure_future(self._run_once())
+            try:
+                await self._task
+                backoff = 1.0
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+            except Exception as exc:  # noqa: BLE001 - a lost database: log it, start over
+                self.log("worker_restarting", error=f"{type(exc).__name__}: {exc}", after_seconds=backoff)
+            finally:
+                self._task = None
+            if not self._stopping:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _run_once(self) -> None:
+        async with self.app.open_async():
+            await self.app.run_worker_async(
+                queues=[QUEUE], concurrency=self.jobs, name=f"cmtyflow-{os.getpid()}", wait=True,
+                install_signal_handlers=False, update_heartbeat_interval=self.heartbeat,
+                stalled_worker_timeout=self.stalled_after, delete_jobs="successful",
+                shutdown_graceful_timeout=self.drain + 5.0,
+            )
+
+    def stop(self) -> None:
+        """Stop fetching jobs; sends in flight get ``drain`` seconds (the dispatcher's stop)."""
+        self._stopping = True
+        for dispatcher in list(self._dispatchers):
+            dispatcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def close(self) -> None:
+        try:
+            await self.channels.close()
+        finally:
+            try:
+                if self._presence is not None:
+                    t = self.totals
+                    with self.pool.store() as store:  # a live connection, whatever became of the presence's
+                        store.record(self.clock.now(), "worker_stopped", inputs=self.inputs, sent=t.sent,
+                                     failed=t.failed, dead=t.dead, cancelled=t.cancelled)
+            finally:
+                self.pool.close()
+                if self._presence is not None:
+                    self._presence.close()
+                    self._presence = None
+
+    # bookkeeping ---------------------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.inputs += n
+
+    def _add(self, stats: DispatchStats) -> None:
+        t = self.totals
+        t.sent += stats.sent
+        t.failed += stats.failed
+        t.dead += stats.dead
+        t.cancelled += stats.cancelled
+        t.requeued += stats.requeued
+        t.abandoned += stats.abandoned
+
+    def _observe(self, decision: Decision) -> None:
+        started = decision.counters.get("runs_started", 0)
+        if started:
+            self.log("runs_started", count=started)
+        for note in decision.notes:
+            if note["kind"] in LOGGED_NOTES:
+                self.log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})

@@ -1,0 +1,245 @@
+"""Shared work on a PostgreSQL store: what several workers (``runtime.worker``) do to
+the state besides the engine's own writes.
+
+Rules:
+- Due waits (``timers``) and due messages (``outbox``) stay in cmtyflow's tables,
+  indexed by due time. ``promote_*`` hands them to procrastinate jobs in batches: in
+  one transaction it picks due rows not yet handed over (``FOR UPDATE SKIP LOCKED``:
+  two promoters never pick the same row), defers one job per batch on the same
+  connection and writes each row's ``job``. A crash leaves either all of it or none.
+- A hand-over holds while its job is ``todo`` or ``doing``. A row whose job ended
+  without consuming it (failed for good, or the row was put back by ``cmtyflow outbox
+  retry``) is due for promotion again, so nothing waits on a job that will never run.
+- The engine's inputs are serialised by advisory locks of the schema: a wait of a
+  member's run takes the ``engine`` lock shared and that member's lock exclusive (so
+  waits of different members run in parallel); schedule firings, events and waits of
+  campaign runs take the ``engine`` lock exclusive. The reads of an input and the
+  writes of its decision happen inside one transaction that holds these locks.
+- Every worker holds the ``runner`` lock shared for its life: a single ``cmtyflow
+  run`` on the same schema (which takes it exclusive) is refused while workers run,
+  and workers are refused while it runs.
+- procrastinate's tables live in the same schema as the state (its functions find
+  them through the connection's search_path); they are created on a worker's first
+  start, under the schema's migration lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from ..engine.model import Timer
+from ..errors import UserError
+from . import rows
+from .base import OutboxRow
+from .codec import loads
+from .pg_migrations import lock_key
+from .pg_rows import O_OUTBOX_COLS
+
+LIVE_JOB = "SELECT 1 FROM procrastinate_jobs AS j WHERE j.id = {table}.job AND j.status IN ('todo', 'doing')"
+
+PROMOTE_TIMERS = (
+    "SELECT timers.id FROM timers WHERE timers.due_ts <= %s "
+    f"AND (timers.job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='timers')})) "
+    "ORDER BY timers.due_ts, timers.id LIMIT %s FOR UPDATE OF timers SKIP LOCKED"
+)
+PROMOTE_MESSAGES = (
+    "SELECT outbox.key FROM outbox WHERE outbox.status IN ('queued', 'failed') AND outbox.due_ts <= %s "
+    f"AND (outbox.job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='outbox')})) "
+    "ORDER BY outbox.due_ts, outbox.seq LIMIT %s FOR UPDATE OF outbox SKIP LOCKED"
+)
+# Rows left in flight by a send job that has ended (or by no job at all): in doubt.
+ORPHANED_INFLIGHT = (
+    f"SELECT {', '.join('outbox.' + c.strip() for c in rows.OUTBOX_COLS.split(','))} FROM outbox "
+    "WHERE outbox.status = 'inflight' "
+    f"AND (outbox.job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='outbox')})) "
+    "FOR UPDATE OF outbox SKIP LOCKED"
+)
+SET_JOBS = {
+    table: f"UPDATE {table} SET job = v.job FROM unnest(%s::text[], %s::bigint[]) AS v(id, job) WHERE {table}.{col} = v.id"
+    for table, col in (("timers", "id"), ("outbox", "key"))
+}
+JOB_TIMERS = (
+    f"SELECT {', '.join('t.' + c.strip() for c in rows.TIMER_COLS.split(','))}, r.member FROM timers AS t "
+    "LEFT JOIN runs AS r ON r.id = t.run WHERE t.id = ANY(%s) ORDER BY t.due_ts, t.id"
+)
+CLAIM_JOB_MESSAGES = (
+    "UPDATE outbox AS o SET status = 'inflight' FROM ("
+    "SELECT seq FROM outbox WHERE job = %s AND status IN ('queued', 'failed') AND due_ts <= %s "
+    "ORDER BY due_ts, seq LIMIT %s FOR UPDATE SKIP LOCKED) AS pick "
+    f"WHERE o.seq = pick.seq RETURNING o.due_ts, o.seq, (SELECT record FROM members WHERE members.id = o.member), "
+    f"{O_OUTBOX_COLS}"
+)
+JOB_INFLIGHT = f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE job = %s AND status = 'inflight' ORDER BY seq"
+RELEASE_JOB_MESSAGES = "UPDATE outbox SET job = NULL WHERE job = %s AND status IN ('queued', 'failed')"
+
+# What "stuck" means (docs/scale-out.md): each query must find nothing on a healthy store.
+INVARIANTS = {
+    "timers due over a minute ago and not handed to a live job": (
+        f"SELECT count(*) FROM timers WHERE due_ts < now() - interval '1 minute' "
+        f"AND (job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='timers')}))"
+    ),
+    "messages due over a minute ago and not handed to a live job": (
+        f"SELECT count(*) FROM outbox WHERE status IN ('queued', 'failed') AND due_ts < now() - interval '1 minute' "
+        f"AND (job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='outbox')}))"
+    ),
+    "messages in flight without a live job": (
+        f"SELECT count(*) FROM outbox WHERE status = 'inflight' "
+        f"AND (job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='outbox')}))"
+    ),
+    "jobs running on a worker that stopped sending heartbeats": (
+        "SELECT count(*) FROM procrastinate_jobs AS j LEFT JOIN procrastinate_workers AS w ON w.id = j.worker_id "
+        "WHERE j.status = 'doing' AND (w.id IS NULL OR w.last_heartbeat < now() - interval '1 minute')"
+    ),
+    "jobs that failed for good": "SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'",
+}
+
+Defer = Callable[[Any, Sequence[Sequence[str]]], list[int]]  # (connection, batches) -> job ids
+
+
+class SharedWork:
+    """The shared-work statements of one worker's connection (a ``PostgresStore``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        schema = store.schema
+        self.engine_key = lock_key(schema, "engine")
+        self.runner_key = lock_key(schema, "runner")
+        self.schema = schema
+
+    @property
+    def conn(self) -> Any:
+        return self.store.conn
+
+    def member_key(self, member: str) -> int:
+        return lock_key(self.schema, f"member:{member}")
+
+    # the worker's presence ------------------------------------------------------------------
+    def join(self) -> None:
+        """Hold the runner lock shared for this connection's life (see the rules)."""
+        row = self.conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (self.runner_key,)).fetchone()
+        if row is None or not row[0]:
+            raise UserError(
+                f"a single `cmtyflow run` is using {self.store.url} (schema '{self.schema}'); stop it before "
+                "starting workers on the same state"
+            )
+
+    # input locks ----------------------------------------------------------------------------
+    @contextmanager
+    def input(self, member: str | None) -> Iterator[None]:
+        """One transaction for one input, holding its locks (see the rules): a member's
+        input runs beside other members' inputs, anything else alone."""
+        conn = self.conn
+        with conn.transaction():
+            if member is None:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.engine_key,))
+            else:
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)",
+                    (self.engine_key, self.member_key(member)),
+                )
+            yield
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """The engine lock exclusive on the session, for a pass of firings and events
+        (each input is still its own transaction, as on a single runner)."""
+        conn = self.conn
+        conn.execute("SELECT pg_advisory_lock(%s)", (self.engine_key,))
+        try:
+            yield
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.engine_key,))
+
+    # promotion ------------------------------------------------------------------------------
+    def _promote(self, pick: str, table: str, now: datetime, defer: Defer, limit: int, batch: int) -> int:
+        conn = self.conn
+        with conn.transaction():
+            found = [r[0] for r in conn.execute(pick, (now, limit)).fetchall()]
+            if not found:
+                return 0
+            batches = [found[i:i + batch] for i in range(0, len(found), batch)]
+            job_ids = defer(conn, batches)
+            ids, jobs = [], []
+            for chunk, job in zip(batches, job_ids, strict=True):
+                ids.extend(chunk)
+                jobs.extend([job] * len(chunk))
+            conn.execute(SET_JOBS[table], (ids, jobs))
+        return len(found)
+
+    def promote_timers(self, now: datetime, defer: Defer, *, limit: int = 10_000, batch: int = 100) -> int:
+        """Hand due waits to jobs, ``batch`` per job; returns how many were handed over."""
+        return self._promote(PROMOTE_TIMERS, "timers", now, defer, limit, batch)
+
+    def promote_messages(self, now: datetime, defer: Defer, *, limit: int = 10_000, batch: int = 200) -> int:
+        """Hand due messages to send jobs, ``batch`` per job."""
+        return self._promote(PROMOTE_MESSAGES, "outbox", now, defer, limit, batch)
+
+    def settle_inflight(self, resendable: Callable[[OutboxRow], bool]) -> tuple[list[str], list[OutboxRow]]:
+        """Rows left in flight by a send job that has ended (its worker stopped with
+        sends abandoned, or it failed for good): back to the queue under their key when
+        ``resendable``, else in doubt (SPEC 5.2). Returns (resent keys, held rows)."""
+        conn = self.conn
+        with conn.transaction():
+            found = [rows.outbox_row(r) for r in conn.execute(ORPHANED_INFLIGHT).fetchall()]
+            if not found:
+                return [], []
+            resend = [r.message.key for r in found if resendable(r)]
+            held = [r for r in found if not resendable(r)]
+            conn.execute("UPDATE outbox SET status = 'queued', job = NULL WHERE key = ANY(%s)", (resend,))
+            conn.execute(
+                "UPDATE outbox SET status = 'in_doubt', job = NULL WHERE key = ANY(%s)", ([r.message.key for r in held],)
+            )
+        return resend, held
+
+    # a timer job ------------------------------------------------------------------------------
+    def job_timers(self, ids: Sequence[str]) -> list[tuple[Timer, str | None]]:
+        """The timers among ``ids`` still there (not consumed yet), each with its run's
+        member (None: a campaign's run, or a run no longer kept)."""
+        found = self.conn.execute(JOB_TIMERS, (list(ids),)).fetchall()
+        return [(rows.timer(r[:5]), (r[5] or None)) for r in found]
+
+    def timer_still_there(self, timer_id: str) -> bool:
+        """Under the input's locks: a worker that ran this batch before may have consumed it."""
+        return self.conn.execute("SELECT 1 FROM timers WHERE id = %s FOR UPDATE", (timer_id,)).fetchone() is not None
+
+    # a send job -------------------------------------------------------------------------------
+    def claim_job_messages(self, job: int, until: datetime, limit: int) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        with self.conn.transaction():
+            found = self.conn.execute(CLAIM_JOB_MESSAGES, (job, until, limit)).fetchall()
+        found.sort(key=lambda r: (r[0], r[1]))
+        return [(rows.outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
+
+    def job_inflight(self, job: int) -> list[OutboxRow]:
+        """Rows this job claimed on an earlier try that did not finish (a worker died)."""
+        return [rows.outbox_row(r) for r in self.conn.execute(JOB_INFLIGHT, (job,)).fetchall()]
+
+    def release_job_messages(self, job: int) -> None:
+        """Rows this job leaves to retry later are free for promotion when due."""
+        self.conn.execute(RELEASE_JOB_MESSAGES, (job,))
+
+    # checks -----------------------------------------------------------------------------------
+    def invariants(self) -> dict[str, int]:
+        """How many rows each "stuck" query finds (all zero on a healthy store)."""
+        return {name: int(self.conn.execute(sql).fetchone()[0]) for name, sql in INVARIANTS.items()}
+
+
+def ensure_queue_schema(store: Any) -> bool:
+    """Create procrastinate's tables in the state's schema when missing; True if created."""
+    from procrastinate import schema as queue_schema
+
+    conn = store.conn
+    # pg_tables, not to_regclass: read with a fresh snapshot, it sees what another
+    # worker committed while this one waited for the lock (the catalog cache may not).
+    exists = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'procrastinate_jobs'"
+    if conn.execute(exists, (store.schema,)).fetchone() is not None:
+        return False
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(store.schema),))
+        if conn.execute(exists, (store.schema,)).fetchone() is not None:
+            return False
+        conn.execute(queue_schema.SchemaManager.get_schema())
+    return True

@@ -1,0 +1,145 @@
+"""``cmtyflow worker`` processes sharing a PostgreSQL state (docs/scale-out.md): real
+worker processes, a real PostgreSQL cluster of the tests' own (it is restarted), a
+loopback webhook sink that honours Idempotency-Key."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pg_server
+import pytest
+import worker_fleet as wf
+from loopback_sink import ThreadedSink
+
+from cmtyflow.cli import main
+from cmtyflow.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[pg_server.Cluster]:
+    try:
+        import procrastinate  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        reason = f"{exc.name} is not installed (pip install -e '.[test]')"
+        if os.environ.get(pg_server.ENV_REQUIRED) == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        with pg_server.cluster(max_connections=300) as made:
+            yield made
+    except pg_server.Unavailable as exc:
+        if os.environ.get(pg_server.ENV_REQUIRED) == "1":
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def sink() -> Iterator[ThreadedSink]:
+    s = ThreadedSink()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def state(cluster: pg_server.Cluster, request: pytest.FixtureRequest) -> str:
+    return pg_server.with_schema(cluster.url, f"w_{request.node.name[5:40].lower()}")
+
+
+def delivered(sink: ThreadedSink) -> tuple[list[Any], dict[str, dict[str, Any]], int]:
+    return sink.snapshot()
+
+
+def check_exactly_once(sink: ThreadedSink, members: int) -> tuple[int, int]:
+    """Every expected text delivered under one key, once; returns (requests, resends)."""
+    requests, by_key, duplicates = delivered(sink)
+    texts = Counter(body["text"] for body in by_key.values())
+    assert set(texts) == wf.expected_texts(members)
+    assert max(texts.values()) == 1, [t for t, n in texts.items() if n > 1][:5]  # never under a second key
+    assert {r.key for r in requests} == set(by_key)  # every resend carried a delivered key
+    return len(requests), duplicates
+
+
+def test_four_workers_take_ten_thousand_waits_and_one_killed_mid_batch_loses_nothing(
+    sink: ThreadedSink, state: str, tmp_path: Path
+) -> None:
+    members = 10_000
+    playbook = wf.write_playbook(tmp_path, sink.url)
+    wf.seed(state, playbook, members)
+    fleet = wf.Fleet(playbook, state, tmp_path, jobs=4)
+    fleet.start(4)
+    try:
+        wf.wait_for(lambda: len(delivered(sink)[1]) >= 1500, 180, "the first 1,500 deliveries", fleet)
+        fleet.kill(0)  # SIGKILL, with timer and send jobs in hand
+        wf.wait_for(lambda: wf.outbox_counts(state)["sent"] == members and wf.timers_left(state) == 0, 300,
+                    "every message sent", fleet)
+        wf.wait_for(lambda: not any(wf.invariants(state).values()), 60, "nothing stuck", fleet)
+        assert fleet.alive() == [1, 2, 3]
+    finally:
+        codes = fleet.stop()
+    requests, resends = check_exactly_once(sink, members)
+    counts = wf.outbox_counts(state)
+    assert counts["sent"] == members and counts["in_doubt"] == counts["inflight"] == counts["queued"] == 0
+    assert fleet.logged("job_recovered"), fleet.logs()  # the killed worker's jobs were taken up by the others
+    assert codes[1:] == [0, 0, 0]
+    assert requests == members + resends
+
+
+def test_an_immediate_postgres_restart_under_load_loses_no_intent(
+    sink: ThreadedSink, state: str, tmp_path: Path, cluster: pg_server.Cluster
+) -> None:
+    members = 3000
+    playbook = wf.write_playbook(tmp_path, sink.url)
+    wf.seed(state, playbook, members)
+    fleet = wf.Fleet(playbook, state, tmp_path, jobs=4)
+    fleet.start(2)
+    try:
+        wf.wait_for(lambda: len(delivered(sink)[1]) >= 300, 180, "the first 300 deliveries", fleet)
+        cluster.restart("immediate")  # every session cut mid-transaction, no shutdown checkpoint
+        wf.wait_for(lambda: wf.outbox_counts(state)["sent"] == members and wf.timers_left(state) == 0, 300,
+                    "every message sent after the restart", fleet)
+        wf.wait_for(lambda: not any(wf.invariants(state).values()), 60, "nothing stuck", fleet)
+        assert fleet.alive() == [0, 1]  # both rode out the restart
+    finally:
+        codes = fleet.stop()
+    check_exactly_once(sink, members)
+    assert fleet.logged("job_retry") + fleet.logged("worker_restarting") > 0, fleet.logs()  # the cut was felt
+    assert codes == [0, 0]
+
+
+def test_workers_need_a_postgresql_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
+    assert main(["worker", str(playbook), "--state", str(tmp_path / "state.db")]) == 1
+    err = capsys.readouterr().err
+    assert "workers share a PostgreSQL state" in err and "Traceback" not in err
+
+
+def test_a_single_runner_and_workers_exclude_each_other(state: str) -> None:
+    from cmtyflow.store.pg_shared import SharedWork
+    from cmtyflow.store.postgres import PostgresStore
+
+    workers = [PostgresStore(state, exclusive=False) for _ in range(2)]
+    runner = PostgresStore(state)
+    try:
+        for w in workers:
+            SharedWork(w).join()  # workers share
+        with pytest.raises(UserError, match="or workers, are using"):
+            runner.set_schedules([])
+    finally:
+        runner.close()
+        for w in workers:
+            w.close()
+    runner = PostgresStore(state)
+    other = PostgresStore(state, exclusive=False)
+    try:
+        runner.mark_in_doubt()  # holds the runner lock
+        with pytest.raises(UserError, match="a single `cmtyflow run` is using"):
+            SharedWork(other).join()
+    finally:
+        runner.close()
+        other.close()
