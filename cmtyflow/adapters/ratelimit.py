@@ -15,6 +15,10 @@ Rules:
   ``sleep``, so tests drive it with a fake clock and never wait for real.
 - When a platform says "slow down" (429, a rate-limit error code, or a depleted
   rate-limit header), ``defer`` pushes that bucket back so the next sends wait too.
+- ``default_limiter()`` is this process's ``RateLimiter`` unless another ``Limiter``
+  was installed with ``set_default_limiter`` (e.g. ``store.pg_ratelimit``'s, shared by
+  every process through PostgreSQL). Adapters take the default when they are built,
+  so it is installed before the channels are opened.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +88,32 @@ class RateLimiter:
         self._due.pop(key, None)
 
 
-_default: RateLimiter | None = None
+class Limiter(Protocol):
+    """What adapters use of a limiter: ``RateLimiter``, or one shared between processes."""
+
+    async def acquire(self, *buckets: Bucket) -> float: ...
+
+    def defer(self, key: Hashable, seconds: float) -> None: ...
+
+    def forget(self, key: Hashable) -> None: ...
 
 
-def default_limiter() -> RateLimiter:
+_default: Limiter | None = None
+
+
+def default_limiter() -> Limiter:
     """The process-wide limiter, so two channels that reach one destination share it."""
     global _default
     if _default is None:
         _default = RateLimiter()
     return _default
+
+
+def set_default_limiter(limiter: Limiter | None) -> None:
+    """Make ``limiter`` what ``default_limiter()`` returns (None: a new ``RateLimiter``
+    on next use). Adapters built earlier keep the limiter they were given."""
+    global _default
+    _default = limiter
 
 
 # Documented platform defaults (see docs/adapters.md for the sources).

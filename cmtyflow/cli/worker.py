@@ -47,15 +47,24 @@ def worker(paths: tuple[str, ...], state: str | None, jobs: int, concurrency: in
         import procrastinate  # noqa: F401
     except ImportError:
         raise UserError("workers need procrastinate: pip install 'cmtyflow[postgres]'") from None
+    from ..adapters.ratelimit import set_default_limiter
     from ..runtime.worker import Worker
+    from ..store.pg_ratelimit import PgRateLimiter
 
     result, programs = load_programs(paths)
-    channels = ChannelSet(programs, os.environ)
-    clock = SystemClock()
-    tz = programs[0].tz
-    log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
-    w = Worker(result, programs, location, channels, clock, jobs=jobs, concurrency=concurrency, drain=drain, log=log)
-    asyncio.run(_serve(w, log))
+    # Platform rate limits shared with the other workers: installed before the
+    # channels are built, as adapters take the default limiter when they are.
+    limiter = PgRateLimiter(location)
+    set_default_limiter(limiter)
+    try:
+        channels = ChannelSet(programs, os.environ)
+        clock = SystemClock()
+        tz = programs[0].tz
+        log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
+        w = Worker(result, programs, location, channels, clock, jobs=jobs, concurrency=concurrency, drain=drain, log=log)
+        asyncio.run(_serve(w, log, limiter))
+    finally:
+        set_default_limiter(None)
     t = w.totals
     click.echo(
         f"stopped: {w.inputs} inputs handled, {t.sent} sent, {t.failed} to retry, {t.dead} dead-lettered, "
@@ -65,7 +74,7 @@ def worker(paths: tuple[str, ...], state: str | None, jobs: int, concurrency: in
     return EXIT_OK
 
 
-async def _serve(w: Any, log: Any) -> None:
+async def _serve(w: Any, log: Any, limiter: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stop)
@@ -74,7 +83,10 @@ async def _serve(w: Any, log: Any) -> None:
         log("worker_started", pid=os.getpid(), jobs=w.jobs)
         await w.serve()
     finally:
-        await w.close()
+        try:
+            await w.close()
+        finally:
+            await limiter.aclose()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
