@@ -256,16 +256,22 @@ class Worker:
                 store.record(self.clock.now(), "in_doubt", resent=len(resent), held=len(held))
 
     def handle_timers(self, ids: Sequence[str]) -> None:
+        """The batch in one transaction (one commit, not one per wait), each wait's
+        decision applied as it is made, so the next wait's reads see it."""
+        decisions: list[Decision] = []
         with self.pool.store() as store:
             shared = SharedWork(store)
-            for timer, member in shared.job_timers(ids):
-                with shared.input(member):
+            found = shared.job_timers(ids)
+            with shared.inputs([member for _, member in found]):
+                for timer, _ in found:
                     if not shared.timer_still_there(timer.id):
                         continue  # an earlier try of this job took it
                     decision = self.engine.handle(store, self.clock.now(), TimerDue(timer))
                     store.apply(decision, consumed_timer=timer.id)
-                self._observe(decision)
-                self._count(1)
+                    decisions.append(decision)
+        for decision in decisions:
+            self._observe(decision)
+        self._count(len(decisions))
 
     async def send(self, job: int) -> None:
         with self.pool.store() as store:

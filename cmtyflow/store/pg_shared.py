@@ -14,7 +14,8 @@ Rules:
   member's run takes the ``engine`` lock shared and that member's lock exclusive (so
   waits of different members run in parallel); schedule firings, events and waits of
   campaign runs take the ``engine`` lock exclusive. The reads of an input and the
-  writes of its decision happen inside one transaction that holds these locks.
+  writes of its decision happen inside one transaction that holds these locks (a
+  batch of waits: one transaction, its members' locks taken in key order).
 - Every worker holds the ``runner`` lock shared for its life: a single ``cmtyflow
   run`` on the same schema (which takes it exclusive) is refused while workers run,
   and workers are refused while it runs.
@@ -128,18 +129,18 @@ class SharedWork:
 
     # input locks ----------------------------------------------------------------------------
     @contextmanager
-    def input(self, member: str | None) -> Iterator[None]:
-        """One transaction for one input, holding its locks (see the rules): a member's
-        input runs beside other members' inputs, anything else alone."""
+    def inputs(self, members: Sequence[str | None]) -> Iterator[None]:
+        """One transaction for a batch of inputs: the locks of all their members, taken
+        in key order (two batches sharing members never deadlock), or the engine lock
+        exclusive when one of them is a campaign's (None)."""
         conn = self.conn
         with conn.transaction():
-            if member is None:
+            if any(m is None for m in members):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.engine_key,))
             else:
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(%s)",
-                    (self.engine_key, self.member_key(member)),
-                )
+                keys = sorted({self.member_key(m) for m in members if m is not None})
+                conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self.engine_key,))
+                conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", (keys,))
             yield
 
     @contextmanager
