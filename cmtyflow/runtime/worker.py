@@ -56,6 +56,10 @@ TICK_TASK = "cmtyflow.tick"
 TIMERS_TASK = "cmtyflow.timers"
 SEND_TASK = "cmtyflow.send"
 RECOVER_TASK = "cmtyflow.recover"
+# Jobs are fetched by priority, then in order: the tick (which hands work out) and the
+# recovery never wait behind a backlog of batches, and messages made by resumed waits
+# go out while the rest of the waits are still being taken.
+PRIORITY = {"tick": 20, "send": 10, "timers": 0}
 
 
 class StorePool:
@@ -167,6 +171,7 @@ class Worker:
         self._dispatchers: set[Dispatcher] = set()
         self._presence: PostgresStore | None = None
         self._count_lock = threading.Lock()
+        self._zones_seen = -1  # member timezones when this worker's tick last took the engine
         self.app = self._build_app()
 
     # procrastinate ------------------------------------------------------------------------------
@@ -189,23 +194,23 @@ class Worker:
         )
 
         @app.periodic(cron="* * * * * *", periodic_id="tick")
-        @app.task(name=TICK_TASK, queue=QUEUE, lock=TICK_TASK, queueing_lock=TICK_TASK, retry=retry)
+        @app.task(name=TICK_TASK, queue=QUEUE, lock=TICK_TASK, queueing_lock=TICK_TASK, retry=retry, priority=PRIORITY["tick"])
         def tick(timestamp: int) -> None:
             with self._retried(TICK_TASK):
                 self.tick()
 
-        @app.task(name=TIMERS_TASK, queue=QUEUE, retry=retry)
+        @app.task(name=TIMERS_TASK, queue=QUEUE, retry=retry, priority=PRIORITY["timers"])
         def timers(ids: list[str]) -> None:
             with self._retried(TIMERS_TASK):
                 self.handle_timers(ids)
 
-        @app.task(name=SEND_TASK, queue=QUEUE, pass_context=True, retry=retry)
+        @app.task(name=SEND_TASK, queue=QUEUE, pass_context=True, retry=retry, priority=PRIORITY["send"])
         async def send(context: Any, keys: list[str]) -> None:
             with self._retried(SEND_TASK):
                 await self.send(int(context.job.id))
 
         @app.periodic(cron="*/5 * * * * *", periodic_id="recover")
-        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK)
+        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, priority=PRIORITY["tick"])
         async def recover(timestamp: int) -> None:
             await self.recover()
 
@@ -242,9 +247,16 @@ class Worker:
             shared.promote_timers(self.clock.now(), self._defer(TIMERS_TASK, "ids"), batch=self.timer_batch)
             driver = _TickDriver(self.engine, store)
             driver.observe = self._observe
-            with shared.alone():
-                handled = driver.process_until(self.clock.now())
-            self._count(handled)
+            # The engine lock stops every batch of waits while it is held: taken only
+            # when a firing or an event is due, or the roster has a new timezone (its
+            # member-local schedules need a first due time).
+            now = self.clock.now()
+            zones = len(store.member_timezones())
+            due = driver.next_instant()
+            if zones != self._zones_seen or (due is not None and due <= now):
+                with shared.alone():
+                    self._count(driver.process_until(now))
+                self._zones_seen = zones
             shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys"), batch=self.send_batch)
             resent, held = shared.settle_inflight(self._resendable)
             for key in resent:
@@ -262,7 +274,7 @@ class Worker:
         with self.pool.store() as store:
             shared = SharedWork(store)
             found = shared.job_timers(ids)
-            with shared.inputs([member for _, member in found]):
+            with shared.inputs([member for _, member in found]), store.counters_at_end():
                 for timer, _ in found:
                     if not shared.timer_still_there(timer.id):
                         continue  # an earlier try of this job took it
@@ -298,9 +310,18 @@ class Worker:
             self._add(stats)
 
     async def recover(self) -> None:
+        """Jobs of workers that stopped sending heartbeats: batches are put back to run;
+        a periodic job (a tick) is dropped instead, as the next one does its work (and
+        one is usually queued already, under the same queueing lock)."""
+        from procrastinate.jobs import Status
+
         self._ensure_presence()
         manager = self.app.job_manager
         for job in await manager.get_stalled_jobs(seconds_since_heartbeat=self.stalled_after):
+            if job.queueing_lock is not None:
+                await manager.finish_job(job, status=Status.ABORTED, delete_job=True)
+                self.log("job_dropped", job=job.id, task=job.task_name, worker=job.worker_id)
+                continue
             await manager.retry_job(job)
             self.log("job_recovered", job=job.id, task=job.task_name, worker=job.worker_id)
 

@@ -57,6 +57,7 @@ class PostgresStore(SqlStore):
         self._stages: set[str] = set()  # staging tables this connection has
         self._used: set[str] = set()  # staging tables filled in the current transaction
         self._runner = not exclusive  # holds the runner's advisory lock (or needs none)
+        self._held_counts: dict[str, int] | None = None  # see counters_at_end
 
     @property
     def conn(self) -> Any:
@@ -199,8 +200,27 @@ class PostgresStore(SqlStore):
             if consumed_event is not None:
                 cur.execute("UPDATE events SET status = 'done' WHERE id = %s", (consumed_event,))
                 count(counts, "events_processed", 1)
-            if counts:
+            if counts and self._held_counts is not None:
+                for k, v in counts.items():
+                    self._held_counts[k] = self._held_counts.get(k, 0) + v
+            elif counts:
                 self._bulk(cur, pg_rows.COUNTERS, [(k, v) for k, v in counts.items() if v])
+
+    @contextmanager
+    def counters_at_end(self) -> Iterator[None]:
+        """Inside a caller's transaction that applies several decisions: their counters
+        are added once, at the end. Every input updates the same few counter rows, and a
+        row updated early would stay locked until the commit, so concurrent batches
+        would run one after the other (``runtime.worker``)."""
+        self._held_counts = {}
+        try:
+            yield
+            held = {k: v for k, v in self._held_counts.items() if v}
+            if held:
+                with self._write(runner=True) as cur:
+                    self._bulk(cur, pg_rows.COUNTERS, sorted(held.items()))  # key order: no deadlock
+        finally:
+            self._held_counts = None
 
     # inputs ---------------------------------------------------------------------------------------
     def _add_events(self, cur: Any, events: Iterable[Event]) -> int:

@@ -143,3 +143,34 @@ def test_a_single_runner_and_workers_exclude_each_other(state: str) -> None:
     finally:
         runner.close()
         other.close()
+
+
+async def test_recovery_drops_a_stalled_tick_and_runs_a_stalled_batch_again(state: str, tmp_path: Path) -> None:
+    from procrastinate.jobs import Job
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import QUEUE, TICK_TASK, TIMERS_TASK, Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
+    result, programs = load_programs([playbook])
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock(), stalled_after=30.0)
+    async with w.app.open_async():
+        manager = w.app.job_manager
+        tick = Job(queue=QUEUE, lock=TICK_TASK, queueing_lock=TICK_TASK, task_name=TICK_TASK, task_kwargs={"timestamp": 1})
+        batch = Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=TIMERS_TASK, task_kwargs={"ids": ["t1"]})
+        dead = await manager.register_worker()
+        tick_id = (await manager.defer_job_async(tick)).id
+        batch_id = (await manager.defer_job_async(batch)).id
+        assert {(await manager.fetch_job([QUEUE], dead)).id for _ in range(2)} == {tick_id, batch_id}  # type: ignore[union-attr]
+        queued_tick = (await manager.defer_job_async(tick.evolve(task_kwargs={"timestamp": 2}))).id  # the next tick, waiting
+        store.conn.execute("UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", (dead,))
+        await w.recover()
+        status = dict(store.conn.execute("SELECT id, status::text FROM procrastinate_jobs").fetchall())
+    store.close()
+    assert status == {batch_id: "todo", queued_tick: "todo"}  # the stalled tick dropped, the batch put back
