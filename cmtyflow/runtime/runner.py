@@ -170,21 +170,30 @@ class Runner:
 
     # logging -------------------------------------------------------------------------------------
     def _add(self, stats: DispatchStats) -> None:
-        t = self.totals
-        t.sent += stats.sent
-        t.failed += stats.failed
-        t.dead += stats.dead
-        t.cancelled += stats.cancelled
-        t.requeued += stats.requeued
-        t.abandoned += stats.abandoned
+        add_stats(self.totals, stats)
 
     def _observe(self, decision: Decision) -> None:
-        started = decision.counters.get("runs_started", 0)
-        if started:
-            self.log("runs_started", count=started)
-        for note in decision.notes:
-            if note["kind"] in LOGGED_NOTES:
-                self.log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})
+        log_decision(self.log, decision)
+
+
+def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
+    """Add one dispatch pass's ``stats`` to a process's ``total``."""
+    total.sent += stats.sent
+    total.failed += stats.failed
+    total.dead += stats.dead
+    total.cancelled += stats.cancelled
+    total.requeued += stats.requeued
+    total.abandoned += stats.abandoned
+
+
+def log_decision(log: Log, decision: Decision) -> None:
+    """The log lines a decision is worth: runs started and the notes in LOGGED_NOTES."""
+    started = decision.counters.get("runs_started", 0)
+    if started:
+        log("runs_started", count=started)
+    for note in decision.notes:
+        if note["kind"] in LOGGED_NOTES:
+            log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})
 
 
 def build_runner(

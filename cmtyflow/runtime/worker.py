@@ -49,7 +49,7 @@ from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log
 from .driver import Driver
 from .prepare import adapter_formats
-from .runner import LOGGED_NOTES
+from .runner import add_stats, log_decision
 
 QUEUE = "cmtyflow"
 TICK_TASK = "cmtyflow.tick"
@@ -434,18 +434,7 @@ class Worker:
             self.inputs += n
 
     def _add(self, stats: DispatchStats) -> None:
-        t = self.totals
-        t.sent += stats.sent
-        t.failed += stats.failed
-        t.dead += stats.dead
-        t.cancelled += stats.cancelled
-        t.requeued += stats.requeued
-        t.abandoned += stats.abandoned
+        add_stats(self.totals, stats)
 
     def _observe(self, decision: Decision) -> None:
-        started = decision.counters.get("runs_started", 0)
-        if started:
-            self.log("runs_started", count=started)
-        for note in decision.notes:
-            if note["kind"] in LOGGED_NOTES:
-                self.log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})
+        log_decision(self.log, decision)
