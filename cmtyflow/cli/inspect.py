@@ -57,6 +57,7 @@ def status(state: str | None, fmt: str) -> int:
         lifecycle = store.audit(["runner_started", "runner_stopped"], limit=2)
         members = store.member_count()
         next_event = store.next_event_at()
+        workers = _workers(store)
     finally:
         store.close()
     doc = {
@@ -68,6 +69,8 @@ def status(state: str | None, fmt: str) -> int:
         "next_event": next_event.isoformat() if next_event else None,
         "runner": lifecycle,
     }
+    if workers is not None:
+        doc["workers"] = workers
     if fmt == "json":
         _echo_json(doc)
         return EXIT_OK
@@ -88,7 +91,33 @@ def status(state: str | None, fmt: str) -> int:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")
     if next_event is not None:
         click.echo(f"events queued, the first at {next_event.isoformat()}")
+    if workers is not None:
+        click.echo(f"workers: {workers['alive']} alive, jobs {workers['jobs'] or 'none'}")
+        stuck = {k: v for k, v in workers["stuck"].items() if v}
+        click.echo("stuck: none" if not stuck else "stuck:")
+        for what, n in stuck.items():
+            click.echo(f"  {n} {what}")
     return EXIT_OK
+
+
+def _workers(store: Any) -> dict[str, Any] | None:
+    """For a PostgreSQL state that workers have run on: live workers, jobs by status,
+    and the "stuck" queries (docs/scale-out.md); None otherwise."""
+    from ..store.postgres import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        return None
+    conn = store.conn
+    exists = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'procrastinate_jobs'"
+    if conn.execute(exists, (store.schema,)).fetchone() is None:
+        return None
+    from ..store.pg_shared import SharedWork
+
+    alive = conn.execute(
+        "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - interval '1 minute'"
+    ).fetchone()[0]
+    jobs = dict(conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1 ORDER BY 1").fetchall())
+    return {"alive": int(alive), "jobs": {k: int(v) for k, v in jobs.items()}, "stuck": SharedWork(store).invariants()}
 
 
 # outbox -----------------------------------------------------------------------------------------

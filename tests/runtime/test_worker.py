@@ -4,6 +4,7 @@ loopback webhook sink that honours Idempotency-Key."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ def test_four_workers_take_ten_thousand_waits_and_one_killed_mid_batch_loses_not
 
 
 def test_an_immediate_postgres_restart_under_load_loses_no_intent(
-    sink: ThreadedSink, state: str, tmp_path: Path, cluster: pg_server.Cluster
+    sink: ThreadedSink, state: str, tmp_path: Path, cluster: pg_server.Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     members = 3000
     playbook = wf.write_playbook(tmp_path, sink.url)
@@ -105,6 +106,11 @@ def test_an_immediate_postgres_restart_under_load_loses_no_intent(
                     "every message sent after the restart", fleet)
         wf.wait_for(lambda: not any(wf.invariants(state).values()), 60, "nothing stuck", fleet)
         assert fleet.alive() == [0, 1]  # both rode out the restart
+        capsys.readouterr()
+        assert main(["status", "--state", state, "--format", "json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["workers"]["alive"] >= 2 and not any(shown["workers"]["stuck"].values())
+        assert shown["outbox"]["sent"] == members
     finally:
         codes = fleet.stop()
     check_exactly_once(sink, members)
