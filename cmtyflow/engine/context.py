@@ -24,37 +24,55 @@ BUILTIN_STATE: dict[str, Any] = {
     "best_streak": 0,
     "last_checkin": None,
 }
+_ABSENT = object()
+_DERIVED = frozenset({"last_checkin", "badges"})  # read from data with a twist, as streak
 MEMBER_FIELDS = ("id", "name", "locale", "timezone", "tags", "joined_at", "opted_out", "email", "telegram")
+
+
+def checkin_date(raw: Any) -> date | None:
+    """A stored ``last_checkin`` as ``state.last_checkin`` reads it: a date or None."""
+    if raw is None or isinstance(raw, date):
+        return raw
+    return date.fromisoformat(raw)
 
 
 @item_first
 class StateView(Mapping[str, Any]):
     """Read-only view of one state mapping as SPEC 2 defines its reading."""
 
-    __slots__ = ("_data", "_today", "_raw", "_day")
+    __slots__ = ("_data", "_today", "_raw", "_day", "_lapsed")
 
     def __init__(self, data: Mapping[str, Any], today: date | None) -> None:
         self._data = data
         self._today = today
-        self._raw: Any = None  # the last ``last_checkin`` text parsed, and its date
+        # The last ``last_checkin`` value read, its date, and whether a whole day has
+        # passed since (the streak then reads 0).
+        self._raw: Any = None
         self._day: date | None = None
+        self._lapsed = False
 
     def __getitem__(self, key: str) -> Any:
         data = self._data
-        if key == "streak" or key == "last_checkin":  # the two readings SPEC 2 defines
-            last = self._last()
-            if key == "last_checkin":
-                return last
-            today = self._today
-            if last is None or today is None or (today - last).days > 1:
+        if key == "streak":  # one of the readings SPEC 2 defines, and the one read most
+            raw = data.get("last_checkin")
+            if raw is None:
                 return 0
-            return data.get("streak", 0)
-        if key in data:
-            value = data[key]
-            return list(value) if key == "badges" else value
+            if raw is not self._raw:  # read many times per run, written at most once
+                day = raw if isinstance(raw, date) else date.fromisoformat(raw)
+                today = self._today
+                self._raw, self._day = raw, day
+                self._lapsed = today is None or (today - day).days > 1
+            return 0 if self._lapsed else data.get("streak", 0)
+        if key in _DERIVED:
+            if key == "last_checkin":
+                return self._last()
+            value = data.get("badges", _ABSENT)  # badges, as a copy
+            return [] if value is _ABSENT else list(value)
+        value = data.get(key, _ABSENT)
+        if value is not _ABSENT:
+            return value
         if key in BUILTIN_STATE:
-            default = BUILTIN_STATE[key]
-            return [] if default == () else default
+            return BUILTIN_STATE[key]  # none of the others is a container
         raise KeyError(key)
 
     def _last(self) -> date | None:
@@ -62,7 +80,9 @@ class StateView(Mapping[str, Any]):
         if raw is None or isinstance(raw, date):
             return raw
         if raw is not self._raw:  # read many times per run, written at most once
+            today = self._today
             self._raw, self._day = raw, date.fromisoformat(raw)
+            self._lapsed = today is None or (today - self._day).days > 1
         return self._day
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -94,8 +114,9 @@ class MemberView(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         if key == "state" and self._state is not None:
             return self._state
-        if key in self._data:
-            return self._data[key]
+        value = self._data.get(key, _ABSENT)
+        if value is not _ABSENT:
+            return value
         if key == "tags":
             return []
         if key == "opted_out":
@@ -112,6 +133,11 @@ class MemberView(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"MemberView({self._data.get('id')!r})"
+
+
+def record_of(view: MemberView) -> Mapping[str, Any]:
+    """The roster record behind ``view``."""
+    return view._data
 
 
 def local_today(now: datetime) -> date:

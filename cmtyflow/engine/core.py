@@ -28,7 +28,7 @@ from .interp import Interpreter, zone
 from .model import Decision, Event, Firing, Launch, Run, TimerDue
 from .ports import StateReader
 from .program import Program
-from .schedule import in_window
+from .schedule import in_window, in_window_day
 from .txn import Txn
 
 STANDARD_EVENTS = frozenset(
@@ -89,7 +89,9 @@ class Engine:
         if prog.audience_static:
             # An audience that reads only member data, vars and roles is a function of
             # the member record: remember it until the record changes.
-            known = self._audience_cache.setdefault(prog.name, {})
+            known = self._audience_cache.get(prog.name)
+            if known is None:
+                known = self._audience_cache[prog.name] = {}
             cached = known.get(member["id"])
             if cached is not None and cached[0] is member:
                 return cached[1]
@@ -162,15 +164,17 @@ class Engine:
                 members = interp.txn.store.iter_members(timezone=item.timezone, default_timezone=prog.playbook.timezone)
             else:
                 members = interp.txn.store.iter_members()
+            changed = interp.txn.decision.members
             for member in members:
-                member = interp.txn.decision.members.get(member["id"], member)
+                member = changed.get(member["id"], member)
                 self._member_start(interp, prog, trigger, member, f"{run_base}:{member['id']}", None, {})
         else:
             self._campaign_start(interp, prog, trigger, run_base, None, {})
 
     def _event(self, interp: Interpreter, event: Event) -> None:
         txn = interp.txn
-        self._roster_update(txn, event)
+        if event.member is not None and (event.member_update or event.type in _ROSTER_EVENTS):
+            self._roster_update(txn, event)
         if event.member is not None and self._with_goals:
             self._goals(interp, event)
         self._resume_waits(interp, event)
@@ -179,7 +183,11 @@ class Engine:
             member = txn.member(event.member) if event.member is not None else None
             if member is not None:
                 tz = zone(member.get("timezone"), prog.tz)
-            if not in_window(event.at, prog.window, tz):
+            if event.at is interp.now:  # the usual case: the local date is the run's
+                inside = in_window_day(interp.local(tz)[1], prog.window)
+            else:
+                inside = in_window(event.at, prog.window, tz)
+            if not inside:
                 txn.decision.count("outside_window")
                 continue
             run_id = f"{trigger.id}:{event.id}"
@@ -218,11 +226,11 @@ class Engine:
         except RenderError as exc:
             d.note("audience_failed", playbook=prog.name, member=member.get("id"), error=str(exc))
             return
+        # Positional: a keyword call costs more than the rest of the Run (one per run).
         run = Run(
-            id=run_id, playbook=prog.name, version=prog.version, flow=trigger.flow, member=member["id"],
-            trigger=trigger.id, mode=trigger.mode, started_at=interp.now,
-            timezone=member.get("timezone") or prog.playbook.timezone,
-            event=event.as_context() if event is not None else None, inputs=inputs,
+            run_id, prog.name, prog.version, trigger.flow, member["id"], trigger.id, trigger.mode, interp.now,
+            member.get("timezone") or prog.playbook.timezone, 0, {}, {},
+            event.as_context() if event is not None else None, inputs,
         )
         self._start(interp, prog, trigger, run)
 
@@ -231,9 +239,8 @@ class Engine:
         inputs: dict[str, Any],
     ) -> None:
         run = Run(
-            id=run_id, playbook=prog.name, version=prog.version, flow=trigger.flow, member=None,
-            trigger=trigger.id, mode=trigger.mode, started_at=interp.now, timezone=prog.playbook.timezone,
-            event=event.as_context() if event is not None else None, inputs=inputs,
+            run_id, prog.name, prog.version, trigger.flow, None, trigger.id, trigger.mode, interp.now,
+            prog.playbook.timezone, 0, {}, {}, event.as_context() if event is not None else None, inputs,
         )
         self._start(interp, prog, trigger, run)
 
@@ -267,7 +274,8 @@ class Engine:
                     old = txn.run(rid)
                     if old is not None:
                         interp.finish(prog, old, "cancelled", f"restarted by {trigger.id}")
-        d.count("runs_started")
+        counters = d.counters
+        counters["runs_started"] = counters.get("runs_started", 0) + 1
         if prog.playbook.goals and run.member is not None:
             for goal in prog.playbook.goals:
                 d.exposures.append((prog.name, goal, run.member, "", None, interp.now))
@@ -370,6 +378,10 @@ class Engine:
             txn.member_for_write(event.member)["opted_out"] = True
         elif event.type == "member.opted_in":
             txn.member_for_write(event.member)["opted_out"] = False
+
+
+# The event types _roster_update acts on (besides any event carrying member data).
+_ROSTER_EVENTS = frozenset({"member.joined", "member.left", "member.opted_out", "member.opted_in"})
 
 
 def _start_record(run: Run) -> dict[str, Any]:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..expr import GLOBALS, RenderError
 from ..spec.duration import next_time_of_day
-from .context import MemberView, StateView
+from .context import MemberView, StateView, checkin_date, record_of
 from .model import Event, EventWait, QueuedMessage, Run, Timer, message_key
-from .policies import plan_delivery
+from .policies import delivery_plan
 from .program import Instr, Program
 from .txn import Txn
 
@@ -75,12 +76,22 @@ class Interpreter:
         # Messages cannot go before this (the time the input is handled; later than
         # ``now`` for an event taken late, after the runner was down).
         self.earliest = earliest if earliest is not None and earliest > now else now
+        # zone -> (now there, its date): a firing starts a run per member of a zone.
+        self._local: dict[ZoneInfo, tuple[datetime, Any]] = {}
+
+    def local(self, tz: ZoneInfo) -> tuple[datetime, Any]:
+        """``now`` on the wall clock of ``tz``, and its date."""
+        found = self._local.get(tz)
+        if found is None:
+            now = self.now.astimezone(tz)
+            found = self._local[tz] = (now, now.date())
+        return found
 
     # context ------------------------------------------------------------------------------
     def context(self, prog: Program, run: Run) -> dict[str, Any]:
-        tz = zone(run.timezone, prog.tz)
-        now = self.now.astimezone(tz)
-        today = now.date()
+        tz = _ZONES.get(run.timezone) or zone(run.timezone, prog.tz)  # zone(), its usual case inline
+        local = self._local.get(tz)
+        now, today = local if local is not None else self.local(tz)
         member_rec = self.txn.member(run.member) if run.member else None
         ctx: dict[str, Any] = {
             **GLOBALS,  # as ``scope()``, in one step: built for every run
@@ -114,31 +125,36 @@ class Interpreter:
         ctx = self.context(prog, run)
         end = len(instrs)
         budget = prog.max_loop * (end + 1) + 10
+        counted = run.flow not in prog.straight_flows
         occurrences = run.occurrences
+        pc = run.pc  # kept equal to run.pc: handlers read and move it
         try:
-            while run.pc < end:
-                budget -= 1
-                if budget < 0:
-                    raise RunFailed(f"flow '{run.flow}' ran more than {prog.max_loop} loop iterations")
-                pc = run.pc
+            while pc < end:
+                if counted:
+                    budget -= 1
+                    if budget < 0:
+                        raise RunFailed(f"flow '{run.flow}' ran more than {prog.max_loop} loop iterations")
                 ins = instrs[pc]
                 op = ins.op
                 if op == "jump":
-                    run.pc = ins.target
+                    pc = run.pc = ins.target
                     continue
                 cond = ins.cond
                 if cond is not None and not cond.evaluate(ctx):
-                    run.pc = ins.target if op in ("choose", "loop") else pc + 1
+                    pc = run.pc = ins.target if op in ("choose", "loop") else pc + 1
                     if op == "loop":
-                        run.loops.pop(run.pc, None)
+                        run.loops.pop(pc, None)
                     continue
                 occ = occurrences.get(pc, 0) + 1
                 occurrences[pc] = occ
                 handler, advances = _HANDLERS[op]
                 if handler(self, prog, run, ins, ctx, occ):
                     return  # suspended or stopped
-                if advances:
-                    run.pc += 1
+                if advances:  # (these handlers leave run.pc alone)
+                    pc += 1
+                    run.pc = pc
+                else:
+                    pc = run.pc
         except (RenderError, RunFailed) as exc:
             self.fail(prog, run, instrs[run.pc].label if run.pc < len(instrs) else run.flow, str(exc))
             return
@@ -148,14 +164,21 @@ class Interpreter:
         run.status = status
         run.waiting = None
         d = self.txn.decision
-        d.count(f"runs_{status}")
+        counters = d.counters
+        counter = _RUN_COUNTERS.get(status) or f"runs_{status}"
+        counters[counter] = counters.get(counter, 0) + 1
         if run.id in d.runs or self.txn.store.get_run(run.id) is not None:
             d.runs[run.id] = run
             d.cancel_timers_of.append(run.id)
             d.cancel_waits_of.append(run.id)
         if reason:
-            d.note("run_" + status, playbook=prog.name, run=run.id, flow=run.flow, member=run.member, reason=reason)
-        self.engine.start_queued(self, prog, run)
+            # as d.note(...): a nightly reminder stops for most members
+            d.notes.append({
+                "kind": "run_" + status, "playbook": prog.name, "run": run.id, "flow": run.flow,
+                "member": run.member, "reason": reason,
+            })
+        if run.flow in prog.queued_flows:
+            self.engine.start_queued(self, prog, run)
 
     def fail(self, prog: Program, run: Run, step: str, message: str) -> None:
         self.txn.decision.note(
@@ -166,63 +189,69 @@ class Interpreter:
 
     # step kinds: each returns True when the run must not go on now -------------------------
     def _send(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
-        spec = ins.step.send
-        channel = spec.channel or prog.default_channel
-        if channel is None or channel not in prog.channel_adapters:
-            raise RunFailed(f"send has no channel '{channel}'")
-        to = spec.to if spec.to is not None else ("member" if run.member else "channel")
-        recipients = self._recipients(prog, run, to)
         plan = prog.sends[id(ins)]
-        tz = zone(run.timezone, prog.tz)
+        fixed = plan.fixed
+        if fixed is None:  # what the step and its program fix, read once
+            spec = ins.step.send
+            channel = spec.channel or prog.default_channel
+            if channel is None or channel not in prog.channel_adapters:
+                raise RunFailed(f"send has no channel '{channel}'")
+            fixed = plan.fixed = (
+                channel, spec.to, spec.urgent, prog.channel_formats[channel], prog.channel_adapters[channel],
+            )
+        channel, to, urgent, formats, adapter = fixed
+        if to is None:
+            to = "member" if run.member else "channel"
+        if to == "member" and run.member is not None:
+            recipients: Any = ((run.member, "member"),)  # as _recipients()
+        else:
+            recipients = self._recipients(prog, run, to)
+        tz = _ZONES.get(run.timezone) or zone(run.timezone, prog.tz)
         txn = self.txn
         d = txn.decision
         now = self.earliest
-        urgent = spec.urgent
         label = ins.label
-        formats = prog.channel_formats[channel]
-        adapter = prog.channel_adapters[channel]
         goals = prog.playbook.goals
+        quiet = prog.quiet
+        cap = prog.playbook.policies.max_per_member_per_day
+        name, run_id, flow = prog.name, run.id, run.flow
+        weights = plan.weights
         for rid, to_label in recipients:
             rec = txn.member(rid) if rid is not None else None
             if rid is not None and rec is None:
-                d.note("unknown_member", playbook=prog.name, run=run.id, step=label, member=rid)
+                d.note("unknown_member", playbook=name, run=run_id, step=label, member=rid)
                 continue
             if rec is not None and rec.get("opted_out") and not urgent:
                 d.count("skipped_opted_out")
                 continue
-            variant = variant_for(plan, prog.name, label, rid or run.id)
+            # as variant_for()
+            variant = pick_variant(weights, f"{name}/{label}/{rid or run_id}") if weights else None
             text, fmt = self._render(prog, plan, variant, rec, ctx, formats)
             if not text.strip():
-                d.note("empty_message", playbook=prog.name, run=run.id, step=label, member=rid)
+                d.note("empty_message", playbook=name, run=run_id, step=label, member=rid)
                 continue
             if urgent:
                 deliver_at, deferred, day = now, None, None
+            elif rec is None:
+                deliver_at, deferred, day = delivery_plan(now, quiet, tz, None, None, _no_count)
             else:
-                member_tz = zone(rec.get("timezone"), prog.tz) if rec is not None else None
-                deliver_at, deferred, day = plan_delivery(
-                    now,
-                    quiet=prog.quiet,
-                    run_tz=tz,
-                    cap=prog.playbook.policies.max_per_member_per_day if rec is not None else None,
-                    member_tz=member_tz,
-                    day_count=(lambda text, _r=rid: txn.day_count(_r, text)) if rid is not None else (lambda text: 0),
+                deliver_at, deferred, day = delivery_plan(
+                    now, quiet, tz, cap, zone(rec.get("timezone"), prog.tz), partial(txn.day_count, rid),
                 )
             if deferred:
                 d.count(f"deferred_{deferred}")
             if day is not None and rid is not None:
                 txn.add_day_count(rid, day)
-            key = message_key(prog.name, run.id, label, occ, rid if rid is not None else "#" + channel)
+            key = message_key(name, run_id, label, occ, rid if rid is not None else "#" + channel)
             d.messages.append(
                 QueuedMessage(
-                    key=key, playbook=prog.name, run=run.id, flow=run.flow, step=label, occurrence=occ,
-                    channel=channel, adapter=adapter, member=rid, to=to_label,
-                    text=text, format=fmt, variant=variant, urgent=urgent, queued_at=now,
-                    deliver_at=deliver_at, deferred=deferred,
+                    key, name, run_id, flow, label, occ, channel, adapter, rid, to_label, text, fmt, variant,
+                    urgent, now, deliver_at, deferred,
                 )
             )
             if rid is not None and goals:
                 for goal in goals:
-                    d.exposures.append((prog.name, goal, rid, label, variant, deliver_at))
+                    d.exposures.append((name, goal, rid, label, variant, deliver_at))
         return False
 
     def _recipients(self, prog: Program, run: Run, to: Any) -> list[tuple[str | None, str]]:
@@ -249,20 +278,35 @@ class Interpreter:
         if inline is not None:
             return inline.render(ctx), "plain"
         name = plan.named[variant]
-        tset = prog.templates.get(name)
-        locales: list[str | None] = []
-        if rec is not None and rec.get("locale"):
-            locales.append(rec["locale"])
+        rec_locale = rec.get("locale") if rec is not None else None
         member = ctx.get("member")
-        member_locale = member.get("locale") if member is not None else None
-        if member_locale and member_locale not in locales:
-            locales.append(member_locale)
-        locales.extend([prog.playbook.locale, None])
-        found = tset.pick(tuple(locales), formats) if tset is not None else None
+        if member is None:
+            member_locale = None
+        elif type(member) is MemberView:
+            member_locale = record_of(member).get("locale")  # what member.get("locale") reads
+        else:
+            member_locale = member.get("locale")
+        # The choice depends on these alone (the program's files and locale are fixed).
+        question = (name, rec_locale, member_locale, formats)
+        picked = prog.picked
+        if question in picked:
+            found = picked[question]
+        else:
+            found = picked[question] = self._pick(prog, name, rec_locale, member_locale, formats)
         if found is None:
+            locales = _locales(prog, rec_locale, member_locale)
             raise RenderError(f"template '{name}' has no file for locales {locales[:-1]} in formats {list(formats)}")
         template, fmt = found
         return template.render(ctx), fmt
+
+    @staticmethod
+    def _pick(
+        prog: Program, name: str, rec_locale: Any, member_locale: Any, formats: tuple[str, ...],
+    ) -> tuple[Any, str] | None:
+        tset = prog.templates.get(name)
+        if tset is None:
+            return None
+        return tset.pick(tuple(_locales(prog, rec_locale, member_locale)), formats)
 
     def _wait(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
         tz = zone(run.timezone, prog.tz)
@@ -322,8 +366,7 @@ class Interpreter:
         # SPEC 4: once per local day; the streak goes on from yesterday or starts at 1.
         state = self.txn.state(prog.name, run.member)
         today = ctx["today"]
-        view = StateView(state, today)
-        last = view["last_checkin"]
+        last = checkin_date(state.get("last_checkin"))  # as state.last_checkin reads
         if last == today:
             run.checkin = {"duplicate": True}
         else:
@@ -379,6 +422,22 @@ class Interpreter:
         return True
 
 
+def _locales(prog: Program, rec_locale: Any, member_locale: Any) -> list[Any]:
+    """The locales a template is looked for in, best first: the recipient's, the run
+    member's, the playbook's, then none."""
+    locales: list[Any] = []
+    if rec_locale:
+        locales.append(rec_locale)
+    if member_locale and member_locale not in locales:
+        locales.append(member_locale)
+    locales.extend([prog.playbook.locale, None])
+    return locales
+
+
+def _no_count(day: str) -> int:
+    return 0
+
+
 def _plain(value: Any) -> Any:
     """State holds JSON-able values; dates as ISO text, other objects as text."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -391,6 +450,8 @@ def _plain(value: Any) -> Any:
         return value.isoformat()
     return str(value)
 
+
+_RUN_COUNTERS = {status: f"runs_{status}" for status in ("done", "stopped", "failed", "cancelled")}
 
 # op -> (handler, whether the run moves to the next instruction after it; the others
 # set ``run.pc`` themselves)

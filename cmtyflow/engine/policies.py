@@ -58,15 +58,41 @@ def plan_delivery(
     day_count: Callable[[str], int],
 ) -> tuple[datetime, str | None, str | None]:
     """(deliver_at, reason deferred or None, local date counted against the cap)."""
-    at = after_quiet(now, quiet, run_tz)
-    reason = "quiet_hours" if at != now else None
+    return delivery_plan(now, quiet, run_tz, cap, member_tz, day_count)
+
+
+def delivery_plan(
+    now: datetime,
+    quiet: tuple[time, time] | None,
+    run_tz: ZoneInfo,
+    cap: int | None,
+    member_tz: ZoneInfo | None,
+    day_count: Callable[[str], int],
+) -> tuple[datetime, str | None, str | None]:
+    """``plan_delivery`` with positional arguments (the interpreter calls it per message)."""
+    # As after_quiet(now, quiet, run_tz), reading the local time once: most sends are
+    # outside quiet hours, and most members' zone is the run's.
+    local = None
+    at, reason = now, None
+    if quiet is not None:
+        local = now.astimezone(run_tz)
+        start, end = quiet
+        if start != end:  # in_quiet(local.time(), quiet), inline
+            clock = local.time()
+            if (start <= clock < end) if start < end else (clock >= start or clock < end):
+                at, reason = after_quiet(now, quiet, run_tz), "quiet_hours"
     if cap is None or member_tz is None:
         return at, reason, None
-    for _ in range(MAX_DEFER_DAYS):
-        day = at.astimezone(member_tz).date()
-        text = _day_text(day)
-        if day_count(text) < cap:
-            return at, reason, text
+    day = local.date() if local is not None and at is now and member_tz is run_tz else at.astimezone(member_tz).date()
+    text = _day_text(day)
+    if day_count(text) < cap:  # the first pass of the loop below, for the usual case
+        return at, reason, text
+    for attempt in range(MAX_DEFER_DAYS):
+        if attempt:
+            day = at.astimezone(member_tz).date()
+            text = _day_text(day)
+            if day_count(text) < cap:
+                return at, reason, text
         reason = "daily_cap"
         start_of_next = at_local(day + timedelta(days=1), quiet[1] if quiet else time(0), member_tz)
         at = after_quiet(start_of_next, quiet, run_tz)

@@ -52,6 +52,8 @@ class SendPlan:
     inline: dict[str | None, Template] = field(default_factory=dict)
     named: dict[str | None, str] = field(default_factory=dict)  # variant -> template name
     weights: list[tuple[str, float]] = field(default_factory=list)
+    # The interpreter's (channel, to, urgent, formats, adapter) for the step, once read.
+    fixed: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @lru_cache(maxsize=1024)
@@ -112,6 +114,13 @@ class Program:
     uses_audience: bool = False
     audience_static: bool = False  # the audience reads only member, vars and roles
     queued_flows: frozenset[str] = frozenset()
+    # Flows without a repeat: their runs only ever jump forward, so they cannot pass
+    # the interpreter's step budget and it is not counted for them.
+    straight_flows: frozenset[str] = frozenset()
+    # The interpreter's template choices: (name, recipient's locale, run member's
+    # locale, formats) -> (template, format) or None. The files and the playbook's
+    # locale are fixed once compiled.
+    picked: dict[tuple[Any, ...], tuple[Template, str] | None] = field(default_factory=dict, compare=False, repr=False)
 
     def trigger(self, trigger_id: str) -> Any:
         for t in self.playbook.triggers:
@@ -258,6 +267,7 @@ def compile_program(
         default_channel=single,
         audience_static=pb.audience is not None and _static_names(pb.audience.where),
         queued_flows=frozenset(t.flow for t in pb.triggers if t.mode == "queued"),
+        straight_flows=frozenset(name for name, instrs in flows.items() if all(i.op != "loop" for i in instrs)),
         uses_audience=_uses_audience(loaded),
     )
 

@@ -41,7 +41,13 @@ def next_cron(expr: str, after: datetime, tz_name: str) -> datetime:
 def in_window(moment: datetime, window: tuple[date, date | None] | None, tz: ZoneInfo) -> bool:
     if window is None:
         return True
-    day = moment.astimezone(tz).date()
+    return in_window_day(moment.astimezone(tz).date(), window)
+
+
+def in_window_day(day: date, window: tuple[date, date | None] | None) -> bool:
+    """Whether the local date ``day`` lies in ``window``."""
+    if window is None:
+        return True
     first, last = window
     return day >= first and (last is None or day <= last)
 

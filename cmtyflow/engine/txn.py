@@ -9,6 +9,8 @@ from typing import Any
 from .model import Decision, Run
 from .ports import StateReader
 
+_UNREAD: Any = object()
+
 
 class Txn:
     __slots__ = ("store", "decision", "_members_read", "_runs_by_key", "_runs_indexed")
@@ -24,12 +26,12 @@ class Txn:
 
     # members ---------------------------------------------------------------------------
     def member(self, member_id: str) -> dict[str, Any] | None:
-        if member_id in self.decision.members:
-            return self.decision.members[member_id]
-        if member_id in self._members_read:
-            return self._members_read[member_id]
-        found = self.store.get_member(member_id)
-        self._members_read[member_id] = found
+        changed = self.decision.members
+        if changed and member_id in changed:
+            return changed[member_id]
+        found: dict[str, Any] | None = self._members_read.get(member_id, _UNREAD)
+        if found is _UNREAD:
+            found = self._members_read[member_id] = self.store.get_member(member_id)
         return found
 
     def member_for_write(self, member_id: str) -> dict[str, Any]:

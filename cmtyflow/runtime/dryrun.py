@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,7 +34,14 @@ from .inputs import RowProblem, read_events, read_roster
 from .simulate import Simulation, parse_spec
 
 DELIVERY_BATCH = 5000
-GC_THRESHOLDS = (20_000, 20, 10)  # while a dry run runs; Python's default is (700, 10, 10)
+# While a dry run runs; Python's default is (700, 10, 10). A youngest generation of a
+# million objects: what a dry run keeps alive for a while (a day of synthetic events
+# until handled, a schedule's runs and messages until applied and delivered) is freed
+# by reference counting before the collector would look at it, instead of being
+# walked once or more on its way to the oldest generation. Nothing a dry run makes is
+# cyclic garbage, so the collector has nothing to find meanwhile; what it would find
+# (a failing template's traceback) waits at most a million objects.
+GC_THRESHOLDS = (1_000_000, 20, 10)
 SUMMARY_NOTES = ("run_failed", "empty_message", "unknown_member")  # the notes ``summary`` reads
 
 
@@ -150,6 +157,10 @@ class DryRun:
         self.progress = progress
         self.tz = programs[0].tz if programs else None
         self.stats = DryRunStats(start, self.end, days)
+        self._zones: dict[str, Any] = {}  # playbook -> the zone its delivery times are shown in
+        self._steps: dict[tuple[str, str], str] = {}  # (playbook, step) -> "playbook/step"
+        self._utc_last: tuple[datetime | None, datetime | None] = (None, None)  # see _utc
+        self._utc_before: tuple[datetime | None, datetime | None] = (None, None)
 
     def load_roster(self, members: Iterable[dict[str, Any]]) -> int:
         return self.store.put_members(members)
@@ -177,66 +188,108 @@ class DryRun:
             return self._run()
 
     def _run(self) -> DryRunStats:
-        self.driver.init_schedules(self.start)
+        driver, store, stats = self.driver, self.store, self.stats
+        driver.init_schedules(self.start)
         span = (self.end - self.start).total_seconds()
         generated = self.start  # synthetic events exist for [start, generated)
+        # The next message due, kept between instants: past the instant delivered,
+        # only handling inputs changes the outbox.
+        message_due = store.next_message_due()
         while True:
-            instant = self.driver.next_instant()
-            message_due = self.store.next_message_due()
-            if message_due is not None and (instant is None or message_due < instant):
+            instant = driver.next_instant()
+            if message_due is not None and (instant is None or self._earlier(message_due, instant)):
                 instant = message_due
             if instant is not None and instant < self.start:
                 instant = self.start
             if self.simulation is not None and generated < self.end and (instant is None or generated <= instant):
                 # Synthetic behaviour comes one day at a time, always ahead of the clock.
                 chunk_end = min(generated + timedelta(days=1), self.end)
-                self.load_events(self.simulation.events_for(generated, chunk_end, self.store))
+                self.load_events(self.simulation.events_for(generated, chunk_end, store))
                 generated = chunk_end
                 continue
             if instant is None or instant >= self.end:
                 break
             self.clock.set(instant)
-            self.stats.inputs += self.driver.process_until(instant)
-            self._deliver(instant)
+            stats.inputs += driver.process_until(instant)
+            message_due = self._deliver(instant)
             if self.progress is not None and span:
                 self.progress((instant - self.start).total_seconds() / span)
         if self.progress is not None:
             self.progress(1.0)
-        return self.stats
+        return stats
 
-    def _deliver(self, instant: datetime) -> None:
-        due = self.store.next_message_due()
-        if due is None or due > instant:
-            return
+    def _deliver(self, instant: datetime) -> datetime | None:
+        """Deliver what is due at ``instant``; returns when the next message is due."""
+        store, stats = self.store, self.stats
+        due = store.next_message_due()
+        if due is None or self._earlier(instant, due):
+            return due
         results: list[tuple[str, str, dict[str, Any]]] = []
         # Messages due at one instant mostly share their time and zone (a schedule's
         # sends): format the time once for them.
         last_at: datetime | None = None
         last_tz: Any = None
-        at_text = ""
+        at_text = day = ""
         sent = {"sent_at": instant}
-        get_member, add, sink = self.store.get_member, self.stats.add, self.sink
+        get_member, sink = store.get_member, self.sink
+        zones, steps = self._zones, self._steps
+        # stats.add(record) for each record, in place
+        per_day, per_step, per_channel = stats.per_day, stats.per_step, stats.per_channel
+        per_day_step, per_variant = stats.per_day_step, stats.per_variant
         while True:
-            rows = self.store.claim_due_messages(instant, DELIVERY_BATCH)
+            rows = store.claim_due_messages(instant, DELIVERY_BATCH)
             for row in rows:
                 message = row.message
                 member = get_member(message.member) if message.member else None
                 if member is not None and member.get("opted_out") and not message.urgent:
                     results.append((message.key, "cancelled", {"last_error": "member opted out"}))
-                    self.stats.held_opted_out += 1
+                    stats.held_opted_out += 1
                     continue
-                tz = self._tz_of(message)
+                playbook = message.playbook
+                tz = zones.get(playbook)
+                if tz is None:
+                    tz = zones[playbook] = self._tz_of(message)
                 if tz is not last_tz or message.deliver_at != last_at:
                     last_at, last_tz = message.deliver_at, tz
                     at_text = last_at.astimezone(tz).isoformat()
+                    day = at_text[:10]
                 record = delivery_record(message, at_text)
-                add(record)
+                step = steps.get((playbook, message.step))
+                if step is None:
+                    step = steps[(playbook, message.step)] = f"{playbook}/{message.step}"
+                stats.deliveries += 1
+                per_day[day] += 1
+                per_step[step] += 1
+                per_channel[message.channel] += 1
+                per_day_step[day][step] += 1
+                if message.variant is not None:
+                    per_variant[f"{step}:{message.variant}"] += 1
                 sink(record)
                 results.append((message.key, "sent", sent))
             if len(rows) < DELIVERY_BATCH:  # claimed rows stay inflight: none are left
                 break
         if results:
-            self.store.finish_messages(results)
+            store.finish_messages(results)
+        return store.next_message_due()
+
+    def _earlier(self, a: datetime, b: datetime) -> bool:
+        """``a < b``. Between datetimes of different zones by their UTC times, each
+        converted once: Python's own comparison across zones subtracts the two, which
+        costs several times more, and the next message due (often a deferred one, in
+        its member's zone) is compared with every instant until it is delivered."""
+        if a.tzinfo is b.tzinfo:
+            return a < b
+        return self._utc(a) < self._utc(b)
+
+    def _utc(self, moment: datetime) -> datetime:
+        # The last two datetimes converted, by identity (the references keep them alive).
+        if moment is self._utc_last[0]:
+            return self._utc_last[1]  # type: ignore[return-value]
+        if moment is self._utc_before[0]:
+            return self._utc_before[1]  # type: ignore[return-value]
+        utc = moment.astimezone(UTC)
+        self._utc_before, self._utc_last = self._utc_last, (moment, utc)
+        return utc
 
     def _tz_of(self, message: QueuedMessage) -> Any:
         prog = self.engine.programs.get(message.playbook)

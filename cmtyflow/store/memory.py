@@ -89,6 +89,41 @@ class _EventQueue:
             return heap[0]
         return first
 
+    def take_due(self, last: float, limit: int) -> list[Event]:
+        """The queued events due at or before ``last`` (a timestamp), at most ``limit``,
+        in order: as taking ``head()`` with ``pop()`` while it is due."""
+        out: list[Event] = []
+        head = self._head if self._head_known else self.head()
+        if head is None or head[0] > last:
+            return out
+        if not self._heap and not self._incoming:
+            # Everything is in the sorted run: take from its front in one pass. An
+            # entry taken by id meanwhile (not queued) is dropped, as _find_head does.
+            queued, run, pos = self.queued, self._run, self._pos
+            end = len(run)
+            while pos < end and len(out) < limit:
+                item = run[pos]
+                if item[0] > last:  # type: ignore[index]
+                    break
+                run[pos] = None
+                pos += 1
+                event = queued.pop(item[2].id, None)  # type: ignore[index]
+                if event is not None:
+                    out.append(event)
+            self._pos = pos
+            # The next head, as _find_head would find it, when it is plain to see.
+            if pos >= end:
+                self._head, self._head_known = None, True
+            elif run[pos][2].id in queued:  # type: ignore[index]
+                self._head, self._head_known = run[pos], True
+            else:
+                self._head_known = False
+            return out
+        while head is not None and head[0] <= last and len(out) < limit:
+            out.append(self.pop(head))
+            head = self.head()
+        return out
+
     def pop(self, head: tuple[float, int, Event]) -> Event:
         """Take ``head``, as just returned by ``head()``."""
         self._head_known = False
@@ -107,6 +142,7 @@ class MemoryStore:
         self.keep_delivered = keep_delivered
         self.note_kinds = frozenset(note_kinds) if note_kinds is not None else None
         self._members: dict[str, dict[str, Any]] = {}
+        self._zone_members: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # see iter_members
         self._zones: set[str] = set()
         self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._runs: dict[str, Run] = {}
@@ -137,6 +173,11 @@ class MemoryStore:
         # Keys whose due time was moved by ``requeue``: their latest heap entry's seq;
         # their older entries are stale. Empty in dry runs, so checked only when not.
         self._moved: dict[str, int] = {}
+        # The last datetime turned into a timestamp, and its timestamp: timestamp() of an
+        # aware datetime costs about a microsecond, and one instant's datetime object is
+        # asked for again and again (the events due, the messages its inputs queue, the
+        # messages claimed). Compared by identity; the reference keeps it alive.
+        self._stamped: tuple[datetime | None, float] = (None, 0.0)
 
     # StateReader ---------------------------------------------------------------------------------
     def get_member(self, member_id: str) -> dict[str, Any] | None:
@@ -146,9 +187,15 @@ class MemoryStore:
         if timezone is None:
             yield from list(self._members.values())
             return
-        for member in list(self._members.values()):
-            if (member.get("timezone") or default_timezone) == timezone:
-                yield member
+        # A member-local schedule asks for each zone's members once per firing: the
+        # list is kept until the roster changes (put_members).
+        key = (timezone, default_timezone)
+        found = self._zone_members.get(key)
+        if found is None:
+            found = self._zone_members[key] = [
+                member for member in self._members.values() if (member.get("timezone") or default_timezone) == timezone
+            ]
+        yield from found
 
     def get_state(self, playbook: str, member: str | None) -> dict[str, Any]:
         return self._states.get((playbook, member), _EMPTY)
@@ -179,6 +226,7 @@ class MemoryStore:
 
     # roster ----------------------------------------------------------------------------------------
     def put_members(self, members: Iterable[dict[str, Any]]) -> int:
+        self._zone_members.clear()
         n = 0
         for member in members:
             current = self._members.get(member["id"])
@@ -203,58 +251,81 @@ class MemoryStore:
         consumed_event: str | None = None,
         consumed_timer: str | None = None,
     ) -> None:
+        # One call per input: most decisions fill a few of their fields, so each part
+        # is looked at only when there is something in it.
         if consumed_timer is not None:
             self._drop_timer(consumed_timer)
-        for rid in decision.cancel_timers_of:
-            for tid in list(self._timers_by_run.get(rid, ())):
-                self._drop_timer(tid)
-        for rid in decision.cancel_waits_of:
-            for wait in self._waits_of_run.pop(rid, []):
-                self._waits[(wait.event_type, wait.member)].pop(rid, None)
+        if decision.cancel_timers_of:
+            for rid in decision.cancel_timers_of:
+                for tid in list(self._timers_by_run.get(rid, ())):
+                    self._drop_timer(tid)
+        if decision.cancel_waits_of:
+            for rid in decision.cancel_waits_of:
+                for wait in self._waits_of_run.pop(rid, []):
+                    self._waits[(wait.event_type, wait.member)].pop(rid, None)
         if decision.members:
             self.put_members(decision.members.values())
-        self._states.update(decision.states)
-        for run in decision.runs.values():
-            self._put_run(run)
-        for timer in decision.timers:
-            self._timers[timer.id] = timer
-            self._timers_by_run[timer.run].add(timer.id)
-            heapq.heappush(self._timer_heap, (timer.due.timestamp(), timer.id, timer.due))
-        for wait in decision.waits:
-            self._waits[(wait.event_type, wait.member)][wait.run] = wait
-            self._waits_of_run[wait.run].append(wait)
-        for (member, day), n in decision.day_counts.items():
-            counts = self._day_counts.get(day)
-            if counts is None:
-                counts = self._day_counts[day] = {}
-            counts[member] = counts.get(member, 0) + n
-        for message in decision.messages:
-            if message.key in self._outbox:
-                self._counters["duplicate_messages"] += 1
-                continue
-            self._outbox[message.key] = OutboxRow(message, "queued")
-            self._outbox_seq += 1
-            due = message.deliver_at
-            heapq.heappush(self._outbox_heap, (due.timestamp(), self._outbox_seq, message.key, due))
-        for record in decision.queued_starts:
-            self._queued[(record["playbook"], record["flow"], record["member"])].append(record)
-        for rid in decision.dequeued:
-            for records in self._queued.values():
-                records[:] = [r for r in records if r["id"] != rid]
-        for playbook, goal, member, step, variant, at in decision.exposures:
-            group = (playbook, goal, step, variant)
-            if member not in self._exposed[group]:
-                self._exposed[group].add(member)
-                self._exposures[(playbook, member)].append((goal, step, variant, at))
-        for playbook, goal, member, step, variant in decision.conversions:
-            self._converted[(playbook, goal, step, variant)].add(member)
-            self._exposures[(playbook, member)] = [
-                e for e in self._exposures.get((playbook, member), []) if not (e[0] == goal and e[1] == step and e[2] == variant)
-            ]
-        for event in decision.emitted:
-            self.add_event(event)
+        if decision.states:
+            self._states.update(decision.states)
+        if decision.runs:
+            for run in decision.runs.values():
+                self._put_run(run)
+        if decision.timers:
+            for timer in decision.timers:
+                self._timers[timer.id] = timer
+                self._timers_by_run[timer.run].add(timer.id)
+                heapq.heappush(self._timer_heap, (timer.due.timestamp(), timer.id, timer.due))
+        if decision.waits:
+            for wait in decision.waits:
+                self._waits[(wait.event_type, wait.member)][wait.run] = wait
+                self._waits_of_run[wait.run].append(wait)
+        if decision.day_counts:
+            all_counts = self._day_counts
+            for (member, day), n in decision.day_counts.items():
+                counts = all_counts.get(day)
+                if counts is None:
+                    counts = all_counts[day] = {}
+                counts[member] = counts.get(member, 0) + n
+        if decision.messages:
+            outbox, heap, push = self._outbox, self._outbox_heap, heapq.heappush
+            seq = self._outbox_seq
+            for message in decision.messages:
+                key = message.key
+                if key in outbox:
+                    self._counters["duplicate_messages"] += 1
+                    continue
+                outbox[key] = OutboxRow(message, "queued")
+                seq += 1
+                due = message.deliver_at
+                stamped = self._stamped
+                push(heap, (stamped[1] if stamped[0] is due else self._stamp(due), seq, key, due))
+            self._outbox_seq = seq
+        if decision.queued_starts:
+            for record in decision.queued_starts:
+                self._queued[(record["playbook"], record["flow"], record["member"])].append(record)
+        if decision.dequeued:
+            for rid in decision.dequeued:
+                for records in self._queued.values():
+                    records[:] = [r for r in records if r["id"] != rid]
+        if decision.exposures:
+            for playbook, goal, member, step, variant, at in decision.exposures:
+                group = (playbook, goal, step, variant)
+                if member not in self._exposed[group]:
+                    self._exposed[group].add(member)
+                    self._exposures[(playbook, member)].append((goal, step, variant, at))
+        if decision.conversions:
+            for playbook, goal, member, step, variant in decision.conversions:
+                self._converted[(playbook, goal, step, variant)].add(member)
+                self._exposures[(playbook, member)] = [
+                    e for e in self._exposures.get((playbook, member), [])
+                    if not (e[0] == goal and e[1] == step and e[2] == variant)
+                ]
+        if decision.emitted:
+            for event in decision.emitted:
+                self.add_event(event)
+        counters = self._counters
         for name, n in decision.counters.items():
-            self._counters[name] += n
+            counters[name] += n
         if decision.notes:
             if self.note_kinds is None:
                 self._notes.extend(decision.notes)
@@ -263,7 +334,7 @@ class MemoryStore:
         if schedules:
             self.set_schedules(schedules)
         if consumed_event is not None:
-            self._counters["events_processed"] += 1
+            counters["events_processed"] += 1
 
     def _put_run(self, run: Run) -> None:
         key = (run.playbook, run.flow, run.member)
@@ -298,18 +369,28 @@ class MemoryStore:
         return True
 
     def next_event_at(self) -> datetime | None:
-        head = self._events.head()
+        events = self._events
+        head = events._head if events._head_known else events.head()  # noqa: SLF001
         return head[2].at if head is not None else None
 
+    def _stamp(self, moment: datetime) -> float:
+        """``moment.timestamp()``, remembered for the last datetime object asked."""
+        stamped = self._stamped
+        if stamped[0] is moment:
+            return stamped[1]
+        ts = moment.timestamp()
+        self._stamped = (moment, ts)
+        return ts
+
     def pending_events(self, until: datetime, limit: int = 1000) -> list[Event]:
-        out: list[Event] = []
-        last = until.timestamp()
-        while len(out) < limit:
-            head = self._events.head()
-            if head is None or head[0] > last:
-                break
-            out.append(self._events.pop(head))
-        return out
+        events = self._events
+        head = events._head if events._head_known else events.head()  # noqa: SLF001
+        if head is not None and head[2].at is until:  # the usual case: until is the next event's time
+            last = head[0]
+            self._stamped = (until, last)
+        else:
+            last = self._stamp(until)
+        return events.take_due(last, limit)
 
     def take_event(self, event_id: str) -> Event | None:
         """The queued event ``event_id``, out of the queue; None when it is not queued."""
@@ -320,16 +401,21 @@ class MemoryStore:
             heapq.heappop(self._timer_heap)
 
     def next_timer_due(self) -> datetime | None:
+        heap = self._timer_heap
+        if not heap:
+            return None
         self._clean_timer_heap()
-        return self._timer_heap[0][2] if self._timer_heap else None
+        return heap[0][2] if heap else None
 
     def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
         out: list[Timer] = []
+        if not self._timer_heap:
+            return out
         self._clean_timer_heap()
         if not self._timer_heap:
             return out
         popped = []
-        last = until.timestamp()
+        last = self._stamp(until)
         while self._timer_heap and self._timer_heap[0][0] <= last and len(out) < limit:
             item = heapq.heappop(self._timer_heap)
             popped.append(item)
@@ -359,11 +445,12 @@ class MemoryStore:
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
         out: list[OutboxRow] = []
-        last = until.timestamp()
+        last = self._stamp(until)
         moved = self._moved
-        while self._outbox_heap and self._outbox_heap[0][0] <= last and len(out) < limit:
-            _, seq, key, _ = heapq.heappop(self._outbox_heap)
-            row = self._outbox.get(key)
+        heap, outbox, pop = self._outbox_heap, self._outbox, heapq.heappop
+        while heap and heap[0][0] <= last and len(out) < limit:
+            _, seq, key, _ = pop(heap)
+            row = outbox.get(key)
             if row is None or row.status not in ("queued", "failed"):
                 continue
             if moved and moved.get(key, seq) != seq:
@@ -380,19 +467,26 @@ class MemoryStore:
         ]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
-        for key, status, fields in results:
-            row = self._outbox[key]
-            row.status = status
-            for name, value in fields.items():
-                setattr(row, name, value)
-            if status == "failed" or status == "queued":  # due again: at next_attempt, else as queued
-                self._push(key, row.next_attempt or row.message.deliver_at)
-            if status == "sent":
-                self._counters["messages_sent"] += 1
-                if self.keep_delivered:
-                    self._deliveries.append(_delivery(row))
-            if not self.keep_delivered and status in ("sent", "cancelled"):
-                del self._outbox[key]
+        outbox, keep, sent = self._outbox, self.keep_delivered, 0
+        try:
+            for key, status, fields in results:
+                row = outbox[key]
+                row.status = status
+                for name, value in fields.items():
+                    setattr(row, name, value)
+                if status == "sent":
+                    sent += 1
+                    if keep:
+                        self._deliveries.append(_delivery(row))
+                    else:
+                        del outbox[key]
+                elif status == "failed" or status == "queued":  # due again: at next_attempt, else as queued
+                    self._push(key, row.next_attempt or row.message.deliver_at)
+                elif status == "cancelled" and not keep:
+                    del outbox[key]
+        finally:
+            if sent:
+                self._counters["messages_sent"] += sent
 
     def _push(self, key: str, due: datetime) -> None:
         self._outbox_seq += 1
