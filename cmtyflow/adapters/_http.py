@@ -16,11 +16,11 @@ Rules:
 from __future__ import annotations
 
 import json
+import json.scanner
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,8 +39,9 @@ from .base import (
 from .ratelimit import Bucket, RateLimiter, default_limiter
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
+    """An HTTP reply (immutable; a named tuple, made once per request)."""
+
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
@@ -50,11 +51,24 @@ class Reply:
         return self.body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        """The body as JSON, or None when it is not JSON."""
+        """The body as JSON, or None when it is not JSON (as ``json.loads`` reads it)."""
+        body = self.body
+        if body[:1] in _OPENERS:  # the usual reply: a UTF-8 object or array, read directly
+            try:
+                text = body.decode("utf-8")
+                value, end = _scan(text, 0)
+                if end == len(text) or not text[end:].strip(" \t\n\r"):
+                    return value
+            except (ValueError, StopIteration):
+                pass  # json.loads decides (other encodings, errors)
         try:
-            return json.loads(self.body)
+            return json.loads(body)
         except ValueError:
             return None
+
+
+_OPENERS = (b"{", b"[")
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def dumps(payload: Any) -> bytes:
@@ -145,16 +159,18 @@ class HttpAdapter:
         params: Mapping[str, str] | None = None,
         buckets: tuple[Bucket, ...] = (),
     ) -> Reply:
-        if self._session is None or self._session.closed:
+        session = self._session
+        if session is None or session.closed:
             await self.open()
-        assert self._session is not None
+            session = self._session
+        assert session is not None
         if buckets:
             await self.limiter.acquire(*buckets)
-        sent_headers = dict(headers or {})
+        sent_headers = dict(headers) if headers else {}
         if body is not None:
             sent_headers.setdefault("Content-Type", "application/json; charset=utf-8")
         try:
-            async with self._session.request(
+            async with session.request(
                 method,
                 url,
                 data=body,

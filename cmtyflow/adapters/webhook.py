@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from json.encoder import encode_basestring as _str  # a str as JSON, non-ASCII as is (as dumps)
 from typing import Any, ClassVar
 
 import aiohttp
@@ -40,6 +41,30 @@ from .text import pick
 
 SIGNATURE_HEADER = "X-Cmtyflow-Signature"
 TIMESTAMP_HEADER = "X-Cmtyflow-Timestamp"
+
+
+def body_of(
+    key: str, channel: str, playbook: str | None, member: str | None, text: str, fmt: str, urgent: bool
+) -> bytes:
+    """The request body: ``_http.dumps`` of the payload, byte for byte (the fields in
+    this order, compact, UTF-8 as is), written out directly when every value is a
+    plain str (or None, or a bool for ``urgent``), as the dispatcher's always are."""
+    if (
+        key.__class__ is str and channel.__class__ is str and text.__class__ is str and fmt.__class__ is str
+        and (playbook is None or playbook.__class__ is str) and (member is None or member.__class__ is str)
+        and urgent.__class__ is bool
+    ):
+        return (
+            f'{{"key":{_str(key)},"channel":{_str(channel)},'
+            f'"playbook":{"null" if playbook is None else _str(playbook)},'
+            f'"member":{"null" if member is None else _str(member)},'
+            f'"text":{_str(text)},"format":{_str(fmt)},"urgent":{"true" if urgent else "false"}}}'
+        ).encode()
+    payload = {
+        "key": key, "channel": channel, "playbook": playbook, "member": member,
+        "text": text, "format": fmt, "urgent": urgent,
+    }
+    return dumps(payload)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -83,16 +108,8 @@ class WebhookAdapter(HttpAdapter):
 
     async def send(self, message: OutboundMessage) -> Receipt:
         fmt, text = pick(message, self.capabilities.formats)
-        payload = {
-            "key": message.key,
-            "channel": message.channel,
-            "playbook": message.playbook,
-            "member": message.recipient.member_id if message.recipient else None,
-            "text": text,
-            "format": fmt,
-            "urgent": message.urgent,
-        }
-        body = dumps(payload)
+        member = message.recipient.member_id if message.recipient else None
+        body = body_of(message.key, message.channel, message.playbook, member, text, fmt, message.urgent)
         headers = dict(self.settings.headers)
         headers["Content-Type"] = "application/json; charset=utf-8"
         headers["Idempotency-Key"] = message.key

@@ -4,9 +4,15 @@ Rules:
 - Rows are claimed from the store (queued/failed -> inflight) in chunks and sent by a
   fixed number of workers (``concurrency``); the next chunk is claimed while the
   current one is being sent, so the workers never wait on the store.
-- Outcomes are committed in groups (each delivery's new status is durable before the
-  group's transaction ends; a crash before that leaves the row inflight, which the
-  next start treats as in doubt).
+- Outcomes are committed in groups of at most ``COMMIT_EVERY`` (each delivery's new
+  status is durable before the group's transaction ends; a crash before that leaves
+  the row inflight, which the next start treats as in doubt).
+- The store is called from one thread at a time. A store that allows calls from any
+  thread (``thread_safe``, as ``SqliteStore``) gets every claim and commit of a
+  ``run_due`` on one thread of their own, in the order they are made, so that the
+  database works while the event loop sends; a commit is not waited for, but at most
+  ``BACKLOG`` groups wait for theirs while sends go on, and ``run_due`` returns only
+  when all are done (a failed one raises). Any other store is called inline.
 - A non-urgent message to a member who has opted out is cancelled, not sent, however
   long it has been queued (SPEC 4, 5.2). The member's record is read once, when its
   row is claimed: the same read screens the opt-out and addresses the message.
@@ -27,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +43,7 @@ from typing import Any
 from ..adapters.base import (
     OutboundMessage,
     PermanentDeliveryError,
+    Receipt,
     Recipient,
     TransientDeliveryError,
 )
@@ -47,6 +56,7 @@ BACKOFF_BASE = 30.0  # seconds before the first retry; doubles per failed attemp
 RATE_JITTER = 0.1  # a rate-limited retry waits up to 10% longer than asked
 CHUNK = 1000  # rows claimed at a time
 COMMIT_EVERY = 256  # outcomes per group commit (also committed when a chunk ends)
+BACKLOG = 2  # groups of outcomes that may wait for their commit while sends go on
 
 Log = Callable[..., None]
 Member = Mapping[str, Any] | None  # a member's record as the store has it
@@ -81,8 +91,9 @@ def backoff(attempts: int, max_delay: float, rng: random.Random) -> float:
 def recipient_of(member: Mapping[str, Any] | None, member_id: str) -> Recipient:
     if member is None:
         return Recipient(member_id)
-    handles = {k: v for k, v in member.items() if isinstance(v, str) and k not in ("id", "name")}
-    return Recipient(member_id, member.get("name") if isinstance(member.get("name"), str) else None, handles)
+    name = member.get("name")
+    handles = {k: v for k, v in member.items() if isinstance(v, str) and k != "id" and k != "name"}
+    return Recipient(member_id, name if isinstance(name, str) else None, handles)
 
 
 class Dispatcher:
@@ -151,39 +162,70 @@ class Dispatcher:
         """Send every message due at or before ``until``; returns when none is left
         (or on stop). Retries that fall due meanwhile wait for the next call."""
         stats = DispatchStats()
-        queue: asyncio.Queue[Sendable | None] = asyncio.Queue()
-        low = self.concurrency * 2
+        calls = _StoreCalls(self.store)
+        todo: deque[Sendable] = deque()  # claimed rows not started yet, oldest first
+        ready = asyncio.Event()  # rows in ``todo``, or no more will come
+        claiming = True
+        # Claim the next chunk when fewer rows than this wait (a claim on the store's
+        # own thread takes a while, so more are kept ahead).
+        low = self.concurrency * 2 if calls.inline else max(self.concurrency * 2, CHUNK // 2)
         hungry = self._wake = asyncio.Event()
         hungry.set()
         left: list[str] = []
+        inflight = self._inflight
 
         async def worker() -> None:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if self.stopping:
-                    left.append(item[0].message.key)
-                    continue
-                if queue.qsize() < low:
-                    hungry.set()
-                await self._send(*item, stats)
+            try:
+                while True:
+                    if not todo:
+                        if not claiming:
+                            return
+                        ready.clear()
+                        await ready.wait()
+                        continue
+                    row, member, opened = todo.popleft()
+                    key = row.message.key
+                    if self.stopping:
+                        left.append(key)
+                        continue
+                    if len(todo) < low:
+                        hungry.set()
+                    outbound = self._outbound(row, member)
+                    inflight.add(key)
+                    try:
+                        receipt = await opened.adapter.send(outbound)
+                    except Exception as exc:  # noqa: BLE001 - an adapter bug fails this message, not the runner
+                        inflight.discard(key)
+                        self._failed(row, opened, exc, stats)
+                        continue
+                    inflight.discard(key)
+                    if self._sent(row, receipt, stats):
+                        self._flush(calls)
+                        await calls.settle(BACKLOG)
+            except BaseException:
+                hungry.set()  # the claiming loop raises what went wrong
+                raise
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         try:
             while not self.stopping:
                 await hungry.wait()
                 hungry.clear()
-                self._flush()
-                if self.stopping or queue.qsize() >= low:
+                for task in workers:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                self._flush(calls)
+                if self.stopping or len(todo) >= low:
                     continue
-                rows = self.store.claim_due_messages_with_members(until, CHUNK)
-                for item in self._screen(rows, stats):
-                    queue.put_nowait(item)
+                rows = await calls.claim(until, CHUNK)
+                todo.extend(self._screen(rows, stats))
+                ready.set()
                 if len(rows) < CHUNK:
                     break
-            for _ in workers:
-                queue.put_nowait(None)
+                if len(todo) < low:  # a chunk that was mostly screened out: claim on
+                    hungry.set()
+            claiming = False
+            ready.set()
             everything: asyncio.Future[Any] = asyncio.gather(*workers)
             stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
             try:
@@ -203,17 +245,20 @@ class Dispatcher:
             else:
                 everything.result()
             if left:
-                self.store.finish_messages([(key, "queued", {}) for key in left])
+                self._results.extend((key, "queued", {}) for key in left)
                 stats.requeued += len(left)
+            self._flush(calls)
+            await calls.settle()
         finally:
             for task in workers:
                 if not task.done():
                     task.cancel()
             self._wake = None
-            self._flush()
+            calls.close()  # waits for the calls made (a failed commit was raised above)
+            self._flush(calls)  # outcomes not committed yet (cancelled, failed): inline
         return stats
 
-    def _screen(self, rows: list[tuple[OutboxRow, Member]], stats: DispatchStats) -> list[Sendable]:
+    def _screen(self, rows: list[tuple[OutboxRow, dict[str, Any] | None]], stats: DispatchStats) -> list[Sendable]:
         """Rows that may go, each with its member's record (claimed with it) and its
         channel; the others are finished here (opted out, no channel)."""
         out: list[Sendable] = []
@@ -233,9 +278,9 @@ class Dispatcher:
             out.append((row, member, opened))
         return out
 
-    async def _send(self, row: OutboxRow, member: Member, opened: OpenChannel, stats: DispatchStats) -> None:
+    def _outbound(self, row: OutboxRow, member: Member) -> OutboundMessage:
         m = row.message
-        outbound = OutboundMessage(
+        return OutboundMessage(
             key=m.key,
             channel=m.channel,
             text=m.text,
@@ -244,31 +289,23 @@ class Dispatcher:
             urgent=m.urgent,
             playbook=m.playbook,
         )
-        self._inflight.add(m.key)
-        try:
-            receipt = await opened.adapter.send(outbound)
-        except asyncio.CancelledError:
-            raise
-        except PermanentDeliveryError as exc:
-            self._inflight.discard(m.key)
+
+    def _failed(self, row: OutboxRow, opened: OpenChannel, exc: Exception, stats: DispatchStats) -> None:
+        if isinstance(exc, PermanentDeliveryError):
             self._dead(row, str(exc), row.attempts + 1, stats)
-            return
-        except TransientDeliveryError as exc:
-            self._inflight.discard(m.key)
+        elif isinstance(exc, TransientDeliveryError):
             self._retry(row, exc, stats)
-            return
-        except Exception as exc:  # noqa: BLE001 - an adapter bug fails this message, not the runner
-            self._inflight.discard(m.key)
+        else:
             self._retry(row, TransientDeliveryError(f"{opened.adapter_name}: {type(exc).__name__}: {exc}"), stats)
-            return
-        self._inflight.discard(m.key)
-        now = self.now()
-        self._results.append((m.key, "sent", {"sent_at": now, "attempts": row.attempts + 1, "platform_id": receipt.platform_id, "last_error": None}))
+
+    def _sent(self, row: OutboxRow, receipt: Receipt, stats: DispatchStats) -> bool:
+        """Record a delivery; True when a group of outcomes is ready to commit."""
+        m = row.message
+        self._results.append((m.key, "sent", {"sent_at": self.now(), "attempts": row.attempts + 1, "platform_id": receipt.platform_id, "last_error": None}))
         stats.sent += 1
         if not self._quiet:
             self.log("sent", key=m.key, playbook=m.playbook, flow=m.flow, step=m.step, channel=m.channel, adapter=m.adapter, member=m.member, to=m.to)
-        if len(self._results) >= COMMIT_EVERY:
-            self._flush()
+        return len(self._results) >= COMMIT_EVERY
 
     def _retry(self, row: OutboxRow, exc: TransientDeliveryError, stats: DispatchStats) -> None:
         m = row.message
@@ -299,7 +336,53 @@ class Dispatcher:
         stats.dead += 1
         self.log("dead", key=m.key, playbook=m.playbook, step=m.step, member=m.member, attempts=attempts, error=error)
 
-    def _flush(self) -> None:
+    def _flush(self, calls: _StoreCalls) -> None:
+        """Commit the outcomes so far, in groups of at most ``COMMIT_EVERY``."""
         if self._results:
             results, self._results = self._results, []
+            for at in range(0, len(results), COMMIT_EVERY):
+                calls.commit(results[at : at + COMMIT_EVERY])
+
+
+class _StoreCalls:
+    """Where ``run_due`` makes its store calls: claims and group commits.
+
+    For a ``thread_safe`` store, one thread of their own runs them in the order they
+    are made: a claim is awaited; a commit is not (``settle`` waits for commits, and
+    a failed commit raises there or at the next ``commit``); a commit, once made, is
+    never cancelled (its sends happened). Any other store is called inline: a commit
+    is done when ``commit`` returns. ``close`` waits for every call made; calls after
+    it are made inline."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.inline = getattr(store, "thread_safe", False) is not True
+        self._pool = None if self.inline else ThreadPoolExecutor(1, thread_name_prefix="cmtyflow-dispatch")
+        self._commits: deque[Future[None]] = deque()  # made, oldest first, not yet seen done
+
+    async def claim(self, until: datetime, limit: int) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
+        if self._pool is None:
+            return self.store.claim_due_messages_with_members(until, limit)
+        return await asyncio.wrap_future(self._pool.submit(self.store.claim_due_messages_with_members, until, limit))
+
+    def commit(self, results: list[tuple[str, str, dict[str, Any]]]) -> None:
+        if self._pool is None:
             self.store.finish_messages(results)
+            return
+        while self._commits and self._commits[0].done():
+            self._commits.popleft().result()  # raises a failed commit's error
+        self._commits.append(self._pool.submit(self.store.finish_messages, results))
+
+    async def settle(self, most: int = 0) -> None:
+        """Wait until at most ``most`` commits are still to be done."""
+        while len(self._commits) > most:
+            head = self._commits[0]
+            # Shielded: a worker cancelled meanwhile (drain over) must not cancel it.
+            await asyncio.shield(asyncio.wrap_future(head))
+            if self._commits and self._commits[0] is head:
+                self._commits.popleft()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

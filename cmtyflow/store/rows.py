@@ -199,7 +199,8 @@ PUT_DELIVERY = (
     "INSERT INTO deliveries (key, at_ts, at, playbook, platform_id) "
     "SELECT key, coalesce(?1, due_ts), coalesce(?2, due), playbook, platform_id FROM outbox WHERE key = ?3"
 )
-DELIVERIES = (
+# The same for many deliveries: their parameters as a JSON array of arrays, in order.
+PUT_DELIVERIES = (
     "INSERT INTO deliveries (key, at_ts, at, playbook, platform_id) "
     "SELECT o.key, coalesce(v.value ->> 0, o.due_ts), coalesce(v.value ->> 1, o.due), o.playbook, o.platform_id "
     "FROM json_each(?) AS v JOIN outbox AS o ON o.key = v.value ->> 2 ORDER BY v.key"

@@ -14,15 +14,23 @@ Rules: as ``store.base``, and:
   writer waits up to ``busy_timeout`` for the lock; reads see committed data.
 - Finished runs are kept with their status (``get_run`` returns them too; the engine
   checks the status), and so are sent and cancelled outbox rows, and every event id.
-- One connection per store, used by one thread at a time (open a store per thread).
+- One connection per store, used by one thread at a time: a lock held for each call
+  (each transaction, each read) makes calls from several threads wait for each other
+  (``thread_safe``), so the dispatcher may make its calls from a thread of its own
+  while the event intake writes from the event loop's. Open a store per thread for
+  parallel work.
 - Listings (``iter_members``, ``outbox``, ``runs``, ``deliveries``) read in pages, so
   no statement stays open while the caller writes between items.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
+import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,6 +46,7 @@ from .migrations import migrate
 from .sqlbase import SqlStore, count, finish_params, finish_sql
 
 RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
+JSON = sqlite3.sqlite_version_info >= (3, 38, 0)  # json_each and ->> built in
 REQUEUEABLE = ("in_doubt", "dead", "failed", "cancelled")
 
 
@@ -70,11 +79,79 @@ def _open(path: str) -> sqlite3.Connection:
     return db
 
 
+# A number of 19 digits or more: an int that may not fit in 64 bits (a float's repr has
+# fewer in a row). Inside a string, after a comma, it is rarely there; then rows are bound.
+_LONG_NUMBER = re.compile(r"[\[,]-?[0-9]{19}")
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is bound, not sent as JSON")
+
+
+def _json_rows(params: list[tuple[Any, ...]]) -> str | None:
+    """Rows of statement parameters as one JSON array for ``json_each``, which gives
+    SQLite the values that binding them would (text, numbers, None; a bool as 0/1); None
+    when JSON is not there (SQLite before 3.38) or a value would not come out the same
+    (bytes and other types, a float that is not finite, a number of 19 digits or more:
+    those rows are bound one by one)."""
+    if not JSON:
+        return None
+    try:
+        text = json.dumps(params, ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False, default=_refuse)
+    except (TypeError, ValueError):
+        return None
+    return None if _LONG_NUMBER.search(text) else text
+
+
+@functools.lru_cache(maxsize=4)
+def _claim_json_sql(record: str) -> str:
+    """The due rows (``rows.DUE_SEQS``), oldest first, as one JSON array of arrays: [the
+    ``rows.OUTBOX_COLS`` with the status they are claimed into, then the member record
+    (``record``)]. Ordered in the subquery, which the aggregate reads in order.
+
+    A record with no ``$`` in it cannot hold a ``codec`` tag: it is put in as the JSON
+    object it is, read with the rest; any other (tags, or not plain JSON: NaN) as its
+    text, for ``codec.loads``; no member, null."""
+    cols = rows.OUTBOX_COLS.replace(", status,", ", 'inflight',")  # the status they are claimed into
+    assert cols.count("'inflight'") == 1, rows.OUTBOX_COLS
+    member = (
+        "CASE WHEN instr(record, '$') = 0 AND json_valid(record) AND json_type(record) = 'object' "
+        "THEN json(record) ELSE record END"
+    )
+    return (
+        f"SELECT json_group_array(json_array({cols}, {member})) FROM ("
+        f"SELECT {record} AS record, {rows.OUTBOX_COLS} FROM outbox WHERE seq IN ({rows.DUE_SEQS}) "
+        "ORDER BY due_ts, seq)"
+    )
+
+
+_RECORD_AT = len(rows.OUTBOX_COLS.split(","))  # in a claimed row, after what ``rows.outbox_row`` reads
+
+
+def _member(value: Any) -> dict[str, Any] | None:
+    """A claimed row's member record: read with the row already, or its text, or None."""
+    if value is None or value.__class__ is dict:
+        return value
+    return loads(value)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=64)
+def _finish_many_sql(fields: tuple[str, ...], moves_due: bool) -> str:
+    """``finish_sql`` for many rows in one statement: the parameters of each row (as
+    ``finish_params`` makes them) are an array in the JSON array bound to it. The keys
+    must differ (one UPDATE changes a row once)."""
+    names = ["status", *fields, *(("due_ts", "due") if moves_due else ())]
+    sets = ", ".join(f"{name} = v.value ->> {i}" for i, name in enumerate(names))
+    return f"UPDATE outbox SET {sets} FROM json_each(?) AS v WHERE outbox.key = v.value ->> {len(names)}"
+
+
 class SqliteStore(SqlStore):
     MEMBER_BATCH = 500  # ids per ``IN (...)`` when merging member records
+    thread_safe = True  # calls may come from any thread; ``_lock`` makes them one at a time
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._lock = threading.RLock()  # held by each call: one thread at a time on the connection
         self._db: sqlite3.Connection | None = _open(self.path)
 
     @property
@@ -84,42 +161,46 @@ class SqliteStore(SqlStore):
         return self._db
 
     def close(self) -> None:
-        db, self._db = self._db, None
-        if db is None:
-            return
-        try:
-            if db.in_transaction:  # a caller's own BEGIN left open: nothing of it is kept
-                db.execute("ROLLBACK")
-            db.execute("PRAGMA busy_timeout = 0")  # never wait at close for another writer
-            db.execute("PRAGMA optimize")
-        except sqlite3.Error:
-            pass  # statistics are an optimisation; closing must not fail for them
-        finally:
-            db.close()
+        with self._lock:
+            db, self._db = self._db, None
+            if db is None:
+                return
+            try:
+                if db.in_transaction:  # a caller's own BEGIN left open: nothing of it is kept
+                    db.execute("ROLLBACK")
+                db.execute("PRAGMA busy_timeout = 0")  # never wait at close for another writer
+                db.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass  # statistics are an optimisation; closing must not fail for them
+            finally:
+                db.close()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     # the primitives of ``SqlStore`` ------------------------------------------------------------
     # Every engine read goes through these: ``self._db or self.db`` spares the property's
     # call while open (the property still says when the store is closed).
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
-        return (self._db or self.db).execute(sql, params).fetchall()
+        with self._lock:
+            return (self._db or self.db).execute(sql, params).fetchall()
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        return (self._db or self.db).execute(sql, params).fetchone()  # type: ignore[no-any-return]
+        with self._lock:
+            return (self._db or self.db).execute(sql, params).fetchone()  # type: ignore[no-any-return]
 
     @staticmethod
     def _in(column: str, values: Iterable[Any]) -> tuple[str, tuple[Any, ...]]:
@@ -210,10 +291,10 @@ class SqliteStore(SqlStore):
         return int(db.executemany(rows.PUT_EVENT, map(rows.event_params, events)).rowcount)
 
     def due_timers(self, until: datetime, limit: int = 1000) -> list[Timer]:
-        found = self.db.execute(
+        found = self._all(
             f"SELECT {rows.TIMER_COLS} FROM timers WHERE due_ts <= ? ORDER BY due_ts, id LIMIT ?",
             (until.timestamp(), limit),
-        ).fetchall()
+        )
         return [rows.timer(r) for r in found]
 
     def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None:
@@ -230,9 +311,7 @@ class SqliteStore(SqlStore):
     def next_message_due(self) -> datetime | None:
         best: tuple[float, str] | None = None
         for status in ("queued", "failed"):
-            row: tuple[float, str] | None = self.db.execute(
-                "SELECT due_ts, due FROM outbox WHERE status = ? ORDER BY due_ts LIMIT 1", (status,)
-            ).fetchone()
+            row = self._one("SELECT due_ts, due FROM outbox WHERE status = ? ORDER BY due_ts LIMIT 1", (status,))
             if row is not None and (best is None or row[0] < best[0]):
                 best = row
         return dt_parse(best[1]) if best is not None else None
@@ -245,10 +324,22 @@ class SqliteStore(SqlStore):
 
     def _claim(self, until: datetime, limit: int, *, members: bool) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
         """Claimed rows, oldest first, each with its member's record (read in the same
-        statement) when ``members``, else None."""
+        transaction) when ``members``, else None."""
         params = (until.timestamp(), limit)
         record = rows.MEMBER_OF_ROW if members else "NULL"
+        outbox_row = rows.outbox_row
         with self._write() as db:
+            if JSON:
+                # The rows as one JSON array (one statement step, not one per row: the
+                # GIL is released for all of SQLite's work), then the same rows moved
+                # to inflight: the same query in the same write transaction.
+                (text,) = db.execute(_claim_json_sql(record), params).fetchone()
+                found = json.loads(text)
+                moved = db.execute(f"UPDATE outbox SET status = 'inflight' WHERE seq IN ({rows.DUE_SEQS})", params).rowcount
+                if moved != len(found):
+                    raise RuntimeError(f"claimed {moved} outbox rows but read {len(found)}")
+                at = _RECORD_AT
+                return [(outbox_row(r), r[at] if r[at].__class__ is dict else _member(r[at])) for r in found]
             if RETURNING:
                 found = db.execute(
                     f"UPDATE outbox SET status = 'inflight' WHERE seq IN ({rows.DUE_SEQS}) "
@@ -262,7 +353,6 @@ class SqliteStore(SqlStore):
                     for s in seqs
                 ]
         found.sort(key=lambda r: (r[0], r[1]))
-        outbox_row = rows.outbox_row
         return [(outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
@@ -273,13 +363,26 @@ class SqliteStore(SqlStore):
             # Consecutive results of the same shape share one statement (group commit).
             for shape, group in itertools.groupby(plan, key=lambda p: p[0]):
                 params = [p[1] for p in group]
-                changed = db.executemany(finish_sql(*shape), params).rowcount
+                keys = [p[-1] for p in params]
+                # Many rows: one statement, its rows as one JSON array (SQLite does the
+                # group in one step); keys twice in a group (the last result wins) or
+                # values JSON does not carry as they are: one by one.
+                many = _json_rows(params) if len(params) > 1 and len(set(keys)) == len(keys) else None
+                if many is not None:
+                    changed = db.execute(_finish_many_sql(*shape), (many,)).rowcount
+                else:
+                    changed = db.executemany(finish_sql(*shape), params).rowcount
                 if changed != len(params):
-                    missing = [p[-1] for p in params if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (p[-1],)).fetchone()]
+                    missing = [k for k in keys if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (k,)).fetchone()]
                     raise KeyError(f"no outbox row with key {missing[0] if missing else '?'}")
             sent = [p[2] for p in plan if p[2] is not None]
             if sent:
-                db.executemany(rows.PUT_DELIVERY, sent)
+                # Each delivery from its outbox row just updated, in the order of the results.
+                many = _json_rows(sent) if len(sent) > 1 else None
+                if many is not None:
+                    db.execute(rows.PUT_DELIVERIES, (many,))
+                else:
+                    db.executemany(rows.PUT_DELIVERY, sent)
                 self._add_counter(db, "messages_sent", len(sent))
 
     def mark_in_doubt(self) -> list[OutboxRow]:
