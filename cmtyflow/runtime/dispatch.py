@@ -96,6 +96,16 @@ def recipient_of(member: Mapping[str, Any] | None, member_id: str) -> Recipient:
     return Recipient(member_id, name if isinstance(name, str) else None, handles)
 
 
+def resendable(row: OutboxRow, channels: ChannelSet, policies: Mapping[str, Policies]) -> bool:
+    """SPEC 5.2: a row that may have been sent goes again under its key when the adapter
+    deduplicates by key, the send is urgent, or the playbook says ``in_doubt: resend``."""
+    m = row.message
+    opened = channels.adapter_for(m.playbook, m.channel)
+    policy = policies.get(m.playbook)
+    idempotent = opened is not None and opened.capabilities.idempotent
+    return bool(idempotent or m.urgent or (policy is not None and policy.in_doubt == "resend"))
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -132,12 +142,8 @@ class Dispatcher:
         all first and requeuing after left them held if it died between the two)."""
         resend: list[str] = []
         for row in self.store.outbox(["inflight"]):
-            m = row.message
-            opened = self.channels.adapter_for(m.playbook, m.channel)
-            policy = self.policies.get(m.playbook)
-            idempotent = opened is not None and opened.capabilities.idempotent
-            if idempotent or m.urgent or (policy is not None and policy.in_doubt == "resend"):
-                resend.append(m.key)
+            if resendable(row, self.channels, self.policies):
+                resend.append(row.message.key)
         if resend:
             self.store.finish_messages([(key, "queued", {}) for key in resend])
             for key in resend:

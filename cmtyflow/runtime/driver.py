@@ -148,9 +148,13 @@ class Driver:
         self.init_schedules(now)
         while True:
             instant = self.next_instant()
-            if instant is None or instant > now:
+            if instant is None or instant > now or not self._may_take(instant):
                 return handled
             handled += self._process_instant(instant, now)
+
+    def _may_take(self, instant: datetime) -> bool:
+        """Whether the inputs due at ``instant`` may be taken now (see ``handles_timers``)."""
+        return True
 
     def _process_instant(self, instant: datetime, now: datetime) -> int:
         handled = 0

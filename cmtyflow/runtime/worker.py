@@ -46,7 +46,7 @@ from ..store.pg_shared import SharedWork, ensure_queue_schema
 from ..store.postgres import PostgresStore
 from . import versions
 from .channels import ChannelSet
-from .dispatch import Dispatcher, DispatchStats, Log, no_log
+from .dispatch import Dispatcher, DispatchStats, Log, no_log, resendable
 from .driver import Driver
 from .prepare import adapter_formats
 from .runner import add_stats, log_decision
@@ -100,17 +100,9 @@ class _TickDriver(Driver):
 
     handles_timers = False
 
-    def process_until(self, now: datetime) -> int:
-        handled = 0
-        self.init_schedules(now)
-        while True:
-            instant = self.next_instant()
-            if instant is None or instant > now:
-                return handled
-            waits = self.store.next_timer_due()
-            if waits is not None and waits <= instant:
-                return handled  # their jobs run first; the next tick goes on
-            handled += self._process_instant(instant, now)
+    def _may_take(self, instant: datetime) -> bool:
+        waits = self.store.next_timer_due()
+        return waits is None or waits > instant  # their jobs run first; a later tick goes on
 
 
 class _JobRows:
@@ -326,11 +318,7 @@ class Worker:
             self.log("job_recovered", job=job.id, task=job.task_name, worker=job.worker_id)
 
     def _resendable(self, row: OutboxRow) -> bool:
-        m = row.message
-        opened = self.channels.adapter_for(m.playbook, m.channel)
-        policy = self.policies.get(m.playbook)
-        idempotent = opened is not None and opened.capabilities.idempotent
-        return bool(idempotent or m.urgent or (policy is not None and policy.in_doubt == "resend"))
+        return resendable(row, self.channels, self.policies)
 
     # life cycle ----------------------------------------------------------------------------------
     def _ensure_presence(self) -> None:
