@@ -68,6 +68,7 @@ class Reply(NamedTuple):
 
 
 _OPENERS = (b"{", b"[")
+JSON_TYPE = "application/json; charset=utf-8"
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
@@ -166,15 +167,14 @@ class HttpAdapter:
         assert session is not None
         if buckets:
             await self.limiter.acquire(*buckets)
-        sent_headers = dict(headers) if headers else {}
-        if body is not None:
-            sent_headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        if body is not None and (headers is None or "Content-Type" not in headers):
+            headers = {**headers, "Content-Type": JSON_TYPE} if headers else {"Content-Type": JSON_TYPE}
         try:
             async with session.request(
                 method,
                 url,
                 data=body,
-                headers=sent_headers,
+                headers=headers,
                 params=params,
                 timeout=self._client_timeout,
                 allow_redirects=False,

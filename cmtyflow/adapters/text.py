@@ -31,6 +31,8 @@ class TextTooLong(PermanentDeliveryError):
 
 
 def pick(message: OutboundMessage, formats: tuple[str, ...]) -> tuple[str, str]:
+    if not message.alternatives and message.format in formats:  # the usual case
+        return message.format, message.text
     for fmt in formats:
         if message.format == fmt:
             return fmt, message.text

@@ -105,13 +105,16 @@ class WebhookAdapter(HttpAdapter):
     ) -> None:
         super().__init__(settings, channel, session=session, timeout=timeout, limiter=limiter)
         self._clock = clock
+        # The headers every request carries, in the order they are sent: the settings'
+        # own, then the content type (which replaces one of the same spelling).
+        self._headers = {**settings.headers, "Content-Type": "application/json; charset=utf-8"}
 
     async def send(self, message: OutboundMessage) -> Receipt:
         fmt, text = pick(message, self.capabilities.formats)
-        member = message.recipient.member_id if message.recipient else None
+        recipient = message.recipient
+        member = recipient.member_id if recipient is not None else None
         body = body_of(message.key, message.channel, message.playbook, member, text, fmt, message.urgent)
-        headers = dict(self.settings.headers)
-        headers["Content-Type"] = "application/json; charset=utf-8"
+        headers = self._headers.copy()
         headers["Idempotency-Key"] = message.key
         if self.settings.secret is not None:
             timestamp = str(int(self._clock()))

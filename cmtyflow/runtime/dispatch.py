@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -88,12 +88,41 @@ def backoff(attempts: int, max_delay: float, rng: random.Random) -> float:
     return float(delay / 2 + rng.uniform(0, delay / 2))
 
 
+class Handles(Mapping[str, str]):
+    """A member record's text fields but ``id`` and ``name`` (email, telegram, ...): the
+    ``Recipient.handles`` the dispatcher passes, read from the record when asked (most
+    adapters ask for one field or none, so no copy is made per message)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self._record = record
+
+    def __getitem__(self, key: str) -> str:
+        value = self._record[key] if key != "id" and key != "name" else None
+        if not isinstance(value, str):
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._record.get(key) if key != "id" and key != "name" else None
+        return value if isinstance(value, str) else default
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, v in self._record.items() if isinstance(v, str) and k != "id" and k != "name")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"Handles({dict(self)!r})"
+
+
 def recipient_of(member: Mapping[str, Any] | None, member_id: str) -> Recipient:
     if member is None:
         return Recipient(member_id)
     name = member.get("name")
-    handles = {k: v for k, v in member.items() if isinstance(v, str) and k != "id" and k != "name"}
-    return Recipient(member_id, name if isinstance(name, str) else None, handles)
+    return Recipient(member_id, name if isinstance(name, str) else None, Handles(member))
 
 
 def resendable(row: OutboxRow, channels: ChannelSet, policies: Mapping[str, Policies]) -> bool:
@@ -286,15 +315,9 @@ class Dispatcher:
 
     def _outbound(self, row: OutboxRow, member: Member) -> OutboundMessage:
         m = row.message
-        return OutboundMessage(
-            key=m.key,
-            channel=m.channel,
-            text=m.text,
-            format=m.format,
-            recipient=recipient_of(member, m.member) if m.member is not None else None,
-            urgent=m.urgent,
-            playbook=m.playbook,
-        )
+        recipient = recipient_of(member, m.member) if m.member is not None else None
+        # key, channel, text, format, recipient, urgent, subject, alternatives, playbook
+        return OutboundMessage(m.key, m.channel, m.text, m.format, recipient, m.urgent, None, {}, m.playbook)
 
     def _failed(self, row: OutboxRow, opened: OpenChannel, exc: Exception, stats: DispatchStats) -> None:
         if isinstance(exc, PermanentDeliveryError):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -79,9 +78,9 @@ def _open(path: str) -> sqlite3.Connection:
     return db
 
 
-# A number of 19 digits or more: an int that may not fit in 64 bits (a float's repr has
-# fewer in a row). Inside a string, after a comma, it is rarely there; then rows are bound.
-_LONG_NUMBER = re.compile(r"[\[,]-?[0-9]{19}")
+# An int of 19 digits or more may not fit in 64 bits: JSON would give SQLite a REAL
+# where binding it gives an INTEGER (or an overflow error), so such rows are bound.
+_LONG_INT = 10**18
 
 
 def _refuse(value: Any) -> Any:
@@ -96,11 +95,12 @@ def _json_rows(params: list[tuple[Any, ...]]) -> str | None:
     those rows are bound one by one)."""
     if not JSON:
         return None
+    if any(isinstance(v, int) and not -_LONG_INT < v < _LONG_INT for row in params for v in row):
+        return None
     try:
-        text = json.dumps(params, ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False, default=_refuse)
+        return json.dumps(params, ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False, default=_refuse)
     except (TypeError, ValueError):
         return None
-    return None if _LONG_NUMBER.search(text) else text
 
 
 @functools.lru_cache(maxsize=4)
