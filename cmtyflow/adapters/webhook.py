@@ -48,18 +48,17 @@ def body_of(
 ) -> bytes:
     """The request body: ``_http.dumps`` of the payload, byte for byte (the fields in
     this order, compact, UTF-8 as is), written out directly when every value is a
-    plain str (or None, or a bool for ``urgent``), as the dispatcher's always are."""
-    if (
-        key.__class__ is str and channel.__class__ is str and text.__class__ is str and fmt.__class__ is str
-        and (playbook is None or playbook.__class__ is str) and (member is None or member.__class__ is str)
-        and urgent.__class__ is bool
-    ):
-        return (
-            f'{{"key":{_str(key)},"channel":{_str(channel)},'
-            f'"playbook":{"null" if playbook is None else _str(playbook)},'
-            f'"member":{"null" if member is None else _str(member)},'
-            f'"text":{_str(text)},"format":{_str(fmt)},"urgent":{"true" if urgent else "false"}}}'
-        ).encode()
+    str (or None, or a bool for ``urgent``), as the dispatcher's always are."""
+    if urgent is True or urgent is False:
+        try:  # encode_basestring refuses anything but a str (TypeError)
+            return (
+                f'{{"key":{_str(key)},"channel":{_str(channel)},'
+                f'"playbook":{"null" if playbook is None else _str(playbook)},'
+                f'"member":{"null" if member is None else _str(member)},'
+                f'"text":{_str(text)},"format":{_str(fmt)},"urgent":{"true" if urgent else "false"}}}'
+            ).encode()
+        except TypeError:
+            pass
     payload = {
         "key": key, "channel": channel, "playbook": playbook, "member": member,
         "text": text, "format": fmt, "urgent": urgent,
@@ -112,24 +111,25 @@ class WebhookAdapter(HttpAdapter):
     async def send(self, message: OutboundMessage) -> Receipt:
         fmt, text = pick(message, self.capabilities.formats)
         recipient = message.recipient
-        member = recipient.member_id if recipient is not None else None
-        body = body_of(message.key, message.channel, message.playbook, member, text, fmt, message.urgent)
+        key = message.key
+        body = body_of(
+            key, message.channel, message.playbook,
+            recipient.member_id if recipient is not None else None, text, fmt, message.urgent,
+        )
         headers = self._headers.copy()
-        headers["Idempotency-Key"] = message.key
-        if self.settings.secret is not None:
+        headers["Idempotency-Key"] = key
+        secret = self.settings.secret
+        if secret is not None:
             timestamp = str(int(self._clock()))
             headers[TIMESTAMP_HEADER] = timestamp
-            headers[SIGNATURE_HEADER] = sign(
-                self.settings.secret.get_secret_value(), timestamp, body
-            )
+            headers[SIGNATURE_HEADER] = sign(secret.get_secret_value(), timestamp, body)
         reply = await self.request("POST", self.settings.url, body=body, headers=headers)
-        if reply.status == 409:
-            raise TransientDeliveryError(
-                f"{self.name}: a request with key {message.key} is still being processed"
-            )
-        self.check_status(reply)
+        if not 200 <= reply.status < 300:
+            if reply.status == 409:
+                raise TransientDeliveryError(
+                    f"{self.name}: a request with key {key} is still being processed"
+                )
+            self.check_status(reply)
         data: Any = reply.json()
-        platform_id = (
-            str(data["id"]) if isinstance(data, dict) and data.get("id") is not None else None
-        )
-        return Receipt(platform_id=platform_id)
+        platform_id = data.get("id") if data.__class__ is dict else None
+        return Receipt(None if platform_id is None else str(platform_id), {})

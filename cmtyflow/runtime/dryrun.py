@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,39 +28,18 @@ from ..engine.model import Event, QueuedMessage
 from ..engine.program import Program
 from ..store.base import Store
 from ..store.memory import MemoryStore
+from .collector import collecting_less
 from .driver import Driver
 from .inputs import RowProblem, read_events, read_roster
 from .simulate import Simulation, parse_spec
 
 DELIVERY_BATCH = 5000
-# While a dry run runs; Python's default is (700, 10, 10). A youngest generation of a
-# million objects: what a dry run keeps alive for a while (a day of synthetic events
-# until handled, a schedule's runs and messages until applied and delivered) is freed
-# by reference counting before the collector would look at it, instead of being
-# walked once or more on its way to the oldest generation. Nothing a dry run makes is
-# cyclic garbage, so the collector has nothing to find meanwhile; what it would find
-# (a failing template's traceback) waits at most a million objects.
+# The collector while a dry run runs (Python's default: (700, 10, 10); see
+# ``collector``): a youngest generation of a million objects. Nothing a dry run makes
+# is cyclic garbage, so the collector has nothing to find meanwhile; what it would
+# find (a failing template's traceback) waits at most a million objects.
 GC_THRESHOLDS = (1_000_000, 20, 10)
 SUMMARY_NOTES = ("run_failed", "empty_message", "unknown_member")  # the notes ``summary`` reads
-
-
-@contextmanager
-def _collecting_less() -> Iterator[None]:
-    """A dry run holds a large roster that does not change and makes objects in bursts
-    (a schedule's runs for a whole audience, their messages): the cyclic collector runs
-    less often meanwhile, and what exists before the run (roster, compiled playbooks)
-    is left out of its passes. Both are restored afterwards."""
-    thresholds = gc.get_threshold()
-    freeze = gc.get_freeze_count() == 0  # someone else's freeze is theirs to undo
-    if freeze:
-        gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        if freeze:
-            gc.unfreeze()
 
 
 def delivery_record(message: QueuedMessage, at: str) -> dict[str, Any]:
@@ -184,7 +162,7 @@ class DryRun:
                 gc.enable()
 
     def run(self) -> DryRunStats:
-        with _collecting_less():
+        with collecting_less(GC_THRESHOLDS):
             return self._run()
 
     def _run(self) -> DryRunStats:
