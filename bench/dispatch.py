@@ -258,9 +258,7 @@ def check_all_sent(store: SqliteStore, n: int) -> None:
     db = store.db
     deliveries = db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     assert deliveries == n, (deliveries, n)
-    orphans = db.execute(
-        "SELECT count(*) FROM outbox AS o WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.key = o.key)"
-    ).fetchone()[0]
+    orphans = db.execute("SELECT count(*) FROM outbox WHERE key NOT IN (SELECT key FROM deliveries)").fetchone()[0]
     assert orphans == 0, orphans
 
 

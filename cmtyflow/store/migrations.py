@@ -129,7 +129,15 @@ CREATE INDEX audit_kind ON audit (kind);
 INSERT INTO meta (key, value) VALUES ('application', 'cmtyflow');
 """
 
-MIGRATIONS: list[str] = [_V1]
+# Deliveries are read in order and by playbook, and joined to the outbox through the
+# outbox's own key index; never looked up by their key. An index on that key (32 random
+# hex characters) put each new delivery on a leaf page of its own: about a page of
+# write-ahead log per message sent, a third of the dispatcher's SQLite time.
+_V2 = """
+DROP INDEX deliveries_key;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 LATEST = len(MIGRATIONS)
 
 
