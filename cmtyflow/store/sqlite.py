@@ -103,6 +103,46 @@ def _json_rows(params: list[tuple[Any, ...]]) -> str | None:
         return None
 
 
+# The deliveries of ``_deliveries_json``: [sent_at text, attempts, platform_id, key, sent_at ts].
+_FINISH_SENT = (
+    "UPDATE outbox SET status = 'sent', sent_at = v.value ->> 0, attempts = v.value ->> 1, "
+    "platform_id = v.value ->> 2, last_error = NULL FROM json_each(?) AS v WHERE outbox.key = v.value ->> 3"
+)
+_PUT_SENT_DELIVERIES = (
+    "INSERT INTO deliveries (key, at_ts, at, playbook, platform_id) "
+    "SELECT o.key, v.value ->> 4, v.value ->> 0, o.playbook, o.platform_id "
+    "FROM json_each(?) AS v JOIN outbox AS o ON o.key = v.value ->> 3 ORDER BY v.key"
+)
+_SENT_FIELDS = ("sent_at", "attempts", "platform_id", "last_error")
+
+
+def _deliveries_json(results: list[tuple[str, str, dict[str, Any]]]) -> str | None:
+    """``results`` as one JSON array for ``_FINISH_SENT`` and ``_PUT_SENT_DELIVERIES``
+    when there are several and each is a delivery as the dispatcher records it (fields
+    ``_SENT_FIELDS`` in that order: a datetime, an int, a str or None, None) under a key
+    of its own; else None, and ``finish_messages`` takes its general way."""
+    if not JSON or len(results) < 2:
+        return None
+    out = []
+    keys = set()
+    for key, status, fields in results:
+        if status != "sent" or key in keys or tuple(fields) != _SENT_FIELDS:
+            return None
+        sent_at, attempts, platform_id, last_error = fields.values()
+        if (
+            sent_at.__class__ is not datetime or attempts.__class__ is not int or not -_LONG_INT < attempts < _LONG_INT
+            or not (platform_id is None or platform_id.__class__ is str) or last_error is not None or key.__class__ is not str
+        ):
+            return None
+        keys.add(key)
+        ts, text = dt_cols(sent_at)
+        out.append((text, attempts, platform_id, key, ts))
+    try:
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
+    except ValueError:  # a timestamp that is not finite
+        return None
+
+
 @functools.lru_cache(maxsize=4)
 def _claim_json_sql(record: str) -> str:
     """The due rows (``rows.DUE_SEQS``), oldest first, as one JSON array of arrays: [the
@@ -356,6 +396,19 @@ class SqliteStore(SqlStore):
         return [(outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        results = results if isinstance(results, list) else list(results)
+        sent = _deliveries_json(results)
+        if sent is not None:
+            # A group of deliveries as the dispatcher records them: the rows and their
+            # deliveries from one JSON array, as the general case below writes them.
+            with self._write() as db:
+                changed = db.execute(_FINISH_SENT, (sent,)).rowcount
+                if changed != len(results):
+                    missing = [k for k, _, _ in results if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (k,)).fetchone()]
+                    raise KeyError(f"no outbox row with key {missing[0] if missing else '?'}")
+                db.execute(_PUT_SENT_DELIVERIES, (sent,))
+                self._add_counter(db, "messages_sent", len(results))
+            return
         plan = [finish_params(key, status, fields, dt_cols) for key, status, fields in results]
         if not plan:
             return

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from store_records import T0, at, event, message
@@ -19,6 +20,7 @@ from cmtyflow.engine.model import Decision
 from cmtyflow.store import sqlite as sqlite_module
 from cmtyflow.store.sqlite import SqliteStore
 
+UTC = ZoneInfo("UTC")
 TEXTS = ['plain', 'quotes " and \\ backslash', "tab\tnew\nline\x01\x1f", "你好 🎉 \u2028 é", "$dt not a tag", ""]
 
 
@@ -109,6 +111,47 @@ def test_a_group_of_results_from_one_json_array_is_the_same_as_row_by_row(two_st
     rowwise.finish_messages([(f"k{i:03d}", "sent", {"sent_at": now, "attempts": 1, "platform_id": None, "last_error": None}) for i in range(30, 40)])
     assert outbox_state(Path(chunked.path)) == outbox_state(Path(rowwise.path))
     assert [r.platform_id for r in chunked.find_messages("k001")] == [b"\x00bytes"]
+
+
+def test_a_group_of_deliveries_as_the_dispatcher_records_them_is_written_as_the_general_way_writes_it(
+    two_states: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, general = two_states
+    shanghai = ZoneInfo("Asia/Shanghai")
+    sent = [
+        (f"k{i:03d}", "sent", {"sent_at": (T0 + timedelta(seconds=i, microseconds=7 * i)).astimezone(shanghai if i % 2 else UTC),
+                               "attempts": 1 + i % 3, "platform_id": None if i % 4 == 0 else f"id-{i} 你好 \"q\"", "last_error": None})
+        for i in range(40)
+    ]
+    taken = []
+    real = sqlite_module._deliveries_json
+    monkeypatch.setattr(sqlite_module, "_deliveries_json", lambda results: taken.append(real(results)) or taken[-1])
+    for store in (fast, general):
+        store.claim_due_messages(at(100), limit=100)
+    fast.finish_messages(sent[:25])
+    fast.finish_messages(iter(sent[25:]))
+    assert all(t is not None for t in taken)
+    monkeypatch.setattr(sqlite_module, "_deliveries_json", lambda results: None)
+    general.finish_messages(sent[:25])
+    general.finish_messages(sent[25:])
+    assert outbox_state(Path(fast.path)) == outbox_state(Path(general.path))
+    assert fast.outbox_counts()["sent"] == 40
+
+
+def test_deliveries_the_shortcut_cannot_write_as_they_are_go_the_general_way() -> None:
+    ok = {"sent_at": T0, "attempts": 1, "platform_id": "x", "last_error": None}
+    assert sqlite_module._deliveries_json([("a", "sent", ok), ("b", "sent", ok)]) is not None
+    for odd in (
+        [("a", "sent", ok), ("a", "sent", ok)],  # a key twice: the last result wins, row by row
+        [("a", "sent", ok), ("b", "failed", {"attempts": 1, "next_attempt": T0, "last_error": "x"})],
+        [("a", "sent", ok), ("b", "sent", {**ok, "platform_id": 7})],
+        [("a", "sent", ok), ("b", "sent", {**ok, "attempts": 2**64})],
+        [("a", "sent", ok), ("b", "sent", {**ok, "attempts": True})],
+        [("a", "sent", ok), ("b", "sent", {**ok, "last_error": "late"})],
+        [("a", "sent", ok), ("b", "sent", {"attempts": 1, "sent_at": T0, "platform_id": "x", "last_error": None})],
+        [("a", "sent", ok)],  # one: bound as it is
+    ):
+        assert sqlite_module._deliveries_json(odd) is None, odd
 
 
 def test_a_group_with_a_missing_key_changes_nothing(two_states: tuple[SqliteStore, SqliteStore]) -> None:
