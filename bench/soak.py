@@ -99,7 +99,7 @@ KILL_POINTS: dict[str, tuple[str, str, str, bool, int]] = {
     "commit": ("cmtyflow.store.sqlite", "SqliteStore", "_write", False, 40),
     "apply": ("cmtyflow.store.sqlite", "SqliteStore", "apply", False, 12),
     "mark_in_doubt": ("cmtyflow.store.sqlite", "SqliteStore", "mark_in_doubt", False, 1),
-    "claim": ("cmtyflow.store.sqlite", "SqliteStore", "claim_due_messages", False, 2),
+    "claim": ("cmtyflow.store.sqlite", "SqliteStore", "claim_due_messages_with_members", False, 2),
     "finish": ("cmtyflow.store.sqlite", "SqliteStore", "finish_messages", False, 2),
     "webhook_send": ("cmtyflow.adapters.webhook", "WebhookAdapter", "send", True, 10),
     "console_send": ("cmtyflow.adapters.console", "ConsoleAdapter", "send", True, 4),
