@@ -93,3 +93,57 @@ def test_run_due_sends_under_it_and_restores(collector: None) -> None:
     assert hook.seen == [GC_THRESHOLDS]
     assert gc.get_threshold() == (700, 10, 10)
     assert gc.get_freeze_count() == 0
+
+
+def test_overlapping_works_ending_in_any_order_restore_the_settings_once(collector: None) -> None:
+    gc.set_threshold(700, 10, 10)
+    first, second = collecting_less((50_000, 10, 10)), collecting_less((60_000, 10, 10))
+    first.__enter__()
+    second.__enter__()
+    assert gc.get_threshold() == (60_000, 10, 10)
+    first.__exit__(None, None, None)  # the first ends while the second still runs
+    assert gc.get_threshold() == (60_000, 10, 10) and gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0
+
+
+def test_overlapping_dispatches_restore_the_settings(collector: None) -> None:
+    """As a worker's send jobs: the first dispatch to start ends first."""
+    gc.set_threshold(700, 10, 10)
+
+    async def both() -> None:
+        go = [asyncio.Event(), asyncio.Event()]
+
+        class Held(Hook):
+            def __init__(self, i: int) -> None:
+                super().__init__()
+                self.i = i
+
+            async def send(self, message: OutboundMessage) -> Receipt:
+                await go[self.i].wait()
+                return await super().send(message)
+
+        dispatchers = []
+        for i in range(2):
+            store = MemoryStore()
+            store.put_members([{"id": "m1", "name": "Ann"}])
+            store.apply(Decision(messages=[QueuedMessage(
+                key=f"k{i}", playbook="pb", run="r1", flow="f", step="s", occurrence=1, channel="hook",
+                adapter="webhook", member="m1", to="member", text="hi", format="plain", variant=None,
+                urgent=False, queued_at=T0, deliver_at=T0,
+            )]))
+            dispatchers.append(Dispatcher(store, Channels(Held(i)), lambda: T0, policies={}))  # type: ignore[arg-type]
+        first = asyncio.ensure_future(dispatchers[0].run_due(T0))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(dispatchers[1].run_due(T0))
+        await asyncio.sleep(0.01)
+        go[0].set()
+        assert (await first).sent == 1
+        assert gc.get_threshold() == GC_THRESHOLDS  # the second still sends
+        go[1].set()
+        assert (await second).sent == 1
+
+    asyncio.run(both())
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0
