@@ -481,7 +481,7 @@ def report(args: argparse.Namespace, d: dict[str, Any], a: dict[str, Any] | None
     print(f"load average (1 min) at start, after dispatch, at end: {', '.join(loads)}")
     rounds = ", ".join(f"{o.rate:,.0f}/{r.rate:,.0f}" for o, r in zip(d["ours"], d["raw"], strict=True))
     print(f"rounds, cmtyflow/raw msgs/s: {rounds} (each round's ratio: {', '.join(f'{p:.0%}' for p in pairs)}; "
-          f"median {statistics.median(pairs):.0%})")
+          f"median {ratio:.0%})")
 
     def cpu(f: Figure) -> str:
         loop = f" (loop {1e6 * f.loop_cpu / f.n:,.0f})" if f.own_cpu - f.loop_cpu > 0.05 * f.own_cpu else ""

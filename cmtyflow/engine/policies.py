@@ -48,19 +48,6 @@ def after_quiet(moment: datetime, quiet: tuple[time, time] | None, tz: ZoneInfo)
     return at_local(day, end, tz)
 
 
-def plan_delivery(
-    now: datetime,
-    *,
-    quiet: tuple[time, time] | None,
-    run_tz: ZoneInfo,
-    cap: int | None,
-    member_tz: ZoneInfo | None,
-    day_count: Callable[[str], int],
-) -> tuple[datetime, str | None, str | None]:
-    """(deliver_at, reason deferred or None, local date counted against the cap)."""
-    return delivery_plan(now, quiet, run_tz, cap, member_tz, day_count)
-
-
 def delivery_plan(
     now: datetime,
     quiet: tuple[time, time] | None,
@@ -69,7 +56,8 @@ def delivery_plan(
     member_tz: ZoneInfo | None,
     day_count: Callable[[str], int],
 ) -> tuple[datetime, str | None, str | None]:
-    """``plan_delivery`` with positional arguments (the interpreter calls it per message)."""
+    """(deliver_at, reason deferred or None, local date counted against the cap); the
+    interpreter calls it per message, with positional arguments."""
     # As after_quiet(now, quiet, run_tz), reading the local time once: most sends are
     # outside quiet hours, and most members' zone is the run's.
     local = None

@@ -123,13 +123,6 @@ class Handles(Mapping[str, str]):
         return f"Handles({dict(self)!r})"
 
 
-def recipient_of(member: Mapping[str, Any] | None, member_id: str) -> Recipient:
-    if member is None:
-        return Recipient(member_id)
-    name = member.get("name")
-    return Recipient(member_id, name if isinstance(name, str) else None, Handles(member))
-
-
 def resendable(row: OutboxRow, channels: ChannelSet, policies: Mapping[str, Policies]) -> bool:
     """SPEC 5.2: a row that may have been sent goes again under its key when the adapter
     deduplicates by key, the send is urgent, or the playbook says ``in_doubt: resend``."""
@@ -338,7 +331,7 @@ class Dispatcher:
             recipient = None
         elif member is None:
             recipient = Recipient(member_id)
-        else:  # as recipient_of, inline: this runs for every message
+        else:
             name = member.get("name")
             recipient = Recipient(member_id, name if isinstance(name, str) else None, Handles(member))
         # key, channel, text, format, recipient, urgent, subject, alternatives, playbook

@@ -143,6 +143,12 @@ def _deliveries_json(results: list[tuple[str, str, dict[str, Any]]]) -> str | No
         return None
 
 
+def _missing_key(db: sqlite3.Connection, keys: list[str]) -> KeyError:
+    """The error for results of which some key has no outbox row (the write rolls back)."""
+    missing = [k for k in keys if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (k,)).fetchone()]
+    return KeyError(f"no outbox row with key {missing[0] if missing else '?'}")
+
+
 @functools.lru_cache(maxsize=4)
 def _claim_json_sql(record: str) -> str:
     """The due rows (``rows.DUE_SEQS``), oldest first, as one JSON array of arrays: [the
@@ -402,10 +408,8 @@ class SqliteStore(SqlStore):
             # A group of deliveries as the dispatcher records them: the rows and their
             # deliveries from one JSON array, as the general case below writes them.
             with self._write() as db:
-                changed = db.execute(_FINISH_SENT, (sent,)).rowcount
-                if changed != len(results):
-                    missing = [k for k, _, _ in results if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (k,)).fetchone()]
-                    raise KeyError(f"no outbox row with key {missing[0] if missing else '?'}")
+                if db.execute(_FINISH_SENT, (sent,)).rowcount != len(results):
+                    raise _missing_key(db, [k for k, _, _ in results])
                 db.execute(_PUT_SENT_DELIVERIES, (sent,))
                 self._add_counter(db, "messages_sent", len(results))
             return
@@ -426,8 +430,7 @@ class SqliteStore(SqlStore):
                 else:
                     changed = db.executemany(finish_sql(*shape), params).rowcount
                 if changed != len(params):
-                    missing = [k for k in keys if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (k,)).fetchone()]
-                    raise KeyError(f"no outbox row with key {missing[0] if missing else '?'}")
+                    raise _missing_key(db, keys)
             sent = [p[2] for p in plan if p[2] is not None]
             if sent:
                 # Each delivery from its outbox row just updated, in the order of the results.
