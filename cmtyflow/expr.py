@@ -72,9 +72,11 @@ def _bounded_range(*args: int) -> Iterator[int]:
 
 
 def _check_repeat(count: Any, other: Any) -> None:
-    if isinstance(other, (str, list, tuple)) and isinstance(count, int) and not isinstance(count, bool):
-        if count * max(len(other), 1) > MAX_REPEAT * 10 or count > MAX_REPEAT:
-            raise SecurityError(f"repeating {count} times is over the limit of {MAX_REPEAT}")
+    if (
+        isinstance(other, (str, list, tuple)) and isinstance(count, int) and not isinstance(count, bool)
+        and (count * max(len(other), 1) > MAX_REPEAT * 10 or count > MAX_REPEAT)
+    ):
+        raise SecurityError(f"repeating {count} times is over the limit of {MAX_REPEAT}")
 
 
 def _safe_mul(left: Any, right: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -38,7 +38,7 @@ class Duration:
             local = moment.astimezone(tz).replace(tzinfo=None) + timedelta(days=self.days)
             result = localize(local, tz)
         if self.seconds:
-            result = (result.astimezone(timezone.utc) + timedelta(seconds=self.seconds)).astimezone(tz)
+            result = (result.astimezone(UTC) + timedelta(seconds=self.seconds)).astimezone(tz)
         return result
 
     def approx_seconds(self) -> int:
@@ -90,7 +90,7 @@ def localize(naive: datetime, tz: ZoneInfo) -> datetime:
     ambiguous time takes its first occurrence."""
     aware = naive.replace(tzinfo=tz, fold=0)
     # Round-trip through UTC: a non-existent wall time comes back different.
-    back = aware.astimezone(timezone.utc).astimezone(tz)
+    back = aware.astimezone(UTC).astimezone(tz)
     if back.replace(tzinfo=None) != naive:
         # PEP 495: fold=0 reads a skipped time with the offset before the jump, which
         # lands the same distance past the gap.
