@@ -116,11 +116,11 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
     await runner.start()
     try:
         if intake is not None:
-            from ..runtime.intake import make_app, serve
+            from ..runtime.intake import make_app, serve, store_accept
 
             host, port, config = intake
             app = make_app(
-                runner.store.add_events, config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake
+                store_accept(runner.store), config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake
             )
             site_runner = await serve(app, host, port)
             log("listening", url=f"http://{host}:{port}/events")

@@ -22,13 +22,15 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,7 +50,23 @@ TOKEN_ENV = "CMTYFLOW_INTAKE_TOKEN"
 SECRET_ENV = "CMTYFLOW_INTAKE_SECRET"
 DEFAULT_HOST = "127.0.0.1"
 
-Accept = Callable[[list[Event]], tuple[int, int]]
+Accept = Callable[[list[Event]], tuple[int, int] | Awaitable[tuple[int, int]]]
+
+
+def store_accept(store: Any) -> Accept:
+    """How the runner's intake stores a batch: ``store.add_events``, on a thread of its
+    own for a store that takes calls from any thread (``thread_safe``, as SQLite's):
+    such a store may be busy on the dispatcher's thread (a claim or a group commit holds
+    it for tens of milliseconds), and the batch then waits there, not on the event
+    loop, where it would stop every send meanwhile. Any other store is called inline."""
+    add_events = store.add_events
+    if getattr(store, "thread_safe", False) is not True:
+        return add_events  # type: ignore[no-any-return]
+
+    async def accept(events: list[Event]) -> tuple[int, int]:
+        return await asyncio.to_thread(add_events, events)
+
+    return accept
 
 
 @dataclass
@@ -267,7 +285,8 @@ class _Intake:
         if not events:
             return web.json_response({"accepted": 0, "duplicates": 0}, status=202)
         try:
-            accepted, duplicates = self.accept(events)
+            result = self.accept(events)
+            accepted, duplicates = await result if inspect.isawaitable(result) else result
         except Exception:
             # The body may hold members' data: log what failed, never what was posted.
             log.exception("intake: could not store a batch of %d event(s)", len(events))
@@ -321,8 +340,8 @@ def make_app(
     wake: Callable[[], None] | None = None,
 ) -> web.Application:
     """The intake as an aiohttp application. ``accept`` stores a batch in one transaction
-    and returns (accepted, duplicates); it is called on the event loop, one batch at a
-    time. ``wake`` is called after a batch that stored something new."""
+    and returns (accepted, duplicates), or an awaitable of them (``store_accept``); it is
+    called on the event loop. ``wake`` is called after a batch that stored something new."""
     config.check()
     intake = _Intake(accept, config, default_tz, now, wake)
     app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body)

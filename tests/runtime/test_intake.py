@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +17,8 @@ import pytest
 from cmtyflow.adapters.webhook import sign
 from cmtyflow.engine.model import Event
 from cmtyflow.errors import UserError
-from cmtyflow.runtime.intake import IntakeConfig, make_app, parse_listen, serve
+from cmtyflow.runtime.intake import IntakeConfig, make_app, parse_listen, serve, store_accept
+from cmtyflow.store.sqlite import SqliteStore
 
 TZ = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -453,6 +456,51 @@ async def test_wake_is_called_once_per_batch_that_stores_something(client, store
     await post(cli, [JOINED, {"bad": 1}])
     assert store.wakes == 2
 
+
+
+def test_store_accept_calls_a_store_that_is_not_thread_safe_inline(store):
+    store.add_events = store.accept
+    assert store_accept(store) == store.accept
+
+
+async def test_a_busy_sqlite_store_does_not_stop_the_event_loop(client, tmp_path):
+    """While the dispatcher's thread holds the store (a claim, a group commit), a batch
+    waits for it on a thread of its own: the loop goes on, and the batch is stored
+    once the store is free."""
+    db = SqliteStore(tmp_path / "state.db")
+    loop = asyncio.get_running_loop()
+    entered = asyncio.Event()
+    add_events = db.add_events
+
+    def add_when_free(events: list[Event]) -> tuple[int, int]:
+        loop.call_soon_threadsafe(entered.set)
+        return add_events(events)
+
+    db.add_events = add_when_free  # type: ignore[method-assign]
+    cli = await client(accept=store_accept(db))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db._lock:  # noqa: SLF001 - as the dispatcher's thread holds it
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        posting = asyncio.ensure_future(post(cli, JOINED))
+        # Inline, the handler would block this loop inside add_events until the holder
+        # gave up (10 s), and only then could this wait end, with the post done.
+        await asyncio.wait_for(entered.wait(), 5)
+        assert not posting.done()
+    finally:
+        release.set()
+        holder.join()
+    status, body, _ = await posting
+    assert (status, body) == (202, {"accepted": 1, "duplicates": 0})
+    assert [e.id for e in db.pending_events(datetime(2027, 1, 1, tzinfo=UTC))] == ["e1"]
+    db.close()
 
 async def test_healthz_needs_no_auth_and_says_nothing_else(client):
     cli = await client()

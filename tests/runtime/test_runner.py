@@ -304,12 +304,12 @@ async def test_stop_drains_and_an_abandoned_send_is_in_doubt_at_the_next_start(t
 
 
 async def test_an_event_posted_to_the_intake_wakes_the_runner(tmp_path, sink, harness, aiohttp_client):
-    from cmtyflow.runtime.intake import IntakeConfig, make_app
+    from cmtyflow.runtime.intake import IntakeConfig, make_app, store_accept
 
     h = harness(hooks(tmp_path, sink.url), T0, poll=60)  # a poll this long never fires in the test
     runner = await h.open()
     h.store.put_members(ROSTER)
-    app = make_app(h.store.add_events, IntakeConfig(token="t0k"), default_tz=UTC, now=h.clock.now, wake=runner.wake)
+    app = make_app(store_accept(h.store), IntakeConfig(token="t0k"), default_tz=UTC, now=h.clock.now, wake=runner.wake)
     client = await aiohttp_client(app)
     loop = asyncio.create_task(runner.run_forever())
     body = {"id": "j9", "type": "member.joined", "member": "u2", "at": T0.isoformat()}
