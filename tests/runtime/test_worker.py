@@ -104,7 +104,8 @@ def test_an_immediate_postgres_restart_under_load_loses_no_intent(
         cluster.restart("immediate")  # every session cut mid-transaction, no shutdown checkpoint
         wf.wait_for(lambda: wf.outbox_counts(state)["sent"] == members and wf.timers_left(state) == 0, 300,
                     "every message sent after the restart", fleet)
-        wf.wait_for(lambda: not any(wf.invariants(state).values()), 60, "nothing stuck", fleet)
+        wf.wait_for(lambda: not any(wf.invariants(state).values()), 60,
+                    lambda: f"nothing stuck (still: {wf.stuck(state)})", fleet)
         assert fleet.alive() == [0, 1]  # both rode out the restart
         capsys.readouterr()
         assert main(["status", "--state", state, "--format", "json"]) == 0

@@ -120,14 +120,18 @@ class Fleet:
         )
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, fleet: Fleet | None = None, poll: float = 0.2) -> Any:
+def wait_for(
+    check: Callable[[], Any], timeout: float, what: str | Callable[[], str], fleet: Fleet | None = None, poll: float = 0.2
+) -> Any:
+    """``what`` may be a function, to say at the time out what is still missing."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{fleet.logs()}" if fleet else ""))
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {said}" + (f"\n{fleet.logs()}" if fleet else ""))
         time.sleep(poll)
 
 
@@ -150,6 +154,11 @@ def invariants(url: str) -> dict[str, int]:
         return SharedWork(store).invariants()
     finally:
         store.close()
+
+
+def stuck(url: str) -> dict[str, int]:
+    """The invariants that do not hold, with their counts; for failure messages."""
+    return {name: n for name, n in invariants(url).items() if n}
 
 
 def timers_left(url: str) -> int:
