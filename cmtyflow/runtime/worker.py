@@ -15,6 +15,7 @@ Rules (docs/scale-out.md says what each guarantees):
     under their key or held in doubt first, as ``Dispatcher.recover_in_doubt`` does.
   - ``cmtyflow.recover`` (periodic, every 5 s): jobs of a worker that stopped sending
     heartbeats are put back to run again (procrastinate's stalled-job retry).
+- Every job, the recovery included, is run again when it fails on a lost connection.
 - SPEC 5.6 order at an instant is kept: firings and events due at an instant are taken
   only once no wait due at or before it is left (the waits' jobs run first).
   Events a wait's run emits are taken by the next tick, not within the wait's job.
@@ -201,10 +202,13 @@ class Worker:
             with self._retried(SEND_TASK):
                 await self.send(int(context.job.id))
 
+        # Retried too: a recovery cut off by a database restart would otherwise stay
+        # "failed for good", a stuck job in ``cmtyflow status`` though the next one works.
         @app.periodic(cron="*/5 * * * * *", periodic_id="recover")
-        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, priority=PRIORITY["tick"])
+        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, retry=retry, priority=PRIORITY["tick"])
         async def recover(timestamp: int) -> None:
-            await self.recover()
+            with self._retried(RECOVER_TASK):
+                await self.recover()
 
         return app
 

@@ -152,6 +152,36 @@ def test_a_single_runner_and_workers_exclude_each_other(state: str) -> None:
         other.close()
 
 
+
+def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path) -> None:
+    """A database restart fails whatever job is running; each must be retried, not left
+    failed for good (a stuck job in `cmtyflow status`). The recovery, run every 5 s,
+    was the one without a retry."""
+    import psycopg
+    from procrastinate.jobs import Job
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import (
+        QUEUE,
+        RECOVER_TASK,
+        SEND_TASK,
+        TICK_TASK,
+        TIMERS_TASK,
+        Worker,
+    )
+
+    playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
+    result, programs = load_programs([playbook])
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
+    for name in (TICK_TASK, TIMERS_TASK, SEND_TASK, RECOVER_TASK):
+        strategy = w.app.tasks[name].retry_strategy
+        job = Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=name, task_kwargs={}, attempts=3)
+        assert strategy is not None, name
+        assert strategy.get_retry_decision(exception=psycopg.OperationalError("server closed the connection"), job=job), name
+        assert strategy.get_retry_decision(exception=ValueError("a bug"), job=job) is None, name
+
 async def test_recovery_drops_a_stalled_tick_and_runs_a_stalled_batch_again(state: str, tmp_path: Path) -> None:
     from procrastinate.jobs import Job
 
