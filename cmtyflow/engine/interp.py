@@ -5,6 +5,11 @@ Rules:
   repeat skips its whole body).
 - A failing expression or template fails *this run only*: it is marked failed with
   the step and the reason, and the input's other runs go on (SPEC 2).
+- So does a step that breaks on a fault of cmtyflow's own (``FAULTS``: a TypeError, a
+  KeyError, ...), with ``internal error: <type>: <message>`` as its reason: one run is
+  set aside, not the input, so the runner does not stop at the same input on every
+  start. What the step queued before it broke stays in the decision. Anything else (a
+  store that cannot be read) still ends the decision, which is then not applied.
 - Every execution of an instruction counts an occurrence; the occurrence is part of
   the idempotency key of what the step queues, so a loop's second pass sends anew
   while a replay of the same input sends the same keys (SPEC 5.2).
@@ -30,6 +35,11 @@ from .txn import Txn
 
 class RunFailed(Exception):
     pass
+
+
+# Errors that only a fault in cmtyflow makes a step raise (a playbook's own errors are
+# RenderError or RunFailed). Not here: the stores' errors (sqlite3, psycopg, OSError).
+FAULTS = (ArithmeticError, AssertionError, AttributeError, LookupError, RecursionError, TypeError, ValueError)
 
 
 def zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
@@ -122,13 +132,13 @@ class Interpreter:
     # the loop -------------------------------------------------------------------------------
     def advance(self, prog: Program, run: Run) -> None:
         instrs = prog.flows[run.flow]
-        ctx = self.context(prog, run)
         end = len(instrs)
         budget = prog.max_loop * (end + 1) + 10
         counted = run.flow not in prog.straight_flows
         occurrences = run.occurrences
         pc = run.pc  # kept equal to run.pc: handlers read and move it
         try:
+            ctx = self.context(prog, run)
             while pc < end:
                 if counted:
                     budget -= 1
@@ -157,6 +167,10 @@ class Interpreter:
                     pc = run.pc
         except (RenderError, RunFailed) as exc:
             self.fail(prog, run, instrs[run.pc].label if run.pc < len(instrs) else run.flow, str(exc))
+            return
+        except FAULTS as exc:
+            where = instrs[run.pc].label if run.pc < len(instrs) else run.flow
+            self.fail(prog, run, where, f"internal error: {type(exc).__name__}: {exc}")
             return
         self.finish(prog, run, "done")
 

@@ -3,6 +3,10 @@ choose, set and tag/untag (SPEC 4)."""
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 
 def trio(deliveries):
     return [(d["at"], d["member"], d["step"]) for d in deliveries]
@@ -525,3 +529,38 @@ def test_tag_and_untag_change_audience_membership(simulate, tmp_path):
     assert out[0]["text"] == "tags=reader,challenge"
     # p0 and p2, plus one member outside the audience at each of the three firings
     assert summary["skipped"]["outside_audience"] == 5
+
+
+def _breaking_send(monkeypatch: pytest.MonkeyPatch, member: str, exc: Exception) -> None:
+    """The send step raises ``exc`` for ``member``'s run: a fault the playbook cannot make."""
+    from cmtyflow.engine import interp
+
+    send, advances = interp._HANDLERS["send"]  # noqa: SLF001
+
+    def breaking(self, prog, run, ins, ctx, occ):  # type: ignore[no-untyped-def]
+        if run.member == member and ins.label == "hello":
+            raise exc
+        return send(self, prog, run, ins, ctx, occ)
+
+    monkeypatch.setitem(interp._HANDLERS, "send", (breaking, advances))  # noqa: SLF001
+
+
+def test_a_fault_in_a_step_fails_only_that_members_run(simulate, tmp_path, monkeypatch):
+    _breaking_send(monkeypatch, "b", TypeError("unsupported operand type(s) for +: 'int' and 'str'"))
+    roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}, {"id": "c", "name": "Cy"}]
+    out, summary = simulate(
+        TEMPLATE_ERROR, roster, [], "2026-12-01", 1, tmp_path, templates={"hello.txt.j2": "Hi {{ member.name }}"},
+    )
+    assert [(d["member"], d["step"]) for d in out] == [("a", "hello"), ("a", "after"), ("c", "hello"), ("c", "after")]
+    assert (summary["runs"]["failed"], summary["runs"]["done"]) == (1, 2)
+    assert summary["warnings"] == [
+        "run daily@2026-12-01T10:00:00+08:00:b failed at hello: "
+        "internal error: TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+    ]
+
+
+def test_a_store_error_in_a_step_is_not_taken_for_a_fault(simulate, tmp_path, monkeypatch):
+    _breaking_send(monkeypatch, "b", sqlite3.OperationalError("database is locked"))
+    roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}]
+    with pytest.raises(sqlite3.OperationalError):
+        simulate(TEMPLATE_ERROR, roster, [], "2026-12-01", 1, tmp_path, templates={"hello.txt.j2": "Hi"})
