@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
@@ -165,7 +165,9 @@ def _context(tmpl: Any, names: Mapping[str, Any]) -> Any:
     # that already holds the globals gives the same result (brief: 8 us per expression).
     if "range" not in names:
         names = scope(names)
-    return new_context(ENV, tmpl.name, tmpl.blocks, names, True, None, None)
+    # shared=True: Jinja reads ``names`` as the context's parent and never writes it,
+    # so any mapping does (its signature says dict).
+    return new_context(ENV, tmpl.name, tmpl.blocks, cast("dict[str, Any]", names), True, None, None)
 
 
 def _describe(exc: BaseException) -> str:
@@ -276,24 +278,25 @@ def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticP
                     node.lineno,
                 )
             )
-    for node in tree.find_all((nodes.Getattr,)):
-        if node.attr.startswith("_"):
-            problems.append(StaticProblem(f"access to '{node.attr}' is not allowed", node.lineno))
-    for node in tree.find_all((nodes.Getitem,)):
-        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
-            problems.append(StaticProblem(f"access to '{node.arg.value}' is not allowed", node.lineno))
-    for node in tree.find_all((nodes.Filter, nodes.Test)):
-        if isinstance(node, nodes.Filter) and node.name == "attr":
-            problems.append(StaticProblem("the attr filter is not allowed in playbooks", node.lineno))
-        elif isinstance(node, nodes.Filter) and node.name not in ENV.filters:
-            problems.append(StaticProblem(f"unknown filter '{node.name}'", node.lineno))
-        if isinstance(node, nodes.Test) and node.name not in ENV.tests:
-            problems.append(StaticProblem(f"unknown test '{node.name}'", node.lineno))
-    for node in tree.find_all((nodes.Mul, nodes.Pow)):
+    for getattr_ in tree.find_all((nodes.Getattr,)):
+        if getattr_.attr.startswith("_"):
+            problems.append(StaticProblem(f"access to '{getattr_.attr}' is not allowed", getattr_.lineno))
+    for getitem in tree.find_all((nodes.Getitem,)):
+        arg = getitem.arg
+        if isinstance(arg, nodes.Const) and isinstance(arg.value, str) and arg.value.startswith("_"):
+            problems.append(StaticProblem(f"access to '{arg.value}' is not allowed", getitem.lineno))
+    for call in tree.find_all((nodes.Filter, nodes.Test)):
+        if isinstance(call, nodes.Filter) and call.name == "attr":
+            problems.append(StaticProblem("the attr filter is not allowed in playbooks", call.lineno))
+        elif isinstance(call, nodes.Filter) and call.name not in ENV.filters:
+            problems.append(StaticProblem(f"unknown filter '{call.name}'", call.lineno))
+        if isinstance(call, nodes.Test) and call.name not in ENV.tests:
+            problems.append(StaticProblem(f"unknown test '{call.name}'", call.lineno))
+    for power in tree.find_all((nodes.Mul, nodes.Pow)):
         try:
-            _const(node)
+            _const(power)
         except SecurityError as exc:
-            problems.append(StaticProblem(f"not allowed: {exc}", node.lineno))
+            problems.append(StaticProblem(f"not allowed: {exc}", power.lineno))
         except (LookupError, TypeError, ValueError, ArithmeticError):
             pass
     return problems

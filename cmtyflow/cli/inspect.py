@@ -149,7 +149,7 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
         return EXIT_OK
     store, _ = store_at(state, must_exist=True)
     try:
-        rows = []
+        rows: list[OutboxRow] = []
         more = 0
         for row in store.outbox(list(statuses or PROBLEM_STATUSES)):
             if len(rows) < limit:

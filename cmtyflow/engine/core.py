@@ -23,6 +23,7 @@ from datetime import date, datetime
 from typing import Any
 
 from ..expr import RenderError, scope
+from ..spec.models import EventTrigger
 from .context import MemberView, StateView
 from .interp import Interpreter, zone
 from .model import Decision, Event, Firing, Launch, Run, TimerDue
@@ -51,7 +52,7 @@ class Engine:
         self._with_goals = [p for p in self.programs.values() if p.playbook.goals]
         for prog in self.programs.values():
             for trigger in prog.playbook.triggers:
-                if trigger.kind == "event":
+                if isinstance(trigger, EventTrigger):
                     self._event_triggers.setdefault(trigger.event, []).append((prog, trigger))
 
     def program_for(self, run: Run) -> Program | None:

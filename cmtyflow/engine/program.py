@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -108,7 +108,7 @@ class Program:
     goal_within: dict[str, Duration]
     quiet: tuple[Any, Any] | None
     max_loop: int
-    window: tuple[Any, Any] | None  # (first local date, last local date or None)
+    window: tuple[date, date | None] | None  # (first local date, last local date or None)
     at_times: dict[str, datetime] = field(default_factory=dict)
     default_channel: str | None = None
     uses_audience: bool = False
@@ -244,7 +244,7 @@ def compile_program(
         window = (pb.window.start, pb.window.last_day())
     at_times: dict[str, datetime] = {}
     for t in pb.triggers:
-        if t.kind == "at":
+        if isinstance(t, m.AtTrigger):
             at_times[t.id] = parse_at(t.at, ZoneInfo(t.timezone) if t.timezone and t.timezone != "member" else tz)
     return Program(
         name=pb.name,

@@ -232,7 +232,10 @@ class Worker:
                 Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=task, task_kwargs={arg: list(b)})
                 for b in batches
             ]
-            return [int(j.id) for j in self._defer_jobs.batch_defer_jobs(jobs, connection=conn)]
+            ids = [j.id for j in self._defer_jobs.batch_defer_jobs(jobs, connection=conn)]
+            if None in ids:  # procrastinate sets each id from its INSERT
+                raise RuntimeError("procrastinate deferred a job without an id")
+            return [int(i) for i in ids if i is not None]
 
         return defer
 
@@ -294,7 +297,7 @@ class Worker:
                 for key in hold:
                     self.log("in_doubt_held", key=key)
             dispatcher = Dispatcher(
-                _JobRows(store, shared, job), self.channels, self.clock.now,  # type: ignore[arg-type]
+                _JobRows(store, shared, job), self.channels, self.clock.now,
                 policies=self.policies, concurrency=self.concurrency, log=self.log,
             )
             self._dispatchers.add(dispatcher)

@@ -431,15 +431,15 @@ class SqliteStore(SqlStore):
                     changed = db.executemany(finish_sql(*shape), params).rowcount
                 if changed != len(params):
                     raise _missing_key(db, keys)
-            sent = [p[2] for p in plan if p[2] is not None]
-            if sent:
+            delivered = [p[2] for p in plan if p[2] is not None]
+            if delivered:
                 # Each delivery from its outbox row just updated, in the order of the results.
-                many = _json_rows(sent) if len(sent) > 1 else None
+                many = _json_rows(delivered) if len(delivered) > 1 else None
                 if many is not None:
                     db.execute(rows.PUT_DELIVERIES, (many,))
                 else:
-                    db.executemany(rows.PUT_DELIVERY, sent)
-                self._add_counter(db, "messages_sent", len(sent))
+                    db.executemany(rows.PUT_DELIVERY, delivered)
+                self._add_counter(db, "messages_sent", len(delivered))
 
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write() as db:
