@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import aiohttp
 from pydantic import Field, SecretStr
 
-from ._http import HttpAdapter, dumps
+from ._http import JSON_TYPE, HttpAdapter, dumps
 from .base import (
     AdapterSettings,
     Capabilities,
@@ -106,7 +106,7 @@ class WebhookAdapter(HttpAdapter):
         self._clock = clock
         # The headers every request carries, in the order they are sent: the settings'
         # own, then the content type (which replaces one of the same spelling).
-        self._headers = {**settings.headers, "Content-Type": "application/json; charset=utf-8"}
+        self._headers = {**settings.headers, "Content-Type": JSON_TYPE}
 
     async def send(self, message: OutboundMessage) -> Receipt:
         fmt, text = pick(message, self.capabilities.formats)

@@ -232,10 +232,12 @@ class Worker:
                 Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=task, task_kwargs={arg: list(b)})
                 for b in batches
             ]
-            ids = [j.id for j in self._defer_jobs.batch_defer_jobs(jobs, connection=conn)]
-            if None in ids:  # procrastinate sets each id from its INSERT
-                raise RuntimeError("procrastinate deferred a job without an id")
-            return [int(i) for i in ids if i is not None]
+            ids = []
+            for j in self._defer_jobs.batch_defer_jobs(jobs, connection=conn):
+                if j.id is None:  # procrastinate sets each id from its INSERT
+                    raise RuntimeError("procrastinate deferred a job without an id")
+                ids.append(j.id)
+            return ids
 
         return defer
 
