@@ -13,19 +13,24 @@ Rules (SPEC 3, 5):
   active run, queued starts it when the active one ends, parallel starts it anyway.
 - A due timer resumes its run after the wait; a stale timer (its run moved on or
   ended) does nothing.
+- An input whose handling breaks on a fault of cmtyflow's own outside any one run
+  (``interp.FAULTS``; a run's own faults fail that run) is set aside: its decision is
+  only an ``input_failed`` note (and, for a due timer, its run failed), so that the
+  caller takes it and goes on. A store's errors still propagate.
 - The engine never performs I/O and never reads the clock: ``now`` is an argument.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
 from ..expr import RenderError, scope
 from ..spec.models import EventTrigger
 from .context import MemberView, StateView
-from .interp import Interpreter, zone
+from .interp import FAULTS, Interpreter, zone
 from .model import Decision, Event, Firing, Launch, Run, TimerDue
 from .ports import StateReader
 from .program import Program
@@ -66,19 +71,56 @@ class Engine:
     def handle(self, store: StateReader, now: datetime, item: Any, *, earliest: datetime | None = None) -> Decision:
         """``now`` is the input's time; ``earliest``, when later, is when it is being
         handled: its messages are planned from then (quiet hours, daily cap)."""
+        if not isinstance(item, (Event, TimerDue, Firing, Launch)):
+            raise TypeError(f"not an engine input: {item!r}")
         decision = Decision()
         txn = Txn(store, decision)
         interp = Interpreter(self, txn, now, earliest)
+        try:
+            if isinstance(item, Event):
+                self._event(interp, item)
+            elif isinstance(item, TimerDue):
+                self._timer(interp, item)
+            elif isinstance(item, Firing):
+                self._firing(interp, item)
+            else:
+                self._launch(interp, item)
+        except FAULTS as exc:
+            return self._set_aside(store, item, exc)
+        return decision
+
+    def _set_aside(self, store: StateReader, item: Any, exc: Exception) -> Decision:
+        """The decision for an input whose handling broke on a fault of cmtyflow's own
+        outside any one run (a run's own faults fail that run, in the interpreter):
+        nothing of what it did so far, but a note and a count, so that the input is
+        taken (an event or a launch consumed, a firing's schedule moved on) and the
+        runner does not stop at it on every start. A timer's run, when it can still be
+        read, fails with the same reason: it would otherwise wait for good."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        decision = Decision()
+        detail: dict[str, Any]
         if isinstance(item, Event):
-            self._event(interp, item)
+            detail = {"input": "event", "event": item.id, "type": item.type, "member": item.member}
         elif isinstance(item, TimerDue):
-            self._timer(interp, item)
+            detail = {"input": "timer", "timer": item.timer.id, "run": item.timer.run}
+            try:
+                run = store.get_run(item.timer.run)
+            except FAULTS:
+                run = None
+            if run is not None and run.status == "active":
+                step = (run.waiting or {}).get("step") or run.flow
+                decision.note("run_failed", playbook=run.playbook, run=run.id, flow=run.flow, step=step, member=run.member, error=reason)
+                # A copy: a store may hand out its own object (as Txn.run copies too).
+                decision.runs[run.id] = replace(run, status="failed", waiting=None)
+                decision.cancel_timers_of.append(run.id)
+                decision.cancel_waits_of.append(run.id)
+                decision.count("runs_failed")
         elif isinstance(item, Firing):
-            self._firing(interp, item)
-        elif isinstance(item, Launch):
-            self._launch(interp, item)
+            detail = {"input": "firing", "playbook": item.playbook, "trigger": item.trigger, "at": item.at.isoformat()}
         else:
-            raise TypeError(f"not an engine input: {item!r}")
+            detail = {"input": "launch", "playbook": item.playbook, "trigger": item.trigger, "launch": item.id}
+        decision.note("input_failed", **detail, reason=reason)
+        decision.count("inputs_failed")
         return decision
 
     # audience ----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Rules:
   KeyError, ...), with ``internal error: <type>: <message>`` as its reason: one run is
   set aside, not the input, so the runner does not stop at the same input on every
   start. What the step queued before it broke stays in the decision. Anything else (a
-  store that cannot be read) still ends the decision, which is then not applied.
+  store that cannot be read) still ends the decision, which is then not applied; a
+  fault outside any run sets the whole input aside (``Engine.handle``).
 - Every execution of an instruction counts an occurrence; the occurrence is part of
   the idempotency key of what the step queues, so a loop's second pass sends anew
   while a replay of the same input sends the same keys (SPEC 5.2).

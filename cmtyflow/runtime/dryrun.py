@@ -39,7 +39,7 @@ DELIVERY_BATCH = 5000
 # is cyclic garbage, so the collector has nothing to find meanwhile; what it would
 # find (a failing template's traceback) waits at most a million objects.
 GC_THRESHOLDS = (1_000_000, 20, 10)
-SUMMARY_NOTES = ("run_failed", "empty_message", "unknown_member")  # the notes ``summary`` reads
+SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member")  # the notes ``summary`` reads
 
 
 def delivery_record(message: QueuedMessage, at: str) -> dict[str, Any]:
@@ -283,6 +283,9 @@ class DryRun:
             warnings.append(f"run {note['run']} failed at {note['step']}: {note['error']}")
         if len(failures) > 20:
             warnings.append(f"... and {len(failures) - 20} more failed runs")
+        for note in [n for n in notes if n["kind"] == "input_failed"][:20]:
+            what = {k: v for k, v in note.items() if k not in ("kind", "input", "reason") and v is not None}
+            warnings.append(f"{note['input']} set aside ({', '.join(f'{k}={v}' for k, v in what.items())}): {note['reason']}")
         empties = [n for n in notes if n["kind"] == "empty_message"]
         if empties:
             warnings.append(f"{len(empties)} sends rendered empty text and were not queued (first: {empties[0]['playbook']}/{empties[0]['step']})")

@@ -51,6 +51,7 @@ LOGGED_NOTES = {
     "unknown_member": "a member not in the roster",
     "trigger_failed": "a trigger failed",
     "audience_failed": "an audience check failed",
+    "input_failed": "set an input aside (it broke on a fault of cmtyflow's own; see docs/semantics.md, Runs)",
 }
 
 

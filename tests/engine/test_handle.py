@@ -3,6 +3,7 @@ whole ``Decision`` it returns (no driver, no clock, no I/O)."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 
 import pytest
@@ -332,3 +333,87 @@ def test_restart_cancels_the_active_run_in_the_same_decision(compile_text, tmp_p
         counters={"runs_cancelled": 1, "runs_started": 1},
         notes=[{"kind": "run_cancelled", "playbook": "p", "run": "t:e1", "flow": "f", "member": "m", "reason": "restarted by t"}],
     )
+
+
+def test_an_event_that_breaks_outside_any_run_is_set_aside(setup, monkeypatch):
+    # A fault of cmtyflow's own while the event's triggers are matched (not inside a
+    # run, where it would fail that run only): nothing of the event applies but a note.
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+
+    def broken(prog, member, now):  # type: ignore[no-untyped-def]
+        raise AttributeError("'NoneType' object has no attribute 'get'")
+
+    monkeypatch.setattr(engine, "in_audience", broken)
+    decision = engine.handle(store, at, Event("e1", "ping", at, "m"))
+    assert decision == Decision(
+        notes=[{
+            "kind": "input_failed", "input": "event", "event": "e1", "type": "ping", "member": "m",
+            "reason": "internal error: AttributeError: 'NoneType' object has no attribute 'get'",
+        }],
+        counters={"inputs_failed": 1},
+    )
+
+
+def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
+    engine, store, prog = setup
+    at = t("2026-12-01T10:00:00+08:00")
+    store.apply(engine.handle(store, at, Event("e1", "ping", at, "m")))
+    (timer,) = store.due_timers(t("2026-12-02T10:00:00+08:00"))
+    waiting = store.get_run("t:e1")
+
+    def broken(run):  # type: ignore[no-untyped-def]
+        raise KeyError("f")
+
+    monkeypatch.setattr(engine, "program_for", broken)
+    decision = engine.handle(store, t("2026-12-02T10:00:00+08:00"), TimerDue(timer))
+    reason = "internal error: KeyError: 'f'"
+    assert decision == Decision(
+        runs={"t:e1": Run(
+            id="t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t", mode="single",
+            started_at=at, timezone="Asia/Shanghai", pc=1, occurrences={0: 1, 1: 1},
+            event=Event("e1", "ping", at, "m").as_context(), status="failed",
+        )},
+        cancel_timers_of=["t:e1"],
+        cancel_waits_of=["t:e1"],
+        notes=[
+            {"kind": "run_failed", "playbook": "p", "run": "t:e1", "flow": "f", "step": "f", "member": "m", "error": reason},
+            {"kind": "input_failed", "input": "timer", "timer": timer.id, "run": "t:e1", "reason": reason},
+        ],
+        counters={"runs_failed": 1, "inputs_failed": 1},
+    )
+    # The store's own record is not touched until the decision is applied.
+    assert store.get_run("t:e1") == waiting
+    assert waiting is not None and waiting.status == "active"
+
+
+def test_a_firing_that_breaks_is_set_aside(setup, monkeypatch):
+    engine, store, prog = setup
+
+    def broken(*args):  # type: ignore[no-untyped-def]
+        raise TypeError("'<' not supported between instances of 'str' and 'int'")
+
+    monkeypatch.setattr(engine, "_campaign_start", broken)
+    at = t("2026-12-01T09:00:00+08:00")
+    decision = engine.handle(store, at, Firing("p", "cron", at))
+    assert decision == Decision(
+        notes=[{
+            "kind": "input_failed", "input": "firing", "playbook": "p", "trigger": "cron", "at": at.isoformat(),
+            "reason": "internal error: TypeError: '<' not supported between instances of 'str' and 'int'",
+        }],
+        counters={"inputs_failed": 1},
+    )
+
+
+def test_a_store_error_outside_any_run_still_ends_the_decision(setup, monkeypatch):
+    # The state itself failing is not a fault of the input: nothing is decided, and the
+    # input is taken again (the caller applies nothing).
+    engine, store, prog = setup
+
+    def locked(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "get_member", locked)
+    at = t("2026-12-01T09:00:00+08:00")
+    with pytest.raises(sqlite3.OperationalError):
+        engine.handle(store, at, Event("e1", "ping", at, "m"))

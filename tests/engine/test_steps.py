@@ -559,6 +559,26 @@ def test_a_fault_in_a_step_fails_only_that_members_run(simulate, tmp_path, monke
     ]
 
 
+def test_a_firing_that_breaks_outside_any_run_is_set_aside_and_the_next_one_goes(simulate, tmp_path, monkeypatch):
+    # The nightly reminder's first firing breaks on a fault of cmtyflow's own while its
+    # audience is read; the dry run says so and the next night's firing sends.
+    from cmtyflow.engine.core import Engine
+
+    check = Engine.in_audience
+
+    def in_audience(self, prog, member, now):  # type: ignore[no-untyped-def]
+        if now.day == 1:
+            raise KeyError("tags")
+        return check(self, prog, member, now)
+
+    monkeypatch.setattr(Engine, "in_audience", in_audience)
+    out, summary = simulate(DAILY, [{"id": "a", "tags": ["challenge"]}], [], "2026-12-01", 2, tmp_path)
+    assert [(d["at"], d["member"]) for d in out] == [("2026-12-02T20:00:00+08:00", "a")]
+    assert summary["warnings"] == [
+        "firing set aside (playbook=daily, trigger=reminder, at=2026-12-01T20:00:00+08:00): internal error: KeyError: 'tags'"
+    ]
+
+
 def test_a_store_error_in_a_step_is_not_taken_for_a_fault(simulate, tmp_path, monkeypatch):
     _breaking_send(monkeypatch, "b", sqlite3.OperationalError("database is locked"))
     roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}]

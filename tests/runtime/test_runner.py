@@ -178,6 +178,36 @@ async def test_an_opt_out_recorded_while_messages_are_queued_stops_all_of_them(t
     await h.close()
 
 
+
+async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_on(tmp_path, sink, harness, monkeypatch):
+    # A fault of cmtyflow's own outside any run (here: the audience check for u1)
+    # would otherwise stop the runner at the same event on every start.
+    from cmtyflow.engine.core import Engine
+
+    check = Engine.in_audience
+
+    def in_audience(self, prog, member, now):  # type: ignore[no-untyped-def]
+        if member["id"] == "u1":
+            raise TypeError("'NoneType' object is not subscriptable")
+        return check(self, prog, member, now)
+
+    monkeypatch.setattr(Engine, "in_audience", in_audience)
+    lines: list[tuple[str, dict[str, Any]]] = []
+    h = harness(hooks(tmp_path, sink.url), T0, log=lambda kind, **fields: lines.append((kind, fields)))
+    await h.open()
+    await joined(h, "u1")
+    await joined(h, "u2")
+    await h.at(T0)
+    assert [r.body["member"] for r in sink.requests] == ["u2"]
+    assert h.store.pending_events(T0 + timedelta(days=1)) == []  # taken, not left to stop the next start
+    reason = "internal error: TypeError: 'NoneType' object is not subscriptable"
+    failed = {"kind": "input_failed", "input": "event", "event": "j-u1", "type": "member.joined", "member": "u1", "reason": reason}
+    assert [n for n in h.store.notes() if n["kind"] == "input_failed"] == [failed]
+    assert ("input_failed", {k: v for k, v in failed.items() if k != "kind"}) in lines
+    assert h.store.counters()["inputs_failed"] == 1
+    await h.close()
+
+
 DAILY_PLAYBOOK = """
 cmtyflow: 1
 name: daily
