@@ -46,7 +46,8 @@ def _default(value: Any) -> Any:
 @state_option
 @format_option
 def status(state: str | None, fmt: str) -> int:
-    """Active runs, the next timers, outbox counts, the runner's last start and stop."""
+    """Active runs, the next timers, outbox counts, the runner's last start and stop, and
+    inputs set aside (they broke on a fault of cmtyflow's own: the last five)."""
     store, location = store_at(state, must_exist=True)
     try:
         active: Counter[str] = Counter()
@@ -58,6 +59,8 @@ def status(state: str | None, fmt: str) -> int:
         members = store.member_count()
         next_event = store.next_event_at()
         workers = _workers(store)
+        set_aside = store.counters().get("inputs_failed", 0)
+        last_set_aside = store.audit(["input_failed"], limit=5) if set_aside else []
     finally:
         store.close()
     doc = {
@@ -68,6 +71,7 @@ def status(state: str | None, fmt: str) -> int:
         "outbox": counts,
         "next_event": next_event.isoformat() if next_event else None,
         "runner": lifecycle,
+        "inputs_set_aside": {"count": set_aside, "last": last_set_aside},
     }
     if workers is not None:
         doc["workers"] = workers
@@ -91,6 +95,10 @@ def status(state: str | None, fmt: str) -> int:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")
     if next_event is not None:
         click.echo(f"events queued, the first at {next_event.isoformat()}")
+    if set_aside:
+        click.echo(f"inputs set aside: {set_aside} (see docs/semantics.md, Runs); the last:")
+        for entry in last_set_aside:
+            click.echo(f"  {_set_aside_line(entry)}")
     if workers is not None:
         click.echo(f"workers: {workers['alive']} alive, jobs {workers['jobs'] or 'none'}")
         stuck = {k: v for k, v in workers["stuck"].items() if v}
@@ -98,6 +106,22 @@ def status(state: str | None, fmt: str) -> int:
         for what, n in stuck.items():
             click.echo(f"  {n} {what}")
     return EXIT_OK
+
+
+def _set_aside_line(entry: dict[str, Any]) -> str:
+    """An ``input_failed`` note as one line: which input, when, and why."""
+    at = entry.get("at")
+    when = at.isoformat() if isinstance(at, datetime) else str(at or "")
+    kind = entry.get("input")
+    if kind == "event":
+        what = f"event {entry.get('event')} ({entry.get('type')}" + (f", {entry['member']})" if entry.get("member") else ")")
+    elif kind == "timer":
+        what = f"wait of run {entry.get('run')}"
+    elif kind == "firing":
+        what = f"firing {entry.get('playbook')}/{entry.get('trigger')} due {entry.get('due')}"
+    else:
+        what = f"launch {entry.get('launch')} of {entry.get('playbook')}/{entry.get('trigger')}"
+    return f"{when}  {what}: {entry.get('reason')}"
 
 
 def _workers(store: Any) -> dict[str, Any] | None:

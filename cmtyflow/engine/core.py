@@ -86,10 +86,10 @@ class Engine:
             else:
                 self._launch(interp, item)
         except FAULTS as exc:
-            return self._set_aside(store, item, exc)
+            return self._set_aside(store, now, item, exc)
         return decision
 
-    def _set_aside(self, store: StateReader, item: Any, exc: Exception) -> Decision:
+    def _set_aside(self, store: StateReader, now: datetime, item: Any, exc: Exception) -> Decision:
         """The decision for an input whose handling broke on a fault of cmtyflow's own
         outside any one run (a run's own faults fail that run, in the interpreter):
         nothing of what it did so far, but a note and a count, so that the input is
@@ -116,10 +116,10 @@ class Engine:
                 decision.cancel_waits_of.append(run.id)
                 decision.count("runs_failed")
         elif isinstance(item, Firing):
-            detail = {"input": "firing", "playbook": item.playbook, "trigger": item.trigger, "at": item.at.isoformat()}
+            detail = {"input": "firing", "playbook": item.playbook, "trigger": item.trigger, "due": item.at.isoformat()}
         else:
             detail = {"input": "launch", "playbook": item.playbook, "trigger": item.trigger, "launch": item.id}
-        decision.note("input_failed", **detail, reason=reason)
+        decision.note("input_failed", at=now, **detail, reason=reason)
         decision.count("inputs_failed")
         return decision
 

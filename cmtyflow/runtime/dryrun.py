@@ -284,7 +284,7 @@ class DryRun:
         if len(failures) > 20:
             warnings.append(f"... and {len(failures) - 20} more failed runs")
         for note in [n for n in notes if n["kind"] == "input_failed"][:20]:
-            what = {k: v for k, v in note.items() if k not in ("kind", "input", "reason") and v is not None}
+            what = {k: v for k, v in note.items() if k not in ("kind", "at", "input", "reason") and v is not None}
             warnings.append(f"{note['input']} set aside ({', '.join(f'{k}={v}' for k, v in what.items())}): {note['reason']}")
         empties = [n for n in notes if n["kind"] == "empty_message"]
         if empties:

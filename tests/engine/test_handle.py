@@ -348,7 +348,7 @@ def test_an_event_that_breaks_outside_any_run_is_set_aside(setup, monkeypatch):
     decision = engine.handle(store, at, Event("e1", "ping", at, "m"))
     assert decision == Decision(
         notes=[{
-            "kind": "input_failed", "input": "event", "event": "e1", "type": "ping", "member": "m",
+            "kind": "input_failed", "at": at, "input": "event", "event": "e1", "type": "ping", "member": "m",
             "reason": "internal error: AttributeError: 'NoneType' object has no attribute 'get'",
         }],
         counters={"inputs_failed": 1},
@@ -366,7 +366,8 @@ def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
         raise KeyError("f")
 
     monkeypatch.setattr(engine, "program_for", broken)
-    decision = engine.handle(store, t("2026-12-02T10:00:00+08:00"), TimerDue(timer))
+    later = t("2026-12-02T10:00:00+08:00")
+    decision = engine.handle(store, later, TimerDue(timer))
     reason = "internal error: KeyError: 'f'"
     assert decision == Decision(
         runs={"t:e1": Run(
@@ -378,7 +379,7 @@ def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
         cancel_waits_of=["t:e1"],
         notes=[
             {"kind": "run_failed", "playbook": "p", "run": "t:e1", "flow": "f", "step": "f", "member": "m", "error": reason},
-            {"kind": "input_failed", "input": "timer", "timer": timer.id, "run": "t:e1", "reason": reason},
+            {"kind": "input_failed", "at": later, "input": "timer", "timer": timer.id, "run": "t:e1", "reason": reason},
         ],
         counters={"runs_failed": 1, "inputs_failed": 1},
     )
@@ -398,7 +399,7 @@ def test_a_firing_that_breaks_is_set_aside(setup, monkeypatch):
     decision = engine.handle(store, at, Firing("p", "cron", at))
     assert decision == Decision(
         notes=[{
-            "kind": "input_failed", "input": "firing", "playbook": "p", "trigger": "cron", "at": at.isoformat(),
+            "kind": "input_failed", "at": at, "input": "firing", "playbook": "p", "trigger": "cron", "due": at.isoformat(),
             "reason": "internal error: TypeError: '<' not supported between instances of 'str' and 'int'",
         }],
         counters={"inputs_failed": 1},

@@ -179,7 +179,7 @@ async def test_an_opt_out_recorded_while_messages_are_queued_stops_all_of_them(t
 
 
 
-async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_on(tmp_path, sink, harness, monkeypatch):
+async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_on(tmp_path, sink, harness, monkeypatch, capsys):
     # A fault of cmtyflow's own outside any run (here: the audience check for u1)
     # would otherwise stop the runner at the same event on every start.
     from cmtyflow.engine.core import Engine
@@ -201,11 +201,19 @@ async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_
     assert [r.body["member"] for r in sink.requests] == ["u2"]
     assert h.store.pending_events(T0 + timedelta(days=1)) == []  # taken, not left to stop the next start
     reason = "internal error: TypeError: 'NoneType' object is not subscriptable"
-    failed = {"kind": "input_failed", "input": "event", "event": "j-u1", "type": "member.joined", "member": "u1", "reason": reason}
+    failed = {"kind": "input_failed", "at": T0, "input": "event", "event": "j-u1", "type": "member.joined", "member": "u1", "reason": reason}
     assert [n for n in h.store.notes() if n["kind"] == "input_failed"] == [failed]
     assert ("input_failed", {k: v for k, v in failed.items() if k != "kind"}) in lines
     assert h.store.counters()["inputs_failed"] == 1
     await h.close()
+    # ``cmtyflow status`` names it, for people and for scripts.
+    capsys.readouterr()
+    assert main(["status", "--state", str(h.state)]) == 0
+    out = capsys.readouterr().out
+    assert f"inputs set aside: 1 (see docs/semantics.md, Runs); the last:\n  {T0.isoformat()}  event j-u1 (member.joined, u1): {reason}\n" in out
+    assert main(["status", "--state", str(h.state), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["inputs_set_aside"] == {"count": 1, "last": [{**failed, "at": T0.isoformat()}]}
 
 
 DAILY_PLAYBOOK = """
