@@ -95,7 +95,8 @@ class Engine:
         nothing of what it did so far, but a note and a count, so that the input is
         taken (an event or a launch consumed, a firing's schedule moved on) and the
         runner does not stop at it on every start. A timer's run, when it can still be
-        read, fails with the same reason: it would otherwise wait for good."""
+        read and waits for that timer, fails with the same reason: it would otherwise
+        wait for good."""
         reason = f"internal error: {type(exc).__name__}: {exc}"
         decision = Decision()
         detail: dict[str, Any]
@@ -107,8 +108,8 @@ class Engine:
                 run = store.get_run(item.timer.run)
             except FAULTS:
                 run = None
-            if run is not None and run.status == "active":
-                step = (run.waiting or {}).get("step") or run.flow
+            if run is not None and run.status == "active" and run.waiting and run.waiting.get("timer") == item.timer.id:
+                step = run.waiting.get("step") or run.flow
                 decision.note("run_failed", playbook=run.playbook, run=run.id, flow=run.flow, step=step, member=run.member, error=reason)
                 # A copy: a store may hand out its own object (as Txn.run copies too).
                 decision.runs[run.id] = replace(run, status="failed", waiting=None)

@@ -386,6 +386,11 @@ def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
     # The store's own record is not touched until the decision is applied.
     assert store.get_run("t:e1") == waiting
     assert waiting is not None and waiting.status == "active"
+    # A timer its run does not wait for (stale) that breaks fails no run.
+    monkeypatch.setattr(engine, "_timer", lambda interp, item: broken(None))
+    stale = Timer("t:e1#0.9", "t:e1", timer.due, "wait", at)
+    set_aside = engine.handle(store, later, TimerDue(stale))
+    assert (set_aside.runs, set_aside.counters) == ({}, {"inputs_failed": 1})
 
 
 def test_a_firing_that_breaks_is_set_aside(setup, monkeypatch):
