@@ -211,3 +211,45 @@ async def test_recovery_drops_a_stalled_tick_and_runs_a_stalled_batch_again(stat
         status = dict(store.conn.execute("SELECT id, status::text FROM procrastinate_jobs").fetchall())
     store.close()
     assert status == {batch_id: "todo", queued_tick: "todo"}  # the stalled tick dropped, the batch put back
+
+
+def test_a_wait_that_breaks_the_engine_is_set_aside_and_its_batch_goes_on(state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault of cmtyflow's own on one wait of a batch (outside its run's steps) fails
+    that run; the batch commits, the other waits move on, nothing is left stuck."""
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
+    wf.seed(state, playbook, 3)
+    program_for = Engine.program_for
+
+    def breaking(self, run):  # type: ignore[no-untyped-def]
+        if run.member == "m000001":
+            raise AttributeError("'NoneType' object has no attribute 'flows'")
+        return program_for(self, run)
+
+    monkeypatch.setattr(Engine, "program_for", breaking)
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    ids = [r[0] for r in store.conn.execute("SELECT id FROM timers ORDER BY id").fetchall()]
+    result, programs = load_programs([playbook])
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
+    try:
+        w.handle_timers(ids)
+        runs = dict(store.conn.execute("SELECT member, status FROM runs").fetchall())
+        queued = [r[0] for r in store.conn.execute("SELECT member FROM outbox ORDER BY member").fetchall()]
+        notes = [n for n in store.notes() if n["kind"] == "input_failed"]
+    finally:
+        w.pool.close()
+        store.close()
+    assert runs == {"m000000": "done", "m000001": "failed", "m000002": "done"}  # the others sent on
+    assert queued == ["m000000", "m000002"]
+    assert [(n["input"], n["reason"]) for n in notes] == [
+        ("timer", "internal error: AttributeError: 'NoneType' object has no attribute 'flows'")
+    ]
+    assert wf.timers_left(state) == 0 and wf.stuck(state) == {}
