@@ -63,3 +63,6 @@ def print_summary(out: TextIO, summary: dict[str, Any]) -> None:
     _table(out, "goals reached", goals)
     for warning in summary["warnings"]:
         out.write(f"warning: {warning}\n")
+    if summary.get("input_problems"):
+        n = summary["input_problems"]
+        out.write(f"warning: {n} roster or event row{'s' if n != 1 else ''} skipped, each named on stderr with its line\n")

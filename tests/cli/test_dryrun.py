@@ -89,7 +89,13 @@ def test_bad_rows_reported_not_fatal(tmp_path, capsys):
     args = _files(tmp_path)
     (tmp_path / "m.csv").write_text(ROSTER + ",nobody,\n", encoding="utf-8")
     assert main(["dry-run", *args, "--format", "jsonl"]) == 0
-    assert f"{tmp_path / 'm.csv'}:4: missing id: row skipped" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'm.csv'}:4: missing id: row skipped" in err
+    assert json.loads(out.splitlines()[-1])["input_problems"] == 1
+    # The text summary says so too, at its end, where a long timeline does not hide it.
+    assert main(["dry-run", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("warning: 1 roster or event row skipped, each named on stderr with its line")
 
 
 def test_simulate_is_reproducible(tmp_path, capsys):
