@@ -283,9 +283,12 @@ class DryRun:
             warnings.append(f"run {note['run']} failed at {note['step']}: {note['error']}")
         if len(failures) > 20:
             warnings.append(f"... and {len(failures) - 20} more failed runs")
-        for note in [n for n in notes if n["kind"] == "input_failed"][:20]:
+        set_aside = [n for n in notes if n["kind"] == "input_failed"]
+        for note in set_aside[:20]:
             what = {k: v for k, v in note.items() if k not in ("kind", "at", "input", "reason") and v is not None}
             warnings.append(f"{note['input']} set aside ({', '.join(f'{k}={v}' for k, v in what.items())}): {note['reason']}")
+        if len(set_aside) > 20:
+            warnings.append(f"... and {len(set_aside) - 20} more inputs set aside")
         empties = [n for n in notes if n["kind"] == "empty_message"]
         if empties:
             warnings.append(f"{len(empties)} sends rendered empty text and were not queued (first: {empties[0]['playbook']}/{empties[0]['step']})")
