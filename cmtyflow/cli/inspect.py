@@ -202,31 +202,61 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     return EXIT_OK
 
 
+RETRYABLE = ("failed", "dead", "in_doubt", "cancelled")
+
+
 @outbox.command("retry")
-@click.argument("keys", nargs=-1, required=True)
+@click.argument("keys", nargs=-1)
+@click.option("--all", "every", is_flag=True,
+              help="every message in --status (default: dead) instead of KEYS, e.g. after fixing a channel's token")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(RETRYABLE),
+              help="with --all: these statuses (repeatable). In-doubt messages may already have arrived: "
+                   "on a platform that cannot deduplicate, a retry can send them twice")
+@click.option("--playbook", help="with --all: only this playbook's messages")
+@click.option("--channel", help="with --all: only messages to this channel")
 @state_option
 @click.pass_context
-def outbox_retry(ctx: click.Context, keys: tuple[str, ...], state: str | None) -> int:
+def outbox_retry(
+    ctx: click.Context, keys: tuple[str, ...], every: bool, statuses: tuple[str, ...], playbook: str | None,
+    channel: str | None, state: str | None,
+) -> int:
     """Queue failed, dead, in-doubt or cancelled messages again, by key (a unique
-    prefix is enough). They go out with their stored text at the runner's next pass."""
+    prefix is enough), or `--all` of a status. They go out with their stored text at
+    the runner's next pass, with their attempts counted afresh."""
+    if every == bool(keys):
+        raise UserError("give the keys of the messages to retry, or --all (with --status, --playbook, --channel)")
+    if not every and (statuses or playbook or channel):
+        raise UserError("--status, --playbook and --channel choose messages for --all; with keys, give only the keys")
     state = state or (ctx.obj or {}).get("state")
     store, _ = store_at(state, must_exist=True)
     try:
-        chosen: list[OutboxRow] = []
-        for prefix in keys:
-            found = store.find_messages(prefix)
-            if not found:
-                raise UserError(f"no message with key {prefix}")
-            if len(found) > 1:
-                raise UserError(f"key {prefix} is ambiguous ({len(found)} messages); give more characters")
-            row = found[0]
-            if row.status not in ("failed", "dead", "in_doubt", "cancelled"):
-                raise UserError(f"message {row.message.key[:SHORT]} is {row.status}; only failed, dead, in-doubt or cancelled ones can be retried")
-            chosen.append(row)
         now = SystemClock().now()
-        n = store.requeue([r.message.key for r in chosen], now, reset_attempts=True)
-        for r in chosen:
-            store.record(now, "outbox_retry", key=r.message.key, was=r.status)
+        if every:
+            chosen = [
+                row for row in store.outbox(list(statuses or ("dead",)))
+                if (playbook is None or row.message.playbook == playbook) and (channel is None or row.message.channel == channel)
+            ]
+            n = store.requeue([r.message.key for r in chosen], now, reset_attempts=True)
+            if chosen:
+                # One record for the whole action (a commit per message would take minutes on
+                # a large outbox), with every key it queued again.
+                store.record(now, "outbox_retry", all=list(statuses or ("dead",)), playbook=playbook, channel=channel,
+                             keys=[r.message.key for r in chosen])
+        else:
+            chosen = []
+            for prefix in keys:
+                found = store.find_messages(prefix)
+                if not found:
+                    raise UserError(f"no message with key {prefix}")
+                if len(found) > 1:
+                    raise UserError(f"key {prefix} is ambiguous ({len(found)} messages); give more characters")
+                row = found[0]
+                if row.status not in RETRYABLE:
+                    raise UserError(f"message {row.message.key[:SHORT]} is {row.status}; only failed, dead, in-doubt or cancelled ones can be retried")
+                chosen.append(row)
+            n = store.requeue([r.message.key for r in chosen], now, reset_attempts=True)
+            for r in chosen:
+                store.record(now, "outbox_retry", key=r.message.key, was=r.status)
     finally:
         store.close()
     click.echo(f"queued {n} message{'s' if n != 1 else ''} again")

@@ -139,6 +139,43 @@ async def test_403_dead_letters_at_once_and_outbox_retry_resends_it_once(tmp_pat
     await h.close()
 
 
+
+async def test_outbox_retry_all_queues_every_dead_letter_once(tmp_path, sink, harness, capsys):
+    # A wrong token overnight: both members' welcomes dead-lettered (403). Once it is
+    # fixed, one command queues every dead letter again, not one key at a time.
+    sink.script = [403, 403]
+    h = harness(hooks(tmp_path, sink.url), T0)
+    await h.open()
+    await joined(h, "u1")
+    await joined(h, "u2")
+    await h.run_until(T0 + timedelta(hours=1))
+    assert sorted(r.status for r in rows(h)) == ["dead", "dead"]
+    await h.close()
+    state = str(h.state)
+    capsys.readouterr()
+    assert main(["outbox", "retry", "--state", state]) == 1
+    assert "give the keys of the messages to retry, or --all" in capsys.readouterr().err
+    assert main(["outbox", "retry", "abc", "--status", "dead", "--state", state]) == 1
+    assert "with keys, give only the keys" in capsys.readouterr().err
+    assert main(["outbox", "retry", "--all", "--playbook", "other", "--state", state]) == 0
+    assert "queued 0 messages again" in capsys.readouterr().out
+    assert main(["outbox", "retry", "--all", "--status", "failed", "--state", state]) == 0
+    assert "queued 0 messages again" in capsys.readouterr().out
+    assert main(["outbox", "retry", "--all", "--playbook", "hooks", "--channel", "hook", "--state", state]) == 0
+    assert "queued 2 messages again" in capsys.readouterr().out
+    assert main(["outbox", "retry", "--all", "--state", state]) == 0  # nothing dead any more
+    assert "queued 0 messages again" in capsys.readouterr().out
+
+    await h.open()
+    await h.run_until(T0 + timedelta(hours=2))
+    assert sorted(r.status for r in rows(h)) == ["sent", "sent"]
+    assert len(sink.delivered) == 2 and len(sink.requests) == 4
+    (record,) = h.store.audit(["outbox_retry"])
+    assert (record["all"], record["playbook"], record["channel"]) == (["dead"], "hooks", "hook")
+    assert sorted(record["keys"]) == sorted(r.message.key for r in rows(h))
+    await h.close()
+
+
 QUIET_PLAYBOOK = """
 cmtyflow: 1
 name: nightly
