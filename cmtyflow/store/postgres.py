@@ -44,6 +44,7 @@ from .pg_migrations import lock_key
 from .sqlbase import SqlStore, count, finish_params, finish_sql, pyformat
 
 COPY_MIN = 64  # rows from which a bulk write goes by COPY
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 SORT_IN_MEMORY = 10_000  # staged rows from which a write raises its work_mem
 
 
@@ -58,6 +59,7 @@ class PostgresStore(SqlStore):
         self._used: set[str] = set()  # staging tables filled in the current transaction
         self._runner = not exclusive  # holds the runner's advisory lock (or needs none)
         self._held_counts: dict[str, int] | None = None  # see counters_at_end
+        self._joined = False  # the current write joined a caller's transaction (see _write)
 
     @property
     def conn(self) -> Any:
@@ -79,10 +81,20 @@ class PostgresStore(SqlStore):
         conn = self.conn
         if runner and not self._runner:
             self._hold_runner_lock()
-        self._used = set()
+        joined = self._joined = conn.info.transaction_status != _IDLE
+        if not joined:
+            self._used = set()
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+            if joined:
+                # Inside a caller's transaction (a worker's batch of inputs): the writes
+                # join it, with no savepoint of their own (two round trips an input; an
+                # error rolls the whole batch back), and a staging table filled earlier
+                # in it is emptied before it is filled again (``_used`` is kept).
+                with conn.cursor() as cur:
+                    yield cur
+            else:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
         except BaseException:
             self._stages.clear()  # created in the rolled-back transaction, maybe
             raise
@@ -102,9 +114,10 @@ class PostgresStore(SqlStore):
             cur.execute("SET LOCAL work_mem = '128MB'")
             self._used.add("work_mem")
         if bulk.stage not in self._stages:
-            cur.execute(bulk.create_stage)
-            self._stages.add(bulk.stage)
-        elif bulk.stage in self._used:
+            cur.execute(bulk.create_stage)  # IF NOT EXISTS
+            if not self._joined:  # one made in a caller's transaction goes if that rolls back
+                self._stages.add(bulk.stage)
+        if bulk.stage in self._used:
             cur.execute(f"TRUNCATE {bulk.stage}")
         self._used.add(bulk.stage)
         with cur.copy(bulk.copy) as copy:

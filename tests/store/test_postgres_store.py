@@ -271,6 +271,42 @@ def test_a_daily_firing_is_one_apply(opened: Callable[..., PostgresStore]) -> No
     assert store.day_count("m02999", "2026-12-01") == 1
 
 
+
+def test_decisions_applied_in_one_batch_transaction_each_write_their_own_rows(opened: Callable[..., PostgresStore]) -> None:
+    # A worker applies a batch of inputs in one transaction (counters at its end). Each
+    # decision here is large enough to go by COPY through the same staging tables: the
+    # second must not write the first one's staged rows again (here: upsert the same runs
+    # twice in one statement, which PostgreSQL refuses).
+    store = opened()
+    n = 70
+    with store.conn.transaction(), store.counters_at_end():
+        store.apply(Decision(runs={f"r{i}": run(f"r{i}", member=f"m{i}") for i in range(n)}, counters={"runs_started": n}))
+        store.apply(Decision(runs={f"r{i}": run(f"r{i}", member=f"m{i}", status="done") for i in range(n)}, counters={"runs_done": n}))
+    assert [r.status for r in store.runs(status=None)] == ["done"] * n
+    assert (store.counters()["runs_started"], store.counters()["runs_done"]) == (n, n)
+    # A batch that fails leaves nothing of any of its decisions (no savepoint per decision).
+    with pytest.raises(KeyError), store.conn.transaction(), store.counters_at_end():
+        store.apply(Decision(runs={"late": run("late", member="m1")}, counters={"runs_started": 1}))
+        raise KeyError("a later input failed")
+    assert store.get_run("late") is None and store.counters()["runs_started"] == n
+    store.apply(Decision(runs={f"x{i}": run(f"x{i}", member=f"m{i}") for i in range(n)}))  # its stage again, anew
+    assert sum(1 for _ in store.runs(status=None)) == 2 * n
+
+
+
+def test_a_staging_table_made_in_a_batch_that_rolls_back_is_made_again(opened: Callable[..., PostgresStore]) -> None:
+    # The first COPY of this connection happens inside a worker's batch, which then
+    # fails: the temporary staging table goes with the batch's transaction, and the
+    # next large write must not take it for still there.
+    store = opened()
+    n = 70
+    with pytest.raises(KeyError), store.conn.transaction(), store.counters_at_end():
+        store.apply(Decision(runs={f"r{i}": run(f"r{i}", member=f"m{i}") for i in range(n)}))
+        raise KeyError("a later input failed")
+    store.apply(Decision(runs={f"r{i}": run(f"r{i}", member=f"m{i}") for i in range(n)}))
+    assert sum(1 for _ in store.runs()) == n
+
+
 # several connections ---------------------------------------------------------------------------------
 
 
