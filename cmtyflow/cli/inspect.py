@@ -374,7 +374,9 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
         _echo_json(doc)
         return EXIT_OK
     click.echo(f"{name}")
-    click.echo("runs: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"))
+    # Only runs that waited are kept (docs/semantics.md, "Runs"): a flow that sends and
+    # ends in the input that started it leaves its deliveries, not a run.
+    click.echo("runs that waited: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"))
     click.echo(f"deliveries: {sum(per_step.values())}" + (f" ({first} .. {last})" if first else ""))
     for step, n in per_step.most_common():
         variants = per_variant.get(step)

@@ -100,6 +100,9 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     assert doc["members"] == 3 and doc["active_runs"] == {} and doc["outbox"]["sent"] == 7
     code, out, _ = cli(capsys, "report", str(path), "--state", state, "--format", "json")
     report = json.loads(out)
+    # Only the paging run waited (for its acknowledgement): the check-in and poke runs
+    # ended in the input that started them and are not kept, their deliveries are.
+    assert report["runs"] == {"done": 1}
     assert report["deliveries"]["per_step"] == {"ok": 4, "page": 1, "hello": 2}
     assert report["checkins"]["participants"] == 2 and report["checkins"]["total"] == 4
     assert report["checkins"]["best_streaks"]["1-2"] == 2  # u1: Dec 1 + Dec 2; u2: Dec 2 + Dec 3
@@ -108,6 +111,7 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     }
     code, out, _ = cli(capsys, "report", "club", "--state", state)
     assert "check-ins: 4 by 2 members" in out and "page/ack: 1 answered, 0 timed out, median 12m00s" in out
+    assert out.splitlines()[1] == "runs that waited: done 1"
 
 
 def test_reading_commands_refuse_a_missing_state(tmp_path, capsys):
