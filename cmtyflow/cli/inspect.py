@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter, defaultdict
 from datetime import date, datetime
@@ -173,13 +174,11 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
         return EXIT_OK
     store, _ = store_at(state, must_exist=True)
     try:
-        rows: list[OutboxRow] = []
-        more = 0
-        for row in store.outbox(list(statuses or PROBLEM_STATUSES)):
-            if len(rows) < limit:
-                rows.append(row)
-            else:
-                more += 1
+        wanted = list(statuses or PROBLEM_STATUSES)
+        rows: list[OutboxRow] = list(itertools.islice(store.outbox(wanted), limit))
+        # How many more from the counts (one query), not by reading every row past the limit.
+        counts = store.outbox_counts()
+        more = max(0, sum(counts.get(s, 0) for s in set(wanted)) - len(rows))
     finally:
         store.close()
     if more:

@@ -153,6 +153,9 @@ async def test_outbox_retry_all_queues_every_dead_letter_once(tmp_path, sink, ha
     await h.close()
     state = str(h.state)
     capsys.readouterr()
+    assert main(["outbox", "--limit", "1", "--state", state]) == 0
+    out, err = capsys.readouterr()
+    assert "showing the first 1; 1 more (raise --limit to see them)" in err and out.count(" dead ") == 1
     assert main(["outbox", "retry", "--state", state]) == 1
     assert "give the keys of the messages to retry, or --all" in capsys.readouterr().err
     assert main(["outbox", "retry", "abc", "--status", "dead", "--state", state]) == 1
