@@ -231,17 +231,17 @@ def outbox_retry(
     try:
         now = SystemClock().now()
         if every:
+            chosen_statuses = list(statuses or ("dead",))
             # Keys only: the rows are read one page at a time, not kept.
             chosen_keys = [
-                row.message.key for row in store.outbox(list(statuses or ("dead",)))
+                row.message.key for row in store.outbox(chosen_statuses)
                 if (playbook is None or row.message.playbook == playbook) and (channel is None or row.message.channel == channel)
             ]
             n = store.requeue(chosen_keys, now, reset_attempts=True)
             if chosen_keys:
                 # One record for the whole action (a commit per message would take minutes on
                 # a large outbox), with every key it queued again.
-                store.record(now, "outbox_retry", all=list(statuses or ("dead",)), playbook=playbook, channel=channel,
-                             keys=chosen_keys)
+                store.record(now, "outbox_retry", all=chosen_statuses, playbook=playbook, channel=channel, keys=chosen_keys)
         else:
             chosen = []
             for prefix in keys:
