@@ -4,13 +4,19 @@ family, and one top-level error handler.
 Rules:
 - Each command function returns its exit code; ``main`` exits with it.
 - ``UserError`` -> ``error: <message>`` on stderr, exit 1. A usage error -> click's
-  usage message, exit 2. Ctrl-C -> exit 130. Anything else is a bug in cmtyflow: the
-  traceback goes to a log file in the temp folder and the user is told where, exit 3.
+  usage message, exit 2. Ctrl-C -> exit 130.
+- The machine failing the state (a full disk, an I/O error, a file that is not a
+  database, a database server gone or refusing: ``environment_error``) -> ``error:``
+  with what failed and what to do, exit 1: not a bug. What was committed before stays,
+  and running the command again is safe (inputs and messages are idempotent).
+- Anything else is a bug in cmtyflow: the traceback goes to a log file in the temp
+  folder and the user is told where, exit 3.
 - Command modules are listed in ``COMMAND_MODULES``; each adds its command to ``cli``.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import platform
@@ -52,6 +58,33 @@ def _write_crash_log(exc: BaseException, argv: Sequence[str]) -> Path:
     return path
 
 
+# SQLite's primary result codes that say the machine, not the statement, failed:
+# PERM, BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+_SQLITE_ENVIRONMENT = {3, 5, 6, 7, 8, 10, 11, 13, 14, 26}
+_OS_ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """What to tell the user when ``exc`` is the machine failing the state or a file (not
+    a fault of cmtyflow's own); None otherwise."""
+    import sqlite3
+
+    again = "What was saved before stays; fix that and run the command again."
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _SQLITE_ENVIRONMENT:
+            return f"the SQLite state failed: {exc} ({getattr(exc, 'sqlite_errorname', code)}). {again}"
+        return None
+    if isinstance(exc, OSError) and exc.errno in _OS_ENVIRONMENT:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}. {again}"
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the PostgreSQL state failed: {first}. {again}"
+    return None
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -83,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except Exception as exc:
+        told = environment_error(exc)
+        if told is not None:
+            click.echo(f"error: {told}", err=True)
+            return EXIT_ERROR
         try:
             log = _write_crash_log(exc, args)
         except OSError:

@@ -113,3 +113,74 @@ def test_the_installed_script_uses_the_same_exit_codes(tmp_path):
     )
     done = subprocess.run([*command, "validate"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
+
+
+def test_a_full_disk_under_the_state_is_an_error_not_a_bug(tmp_path, monkeypatch, capsys):
+    # A real SQLITE_FULL: the state may not grow past a few pages, as on a full disk.
+    import json
+    import sqlite3
+
+    from cmtyflow.store import sqlite as sqlite_store
+
+    state = tmp_path / "state.db"
+    assert run(capsys, "emit", "ping", "--id", "e0", "--state", str(state))[0] == 0
+    pages = sqlite3.connect(state).execute("PRAGMA page_count").fetchone()[0]
+    opened = sqlite_store._open  # noqa: SLF001
+
+    def small(path):  # type: ignore[no-untyped-def]
+        db = opened(path)
+        db.execute(f"PRAGMA max_page_count = {pages + 2}")
+        return db
+
+    monkeypatch.setattr(sqlite_store, "_open", small)
+    events = tmp_path / "many.jsonl"
+    line = {"type": "ping", "at": "2026-12-01T10:00:00+08:00", "data": {"text": "x" * 500}}
+    events.write_text("".join(json.dumps({"id": f"e{i}", **line}) + "\n" for i in range(2000)), encoding="utf-8")
+    code, _, err = run(capsys, "events", "import", str(events), "--state", str(state))
+    assert code == 1
+    assert err == (
+        "error: the SQLite state failed: database or disk is full (SQLITE_FULL). "
+        "What was saved before stays; fix that and run the command again.\n"
+    )
+    monkeypatch.undo()
+    assert run(capsys, "events", "import", str(events), "--state", str(state))[0] == 0  # room again: all of them
+
+
+def test_a_statement_error_of_cmtyflow_is_still_a_bug(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def broken(paths):  # type: ignore[no-untyped-def]
+        sqlite3.connect(":memory:").execute("SELECT nope FROM nowhere")
+
+    monkeypatch.setattr(validate_module, "load", broken)
+    code, _, err = run(capsys, "validate", "x.yaml")
+    assert code == 3 and err.startswith("cmtyflow hit a bug")
+
+
+@pytest.mark.parametrize(("exc", "told"), [
+    (OSError(28, "No space left on device", "/var/lib/cmtyflow/out.jsonl"),
+     "error: No space left on device (/var/lib/cmtyflow/out.jsonl). What was saved before stays; fix that and run the command again.\n"),
+    (PermissionError(13, "Permission denied", "/srv/x"),
+     "error: Permission denied (/srv/x). What was saved before stays; fix that and run the command again.\n"),
+])
+def test_the_machine_refusing_a_file_is_an_error_not_a_bug(exc, told, monkeypatch, capsys):
+    def refuse(paths):  # type: ignore[no-untyped-def]
+        raise exc
+
+    monkeypatch.setattr(validate_module, "load", refuse)
+    assert run(capsys, "validate", "x.yaml") == (1, "", told)
+
+
+def test_a_lost_postgresql_server_is_an_error_not_a_bug(monkeypatch, capsys):
+    psycopg = pytest.importorskip("psycopg")
+
+    def gone(paths):  # type: ignore[no-untyped-def]
+        raise psycopg.OperationalError("server closed the connection unexpectedly\n\tThis probably means ...")
+
+    monkeypatch.setattr(validate_module, "load", gone)
+    assert run(capsys, "validate", "x.yaml") == (1, "", (
+        "error: the PostgreSQL state failed: server closed the connection unexpectedly. "
+        "What was saved before stays; fix that and run the command again.\n"
+    ))
