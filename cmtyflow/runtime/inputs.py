@@ -10,14 +10,20 @@ Rules:
   offset: in the given default timezone); ``member`` an id or an object that
   updates the roster (it must hold ``id``). An event without ``id`` gets one derived
   from its content, so importing the same file twice is still idempotent.
+- Files are UTF-8 (a BOM is allowed). One that is not, but reads whole as GB18030 (the
+  encoding Excel writes for "CSV" on a Chinese Windows, GBK's superset), is read as
+  that, with a note on stderr; any other is refused with the line of its first bad
+  byte (``UserError``).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -26,6 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..engine.model import Event
+from ..errors import UserError
 from ..spec.duration import localize
 
 RESERVED_PREFIX = "cmtyflow."
@@ -82,11 +89,49 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
     return member
 
 
+FALLBACK_ENCODING = "gb18030"
+
+
+def _first_bad_line(path: Path, encoding: str) -> int | None:
+    """The line of the first byte of ``path`` that ``encoding`` cannot decode; None when
+    the whole file decodes (read in chunks: a roster may be large)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    line = 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                return line + chunk.count(b"\n", 0, max(0, exc.start))
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return line
+    return None
+
+
+def text_encoding(path: str | Path) -> str:
+    """How to read a roster or event file (see the rules)."""
+    path = Path(path)
+    bad = _first_bad_line(path, "utf-8")
+    if bad is None:
+        return "utf-8-sig"
+    if _first_bad_line(path, FALLBACK_ENCODING) is None:
+        print(
+            f"{path}: not UTF-8 (line {bad}); read as GB18030/GBK, which Excel and other Windows programs "
+            "write on a Chinese system. Save it as UTF-8 (in Excel: \"CSV UTF-8\") to be sure of every character.",
+            file=sys.stderr,
+        )
+        return FALLBACK_ENCODING
+    raise UserError(f"{path}:{bad}: not UTF-8 text; save the file as UTF-8 (in Excel: \"CSV UTF-8\")")
+
+
 def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[str, Any]]:
     """Members from a CSV or JSON-lines file, streamed; bad rows go to ``problems``."""
     path = Path(path)
     text_path = str(path)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with open(path, encoding=text_encoding(path), newline="") as fh:
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -149,7 +194,7 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
 
 def read_events(path: str | Path, problems: list[RowProblem], default_tz: ZoneInfo) -> Iterator[Event]:
     text_path = str(path)
-    with open(path, encoding="utf-8-sig") as fh:
+    with open(path, encoding=text_encoding(path)) as fh:
         yield from _events_from_lines(fh, text_path, problems, default_tz)
 
 

@@ -71,3 +71,47 @@ def test_events_parse_offsets_members_and_errors():
     ]
     again = events_from_text(text, [], SH)
     assert again[2].id == events[2].id  # derived ids are stable: re-import is idempotent
+
+
+def test_a_gbk_roster_from_excel_is_read_with_a_note(tmp_path, capsys):
+    # Excel's "CSV" on a Chinese Windows is GBK: read as GB18030 (its superset), said on stderr.
+    path = tmp_path / "members.csv"
+    path.write_bytes("id,name,city\nu1,王晓明,上海\nu2,小红,深圳\n".encode("gbk"))
+    problems: list[RowProblem] = []
+    assert list(read_roster(path, problems)) == [
+        {"id": "u1", "name": "王晓明", "city": "上海"}, {"id": "u2", "name": "小红", "city": "深圳"},
+    ]
+    assert problems == []
+    assert capsys.readouterr().err == (
+        f"{path}: not UTF-8 (line 2); read as GB18030/GBK, which Excel and other Windows programs write on a "
+        'Chinese system. Save it as UTF-8 (in Excel: "CSV UTF-8") to be sure of every character.\n'
+    )
+
+
+def test_gbk_events_are_read_too(tmp_path):
+    from cmtyflow.runtime.inputs import read_events
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes('{"id": "e1", "type": "checkin.posted", "member": "u1", "at": "2026-12-01T08:00:00", "data": {"text": "打卡"}}\n'.encode("gbk"))
+    (event,) = read_events(path, [], SH)
+    assert event.data == {"text": "打卡"}
+
+
+def test_a_file_in_neither_encoding_is_refused_with_its_line(tmp_path):
+    # The bad byte lies past the first read chunk: the line is still right.
+    import pytest
+
+    from cmtyflow.errors import UserError
+
+    path = tmp_path / "members.csv"
+    rows = "".join(f"u{i},member {i}\n" for i in range(80_000))  # over 1 MiB
+    path.write_bytes(b"id,name\n" + rows.encode() + b"u\xff,bad\n")
+    with pytest.raises(UserError, match=rf"^{path}:80002: not UTF-8 text; save the file as UTF-8"):
+        list(read_roster(path, []))
+
+
+def test_utf8_with_a_bom_needs_no_note(tmp_path, capsys):
+    path = tmp_path / "members.csv"
+    path.write_bytes("\ufeffid,name\nu1,王晓明\n".encode())
+    assert list(read_roster(path, [])) == [{"id": "u1", "name": "王晓明"}]
+    assert capsys.readouterr().err == ""
