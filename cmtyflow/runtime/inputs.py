@@ -114,6 +114,8 @@ def _first_bad_line(path: Path, encoding: str) -> int | None:
 def text_encoding(path: str | Path) -> str:
     """How to read a roster or event file (see the rules)."""
     path = Path(path)
+    if path.suffix.lower() in (".xlsx", ".xls", ".numbers", ".ods"):
+        raise UserError(f"{path}: a spreadsheet, not text; save it as \"CSV UTF-8\" and give that file")
     bad = _first_bad_line(path, "utf-8")
     if bad is None:
         return "utf-8-sig"

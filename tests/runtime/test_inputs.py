@@ -115,3 +115,14 @@ def test_utf8_with_a_bom_needs_no_note(tmp_path, capsys):
     path.write_bytes("\ufeffid,name\nu1,王晓明\n".encode())
     assert list(read_roster(path, [])) == [{"id": "u1", "name": "王晓明"}]
     assert capsys.readouterr().err == ""
+
+
+def test_a_spreadsheet_is_refused_by_name(tmp_path):
+    import pytest
+
+    from cmtyflow.errors import UserError
+
+    path = tmp_path / "members.xlsx"
+    path.write_bytes(b"PK\x03\x04 a workbook")
+    with pytest.raises(UserError, match=r'members.xlsx: a spreadsheet, not text; save it as "CSV UTF-8"'):
+        list(read_roster(path, []))
