@@ -51,6 +51,8 @@ REQUEUEABLE = ("in_doubt", "dead", "failed", "cancelled")
 
 def _open(path: str) -> sqlite3.Connection:
     if path != ":memory:" and not path.startswith("file:"):
+        if Path(path).is_dir():
+            raise UserError(f"{path}: a folder; the state is a file in it, e.g. {Path(path) / 'state.db'}")
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -118,3 +118,12 @@ def test_reading_commands_refuse_a_missing_state(tmp_path, capsys):
     code, _, err = cli(capsys, "status", "--state", str(tmp_path / "none.db"))
     assert code == 1 and "no state at" in err
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_folder_given_as_the_state_is_named(tmp_path, capsys):
+    folder = tmp_path / "states"
+    folder.mkdir()
+    for args in (("status",), ("members", "import", str(tmp_path / "m.csv"))):
+        (tmp_path / "m.csv").write_text("id\nu1\n", encoding="utf-8")
+        code, _, err = cli(capsys, *args, "--state", str(folder))
+        assert (code, err) == (1, f"error: {folder}: a folder; the state is a file in it, e.g. {folder / 'state.db'}\n")
