@@ -130,7 +130,7 @@ def test_another_applications_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_folder_cannot_be_the_state(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="cannot open the state database"):
+    with pytest.raises(UserError, match="a folder; the state is a file in it, e.g. .*state.db"):
         SqliteStore(tmp_path)
 
 
