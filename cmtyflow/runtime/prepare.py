@@ -32,7 +32,7 @@ def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program
     """Load and compile; a playbook with errors is refused with its problems."""
     result = load(paths)
     if not result.ok:
-        raise UserError("the playbooks have errors; nothing was run\n" + format_text(result.problems))
+        raise UserError("the playbooks have errors, so nothing was done:\n" + format_text(result.problems))
     if not result.playbooks:
         raise UserError(f"no playbooks found in {', '.join(str(p) for p in paths)}")
     formats = adapter_formats(result)

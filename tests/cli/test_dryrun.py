@@ -82,6 +82,7 @@ def test_bad_playbook_refused_with_location(tmp_path, capsys):
     (tmp_path / "hello.yaml").write_text(PLAYBOOK.replace("flow: morning", "flow: mornin"), encoding="utf-8")
     assert main(["dry-run", *args]) == 1
     err = capsys.readouterr().err
+    assert err.startswith("error: the playbooks have errors, so nothing was done:\n")
     assert "hello.yaml:12:42: error: trigger starts flow 'mornin', which does not exist (did you mean 'morning'?)" in err
 
 
