@@ -142,15 +142,20 @@ class Driver:
                 best = candidate
         return best
 
-    def process_until(self, now: datetime) -> int:
-        """Handle every input due at or before ``now``; returns how many."""
+    def process_until(self, now: datetime, limit: int | None = None) -> int:
+        """Handle every input due at or before ``now``; returns how many. With ``limit``,
+        stop once at least that many are handled (the inputs due at an instant are taken
+        a step at a time: up to ``MAX_BATCH`` waits, the firings, up to ``MAX_BATCH``
+        events, each with the events it emitted); the next call goes on where this one
+        stopped, in the same order."""
         handled = 0
         self.init_schedules(now)
-        while True:
+        while limit is None or handled < limit:
             instant = self.next_instant()
             if instant is None or instant > now or not self._may_take(instant):
                 return handled
             handled += self._process_instant(instant, now)
+        return handled
 
     def _may_take(self, instant: datetime) -> bool:
         """Whether the inputs due at ``instant`` may be taken now (see ``handles_timers``)."""

@@ -40,6 +40,8 @@ from .dispatch import Dispatcher, DispatchStats, Log, no_log
 from .driver import Driver
 from .prepare import adapter_formats
 
+PASS_INPUTS = 10_000  # inputs a pass of the loop handles before it sends what they queued
+
 LOGGED_NOTES = {
     "run_failed": "run failed",
     "skipped_firing": "skipped a missed firing (older than the catch-up grace)",
@@ -90,6 +92,8 @@ class Runner:
         self.poll = poll
         self.drain = drain
         self.inputs = 0
+        self.behind = False  # the last pass stopped at PASS_INPUTS with inputs still due
+        self._caught_up = 0  # inputs handled by the passes of the backlog so far
         self.totals = DispatchStats()
         self._stop = False
         self._wake: asyncio.Event | None = None
@@ -132,11 +136,22 @@ class Runner:
 
     # the loop ------------------------------------------------------------------------------------
     async def tick(self) -> datetime | None:
-        """Handle every input due now, send every message due now; returns when the
-        next thing is due (None: nothing is scheduled)."""
+        """Handle the inputs due now, at most about ``PASS_INPUTS`` of them, then send
+        every message due now; returns when the next thing is due (None: nothing is
+        scheduled; now or earlier: inputs are still due). A backlog (a runner that was
+        stopped for days, a large import) is taken a pass at a time, so that messages
+        go out while it is worked through, a stop is heard within a pass, and progress
+        is logged."""
         now = self.clock.now()
         if not self._stop:
-            self.inputs += self.driver.process_until(now)
+            handled = self.driver.process_until(now, limit=PASS_INPUTS)
+            self.inputs += handled
+            self.behind = handled >= PASS_INPUTS
+            if self.behind:
+                self._caught_up += handled
+                self.log("catching_up", handled=self._caught_up, until=now.isoformat())
+            else:
+                self._caught_up = 0
             stats = await self.dispatcher.run_due(now, drain=self.drain)
             self._add(stats)
         return self.next_due()
@@ -168,6 +183,8 @@ class Runner:
     async def run_once(self) -> None:
         """``--once``: what is due now, including every message that can go now."""
         await self.tick()
+        while self.behind and not self._stop:
+            await self.tick()
 
     # logging -------------------------------------------------------------------------------------
     def _add(self, stats: DispatchStats) -> None:

@@ -179,6 +179,37 @@ async def test_outbox_retry_all_queues_every_dead_letter_once(tmp_path, sink, ha
     await h.close()
 
 
+
+async def test_a_backlog_is_taken_a_pass_at_a_time_sending_between_passes(tmp_path, sink, harness, monkeypatch):
+    # A runner back after a long stop, or a large import: each pass handles a bounded
+    # number of inputs and sends what they queued before the next, logs its progress,
+    # and a stop between passes leaves the rest queued for the next start.
+    from cmtyflow.runtime import driver, runner
+
+    monkeypatch.setattr(runner, "PASS_INPUTS", 5)
+    monkeypatch.setattr(driver, "MAX_BATCH", 5)
+    lines: list[tuple[str, dict[str, Any]]] = []
+    h = harness(hooks(tmp_path, sink.url), T0, log=lambda kind, **fields: lines.append((kind, fields)))
+    await h.open()
+    h.store.put_members([{"id": f"u{i:02d}", "name": f"M{i}"} for i in range(12)])
+    for i in range(12):
+        h.store.add_event(event({"id": f"j{i:02d}", "type": "member.joined", "member": f"u{i:02d}", "at": T0.isoformat()}))
+    assert await h.at(T0) == T0  # still due: the next pass follows at once
+    assert [r.body["member"] for r in sink.requests] == [f"u{i:02d}" for i in range(5)]  # sent before the rest is taken
+    assert len(h.store.pending_events(T0)) == 7
+    assert [f["handled"] for k, f in lines if k == "catching_up"] == [5]
+    h.runner.stop()
+    assert await h.at(T0) == T0  # stopped: nothing more is taken
+    await h.close()
+
+    await h.open()  # the next start takes the rest, in order
+    await h.runner.run_once()
+    assert [r.body["member"] for r in sink.requests] == [f"u{i:02d}" for i in range(12)]
+    assert h.store.pending_events(T0) == [] and not h.runner.behind
+    assert [f["handled"] for k, f in lines if k == "catching_up"] == [5, 5]  # a pass of 5, then the last 2
+    await h.close()
+
+
 QUIET_PLAYBOOK = """
 cmtyflow: 1
 name: nightly
