@@ -34,6 +34,7 @@ from ..spec.duration import parse_duration
 from ..store.base import ScheduleUpdate, Store
 
 MAX_BATCH = 1000
+PASS_INPUTS = 10_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
 LAUNCH_EVENT = "cmtyflow.launch"
 
 

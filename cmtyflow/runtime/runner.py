@@ -37,10 +37,8 @@ from ..store.base import Store
 from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log
-from .driver import Driver
+from .driver import PASS_INPUTS, Driver
 from .prepare import adapter_formats
-
-PASS_INPUTS = 10_000  # inputs a pass of the loop handles before it sends what they queued
 
 LOGGED_NOTES = {
     "run_failed": "run failed",

@@ -48,7 +48,7 @@ from ..store.postgres import PostgresStore
 from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log, resendable
-from .driver import Driver
+from .driver import PASS_INPUTS, Driver
 from .prepare import adapter_formats
 from .runner import add_stats, log_decision
 
@@ -255,8 +255,10 @@ class Worker:
             zones = len(store.member_timezones())
             due = driver.next_instant()
             if zones != self._zones_seen or (due is not None and due <= now):
+                # A pass at a time (as a runner's): a backlog of events does not hold
+                # the engine lock, and with it every batch of waits, until it is all done.
                 with shared.alone():
-                    self._count(driver.process_until(now))
+                    self._count(driver.process_until(now, limit=PASS_INPUTS))
                 self._zones_seen = zones
             shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys"), batch=self.send_batch)
             resent, held = shared.settle_inflight(self._resendable)

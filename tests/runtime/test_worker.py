@@ -253,3 +253,45 @@ def test_a_wait_that_breaks_the_engine_is_set_aside_and_its_batch_goes_on(state:
         ("timer", "internal error: AttributeError: 'NoneType' object has no attribute 'flows'")
     ]
     assert wf.timers_left(state) == 0 and wf.stuck(state) == {}
+
+
+def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine lock a tick holds for events stops every batch of waits: a backlog is
+    taken a pass per tick, not all at once."""
+    from datetime import UTC, datetime
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.runtime import driver, worker
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.inputs import parse_event
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    monkeypatch.setattr(worker, "PASS_INPUTS", 5)
+    monkeypatch.setattr(driver, "MAX_BATCH", 5)
+    playbook = tmp_path / "joined.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: joined\ntimezone: UTC\nchannels:\n  hook: {adapter: webhook, url: \"http://127.0.0.1:9/hook\"}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: f}\nflows:\n  f:\n    - {id: hi, send: {channel: hook, text: hi}}\n",
+        encoding="utf-8",
+    )
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    store.put_members([{"id": f"u{i:02d}"} for i in range(12)])
+    for i in range(12):
+        store.add_event(parse_event({"id": f"j{i:02d}", "type": "member.joined", "member": f"u{i:02d}", "at": "2026-11-01T10:00:00+00:00"}, UTC))
+    result, programs = load_programs([playbook])
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
+    try:
+        w.tick()
+        left = len(store.pending_events(datetime.now(UTC)))
+        w.tick()
+        after = len(store.pending_events(datetime.now(UTC)))
+        queued = store.outbox_counts()
+    finally:
+        w.pool.close()
+        store.close()
+    assert (left, after) == (7, 2)
+    assert sum(queued.values()) == 10
