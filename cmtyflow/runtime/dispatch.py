@@ -27,12 +27,17 @@ Rules:
   playbook says ``policies.in_doubt: resend``; otherwise held for ``cmtyflow outbox``.
 - On stop, unstarted rows go back to the queue; sends in flight get ``drain`` seconds
   to finish and are then abandoned (their rows stay inflight: in doubt next start).
+- With a ``budget`` (seconds), a call starts no send after that long: unstarted rows go
+  back to the queue, as on stop, sends in flight finish, and the call returns
+  (``DispatchStats.paused``), so that a runner handles the inputs that came meanwhile
+  (a crisis during a large, rate-limited send) before it sends on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,6 +84,7 @@ class DispatchStats:
     dead: int = 0
     cancelled: int = 0
     requeued: int = 0
+    paused: int = 0  # of ``requeued``: left for the next call when the budget was spent
     abandoned: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
 
@@ -158,6 +164,7 @@ class Dispatcher:
         self._inflight: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._stopped = asyncio.Event()
+        self.monotonic: Callable[[], float] = time.monotonic  # for ``budget`` (tests pass their own)
 
     # start-up ---------------------------------------------------------------------------------
     def recover_in_doubt(self) -> tuple[int, int]:
@@ -191,14 +198,18 @@ class Dispatcher:
         if self._wake is not None:
             self._wake.set()
 
-    async def run_due(self, until: datetime, *, drain: float = 10.0) -> DispatchStats:
+    async def run_due(self, until: datetime, *, drain: float = 10.0, budget: float | None = None) -> DispatchStats:
         """Send every message due at or before ``until``; returns when none is left
-        (or on stop). Retries that fall due meanwhile wait for the next call."""
+        (or on stop, or once ``budget`` seconds are spent). Retries that fall due
+        meanwhile wait for the next call."""
         with collecting_less(GC_THRESHOLDS):
-            return await self._run_due(until, drain)
+            return await self._run_due(until, drain, budget)
 
-    async def _run_due(self, until: datetime, drain: float) -> DispatchStats:
+    async def _run_due(self, until: datetime, drain: float, budget: float | None) -> DispatchStats:
         stats = DispatchStats()
+        monotonic = self.monotonic
+        deadline = None if budget is None else monotonic() + budget
+        paused = False  # the budget is spent: start nothing more
         calls = _StoreCalls(self.store)
         todo: deque[Sendable] = deque()  # claimed rows not started yet, oldest first
         ready = asyncio.Event()  # rows in ``todo``, or no more will come
@@ -226,7 +237,9 @@ class Dispatcher:
                         continue
                     row, member, opened = todo.popleft()
                     key = row.message.key
-                    if self.stopping:
+                    if deadline is not None and not paused and monotonic() >= deadline:
+                        pause()
+                    if self.stopping or paused:
                         left.append(key)
                         continue
                     if len(todo) < low:
@@ -252,16 +265,21 @@ class Dispatcher:
                 hungry.set()  # the claiming loop raises what went wrong
                 raise
 
+        def pause() -> None:
+            nonlocal paused
+            paused = True
+            hungry.set()  # the claiming loop ends
+
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         try:
-            while not self.stopping:
+            while not self.stopping and not paused:
                 await hungry.wait()
                 hungry.clear()
                 for task in workers:
                     if task.done() and not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
                 self._flush(calls)
-                if self.stopping or len(todo) >= low:
+                if self.stopping or paused or len(todo) >= low:
                     continue
                 rows = await calls.claim(until, CHUNK)
                 todo.extend(self._screen(rows, stats))
@@ -293,6 +311,8 @@ class Dispatcher:
             if left:
                 self._results.extend((key, "queued", {}) for key in left)
                 stats.requeued += len(left)
+                if paused and not self.stopping:
+                    stats.paused += len(left)
             self._flush(calls)
             await calls.settle()
         finally:

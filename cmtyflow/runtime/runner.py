@@ -40,6 +40,8 @@ from .dispatch import Dispatcher, DispatchStats, Log, no_log
 from .driver import PASS_INPUTS, Driver
 from .prepare import adapter_formats
 
+SEND_PASS_SECONDS = 5.0  # how long a pass starts sends before the runner looks at its inputs again
+
 LOGGED_NOTES = {
     "run_failed": "run failed",
     "skipped_firing": "skipped a missed firing (older than the catch-up grace)",
@@ -91,6 +93,7 @@ class Runner:
         self.drain = drain
         self.inputs = 0
         self.behind = False  # the last pass stopped at PASS_INPUTS with inputs still due
+        self.sending_behind = False  # the last pass's sends stopped at SEND_PASS_SECONDS
         self._caught_up = 0  # inputs handled by the passes of the backlog so far
         self.totals = DispatchStats()
         self._stop = False
@@ -135,11 +138,13 @@ class Runner:
     # the loop ------------------------------------------------------------------------------------
     async def tick(self) -> datetime | None:
         """Handle the inputs due now, at most about ``PASS_INPUTS`` of them, then send
-        every message due now; returns when the next thing is due (None: nothing is
-        scheduled; now or earlier: inputs are still due). A backlog (a runner that was
-        stopped for days, a large import) is taken a pass at a time, so that messages
-        go out while it is worked through, a stop is heard within a pass, and progress
-        is logged."""
+        the messages due now for at most ``SEND_PASS_SECONDS``; returns when the next
+        thing is due (None: nothing is scheduled; now or earlier: inputs or messages
+        are still due). A backlog of inputs (a runner that was stopped for days, a
+        large import) is taken a pass at a time, so that messages go out while it is
+        worked through, a stop is heard within a pass, and progress is logged; a long
+        send (a large audience on a rate-limited platform) is too, so that an input
+        that comes meanwhile (a crisis) is handled within a pass, not after it."""
         now = self.clock.now()
         if not self._stop:
             handled = self.driver.process_until(now, limit=PASS_INPUTS)
@@ -150,8 +155,9 @@ class Runner:
                 self.log("catching_up", handled=self._caught_up, until=now.isoformat())
             else:
                 self._caught_up = 0
-            stats = await self.dispatcher.run_due(now, drain=self.drain)
+            stats = await self.dispatcher.run_due(now, drain=self.drain, budget=SEND_PASS_SECONDS)
             self._add(stats)
+            self.sending_behind = stats.paused > 0
         return self.next_due()
 
     def next_due(self) -> datetime | None:
@@ -181,7 +187,7 @@ class Runner:
     async def run_once(self) -> None:
         """``--once``: what is due now, including every message that can go now."""
         await self.tick()
-        while self.behind and not self._stop:
+        while (self.behind or self.sending_behind) and not self._stop:
             await self.tick()
 
     # logging -------------------------------------------------------------------------------------

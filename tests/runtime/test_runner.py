@@ -210,6 +210,34 @@ async def test_a_backlog_is_taken_a_pass_at_a_time_sending_between_passes(tmp_pa
     await h.close()
 
 
+
+async def test_a_long_send_gives_way_to_inputs_between_passes(tmp_path, sink, harness, monkeypatch):
+    # A large send on a slow or rate-limited platform: after SEND_PASS_SECONDS a pass
+    # starts no more sends (the rest stays queued), so an event that came meanwhile (a
+    # report to page the moderators for) is handled before the send goes on.
+    from cmtyflow.runtime import runner
+
+    monkeypatch.setattr(runner, "SEND_PASS_SECONDS", 3.5)
+    h = harness(hooks(tmp_path, sink.url), T0)
+    await h.open()
+    ticks = iter(range(1_000_000))
+    h.runner.dispatcher.monotonic = lambda: float(next(ticks))  # one second per send started
+    h.store.put_members([{"id": f"u{i:02d}", "name": f"M{i}"} for i in range(13)])
+    for i in range(12):
+        h.store.add_event(event({"id": f"j{i:02d}", "type": "member.joined", "member": f"u{i:02d}", "at": T0.isoformat()}))
+    assert await h.at(T0) == T0  # messages are still due
+    assert len(sink.requests) == 3 and h.runner.sending_behind
+    assert sorted(r.status for r in rows(h)).count("queued") == 9  # put back, not in flight
+    h.store.add_event(event({"id": "late", "type": "member.joined", "member": "u12", "at": T0.isoformat()}))
+    await h.at(T0)
+    assert h.store.pending_events(T0) == []  # taken before the rest of the send
+    assert len(sink.requests) == 6
+    await h.runner.run_once()
+    assert sorted(r.body["member"] for r in sink.requests) == [f"u{i:02d}" for i in range(13)]  # each once
+    assert not h.runner.sending_behind and {r.status for r in rows(h)} == {"sent"}
+    await h.close()
+
+
 QUIET_PLAYBOOK = """
 cmtyflow: 1
 name: nightly
