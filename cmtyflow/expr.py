@@ -131,9 +131,16 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 _sandbox_getattr = ImmutableSandboxedEnvironment.getattr
 
 
+def _blank_none(value: Any) -> Any:
+    """What ``{{ ... }}`` prints: none as nothing (a member without a name is greeted
+    "👋 ，欢迎", not "👋 None，欢迎"); write ``{{ member.name or '朋友' }}`` for a default."""
+    return "" if value is None else value
+
+
 def _make_env() -> CmtyflowEnvironment:
     env = CmtyflowEnvironment(
         undefined=StrictUndefined,
+        finalize=_blank_none,
         autoescape=False,
         keep_trailing_newline=False,
         trim_blocks=True,

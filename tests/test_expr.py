@@ -125,3 +125,13 @@ def test_loop_variables_and_set_names_are_known_in_templates(write, tmp_path, mo
         "pb.yaml",
     )
     assert result.problems == []
+
+
+def test_none_prints_as_nothing_in_a_message():
+    # A member without a name is greeted without "None"; a default is the template's to give.
+    from cmtyflow.expr import compile_template, scope
+
+    member = {"name": None, "id": "u1"}
+    assert compile_template("👋 {{ member.name }}，欢迎").render(scope({"member": member})) == "👋 ，欢迎"
+    assert compile_template("{{ member.name or '新朋友' }}").render(scope({"member": member})) == "新朋友"
+    assert compile_template("{{ 0 }} {{ false }} {{ '' }}|").render(scope({})) == "0 False |"

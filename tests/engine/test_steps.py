@@ -61,7 +61,7 @@ def test_event_wait_times_out_and_one_that_does_not(simulate, tmp_path):
     assert [(d["at"], d["member"], d["step"], d["text"]) for d in out] == [
         ("2026-12-01T11:00:00+08:00", "c", "thanks", "timed_out=False said hi from c"),
         ("2026-12-02T15:30:00+08:00", "a", "thanks", "timed_out=False said hello all"),
-        ("2026-12-03T10:00:00+08:00", "b", "nudge", "timed_out=True event=None"),
+        ("2026-12-03T10:00:00+08:00", "b", "nudge", "timed_out=True event="),
     ]
     assert summary["runs"]["done"] == 3
     assert summary["runs"]["active_at_end"] == 0
