@@ -124,7 +124,10 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
             try:
                 return obj[attribute]
             except (TypeError, LookupError):
-                return self.undefined(obj=obj, name=attribute)
+                # A class may say what a missing name means to a playbook's author
+                # (``undefined_hint``), instead of Jinja's "<class> object has no attribute".
+                hint = obj.undefined_hint(attribute) if hasattr(obj, "undefined_hint") else None
+                return self.undefined(hint=hint, obj=obj, name=attribute)
         return _sandbox_getattr(self, obj, attribute)
 
 

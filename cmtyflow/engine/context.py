@@ -134,6 +134,13 @@ class MemberView(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"MemberView({self._data.get('id')!r})"
 
+    def undefined_hint(self, name: str) -> str:
+        """What ``member.NAME`` missing means (``expr``'s message for it)."""
+        return (
+            f"member {self._data.get('id')} has no {name!r}: no such roster column, or an empty cell for this "
+            f"member; member.get({name!r}, '') reads an optional column"
+        )
+
 
 def record_of(view: MemberView) -> Mapping[str, Any]:
     """The roster record behind ``view``."""

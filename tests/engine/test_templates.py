@@ -48,3 +48,34 @@ def test_locales_match_regardless_of_case_and_separator(simulate, tmp_path):
     out, summary = simulate(LOCALES.format(locale="ZH_CN"), roster, [], "2026-12-01", 1, tmp_path, templates=templates)
     assert [(d["member"], d["text"]) for d in out] == [("a", "hi"), ("b", "hi"), ("c", "你好")]
     assert summary["runs"]["failed"] == 0
+
+
+OPTIONAL_COLUMN = """
+cmtyflow: 1
+name: city
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: console}
+triggers:
+  - {id: j, event: member.joined, flow: f}
+flows:
+  f:
+    - {id: hi, send: {channel: dm, text: "{{ member.name }} 来自 {{ member.city }}"}}
+    - {id: soft, send: {channel: dm, text: "{{ member.get('city', '某地') }}"}}
+"""
+
+
+def test_a_member_without_a_column_fails_with_a_message_that_says_what_to_write(simulate, tmp_path):
+    # u2's city cell is empty: `member.city` fails that run and says how to read an
+    # optional column; `member.get` reads it.
+    roster = [{"id": "u1", "name": "阿明", "city": "上海"}, {"id": "u2", "name": "小红"}]
+    events = [{"id": f"j{m}", "type": "member.joined", "member": m, "at": "2026-12-01T10:00:00"} for m in ("u1", "u2")]
+    out, summary = simulate(OPTIONAL_COLUMN, roster, events, "2026-12-01", 1, tmp_path)
+    assert [(d["member"], d["text"]) for d in out] == [("u1", "阿明 来自 上海"), ("u1", "上海")]
+    assert summary["warnings"] == [
+        "run j:ju2 failed at hi: template hi: undefined name or key: member u2 has no 'city': no such roster "
+        "column, or an empty cell for this member; member.get('city', '') reads an optional column"
+    ]
+    out, _ = simulate(OPTIONAL_COLUMN.replace('"{{ member.name }} 来自 {{ member.city }}"', '"{{ member.name }}"'),
+                      roster, events, "2026-12-01", 1, tmp_path / "soft")
+    assert [(d["member"], d["text"]) for d in out if d["step"] == "soft"] == [("u1", "上海"), ("u2", "某地")]
