@@ -335,6 +335,47 @@ def static_problems_expression(source: str, extra_names: Iterable[str] = ()) -> 
     return _walk_problems(nodes.Template([nodes.Output([tree])]), extra_names)
 
 
+_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+
+
+def unknown_keys(source: str, known: Mapping[str, Iterable[str]], *, template: bool) -> list[StaticProblem]:
+    """``NAME.key`` and ``NAME['key']`` in ``source`` (a template, or an expression) where
+    NAME is one of ``known`` (a playbook's ``vars``, ``roles``) and key is not one of its
+    keys: a misspelling a static check can see (SPEC 2). Syntax errors are reported by
+    ``static_problems_*``; here they find nothing."""
+    try:
+        if template:
+            tree = ENV.parse(source)
+        else:
+            parser = Parser(ENV, source, state="variable")
+            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
+    except TemplateSyntaxError:
+        return []
+    assigned = _assigned_names(tree)
+    keys = {name: sorted(set(values)) for name, values in known.items()}
+    found: list[StaticProblem] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node if isinstance(node, (nodes.Getattr, nodes.Getitem)) else None
+        if not isinstance(base, nodes.Name) or base.name not in keys or base.name in assigned:
+            continue
+        if isinstance(node, nodes.Getattr):
+            key = node.attr
+            if key in _MAPPING_METHODS:
+                continue
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            key = node.arg.value
+        else:
+            continue
+        options = keys[base.name]
+        if key not in options:
+            what = {"vars": "var", "roles": "role"}.get(base.name, base.name)
+            found.append(StaticProblem(
+                f"unknown {what} '{key}'{_near(key, options)}; {base.name} are {', '.join(options) or 'none'}",
+                node.lineno,
+            ))
+    return found
+
+
 def static_problems_template(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:
     try:
         tree = ENV.parse(source)

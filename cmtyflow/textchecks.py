@@ -19,7 +19,7 @@ from typing import Any
 
 from .adapters.base import FORMATS
 from .checkbase import CheckContext, iter_steps, iter_triggers, problem, sends
-from .expr import static_problems_expression, static_problems_template
+from .expr import static_problems_expression, static_problems_template, unknown_keys
 from .problems import ERROR, Problem
 from .spec.sourcemap import Loc, first_non_blank
 from .templates import TemplateSource, pick, valid_name
@@ -64,12 +64,20 @@ def _expressions(ctx: CheckContext) -> Iterator[tuple[Loc, Any]]:
                     yield (*here, index, "if"), branch.get("if")
 
 
+def _known(ctx: CheckContext) -> dict[str, list[str]]:
+    """The playbook's own names whose keys a misspelling is checked against."""
+    return {"vars": [str(k) for k in ctx.mapping("vars")], "roles": [str(k) for k in ctx.mapping("roles")]}
+
+
 def check_expressions(ctx: CheckContext) -> list[Problem]:
     found: list[Problem] = []
+    known = _known(ctx)
     for loc, source in _expressions(ctx):
         if not isinstance(source, str):
             continue
-        for p in static_problems_expression(source):
+        problems = static_problems_expression(source)
+        problems += [] if problems else unknown_keys(source, known, template=False)
+        for p in problems:
             found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
     return found
 
@@ -97,9 +105,12 @@ def _template_refs(ctx: CheckContext) -> Iterator[tuple[Loc, str]]:
 
 def check_templates(ctx: CheckContext) -> list[Problem]:
     found: list[Problem] = []
+    known = _known(ctx)
     for loc, source in _inline_templates(ctx):
         if isinstance(source, str):
-            for p in static_problems_template(source, TEMPLATE_NAMES):
+            problems = static_problems_template(source, TEMPLATE_NAMES)
+            problems += [] if problems else unknown_keys(source, known, template=True)
+            for p in problems:
                 found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
     locale = ctx.data.get("locale") if isinstance(ctx.data.get("locale"), str) else "en"
     for loc, name in _template_refs(ctx):
@@ -122,7 +133,16 @@ def check_templates(ctx: CheckContext) -> list[Problem]:
         for source in sources:
             if str(source.path) not in checked:
                 checked.add(str(source.path))
-                found += template_file_problems(source)
+                file_problems = template_file_problems(source)
+                found += file_problems
+                if not file_problems:
+                    # This playbook's vars and roles: a shared file is checked against
+                    # each playbook that uses it.
+                    lines = source.source.splitlines()
+                    for p in unknown_keys(source.source, known, template=True):
+                        line = lines[p.lineno - 1] if 0 < p.lineno <= len(lines) else None
+                        found.append(Problem(str(source.path), p.lineno, first_non_blank(line), ERROR,
+                                             f"{p.message} (in playbook {ctx.path.name})", line))
     return found
 
 

@@ -659,6 +659,31 @@ CASES = [
         ],
         id="bad_mode",
     ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
+        vars: {community: 书友会, links: {rules: "https://example.com"}}
+        channels:
+          group: {adapter: console}
+        roles:
+          moderators: [u001]
+        triggers:
+          - {id: reported, event: report.filed, flow: alert, where: "event.member in roles.moderator"}
+        flows:
+          alert:
+            - send: {text: "{{ vars.comunity }} {{ vars.get('x', '') }} {{ vars.links.rules }} {{ vars['nope'] }}"}
+            - send: {template: page}
+        """,
+        {"templates/page.txt.j2": "ok {{ vars.community }}\n{{ roles['admins'] }}\n"},
+        [
+            "pb.yaml:9:61: error: unknown role 'moderator' (did you mean 'moderators'?); roles are moderators",
+            "pb.yaml:12:20: error: unknown var 'comunity' (did you mean 'community'?); vars are community, links",
+            "pb.yaml:12:20: error: unknown var 'nope'; vars are community, links",
+            "templates/page.txt.j2:2:1: error: unknown role 'admins'; roles are moderators (in playbook pb.yaml)",
+        ],
+        id="unknown_var_and_role_keys",
+    ),
 ]
 
 

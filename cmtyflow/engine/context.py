@@ -100,6 +100,10 @@ class StateView(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"StateView({dict(self)!r})"
 
+    def undefined_hint(self, name: str) -> str:
+        """What ``state.NAME`` missing means (``expr``'s message for it)."""
+        return f"state has no {name!r} yet; state.get({name!r}, 0) reads a key that may not be set"
+
 
 @item_first
 class MemberView(Mapping[str, Any]):
