@@ -79,3 +79,14 @@ def test_a_member_without_a_column_fails_with_a_message_that_says_what_to_write(
     out, _ = simulate(OPTIONAL_COLUMN.replace('"{{ member.name }} 来自 {{ member.city }}"', '"{{ member.name }}"'),
                       roster, events, "2026-12-01", 1, tmp_path / "soft")
     assert [(d["member"], d["text"]) for d in out if d["step"] == "soft"] == [("u1", "上海"), ("u2", "某地")]
+
+
+def test_a_state_key_not_set_yet_says_how_to_read_it(simulate, tmp_path):
+    text = OPTIONAL_COLUMN.replace('"{{ member.name }} 来自 {{ member.city }}"', '"{{ state.invites }}"')
+    roster = [{"id": "u1", "name": "阿明"}]
+    events = [{"id": "j1", "type": "member.joined", "member": "u1", "at": "2026-12-01T10:00:00"}]
+    _, summary = simulate(text, roster, events, "2026-12-01", 1, tmp_path)
+    assert summary["warnings"] == [
+        "run j:j1 failed at hi: template hi: undefined name or key: state has no 'invites' yet; "
+        "state.get('invites', 0) reads a key that may not be set"
+    ]
