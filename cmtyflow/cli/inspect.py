@@ -21,7 +21,7 @@ import click
 
 from ..clock import SystemClock
 from ..errors import UserError
-from ..store.base import OutboxRow
+from ..store.base import REQUEUEABLE, OutboxRow
 from ..store.open import shown
 from . import EXIT_OK, cli
 from .state import format_option, print_table, state_option, store_at
@@ -201,14 +201,11 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     return EXIT_OK
 
 
-RETRYABLE = ("failed", "dead", "in_doubt", "cancelled")
-
-
 @outbox.command("retry")
 @click.argument("keys", nargs=-1)
 @click.option("--all", "every", is_flag=True,
               help="every message in --status (default: dead) instead of KEYS, e.g. after fixing a channel's token")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(RETRYABLE),
+@click.option("--status", "statuses", multiple=True, type=click.Choice(REQUEUEABLE),
               help="with --all: these statuses (repeatable). In-doubt messages may already have arrived: "
                    "on a platform that cannot deduplicate, a retry can send them twice")
 @click.option("--playbook", help="with --all: only this playbook's messages")
@@ -251,7 +248,7 @@ def outbox_retry(
                 if len(found) > 1:
                     raise UserError(f"key {prefix} is ambiguous ({len(found)} messages); give more characters")
                 row = found[0]
-                if row.status not in RETRYABLE:
+                if row.status not in REQUEUEABLE:
                     raise UserError(f"message {row.message.key[:SHORT]} is {row.status}; only failed, dead, in-doubt or cancelled ones can be retried")
                 chosen.append(row)
             n = store.requeue([r.message.key for r in chosen], now, reset_attempts=True)

@@ -27,6 +27,8 @@ from ..engine.model import Decision, Event, QueuedMessage, Run, Timer
 from ..engine.ports import StateReader
 
 OUTBOX_STATES = ("queued", "inflight", "sent", "failed", "dead", "in_doubt", "cancelled")
+# The statuses ``Store.requeue`` (``cmtyflow outbox retry``) takes a message back from.
+REQUEUEABLE = ("failed", "dead", "in_doubt", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from ..engine.model import Decision, Event, EventWait, Run, Timer
-from .base import OUTBOX_STATES, OutboxRow, ScheduleUpdate
+from .base import OUTBOX_STATES, REQUEUEABLE, OutboxRow, ScheduleUpdate
 from .memory_events import EventQueue
-
-REQUEUEABLE = frozenset({"in_doubt", "dead", "failed", "cancelled"})
 
 
 class MemoryStore:

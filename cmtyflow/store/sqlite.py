@@ -46,7 +46,6 @@ from .sqlbase import SqlStore, count, finish_params, finish_sql
 
 RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
 JSON = sqlite3.sqlite_version_info >= (3, 38, 0)  # json_each and ->> built in
-REQUEUEABLE = ("in_doubt", "dead", "failed", "cancelled")
 
 
 def _open(path: str) -> sqlite3.Connection:
