@@ -319,7 +319,14 @@ def _near(name: str, options: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def static_problems_expression(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:
+Known = Mapping[str, Iterable[str]]  # a playbook's own names and their keys (vars, roles)
+
+
+def static_problems_expression(
+    source: str, extra_names: Iterable[str] = (), known: Known | None = None
+) -> list[StaticProblem]:
+    """The problems of an expression; with ``known``, when it has none of its own, its
+    misspelled keys of those names too (``_unknown_keys``)."""
     # Parsed the way ENV.compile_expression parses, so the static check and the run
     # accept exactly the same expressions.
     try:
@@ -332,25 +339,34 @@ def static_problems_expression(source: str, extra_names: Iterable[str] = ()) -> 
         message = (exc.message or "invalid expression").replace("'end of template'", "end of expression")
         return [StaticProblem(f"expression syntax error: {message}", exc.lineno or 1)]
     # find_all looks below a node, never at the node itself: give the expression a parent.
-    return _walk_problems(nodes.Template([nodes.Output([tree])]), extra_names)
+    return _tree_problems(nodes.Template([nodes.Output([tree])]), extra_names, known)
+
+
+def static_problems_template(
+    source: str, extra_names: Iterable[str] = (), known: Known | None = None
+) -> list[StaticProblem]:
+    """The problems of a template; ``known`` as for ``static_problems_expression``."""
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        return [StaticProblem(f"template syntax error: {exc.message}", exc.lineno)]
+    return _tree_problems(tree, extra_names, known)
+
+
+def _tree_problems(tree: nodes.Template, extra_names: Iterable[str], known: Known | None) -> list[StaticProblem]:
+    problems = _walk_problems(tree, extra_names)
+    if not problems and known:
+        problems = _unknown_keys(tree, known)
+    return problems
 
 
 _MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
 
 
-def unknown_keys(source: str, known: Mapping[str, Iterable[str]], *, template: bool) -> list[StaticProblem]:
-    """``NAME.key`` and ``NAME['key']`` in ``source`` (a template, or an expression) where
-    NAME is one of ``known`` (a playbook's ``vars``, ``roles``) and key is not one of its
-    keys: a misspelling a static check can see (SPEC 2). Syntax errors are reported by
-    ``static_problems_*``; here they find nothing."""
-    try:
-        if template:
-            tree = ENV.parse(source)
-        else:
-            parser = Parser(ENV, source, state="variable")
-            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
-    except TemplateSyntaxError:
-        return []
+def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
+    """``NAME.key`` and ``NAME['key']`` where NAME is one of ``known`` (a playbook's
+    ``vars``, ``roles``) and key is not one of its keys: a misspelling a static check can
+    see (SPEC 2)."""
     assigned = _assigned_names(tree)
     keys = {name: sorted(set(values)) for name, values in known.items()}
     found: list[StaticProblem] = []
@@ -374,11 +390,3 @@ def unknown_keys(source: str, known: Mapping[str, Iterable[str]], *, template: b
                 node.lineno,
             ))
     return found
-
-
-def static_problems_template(source: str, extra_names: Iterable[str] = ()) -> list[StaticProblem]:
-    try:
-        tree = ENV.parse(source)
-    except TemplateSyntaxError as exc:
-        return [StaticProblem(f"template syntax error: {exc.message}", exc.lineno)]
-    return _walk_problems(tree, extra_names)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .adapters.base import FORMATS
 from .checkbase import CheckContext, iter_steps, iter_triggers, problem, sends
-from .expr import static_problems_expression, static_problems_template, unknown_keys
+from .expr import static_problems_expression, static_problems_template
 from .problems import ERROR, Problem
 from .spec.sourcemap import Loc, first_non_blank
 from .templates import TemplateSource, pick, valid_name
@@ -75,9 +75,7 @@ def check_expressions(ctx: CheckContext) -> list[Problem]:
     for loc, source in _expressions(ctx):
         if not isinstance(source, str):
             continue
-        problems = static_problems_expression(source)
-        problems += [] if problems else unknown_keys(source, known, template=False)
-        for p in problems:
+        for p in static_problems_expression(source, known=known):
             found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
     return found
 
@@ -108,9 +106,7 @@ def check_templates(ctx: CheckContext) -> list[Problem]:
     known = _known(ctx)
     for loc, source in _inline_templates(ctx):
         if isinstance(source, str):
-            problems = static_problems_template(source, TEMPLATE_NAMES)
-            problems += [] if problems else unknown_keys(source, known, template=True)
-            for p in problems:
+            for p in static_problems_template(source, TEMPLATE_NAMES, known):
                 found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
     locale = ctx.data.get("locale") if isinstance(ctx.data.get("locale"), str) else "en"
     for loc, name in _template_refs(ctx):
@@ -139,7 +135,7 @@ def check_templates(ctx: CheckContext) -> list[Problem]:
                     # This playbook's vars and roles: a shared file is checked against
                     # each playbook that uses it.
                     lines = source.source.splitlines()
-                    for p in unknown_keys(source.source, known, template=True):
+                    for p in static_problems_template(source.source, TEMPLATE_NAMES, known):
                         line = lines[p.lineno - 1] if 0 < p.lineno <= len(lines) else None
                         found.append(Problem(str(source.path), p.lineno, first_non_blank(line), ERROR,
                                              f"{p.message} (in playbook {ctx.path.name})", line))
