@@ -110,9 +110,9 @@ def promote_plan(cluster: pg_server.Cluster, pending: int) -> None:
         conn.execute("ANALYZE timers")
         print(f"inserted {pending:,} future timers in {time.perf_counter() - t:.1f} s")
         now = datetime.now(UTC)
-        q = PROMOTE_TIMERS.replace("%s", "{}")
+        q = PROMOTE_TIMERS.replace("%(until)s", "{until}").replace("%(limit)s", "{limit}")
         plan = conn.execute(
-            "EXPLAIN (ANALYZE, BUFFERS) " + q.format(psycopg.sql.quote(now), 10_000)
+            "EXPLAIN (ANALYZE, BUFFERS) " + q.format(until=psycopg.sql.quote(now), limit=10_000)
         ).fetchall()
         print("EXPLAIN ANALYZE of the promote query, nothing due:")
         for (line,) in plan:
@@ -130,7 +130,7 @@ def promote_plan(cluster: pg_server.Cluster, pending: int) -> None:
 
         def pick() -> None:
             with conn.transaction():
-                conn.execute(PROMOTE_TIMERS, (datetime.now(UTC), 10_000)).fetchall()
+                conn.execute(PROMOTE_TIMERS, {"until": datetime.now(UTC), "limit": 10_000}).fetchall()
 
         idle = timed(pick, 200)
         with conn.transaction():
@@ -147,7 +147,7 @@ def promote_plan(cluster: pg_server.Cluster, pending: int) -> None:
 
             try:
                 with conn.transaction():
-                    shared.promote_timers(datetime.now(UTC), lambda c, batches: list(range(1, len(batches) + 1)),
+                    shared.promote_timers(datetime.now(UTC), lambda c, batches, urgent: list(range(1, len(batches) + 1)),
                                           batch=100)
                     raise Undo
             except Undo:

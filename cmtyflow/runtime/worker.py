@@ -60,7 +60,8 @@ RECOVER_TASK = "cmtyflow.recover"
 # Jobs are fetched by priority, then in order: the tick (which hands work out) and the
 # recovery never wait behind a backlog of batches, and messages made by resumed waits
 # go out while the rest of the waits are still being taken.
-PRIORITY = {"tick": 20, "send": 10, "timers": 0}
+# Urgent messages (a crisis page) are sent in jobs of their own, before other sends.
+PRIORITY = {"tick": 20, "urgent": 15, "send": 10, "timers": 0}
 
 
 class StorePool:
@@ -224,12 +225,18 @@ class Worker:
             self.log("job_retry", task=task, error=type(exc).__name__)
             raise
 
-    def _defer(self, task: str, arg: str) -> Any:
+    def _defer(self, task: str, arg: str, priority: int) -> Any:
+        """The ``Defer`` of ``promote_*``: one ``task`` job per batch, at ``priority``
+        (urgent messages' jobs at ``PRIORITY['urgent']``). Jobs deferred here get no
+        priority from their task's declaration: it is given with each job."""
         from procrastinate.jobs import Job
 
-        def defer(conn: Any, batches: Sequence[Sequence[str]]) -> list[int]:
+        def defer(conn: Any, batches: Sequence[Sequence[str]], urgent: bool) -> list[int]:
             jobs = [
-                Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=task, task_kwargs={arg: list(b)})
+                Job(
+                    queue=QUEUE, lock=None, queueing_lock=None, task_name=task, task_kwargs={arg: list(b)},
+                    priority=PRIORITY["urgent"] if urgent else priority,
+                )
                 for b in batches
             ]
             ids = []
@@ -245,7 +252,7 @@ class Worker:
     def tick(self) -> None:
         with self.pool.store() as store:
             shared = SharedWork(store)
-            shared.promote_timers(self.clock.now(), self._defer(TIMERS_TASK, "ids"), batch=self.timer_batch)
+            shared.promote_timers(self.clock.now(), self._defer(TIMERS_TASK, "ids", PRIORITY["timers"]), batch=self.timer_batch)
             driver = _TickDriver(self.engine, store)
             driver.observe = self._observe
             # The engine lock stops every batch of waits while it is held: taken only
@@ -260,7 +267,7 @@ class Worker:
                 with shared.alone():
                     self._count(driver.process_until(now, limit=PASS_INPUTS))
                 self._zones_seen = zones
-            shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys"), batch=self.send_batch)
+            shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys", PRIORITY["send"]), batch=self.send_batch)
             resent, held = shared.settle_inflight(self._resendable)
             for key in resent:
                 self.log("in_doubt_resent", key=key)

@@ -94,7 +94,9 @@ class Store(StateReader, Protocol):
     def next_message_due(self) -> datetime | None: ...
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
-        """Move due queued/failed rows to inflight and return them, oldest first."""
+        """Move due queued/failed rows to inflight and return them: urgent ones first
+        (a crisis page does not wait behind a large send queued before it), then
+        oldest first."""
         ...
 
     def claim_due_messages_with_members(

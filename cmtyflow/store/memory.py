@@ -47,6 +47,7 @@ class MemoryStore:
         self._schedules: dict[tuple[str, str, str], datetime | None] = {}
         self._outbox: dict[str, OutboxRow] = {}
         self._outbox_heap: list[tuple[float, int, str, datetime]] = []
+        self._urgent_heap: list[tuple[float, int, str, datetime]] = []  # urgent rows: claimed first
         self._outbox_seq = 0
         self._queued: dict[tuple[str, str, str | None], list[dict[str, Any]]] = defaultdict(list)
         self._exposures: dict[tuple[str, str], list[tuple[str, str, str | None, datetime]]] = defaultdict(list)
@@ -185,7 +186,8 @@ class MemoryStore:
                 seq += 1
                 due = message.deliver_at
                 stamped = self._stamped
-                push(heap, (stamped[1] if stamped[0] is due else self._stamp(due), seq, key, due))
+                item = (stamped[1] if stamped[0] is due else self._stamp(due), seq, key, due)
+                push(self._urgent_heap if message.urgent else heap, item)
             self._outbox_seq = seq
         if decision.queued_starts:
             for record in decision.queued_starts:
@@ -322,28 +324,34 @@ class MemoryStore:
 
     # outbox -------------------------------------------------------------------------------------------
     def next_message_due(self) -> datetime | None:
-        while self._outbox_heap:
-            _, seq, key, due = self._outbox_heap[0]
+        tops = [item for item in (self._top(self._urgent_heap), self._top(self._outbox_heap)) if item is not None]
+        return min(tops)[3] if tops else None
+
+    def _top(self, heap: list[tuple[float, int, str, datetime]]) -> tuple[float, int, str, datetime] | None:
+        """The heap's first entry still queued or failed (stale entries dropped)."""
+        while heap:
+            _, seq, key, _ = heap[0]
             row = self._outbox.get(key)
             if row is not None and row.status in ("queued", "failed") and (not self._moved or self._moved.get(key, seq) == seq):
-                return due
-            heapq.heappop(self._outbox_heap)
+                return heap[0]
+            heapq.heappop(heap)
         return None
 
     def claim_due_messages(self, until: datetime, limit: int = 1000) -> list[OutboxRow]:
         out: list[OutboxRow] = []
         last = self._stamp(until)
         moved = self._moved
-        heap, outbox, pop = self._outbox_heap, self._outbox, heapq.heappop
-        while heap and heap[0][0] <= last and len(out) < limit:
-            _, seq, key, _ = pop(heap)
-            row = outbox.get(key)
-            if row is None or row.status not in ("queued", "failed"):
-                continue
-            if moved and moved.get(key, seq) != seq:
-                continue
-            row.status = "inflight"
-            out.append(row)
+        outbox, pop = self._outbox, heapq.heappop
+        for heap in (self._urgent_heap, self._outbox_heap):  # urgent rows first
+            while heap and heap[0][0] <= last and len(out) < limit:
+                _, seq, key, _ = pop(heap)
+                row = outbox.get(key)
+                if row is None or row.status not in ("queued", "failed"):
+                    continue
+                if moved and moved.get(key, seq) != seq:
+                    continue
+                row.status = "inflight"
+                out.append(row)
         return out
 
     def claim_due_messages_with_members(self, until: datetime, limit: int = 1000) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
@@ -377,7 +385,8 @@ class MemoryStore:
 
     def _push(self, key: str, due: datetime) -> None:
         self._outbox_seq += 1
-        heapq.heappush(self._outbox_heap, (due.timestamp(), self._outbox_seq, key, due))
+        heap = self._urgent_heap if self._outbox[key].message.urgent else self._outbox_heap
+        heapq.heappush(heap, (due.timestamp(), self._outbox_seq, key, due))
         if key in self._moved:
             self._moved[key] = self._outbox_seq
 

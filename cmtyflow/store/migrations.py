@@ -137,7 +137,17 @@ _V2 = """
 DROP INDEX deliveries_key;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# Urgent messages (a crisis page) are claimed before any other due row, however many
+# were queued before them (``rows.DUE_SEQS``): their own small range to read first, and
+# ``urgent`` in the due index, so that the other ranges leave them out from the index
+# alone.
+_V3 = """
+CREATE INDEX outbox_urgent ON outbox (due_ts) WHERE urgent = 1 AND status IN ('queued', 'failed');
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due ON outbox (status, due_ts, seq, urgent);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 LATEST = len(MIGRATIONS)
 
 

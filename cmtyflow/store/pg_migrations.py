@@ -156,7 +156,13 @@ _V3 = """
 DROP INDEX deliveries_key;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# As SQLite's step 3: urgent messages are claimed (and handed to send jobs) before any
+# other due row; their own small range to read first.
+_V4 = """
+CREATE INDEX outbox_urgent ON outbox (due_ts, seq) WHERE urgent AND status IN ('queued', 'failed');
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 LATEST = len(MIGRATIONS)
 
 # Tables with a ``seq`` identity: their sequences follow copied rows (``pg_copy``).

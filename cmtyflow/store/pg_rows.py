@@ -141,12 +141,25 @@ def at_cols(at: datetime | None) -> tuple[datetime | None, str | None]:
 
 # reads -------------------------------------------------------------------------------------------
 O_OUTBOX_COLS = ", ".join(f"o.{c.strip()}" for c in rows.OUTBOX_COLS.split(","))
-# Due queued and failed rows, oldest first, from the partial index ``outbox_due``; rows
-# another transaction holds are skipped, not waited for (several claimers).
+# Due queued and failed rows, urgent ones first (index ``outbox_urgent``), then the
+# others oldest first (index ``outbox_due``), as many as the urgent ones leave room for;
+# rows another transaction holds are skipped, not waited for (several claimers).
+# Parameters: (until, limit). ``{where}`` narrows the rows (a send job's own).
+def due_picks(where: str = "TRUE", table: str = "outbox", lock: str = "FOR UPDATE SKIP LOCKED", cols: str = "seq") -> str:
+    """Two CTEs, ``urgent`` and ``later``, that pick the due rows as the claim does."""
+    due = f"{table}.status IN ('queued', 'failed') AND {table}.due_ts <= %(until)s AND {where}"
+    order = f"ORDER BY {table}.due_ts, {table}.seq"
+    return (
+        f"WITH urgent AS (SELECT {cols} FROM {table} WHERE {table}.urgent AND {due} {order} "
+        f"LIMIT %(limit)s {lock}), "
+        f"later AS (SELECT {cols} FROM {table} WHERE NOT {table}.urgent AND {due} {order} "
+        f"LIMIT %(limit)s - (SELECT count(*) FROM urgent) {lock}) "
+    )
+
+
 _CLAIM = (
-    "UPDATE outbox AS o SET status = 'inflight' FROM ("
-    "SELECT seq FROM outbox WHERE status IN ('queued', 'failed') AND due_ts <= %s "
-    "ORDER BY due_ts, seq LIMIT %s FOR UPDATE SKIP LOCKED) AS pick "
+    due_picks()
+    + "UPDATE outbox AS o SET status = 'inflight' FROM (SELECT seq FROM urgent UNION ALL SELECT seq FROM later) AS pick "
     f"WHERE o.seq = pick.seq RETURNING o.due_ts, o.seq, {{member}}, {O_OUTBOX_COLS}"
 )
 # Each claimed row's member record (NULL for a campaign's or an unknown member) with it.

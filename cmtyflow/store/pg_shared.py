@@ -37,19 +37,22 @@ from . import rows
 from .base import OutboxRow
 from .codec import loads
 from .pg_migrations import lock_key
-from .pg_rows import O_OUTBOX_COLS
+from .pg_rows import O_OUTBOX_COLS, due_picks
 
 LIVE_JOB = "SELECT 1 FROM procrastinate_jobs AS j WHERE j.id = {table}.job AND j.status IN ('todo', 'doing')"
 
 PROMOTE_TIMERS = (
-    "SELECT timers.id FROM timers WHERE timers.due_ts <= %s "
+    "SELECT timers.id, FALSE FROM timers WHERE timers.due_ts <= %(until)s "
     f"AND (timers.job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='timers')})) "
-    "ORDER BY timers.due_ts, timers.id LIMIT %s FOR UPDATE OF timers SKIP LOCKED"
+    "ORDER BY timers.due_ts, timers.id LIMIT %(limit)s FOR UPDATE OF timers SKIP LOCKED"
 )
+# Due messages not handed to a live job: urgent ones first (as a claim picks them).
 PROMOTE_MESSAGES = (
-    "SELECT outbox.key FROM outbox WHERE outbox.status IN ('queued', 'failed') AND outbox.due_ts <= %s "
-    f"AND (outbox.job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='outbox')})) "
-    "ORDER BY outbox.due_ts, outbox.seq LIMIT %s FOR UPDATE OF outbox SKIP LOCKED"
+    due_picks(
+        f"(outbox.job IS NULL OR NOT EXISTS ({LIVE_JOB.format(table='outbox')}))",
+        cols="outbox.key, outbox.urgent", lock="FOR UPDATE OF outbox SKIP LOCKED",
+    )
+    + "SELECT key, urgent FROM urgent UNION ALL SELECT key, urgent FROM later"
 )
 # Rows left in flight by a send job that has ended (or by no job at all): in doubt.
 ORPHANED_INFLIGHT = (
@@ -67,9 +70,8 @@ JOB_TIMERS = (
     "LEFT JOIN runs AS r ON r.id = t.run WHERE t.id = ANY(%s) ORDER BY t.due_ts, t.id"
 )
 CLAIM_JOB_MESSAGES = (
-    "UPDATE outbox AS o SET status = 'inflight' FROM ("
-    "SELECT seq FROM outbox WHERE job = %s AND status IN ('queued', 'failed') AND due_ts <= %s "
-    "ORDER BY due_ts, seq LIMIT %s FOR UPDATE SKIP LOCKED) AS pick "
+    due_picks("outbox.job = %(job)s")
+    + "UPDATE outbox AS o SET status = 'inflight' FROM (SELECT seq FROM urgent UNION ALL SELECT seq FROM later) AS pick "
     f"WHERE o.seq = pick.seq RETURNING o.due_ts, o.seq, (SELECT record FROM members WHERE members.id = o.member), "
     f"{O_OUTBOX_COLS}"
 )
@@ -97,7 +99,8 @@ INVARIANTS = {
     "jobs that failed for good": "SELECT count(*) FROM procrastinate_jobs WHERE status = 'failed'",
 }
 
-Defer = Callable[[Any, Sequence[Sequence[str]]], list[int]]  # (connection, batches) -> job ids
+# (connection, batches, urgent) -> job ids; ``urgent``: the batches hold urgent messages
+Defer = Callable[[Any, Sequence[Sequence[str]], bool], list[int]]
 
 
 class SharedWork:
@@ -157,17 +160,23 @@ class SharedWork:
 
     # promotion ------------------------------------------------------------------------------
     def _promote(self, pick: str, table: str, now: datetime, defer: Defer, limit: int, batch: int) -> int:
+        """Hand rows ``pick`` finds to jobs, ``batch`` per job; urgent rows in batches of
+        their own, deferred as urgent (their jobs are fetched before the others)."""
         conn = self.conn
         with conn.transaction():
-            found = [r[0] for r in conn.execute(pick, (now, limit)).fetchall()]
+            found = conn.execute(pick, {"until": now, "limit": limit}).fetchall()
             if not found:
                 return 0
-            batches = [found[i:i + batch] for i in range(0, len(found), batch)]
-            job_ids = defer(conn, batches)
-            ids, jobs = [], []
-            for chunk, job in zip(batches, job_ids, strict=True):
-                ids.extend(chunk)
-                jobs.extend([job] * len(chunk))
+            ids: list[str] = []
+            jobs: list[int] = []
+            for urgent in (True, False):
+                picked = [r[0] for r in found if bool(r[1]) is urgent]
+                if not picked:
+                    continue
+                batches = [picked[i:i + batch] for i in range(0, len(picked), batch)]
+                for chunk, job in zip(batches, defer(conn, batches, urgent), strict=True):
+                    ids.extend(chunk)
+                    jobs.extend([job] * len(chunk))
             conn.execute(SET_JOBS[table], (ids, jobs))
         return len(found)
 
@@ -176,7 +185,7 @@ class SharedWork:
         return self._promote(PROMOTE_TIMERS, "timers", now, defer, limit, batch)
 
     def promote_messages(self, now: datetime, defer: Defer, *, limit: int = 10_000, batch: int = 200) -> int:
-        """Hand due messages to send jobs, ``batch`` per job."""
+        """Hand due messages to send jobs, ``batch`` per job, urgent ones first."""
         return self._promote(PROMOTE_MESSAGES, "outbox", now, defer, limit, batch)
 
     def settle_inflight(self, resendable: Callable[[OutboxRow], bool]) -> tuple[list[str], list[OutboxRow]]:
@@ -210,8 +219,8 @@ class SharedWork:
     # a send job -------------------------------------------------------------------------------
     def claim_job_messages(self, job: int, until: datetime, limit: int) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
         with self.conn.transaction():
-            found = self.conn.execute(CLAIM_JOB_MESSAGES, (job, until, limit)).fetchall()
-        found.sort(key=lambda r: (r[0], r[1]))
+            found = self.conn.execute(CLAIM_JOB_MESSAGES, {"job": job, "until": until, "limit": limit}).fetchall()
+        found.sort(key=rows.claim_order)
         return [(rows.outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def job_inflight(self, job: int) -> list[OutboxRow]:

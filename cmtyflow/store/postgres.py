@@ -263,8 +263,8 @@ class PostgresStore(SqlStore):
 
     def _claim(self, sql: str, until: datetime, limit: int) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
         with self._write(runner=True) as cur:
-            found = cur.execute(sql, (until, limit)).fetchall()
-        found.sort(key=lambda r: (r[0], r[1]))
+            found = cur.execute(sql, {"until": until, "limit": limit}).fetchall()
+        found.sort(key=rows.claim_order)
         return [(rows.outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:

@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import chain
 from typing import Any
@@ -152,6 +153,7 @@ OUTBOX_COLS = (
     "variant, urgent, queued_at, deliver_at, deferred, status, attempts, next_attempt, last_error, "
     "sent_at, platform_id"
 )
+_CLAIMED_URGENT = 3 + [c.strip() for c in OUTBOX_COLS.split(",")].index("urgent")
 PUT_MESSAGE = (
     "INSERT INTO outbox (key, status, due_ts, due, playbook, run, flow, step, occurrence, channel, adapter, "
     "member, recipient, text, format, variant, urgent, queued_at, deliver_at, deferred) "
@@ -181,14 +183,28 @@ def outbox_row(r: tuple[Any, ...]) -> OutboxRow:
 # for RETURNING, whose column values have no affinity: without it SQLite scans members.
 MEMBER_OF_ROW = "(SELECT record FROM members WHERE members.id = CAST(outbox.member AS TEXT))"
 
-# Due queued and failed rows, oldest first: one index range per status, merged.
+# Due queued and failed rows, urgent ones first, then oldest first: the urgent rows' own
+# range (index ``outbox_urgent``), then the others' range per status (``outbox_due``,
+# which holds ``urgent`` too), merged.
 DUE_SEQS = (
     "SELECT seq FROM ("
-    "SELECT * FROM (SELECT seq, due_ts FROM outbox WHERE status = 'queued' AND due_ts <= ?1 ORDER BY due_ts, seq LIMIT ?2) "
+    "SELECT * FROM (SELECT 0 AS k, seq, due_ts FROM outbox INDEXED BY outbox_urgent "
+    "WHERE urgent = 1 AND status IN ('queued', 'failed') AND due_ts <= ?1 ORDER BY due_ts, seq LIMIT ?2) "
     "UNION ALL "
-    "SELECT * FROM (SELECT seq, due_ts FROM outbox WHERE status = 'failed' AND due_ts <= ?1 ORDER BY due_ts, seq LIMIT ?2) "
-    "ORDER BY due_ts, seq LIMIT ?2)"
+    "SELECT * FROM (SELECT 1, seq, due_ts FROM outbox WHERE status = 'queued' AND due_ts <= ?1 AND urgent = 0 "
+    "ORDER BY due_ts, seq LIMIT ?2) "
+    "UNION ALL "
+    "SELECT * FROM (SELECT 1, seq, due_ts FROM outbox WHERE status = 'failed' AND due_ts <= ?1 AND urgent = 0 "
+    "ORDER BY due_ts, seq LIMIT ?2) "
+    "ORDER BY 1, 3, 2 LIMIT ?2)"
 )
+# The order claimed rows are handed out in (``DUE_SEQS``'s), as an ORDER BY of outbox rows.
+CLAIM_ORDER = "urgent DESC, due_ts, seq"
+
+
+def claim_order(row: Sequence[Any]) -> tuple[bool, Any, Any]:
+    """``CLAIM_ORDER`` for a claimed row read as (due_ts, seq, record, *OUTBOX_COLS)."""
+    return (not row[_CLAIMED_URGENT], row[0], row[1])
 REQUEUE = (
     "UPDATE outbox SET status = 'queued', due_ts = ?, due = ?, next_attempt = ?, "
     "attempts = CASE WHEN ? THEN 0 ELSE attempts END "

@@ -152,9 +152,9 @@ def _missing_key(db: sqlite3.Connection, keys: list[str]) -> KeyError:
 
 @functools.lru_cache(maxsize=4)
 def _claim_json_sql(record: str) -> str:
-    """The due rows (``rows.DUE_SEQS``), oldest first, as one JSON array of arrays: [the
-    ``rows.OUTBOX_COLS`` with the status they are claimed into, then the member record
-    (``record``)]. Ordered in the subquery, which the aggregate reads in order.
+    """The due rows (``rows.DUE_SEQS``), urgent ones first, then oldest first, as one
+    JSON array of arrays: [the ``rows.OUTBOX_COLS`` with the status they are claimed
+    into, then the member record (``record``)]. Ordered in the subquery, which the aggregate reads in order.
 
     A record with no ``$`` in it cannot hold a ``codec`` tag: it is put in as the JSON
     object it is, read with the rest; any other (tags, or not plain JSON: NaN) as its
@@ -168,7 +168,7 @@ def _claim_json_sql(record: str) -> str:
     return (
         f"SELECT json_group_array(json_array({cols}, {member})) FROM ("
         f"SELECT {record} AS record, {rows.OUTBOX_COLS} FROM outbox WHERE seq IN ({rows.DUE_SEQS}) "
-        "ORDER BY due_ts, seq)"
+        f"ORDER BY {rows.CLAIM_ORDER})"
     )
 
 
@@ -370,7 +370,7 @@ class SqliteStore(SqlStore):
         return self._claim(until, limit, members=True)
 
     def _claim(self, until: datetime, limit: int, *, members: bool) -> list[tuple[OutboxRow, dict[str, Any] | None]]:
-        """Claimed rows, oldest first, each with its member's record (read in the same
+        """Claimed rows, urgent ones first, then oldest first, each with its member's record (read in the same
         transaction) when ``members``, else None."""
         params = (until.timestamp(), limit)
         record = rows.MEMBER_OF_ROW if members else "NULL"
@@ -399,7 +399,7 @@ class SqliteStore(SqlStore):
                     db.execute(f"SELECT due_ts, seq, {record}, {rows.OUTBOX_COLS} FROM outbox WHERE seq = ?", s).fetchone()
                     for s in seqs
                 ]
-        found.sort(key=lambda r: (r[0], r[1]))
+        found.sort(key=rows.claim_order)
         return [(outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
 
     def finish_messages(self, results: Iterable[tuple[str, str, dict[str, Any]]]) -> None:

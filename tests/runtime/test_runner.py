@@ -238,6 +238,46 @@ async def test_a_long_send_gives_way_to_inputs_between_passes(tmp_path, sink, ha
     await h.close()
 
 
+CRISIS_PLAYBOOK = """
+cmtyflow: 1
+name: crisis
+timezone: UTC
+channels:
+  hook: {{adapter: webhook, url: "{url}"}}
+triggers:
+  - {{id: joined, event: member.joined, flow: hello}}
+  - {{id: report, event: report.filed, flow: page}}
+flows:
+  hello:
+    - {{id: hi, send: {{channel: hook, text: "hi"}}}}
+  page:
+    - {{id: page, send: {{channel: hook, to: channel, text: "举报：请版主处理", urgent: true}}}}
+"""
+
+
+async def test_an_urgent_page_queued_during_a_long_send_goes_out_before_the_rest_of_it(tmp_path, sink, harness, monkeypatch):
+    # The send passes bound how late the report is handled; the claim's order bounds
+    # how late its page goes: first in the next pass, not after the send queued before.
+    from cmtyflow.runtime import runner
+
+    monkeypatch.setattr(runner, "SEND_PASS_SECONDS", 3.5)
+    h = harness([write_playbook(tmp_path / "pb", CRISIS_PLAYBOOK.format(url=sink.url))], T0)
+    await h.open()
+    ticks = iter(range(1_000_000))
+    h.runner.dispatcher.monotonic = lambda: float(next(ticks))  # one second per send started
+    h.store.put_members([{"id": f"u{i:02d}", "name": f"M{i}"} for i in range(12)])
+    for i in range(12):
+        h.store.add_event(event({"id": f"j{i:02d}", "type": "member.joined", "member": f"u{i:02d}", "at": T0.isoformat()}))
+    assert await h.at(T0) == T0
+    assert len(sink.requests) == 3  # nine greetings still queued
+    h.store.add_event(event({"id": "r1", "type": "report.filed", "member": "u03", "at": T0.isoformat()}))
+    await h.at(T0)
+    assert [r.body["text"] for r in sink.requests[3:6]].count("举报：请版主处理") == 1  # in the next pass
+    await h.runner.run_once()
+    assert [r.body["text"] for r in sink.requests].count("hi") == 12 and len(sink.requests) == 13
+    await h.close()
+
+
 QUIET_PLAYBOOK = """
 cmtyflow: 1
 name: nightly

@@ -4,6 +4,7 @@ loopback webhook sink that honours Idempotency-Key."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections import Counter
@@ -295,3 +296,55 @@ def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path:
         store.close()
     assert (left, after) == (7, 2)
     assert sum(queued.values()) == 10
+
+
+def test_an_urgent_message_goes_to_a_send_job_of_its_own_fetched_before_the_others(state: str, tmp_path: Path) -> None:
+    """A crisis page queued after a large send is handed out first, in a job of its own
+    at the urgent priority: a worker fetches it before any batch of the send."""
+    from datetime import UTC, datetime, timedelta
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import PRIORITY, QUEUE, Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    before = datetime.now(UTC) - timedelta(minutes=5)
+
+    def queued(key: str, urgent: bool, minutes: int) -> QueuedMessage:
+        return QueuedMessage(
+            key=key, playbook="pb", run="r", flow="f", step="s", occurrence=1, channel="hook", adapter="webhook",
+            member=None, to="channel", text=key, format="plain", variant=None, urgent=urgent,
+            queued_at=before, deliver_at=before + timedelta(minutes=minutes),
+        )
+
+    playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    store.apply(Decision(messages=[queued(f"n{i}", False, 0) for i in range(5)] + [queued("page", True, 1)]))
+    result, programs = load_programs([playbook])
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock(), send_batch=2)
+    try:
+        w.tick()
+        jobs = store.conn.execute(
+            "SELECT j.id, j.priority, array_agg(o.key ORDER BY o.key) FROM procrastinate_jobs AS j "
+            "JOIN outbox AS o ON o.job = j.id GROUP BY j.id, j.priority ORDER BY j.id"
+        ).fetchall()
+
+        async def first_fetched() -> Any:
+            async with w.app.open_async():
+                manager = w.app.job_manager
+                worker_id = await manager.register_worker()
+                return await manager.fetch_job([QUEUE], worker_id)
+
+        fetched = asyncio.run(first_fetched())
+    finally:
+        w.pool.close()
+        store.close()
+    assert [(priority, keys) for _, priority, keys in jobs] == [
+        (PRIORITY["urgent"], ["page"]),
+        (PRIORITY["send"], ["n0", "n1"]), (PRIORITY["send"], ["n2", "n3"]), (PRIORITY["send"], ["n4"]),
+    ]
+    assert fetched is not None and fetched.task_kwargs == {"keys": ["page"]}

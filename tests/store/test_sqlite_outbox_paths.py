@@ -74,8 +74,9 @@ def test_a_claim_read_as_one_json_array_is_the_claim_row_by_row(two_states: tupl
     assert got == want
     assert [r.status for r, _ in got[0]] == ["inflight"] * 7
     keys = [r.message.key for chunk in got[:3] for r, _ in chunk] + [r.message.key for r in got[3]]
-    dues = [r.message.deliver_at for chunk in got[:3] for r, _ in chunk] + [r.message.deliver_at for r in got[3]]
-    assert dues == sorted(dues) and len(set(keys)) == len(keys)
+    claimed = [r for chunk in got[:3] for r, _ in chunk] + got[3]
+    order = [(not r.message.urgent, r.message.deliver_at) for r in claimed]  # urgent first, then by due time
+    assert order == sorted(order) and len(set(keys)) == len(keys) and order[0][0] is False and order[-1][0] is True
     members = {r.message.member: m for chunk in got[:3] for r, m in chunk}
     assert members["m2"]["since"] == datetime(2026, 11, 1, 8, 30, tzinfo=T0.tzinfo)  # tags still decoded
     assert members["m3"]["nested"] == {"$tuple": 1} and members.get("ghost", 0) is None

@@ -351,6 +351,26 @@ def test_claim_with_members_returns_each_rows_member_record(store: Store) -> Non
     assert {r.message.key for r in store.outbox(["inflight"])} == {"a", "b", "c", "d"}
 
 
+def test_urgent_messages_are_claimed_before_older_ones_once_due(store: Store) -> None:
+    # A large send queued first, then a crisis page: the page goes in the first claim.
+    store.apply(Decision(messages=[message(f"n{i}", at(1)) for i in range(5)]))
+    store.apply(Decision(messages=[
+        message("page", at(3), urgent=True), message("page-later", at(30), urgent=True), message("n5", at(2)),
+    ]))
+    assert store.next_message_due() == at(1)
+    assert keys(store.claim_due_messages(at(3), limit=2)) == ["page", "n0"]  # not yet due: page-later waits
+    # A retry of an urgent page comes first again once it is due; a requeued one too.
+    store.finish_messages([("page", "failed", {"attempts": 1, "next_attempt": at(4), "last_error": "503"})])
+    assert keys(store.claim_due_messages(at(3), limit=2)) == ["n1", "n2"]
+    assert store.next_message_due() == at(1)
+    assert [r.message.key for r, _ in store.claim_due_messages_with_members(at(4), limit=2)] == ["page", "n3"]
+    store.finish_messages([("page", "dead", {"attempts": 2, "last_error": "403"})])
+    assert store.requeue(["page"], at(5)) == 1
+    claimed = [r.message.key for r, _ in store.claim_due_messages_with_members(at(30))]
+    assert claimed == ["page", "page-later", "n4", "n5"]
+    assert store.claim_due_messages(at(30)) == []
+    assert store.next_message_due() is None
+
 def test_failed_message_is_due_again_at_next_attempt(store: Store) -> None:
     store.apply(Decision(messages=[message("k1", at(1))]))
     store.claim_due_messages(at(1))
