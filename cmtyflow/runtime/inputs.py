@@ -129,6 +129,30 @@ def text_encoding(path: str | Path) -> str:
     raise UserError(f"{path}:{bad}: not UTF-8 text; save the file as UTF-8 (in Excel: \"CSV UTF-8\")")
 
 
+# Field separators a roster's header may use: a comma; a semicolon, which Excel writes
+# for "CSV" where the decimal mark is a comma; a tab, from a sheet copied as text.
+DELIMITERS = (",", ";", "\t")
+
+
+def _delimiter(fh: Any, path: str) -> str:
+    """The separator of the CSV roster open in ``fh`` (which is left at its start): the
+    first of ``DELIMITERS`` whose header has an ``id`` column. A file with no header,
+    or none with an ``id`` column, is refused: without ids no row can be read."""
+    header = fh.readline()
+    fh.seek(0)
+    if not header.strip():
+        raise UserError(f"{path}:1: no header row: a roster is a CSV file whose first row names the columns, one of them 'id'")
+    for delimiter in DELIMITERS:
+        names = next(csv.reader([header], delimiter=delimiter))
+        if "id" in (n.strip().lstrip("\ufeff") for n in names):
+            return delimiter
+    names = next(csv.reader([header]))
+    shown = ", ".join(repr(n.strip()) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    raise UserError(
+        f"{path}:1: the header row has no 'id' column (it reads {shown}); name the column of member ids 'id'"
+    )
+
+
 def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[str, Any]]:
     """Members from a CSV or JSON-lines file, streamed; bad rows go to ``problems``."""
     path = Path(path)
@@ -146,10 +170,7 @@ def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[s
                 except (ValueError, TypeError) as exc:
                     problems.append(RowProblem(text_path, lineno, str(exc)))
             return
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "id" not in [f.strip() for f in reader.fieldnames]:
-            problems.append(RowProblem(text_path, 1, "the header row has no 'id' column"))
-            return
+        reader = csv.DictReader(fh, delimiter=_delimiter(fh, text_path))
         for row in reader:
             try:
                 yield _member(row)

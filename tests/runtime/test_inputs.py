@@ -1,6 +1,9 @@
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+
+from cmtyflow.errors import UserError
 from cmtyflow.runtime.inputs import RowProblem, events_from_text, read_roster
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -40,12 +43,29 @@ def test_roster_jsonl(tmp_path):
     assert [(p.line, p.message) for p in problems] == [(2, "a member must be a JSON object"), (4, "missing id")]
 
 
-def test_roster_without_id_column(tmp_path):
+def test_a_roster_without_an_id_column_or_without_a_header_is_refused(tmp_path):
+    # No row of such a file can be read: an error, not a roster of nobody.
     path = tmp_path / "m.csv"
-    path.write_text("name\nA\n", encoding="utf-8")
+    path.write_text("name,city\nA,Shanghai\n", encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        list(read_roster(path, []))
+    assert str(err.value) == f"{path}:1: the header row has no 'id' column (it reads 'name', 'city'); name the column of member ids 'id'"
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"m.csv:1: no header row: a roster is a CSV file whose first row names the columns"):
+        list(read_roster(path, []))
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_roster_separated_by_semicolons_or_tabs_is_read_as_such(tmp_path, sep):
+    # Excel's "CSV" where the decimal mark is a comma uses ';'; a sheet copied as text, tabs.
+    path = tmp_path / "m.csv"
+    rows = [["id", "name", "tags"], ["u1", "王晓明", '"staff;reading"'], ["u2", "Bea, Jr.", "fitness"]]
+    path.write_text("".join(sep.join(r) + "\r\n" for r in rows), encoding="utf-8")
     problems: list[RowProblem] = []
-    assert list(read_roster(path, problems)) == []
-    assert problems[0].message == "the header row has no 'id' column"
+    assert [(m["id"], m["name"], m["tags"]) for m in read_roster(path, problems)] == [
+        ("u1", "王晓明", ["staff", "reading"]), ("u2", "Bea, Jr.", ["fitness"]),
+    ]
+    assert problems == []
 
 
 def test_events_parse_offsets_members_and_errors():
