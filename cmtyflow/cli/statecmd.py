@@ -1,5 +1,6 @@
 """``cmtyflow state migrate FROM TO``: move the state from an SQLite file to
-PostgreSQL (SPEC 5.1; docs/scale-out.md).
+PostgreSQL (SPEC 5.1; docs/scale-out.md). ``cmtyflow state prune``: forget what is
+over and old (docs/semantics.md, "Keeping the state small").
 
 Rules:
 - FROM is an SQLite state file, TO a ``postgresql://`` URL whose schema holds no
@@ -7,26 +8,39 @@ Rules:
 - A runner holding FROM's lock is refused (stop it first); the lock is held for the
   whole copy, so none starts meanwhile.
 - The rows copied are printed per table; passwords never are.
+- ``prune`` needs ``--before`` (an age such as 90d, or a date); a cutoff less than a
+  day ago is refused, so that today's report and the daily cap stay whole.
+  ``--dry-run`` counts without changing anything. It may run beside a runner (one
+  transaction); ``--vacuum`` (SQLite) then gives the space back to the disk, which
+  needs the runner stopped.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 
 from ..errors import UserError
 from ..runtime.runner import StateLock
-from ..store.open import is_postgres
+from ..spec.duration import DurationError, localize, parse_duration
+from ..store.open import is_postgres, shown
+from ..store.sqlbase import SqlStore
+from ..store.sqlite import SqliteStore
 from . import EXIT_OK, cli
+from .state import format_option, state_option, store_at
 
 
 @cli.group("state")
 def state() -> None:
-    """The store itself: move it from SQLite to PostgreSQL."""
+    """The store itself: move it from SQLite to PostgreSQL, prune what is old."""
 
 
-def _lock(source: str) -> StateLock:
+def _lock(source: str, why: str = "before migrating, so that nothing changes during the copy") -> StateLock:
     lock = StateLock(source)
     try:
         lock.acquire()
@@ -36,8 +50,7 @@ def _lock(source: str) -> StateLock:
         except OSError:
             holder = ""
         raise UserError(
-            f"a runner is using {source}" + (f" (pid {holder})" if holder else "")
-            + "; stop it before migrating, so that nothing changes during the copy"
+            f"a runner is using {source}" + (f" (pid {holder})" if holder else "") + f"; stop it {why}"
         ) from None
     return lock
 
@@ -76,4 +89,79 @@ def migrate(source: str, target: str) -> int:
         click.echo(f"  {table:<{width}}  {n:>10,}")
     click.echo(f"copied {sum(counts.values()):,} rows from {source} into {where}")
     click.echo("next: start the runner with --state set to that URL (or CMTYFLOW_STATE)")
+    return EXIT_OK
+
+
+def cutoff(text: str, now: datetime) -> datetime:
+    """``--before``: an age (90d, 12w: that long before ``now``) or an ISO 8601 date or
+    datetime (without an offset: in TZ, else UTC)."""
+    try:
+        return now - timedelta(seconds=parse_duration(text).approx_seconds())
+    except DurationError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(f"--before '{text}' is neither an age (e.g. 90d, 12w) nor an ISO 8601 date") from None
+    if when.tzinfo is None:
+        when = localize(when, ZoneInfo(os.environ.get("TZ") or "UTC"))
+    return when
+
+
+@state.command("prune")
+@click.option("--before", "before_text", required=True, metavar="AGE|DATE",
+              help="forget what is over and older than this: an age (90d, 12w) or a date (2026-09-01)")
+@click.option("--dry-run", is_flag=True, help="count what would go, change nothing")
+@click.option("--vacuum", is_flag=True, help="SQLite: give the space freed back to the disk (stop the runner first)")
+@state_option
+@format_option
+def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt: str) -> int:
+    """Forget what is over and old, so that a state used every day stays small.
+
+    Removed, when older than --before: sent and cancelled messages with their
+    deliveries, finished runs (by their start), audit entries and notes, and the
+    daily cap's counts; events taken keep their ids (so a repeat is still refused)
+    but lose their data. Kept, however old: the roster, member states, active runs
+    with their timers and waits, messages queued, failed, in doubt or dead (see
+    `cmtyflow outbox`), schedules, goals and counters. `cmtyflow report` then covers
+    what is kept.
+
+    One transaction: all of it or nothing. A runner may keep running meanwhile.
+    """
+    now = datetime.now(UTC)
+    before = cutoff(before_text, now)
+    if before > now - timedelta(days=1):
+        raise UserError(
+            f"--before {before_text} is {before.isoformat(timespec='seconds')}, less than a day ago: "
+            "today's report and the daily cap need today's rows; give 1d or more"
+        )
+    if vacuum and dry_run:
+        raise UserError("--vacuum changes the file; leave it out with --dry-run")
+    store, location = store_at(state, must_exist=True)
+    lock = None
+    try:
+        if not isinstance(store, SqlStore):
+            raise UserError(f"{shown(location)} cannot be pruned")
+        if vacuum and not isinstance(store, SqliteStore):
+            raise UserError("--vacuum is for an SQLite state; PostgreSQL reuses the space itself (autovacuum)")
+        if vacuum:
+            lock = _lock(location, "before --vacuum, which rewrites the whole file")
+        counts = store.prune(before, keep=dry_run)
+        freed = store.vacuum() if isinstance(store, SqliteStore) and vacuum else None
+    finally:
+        store.close()
+        if lock is not None:
+            lock.release()
+    if fmt == "json":
+        click.echo(json.dumps({"before": before.isoformat(), "dry_run": dry_run, "counts": counts, "bytes_freed": freed}))
+        return EXIT_OK
+    verb = "would forget" if dry_run else "forgot"
+    click.echo(f"{verb} what was over before {before.isoformat(timespec='seconds')} in {shown(location)}:")
+    width = max(len(name) for name in counts)
+    for name, n in counts.items():
+        click.echo(f"  {name:<{width}}  {n:>10,}")
+    if freed is not None:
+        click.echo(f"the file is {freed:,} bytes smaller")
+    elif not dry_run and not is_postgres(location) and any(counts.values()):
+        click.echo("the file keeps its size and reuses the space; --vacuum (runner stopped) gives it back to the disk")
     return EXIT_OK

@@ -23,7 +23,7 @@ import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 from ..engine.model import Event, EventWait, Run, Timer
@@ -88,6 +88,11 @@ class SqlStore(ABC):
 
     @abstractmethod
     def _add_counter(self, tx: Any, name: str, n: int) -> None:
+        ...
+
+    @abstractmethod
+    def _run(self, tx: Any, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """Run a ``?`` statement in ``tx``; returns how many rows it changed."""
         ...
 
     @abstractmethod
@@ -322,10 +327,62 @@ class SqlStore(ABC):
         for row in self._paged(sql, tuple(params)):
             yield rows.run(row[1:])
 
+    # upkeep ---------------------------------------------------------------------------------------
+    def prune(self, before: datetime, *, keep: bool = False) -> dict[str, int]:
+        """Forget what is over and older than ``before`` (``PRUNE``, in order), in one
+        transaction; returns the rows changed per line of it (with ``keep``, the rows
+        it would change: the transaction is rolled back). What is live stays: members
+        and their states, active runs with their timers and waits, queued, failed,
+        in-doubt and dead messages, schedule positions, goals and counters. Event ids
+        stay too (their data goes), so an event sent again is still a duplicate."""
+        ts, _ = self._at_cols(before)
+        # Day counts are by member-local date: one a day before the cutoff in UTC has
+        # ended in every timezone (UTC-12 to UTC+14).
+        day = (before.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+        params = {"ts": (ts,), "day": (day,)}
+        try:
+            with self._write() as tx:
+                counts = {name: self._run(tx, sql, params[kind]) for name, kind, sql in PRUNE}
+                if keep:
+                    raise _RollBack(counts)
+        except _RollBack as undone:
+            return undone.counts
+        return counts
+
     def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
         found = self._all("SELECT member, state FROM states WHERE playbook = ? ORDER BY seq", (playbook,))
         for member, state in found:
             yield (member or None), loads(state)
+
+
+class _RollBack(Exception):
+    """Ends ``prune(keep=True)``'s transaction, carrying what it counted."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        super().__init__("rolled back")
+        self.counts = counts
+
+
+# What ``prune`` forgets, in order: (what, the cutoff it takes, the statement). A sent
+# message goes with its deliveries (it was due before them): a row still delivered later
+# than the cutoff stays. Finished runs go by their start; runs left without a run are
+# none (a finished run's timers and waits were removed when it finished).
+PRUNE: tuple[tuple[str, str, str], ...] = (
+    ("deliveries", "ts", "DELETE FROM deliveries WHERE at_ts < ?"),
+    (
+        "messages sent or cancelled", "ts",
+        "DELETE FROM outbox WHERE status IN ('sent', 'cancelled') AND due_ts < ? "
+        "AND key NOT IN (SELECT key FROM deliveries)",
+    ),
+    ("finished runs", "ts", "DELETE FROM runs WHERE status <> 'active' AND started_ts < ?"),
+    (
+        "events taken (data dropped, ids kept)", "ts",
+        "UPDATE events SET data = '{}', member_update = NULL "
+        "WHERE status <> 'queued' AND at_ts < ? AND (data <> '{}' OR member_update IS NOT NULL)",
+    ),
+    ("audit entries", "ts", "DELETE FROM audit WHERE at_ts < ?"),
+    ("daily cap counts", "day", "DELETE FROM day_counts WHERE day < ?"),
+)
 
 
 # outbox results ---------------------------------------------------------------------------------

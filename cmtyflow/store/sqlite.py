@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -273,6 +274,21 @@ class SqliteStore(SqlStore):
 
     def _add_counter(self, db: sqlite3.Connection, name: str, n: int) -> None:
         db.execute(rows.ADD_COUNTER, (name, n))
+
+    def _run(self, db: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> int:
+        return int(db.execute(sql, params).rowcount)
+
+    def vacuum(self) -> int:
+        """Rewrite the file without its free pages (``VACUUM``); returns the bytes freed.
+        It needs the database to itself: no runner may hold it meanwhile."""
+        with self._lock:
+            before = self._size()
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return max(0, before - self._size())
+
+    def _size(self) -> int:
+        return sum(os.path.getsize(self.path + tail) for tail in ("", "-wal") if os.path.exists(self.path + tail))
 
     # the engine's writes -----------------------------------------------------------------------
     def apply(

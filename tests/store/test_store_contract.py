@@ -654,3 +654,59 @@ def test_simulated_challenge_same_on_memory_and_durable_stores(
         made.close()
     assert len(memory[0]) > 1000
     assert stored == memory
+
+
+def test_prune_forgets_what_is_over_and_old_and_keeps_what_is_live(reopenable: Callable[[], Store]) -> None:
+    from cmtyflow.store.sqlbase import SqlStore
+
+    store = reopenable()
+    assert isinstance(store, SqlStore)
+    store.put_members([{"id": "m1"}, {"id": "m2"}])
+    late = at(4000)  # after the cutoff (at(3000)); everything else "old" is before it
+    store.apply(Decision(
+        runs={"old-done": run("old-done", status="done"), "old-active": run("old-active", waiting={"kind": "timer", "timer": "t1"}),
+              "new-done": run("new-done", status="done", started_at=late)},
+        timers=[timer("t1", "old-active", at(9000))],
+        messages=[message("sent", at(1)), message("cancelled", at(2)), message("dead", at(3)),
+                  message("sent-late", at(4)), message("new", late), message("queued", at(5))],
+        day_counts={("m1", "2026-12-01"): 2, ("m1", "2026-12-05"): 1},
+    ))
+    store.add_events([event("e-old", at(1), text="a private message"), event("e-new", late), event("e-queued", at(2), text="kept")])
+    store.apply(Decision(), consumed_event="e-old")
+    store.apply(Decision(), consumed_event="e-new")
+    store.claim_due_messages(late, limit=5)  # all but "queued"
+    store.finish_messages([
+        ("sent", "sent", {"sent_at": at(1), "attempts": 1}), ("cancelled", "cancelled", {"last_error": "member opted out"}),
+        ("dead", "dead", {"attempts": 5, "last_error": "HTTP 403"}), ("sent-late", "sent", {"sent_at": late, "attempts": 2}),
+        ("new", "sent", {"sent_at": late, "attempts": 1}),
+    ])
+    store.record(at(1), "runner_started", pid=1)
+    store.record(late, "runner_started", pid=2)
+
+    def snapshot() -> Any:
+        return (
+            sorted(r.message.key for r in store.outbox()), [d["key"] for d in store.deliveries()],
+            sorted(r.id for r in store.runs(status=None)), store.audit(), store.day_count("m1", "2026-12-01"),
+        )
+
+    before = snapshot()
+    counts = store.prune(at(3000), keep=True)
+    assert snapshot() == before  # counted, nothing changed
+    assert store.prune(at(3000)) == counts == {
+        "deliveries": 1, "messages sent or cancelled": 2, "finished runs": 1,
+        "events taken (data dropped, ids kept)": 1, "audit entries": 1, "daily cap counts": 1,
+    }
+    assert store.prune(at(3000)) == dict.fromkeys(counts, 0)  # nothing left to forget
+    store.close()
+
+    again = reopenable()
+    assert sorted(r.message.key for r in again.outbox()) == ["dead", "new", "queued", "sent-late"]
+    assert [d["key"] for d in again.deliveries()] == ["sent-late", "new"]  # each still with its message
+    assert sorted(r.id for r in again.runs(status=None)) == ["new-done", "old-active"]
+    assert again.upcoming_timers() == [timer("t1", "old-active", at(9000))]
+    assert again.add_event(event("e-old", at(1))) is False  # its id is still known
+    assert isinstance(again, SqlStore)
+    assert again._one("SELECT data FROM events WHERE id = ?", ("e-old",)) == ("{}",)  # its data is not
+    assert [(e.id, e.data) for e in again.pending_events(late)] == [("e-queued", {"text": "kept"})]
+    assert (again.day_count("m1", "2026-12-01"), again.day_count("m1", "2026-12-05")) == (0, 1)
+    assert [a["pid"] for a in again.audit()] == [2]
