@@ -205,7 +205,9 @@ class Worker:
 
         # Retried too: a recovery cut off by a database restart would otherwise stay
         # "failed for good", a stuck job in ``cmtyflow status`` though the next one works.
-        @app.periodic(cron="*/5 * * * * *", periodic_id="recover")
+        # A 6th column is seconds (procrastinate, croniter): every 5 seconds, not "every
+        # second of every fifth minute", which "*/5 * * * * *" is.
+        @app.periodic(cron="* * * * * */5", periodic_id="recover")
         @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, retry=retry, priority=PRIORITY["tick"])
         async def recover(timestamp: int) -> None:
             with self._retried(RECOVER_TASK):

@@ -183,6 +183,28 @@ def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path
         assert strategy.get_retry_decision(exception=psycopg.OperationalError("server closed the connection"), job=job), name
         assert strategy.get_retry_decision(exception=ValueError("a bug"), job=job) is None, name
 
+def test_the_tick_runs_every_second_and_the_recovery_every_five_seconds(state: str, tmp_path: Path) -> None:
+    """As procrastinate's periodic deferrer reads its crons (a 6th column is seconds).
+    "*/5 * * * * *" was every second of every fifth minute: a dead worker's jobs waited
+    up to four minutes to be taken up."""
+    from datetime import UTC, datetime
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import RECOVER_TASK, TICK_TASK, Worker
+
+    playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
+    result, programs = load_programs([playbook])
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
+    start = datetime(2026, 11, 22, 19, 1, 3, tzinfo=UTC).timestamp()
+    firings = {}
+    for periodic in w.app.periodic_registry.periodic_tasks.values():
+        periodic.croniter.set_current(start_time=start)
+        firings[periodic.task.name] = [periodic.croniter.get_next(float) - start for _ in range(4)]
+    assert firings == {TICK_TASK: [1.0, 2.0, 3.0, 4.0], RECOVER_TASK: [2.0, 7.0, 12.0, 17.0]}
+
+
 async def test_recovery_drops_a_stalled_tick_and_runs_a_stalled_batch_again(state: str, tmp_path: Path) -> None:
     from procrastinate.jobs import Job
 
