@@ -40,6 +40,11 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+def _when(value: Any) -> str:
+    """A time as text output shows it: to the second (JSON keeps every digit)."""
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else str(value or "")
+
+
 # status -----------------------------------------------------------------------------------------
 
 
@@ -82,20 +87,20 @@ def status(state: str | None, fmt: str) -> int:
     click.echo(f"state: {shown(location)} ({members} members)")
     if lifecycle:
         last = lifecycle[-1]
-        click.echo(f"runner: {last['kind'].replace('runner_', '')} at {last['at']}")
+        click.echo(f"runner: {last['kind'].replace('runner_', '')} at {_when(last['at'])}")
     click.echo(f"active runs: {sum(active.values())}")
     for name, n in sorted(active.items()):
         click.echo(f"  {name}: {n}")
     click.echo("next timers:" if timers else "next timers: none")
     for t in timers:
-        click.echo(f"  {t.due.isoformat()}  {t.kind:<7}  {t.run}")
+        click.echo(f"  {_when(t.due)}  {t.kind:<7}  {t.run}")
     counted = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"
     click.echo(f"outbox: {counted}")
     waiting = sum(counts.get(s, 0) for s in PROBLEM_STATUSES)
     if waiting:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")
     if next_event is not None:
-        click.echo(f"events queued, the first at {next_event.isoformat()}")
+        click.echo(f"events queued, the first at {_when(next_event)}")
     if set_aside:
         click.echo(f"inputs set aside: {set_aside} (see docs/semantics.md, Runs); the last:")
         for entry in last_set_aside:
@@ -112,7 +117,7 @@ def status(state: str | None, fmt: str) -> int:
 def _set_aside_line(entry: dict[str, Any]) -> str:
     """An ``input_failed`` note as one line: which input, when, and why."""
     at = entry.get("at")
-    when = at.isoformat() if isinstance(at, datetime) else str(at or "")
+    when = _when(at)
     kind = entry.get("input")
     if kind == "event":
         what = f"event {entry.get('event')} ({entry.get('type')}" + (f", {entry['member']})" if entry.get("member") else ")")
@@ -373,7 +378,7 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
     # Only runs that waited are kept (docs/semantics.md, "Runs"): a flow that sends and
     # ends in the input that started it leaves its deliveries, not a run.
     click.echo("runs that waited: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"))
-    click.echo(f"deliveries: {sum(per_step.values())}" + (f" ({first} .. {last})" if first else ""))
+    click.echo(f"deliveries: {sum(per_step.values())}" + (f" ({_when(first)} .. {_when(last)})" if first else ""))
     for step, n in per_step.most_common():
         variants = per_variant.get(step)
         extra = " [" + ", ".join(f"{v}: {c}" for v, c in sorted(variants.items())) + "]" if variants else ""
