@@ -21,6 +21,7 @@ import click
 
 from ..clock import SystemClock
 from ..errors import UserError
+from ..runtime import notes
 from ..store.base import REQUEUEABLE, OutboxRow
 from ..store.open import shown
 from . import EXIT_OK, cli
@@ -115,19 +116,8 @@ def status(state: str | None, fmt: str) -> int:
 
 
 def _set_aside_line(entry: dict[str, Any]) -> str:
-    """An ``input_failed`` note as one line: which input, when, and why."""
-    at = entry.get("at")
-    when = _when(at)
-    kind = entry.get("input")
-    if kind == "event":
-        what = f"event {entry.get('event')} ({entry.get('type')}" + (f", {entry['member']})" if entry.get("member") else ")")
-    elif kind == "timer":
-        what = f"wait of run {entry.get('run')}"
-    elif kind == "firing":
-        what = f"firing {entry.get('playbook')}/{entry.get('trigger')} due {entry.get('due')}"
-    else:
-        what = f"launch {entry.get('launch')} of {entry.get('playbook')}/{entry.get('trigger')}"
-    return f"{when}  {what}: {entry.get('reason')}"
+    """An ``input_failed`` note as one line: when, which input, and why."""
+    return f"{_when(entry.get('at'))}  {notes.set_aside(entry)}"
 
 
 def _workers(store: Any) -> dict[str, Any] | None:

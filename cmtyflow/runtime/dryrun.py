@@ -28,6 +28,7 @@ from ..engine.model import Event, QueuedMessage
 from ..engine.program import Program
 from ..store.base import Store
 from ..store.memory import MemoryStore
+from . import notes as notes_text
 from .collector import collecting_less
 from .driver import Driver
 from .inputs import RowProblem, read_events, read_roster
@@ -285,8 +286,7 @@ class DryRun:
             warnings.append(f"... and {len(failures) - 20} more failed runs")
         set_aside = [n for n in notes if n["kind"] == "input_failed"]
         for note in set_aside[:20]:
-            what = {k: v for k, v in note.items() if k not in ("kind", "at", "input", "reason") and v is not None}
-            warnings.append(f"{note['input']} set aside ({', '.join(f'{k}={v}' for k, v in what.items())}): {note['reason']}")
+            warnings.append(f"set aside: {notes_text.set_aside(note)}")
         if len(set_aside) > 20:
             warnings.append(f"... and {len(set_aside) - 20} more inputs set aside")
         empties = [n for n in notes if n["kind"] == "empty_message"]

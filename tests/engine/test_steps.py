@@ -575,7 +575,7 @@ def test_a_firing_that_breaks_outside_any_run_is_set_aside_and_the_next_one_goes
     out, summary = simulate(DAILY, [{"id": "a", "tags": ["challenge"]}], [], "2026-12-01", 2, tmp_path)
     assert [(d["at"], d["member"]) for d in out] == [("2026-12-02T20:00:00+08:00", "a")]
     assert summary["warnings"] == [
-        "firing set aside (playbook=daily, trigger=reminder, due=2026-12-01T20:00:00+08:00): internal error: KeyError: 'tags'"
+        "set aside: firing daily/reminder due 2026-12-01T20:00:00+08:00: internal error: KeyError: 'tags'"
     ]
 
 
