@@ -169,7 +169,7 @@ NEXT_DUE = "SELECT due FROM outbox WHERE status IN ('queued', 'failed') ORDER BY
 REQUEUE = (
     "UPDATE outbox SET status = 'queued', due_ts = %s, due = %s, next_attempt = %s, "
     "attempts = CASE WHEN %s THEN 0 ELSE attempts END "
-    "WHERE key = ANY(%s) AND status IN ('in_doubt', 'dead', 'failed', 'cancelled')"
+    f"WHERE key = ANY(%s) AND status IN {rows.REQUEUEABLE_SQL}"
 )
 # Sent rows' deliveries (at: sent_at, else the row's due time), in the results' order.
 PUT_DELIVERIES = (

@@ -16,7 +16,7 @@ from itertools import chain
 from typing import Any
 
 from ..engine.model import Event, EventWait, QueuedMessage, Run, Timer
-from .base import OutboxRow
+from .base import REQUEUEABLE, OutboxRow
 from .codec import dt_cols, dt_parse, dt_text, dumps, encode_plain, loads, opt_dt_parse, plain
 
 
@@ -205,10 +205,14 @@ CLAIM_ORDER = "urgent DESC, due_ts, seq"
 def claim_order(row: Sequence[Any]) -> tuple[bool, Any, Any]:
     """``CLAIM_ORDER`` for a claimed row read as (due_ts, seq, record, *OUTBOX_COLS)."""
     return (not row[_CLAIMED_URGENT], row[0], row[1])
+
+
+# The statuses a message may be queued again from (``base.REQUEUEABLE``), as SQL.
+REQUEUEABLE_SQL = "(" + ", ".join(f"'{status}'" for status in REQUEUEABLE) + ")"
 REQUEUE = (
     "UPDATE outbox SET status = 'queued', due_ts = ?, due = ?, next_attempt = ?, "
     "attempts = CASE WHEN ? THEN 0 ELSE attempts END "
-    "WHERE key = ? AND status IN ('in_doubt', 'dead', 'failed', 'cancelled')"
+    f"WHERE key = ? AND status IN {REQUEUEABLE_SQL}"
 )
 # A sent row's delivery, from the outbox row (after its update) in the same transaction.
 PUT_DELIVERY = (
