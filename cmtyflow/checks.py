@@ -103,6 +103,22 @@ _CRON_FIELDS = (
 )
 
 
+def _quartz_hint(fields: list[str]) -> str:
+    """For 6 fields read the Quartz and Spring way (seconds first), the 5-field cron of
+    the same times when its seconds are one number: "; for that write '0 20 * * *'"."""
+    if len(fields) != 6 or not fields[0].isdigit() or int(fields[0]) > 59:
+        return ""
+    if "?" not in fields and fields[5] != "*":  # not Quartz's for sure, nor every second
+        return ""
+    rest = ["*" if f == "?" else f for f in fields[1:]]
+    hint = " ".join(rest)
+    try:
+        croniter(hint)
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f"; Quartz and Spring put seconds first: for their '{' '.join(fields)}' write '{hint}'"
+
+
 def cron_problem(text: str) -> str | None:
     """Why ``text`` is not a cron schedule of 5 fields (or 6, seconds last), or None."""
     fields = text.split()
@@ -111,8 +127,17 @@ def cron_problem(text: str) -> str | None:
             f"cron '{text}' has {len(fields)} field{'s' if len(fields) != 1 else ''}; write 5 "
             "(minute hour day-of-month month day-of-week), or 6 with seconds last"
         )
+    quartz = _quartz_hint(fields)
+    if "?" in fields:
+        return f"cron '{text}': '?' is Quartz syntax, which cmtyflow does not read{quartz}"
     try:
-        croniter(text)
+        expanded = croniter.expand(text)[0]
+        if len(fields) == 6 and (expanded[5] == ["*"] or len(expanded[5]) > 1):
+            times = 60 if expanded[5] == ["*"] else len(expanded[5])
+            return (
+                f"cron '{text}' fires {times} times a minute: a 6th field is seconds, last "
+                f"(cmtyflow starts with the minute, as crontab does){quartz or '; give one second, or write 5 fields'}"
+            )
         return None
     except (ValueError, KeyError, TypeError) as exc:
         for index, part in enumerate(fields):

@@ -259,6 +259,28 @@ def test_playbook_names_are_unique_among_loaded_playbooks(write, tmp_path, monke
         ("60 * * * *", "cron '60 * * * *': '60' is not a valid minute (0-59)"),
         ("0 0 32 * *", "cron '0 0 32 * *': '32' is not a valid day of month (1-31)"),
         ("0 0 * 13 *", "cron '0 0 * 13 *': '13' is not a valid month (1-12 or JAN-DEC)"),
+        # Seconds first, as Quartz and Spring write them (copied from a blog or a Java
+        # project): read as seconds last, "0 0 20 * * *" is every second of 00:00 on the 20th.
+        (
+            "0 0 20 * * *",
+            "cron '0 0 20 * * *' fires 60 times a minute: a 6th field is seconds, last (cmtyflow starts with "
+            "the minute, as crontab does); Quartz and Spring put seconds first: for their '0 0 20 * * *' write '0 20 * * *'",
+        ),
+        (
+            "0 30 8 ? * MON-FRI",
+            "cron '0 30 8 ? * MON-FRI': '?' is Quartz syntax, which cmtyflow does not read; "
+            "Quartz and Spring put seconds first: for their '0 30 8 ? * MON-FRI' write '30 8 * * MON-FRI'",
+        ),
+        (
+            "0 0 20 * * ?",
+            "cron '0 0 20 * * ?': '?' is Quartz syntax, which cmtyflow does not read; "
+            "Quartz and Spring put seconds first: for their '0 0 20 * * ?' write '0 20 * * *'",
+        ),
+        (
+            "0 20 * * * */10",
+            "cron '0 20 * * * */10' fires 6 times a minute: a 6th field is seconds, last (cmtyflow starts with "
+            "the minute, as crontab does); give one second, or write 5 fields",
+        ),
     ],
 )
 def test_cron(cron, message):
