@@ -502,6 +502,35 @@ CASES = [
         ],
         id="yaml_syntax_error",
     ),
+    # What a Chinese input method types: a full-width colon after a key, a full-width
+    # space (U+3000) as indentation. The second parses, with the key one level too high.
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name：新人欢迎
+        flows: {}
+        """,
+        {},
+        [
+            "pb.yaml:3:1: error: YAML syntax error: could not find expected ':' (while scanning a simple key at line 2); "
+            "line 2 has a full-width colon '：' (column 5): a key needs ':' and a space, as in 'name: value'",
+        ],
+        id="full_width_colon",
+    ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
+        flows:
+        \u3000welcome:
+            - send: {text: "　　欢迎！"}
+        """,
+        {},
+        [
+            "pb.yaml:4:1: error: '\u3000welcome' starts with a full-width space (U+3000); indent with ordinary spaces",
+        ],
+        id="full_width_space_indent",
+    ),
     pytest.param(
         """\
         cmtyflow: 1

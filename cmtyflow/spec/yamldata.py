@@ -30,6 +30,8 @@ from .sourcemap import Loc, Mark, Origin, SourceMap
 
 MAX_DEPTH = 64
 MAX_NODES = 100_000
+IDEOGRAPHIC_SPACE = "\u3000"  # the full-width space of Chinese and Japanese input methods
+FULL_WIDTH_COLON = "\uff1a"
 
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
@@ -65,6 +67,22 @@ def _tag_message(tag: str) -> str:
     return f"tag '{_short_tag(tag)}' is not allowed in a playbook; it holds plain data only"
 
 
+def _full_width_colon(origin: Origin, lines: list[int]) -> str:
+    """A hint for a syntax error near a key written with a full-width colon (U+FF1A,
+    what a Chinese input method types): the first line of ``lines`` (1-based) whose
+    first colon is one."""
+    for number in lines:
+        if 1 <= number <= len(origin.lines):
+            text = origin.lines[number - 1]
+            wide, narrow = text.find(FULL_WIDTH_COLON), text.find(":")
+            if wide >= 0 and (narrow < 0 or wide < narrow):
+                return (
+                    f"; line {number} has a full-width colon '{FULL_WIDTH_COLON}' (column {wide + 1}): "
+                    "a key needs ':' and a space, as in 'name: value'"
+                )
+    return ""
+
+
 def _syntax_problem(exc: YAMLError, origin: Origin) -> YamlProblem:
     if isinstance(exc, MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -74,6 +92,8 @@ def _syntax_problem(exc: YAMLError, origin: Origin) -> YamlProblem:
         ctx = exc.context_mark
         if exc.context and ctx is not None and exc.problem and ctx.line + 1 != line:
             message += f" ({exc.context} at line {ctx.line + 1})"
+        near = sorted({line, line - 1} | ({ctx.line + 1} if ctx is not None else set()))
+        message += _full_width_colon(origin, near)
         return YamlProblem(line, max(col, 1), message)
     position = getattr(exc, "position", None)
     if isinstance(position, int):
@@ -236,7 +256,15 @@ class _Builder:
         if node.tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP):
             self._scalar(node)  # reports the refused tag
             return None
-        return str(node.value)
+        key = str(node.value)
+        if key.startswith(IDEOGRAPHIC_SPACE) and node.style in (None, ""):
+            # Indentation typed with a Chinese input method: YAML reads it as part of
+            # the key, so the key lands one level too high ("unknown key '　hello'").
+            self._refuse_soft(
+                node, f"'{key}' starts with a full-width space (U+3000); indent with ordinary spaces"
+            )
+            return None
+        return key
 
     def _mapping(self, node: MappingNode, loc: Loc, depth: int) -> dict[str, Any]:
         merges: list[Node] = []
