@@ -109,19 +109,38 @@ class Engine:
             except FAULTS:
                 run = None
             if run is not None and run.status == "active" and run.waiting and run.waiting.get("timer") == item.timer.id:
-                step = run.waiting.get("step") or run.flow
-                decision.note("run_failed", playbook=run.playbook, run=run.id, flow=run.flow, step=step, member=run.member, error=reason)
-                # A copy: a store may hand out its own object (as Txn.run copies too).
-                decision.runs[run.id] = replace(run, status="failed", waiting=None)
-                decision.cancel_timers_of.append(run.id)
-                decision.cancel_waits_of.append(run.id)
-                decision.count("runs_failed")
+                decision = self._fail_waiting(store, now, run, reason)
         elif isinstance(item, Firing):
             detail = {"input": "firing", "playbook": item.playbook, "trigger": item.trigger, "due": item.at.isoformat()}
         else:
             detail = {"input": "launch", "playbook": item.playbook, "trigger": item.trigger, "launch": item.id}
         decision.note("input_failed", at=now, **detail, reason=reason)
         decision.count("inputs_failed")
+        return decision
+
+    def _fail_waiting(self, store: StateReader, now: datetime, run: Run, reason: str) -> Decision:
+        """The decision failing ``run``, whose wait was set aside; as after any run's
+        end, the oldest start queued behind it (SPEC 3 ``mode: queued``) goes. If that
+        breaks too, the run fails alone and the start waits for the next run's end."""
+
+        def failed() -> tuple[Decision, Run]:
+            d = Decision()
+            step = (run.waiting or {}).get("step") or run.flow
+            d.note("run_failed", playbook=run.playbook, run=run.id, flow=run.flow, step=step, member=run.member, error=reason)
+            # A copy: a store may hand out its own object (as Txn.run copies too).
+            ended = d.runs[run.id] = replace(run, status="failed", waiting=None)
+            d.cancel_timers_of.append(run.id)
+            d.cancel_waits_of.append(run.id)
+            d.count("runs_failed")
+            return d, ended
+
+        decision, ended = failed()
+        try:
+            prog = self.program_for(ended)
+            if prog is not None and ended.flow in prog.queued_flows:
+                self.start_queued(Interpreter(self, Txn(store, decision), now, None), prog, ended)
+        except FAULTS:
+            decision, _ = failed()
         return decision
 
     # audience ----------------------------------------------------------------------------------

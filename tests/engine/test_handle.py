@@ -393,6 +393,39 @@ def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
     assert (set_aside.runs, set_aside.counters) == ({}, {"inputs_failed": 1})
 
 
+def test_a_run_failed_by_a_set_aside_wait_lets_the_start_queued_behind_it_go(compile_text, tmp_path, monkeypatch):
+    # mode: queued: the start waiting behind a run goes when that run ends, however it
+    # ends; a run failed because its wait was set aside ends too.
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.store.memory import MemoryStore
+
+    (prog,) = compile_text(PLAYBOOK.replace("    flow: f\n  - id: w", "    flow: f\n    mode: queued\n  - id: w"), tmp_path)
+    engine = Engine([prog])
+    store = MemoryStore()
+    store.put_members([{"id": "m", "name": "Mo"}])
+    at = t("2026-12-01T10:00:00+08:00")
+    store.apply(engine.handle(store, at, Event("e1", "ping", at, "m")))
+    store.apply(engine.handle(store, at, Event("e2", "ping", at, "m")))  # queued behind t:e1
+    later = t("2026-12-02T10:00:00+08:00")
+    (timer,) = store.due_timers(later)
+
+    def broken(interp, item):  # type: ignore[no-untyped-def]
+        raise KeyError("f")
+
+    monkeypatch.setattr(engine, "_timer", broken)
+    decision = engine.handle(store, later, TimerDue(timer))
+    assert {rid: r.status for rid, r in decision.runs.items()} == {"t:e1": "failed", "t:e2": "active"}
+    assert [m.text for m in decision.messages] == ["hi Mo"]  # t:e2's first send
+    assert [n["kind"] for n in decision.notes] == ["run_failed", "input_failed"]
+    assert decision.counters == {"runs_failed": 1, "runs_started": 1, "inputs_failed": 1}
+    assert len(decision.dequeued) == 1
+
+    # If starting it breaks as well, the run fails alone; the start waits as before.
+    monkeypatch.setattr(engine, "start_queued", lambda interp, prog, ended: broken(None, None))
+    alone = engine.handle(store, later, TimerDue(timer))
+    assert ({rid: r.status for rid, r in alone.runs.items()}, alone.messages, alone.dequeued) == ({"t:e1": "failed"}, [], [])
+
+
 def test_a_firing_that_breaks_is_set_aside(setup, monkeypatch):
     engine, store, prog = setup
 
