@@ -144,7 +144,7 @@ O_OUTBOX_COLS = ", ".join(f"o.{c.strip()}" for c in rows.OUTBOX_COLS.split(","))
 # Due queued and failed rows, urgent ones first (index ``outbox_urgent``), then the
 # others oldest first (index ``outbox_due``), as many as the urgent ones leave room for;
 # rows another transaction holds are skipped, not waited for (several claimers).
-# Parameters: (until, limit). ``{where}`` narrows the rows (a send job's own).
+# Named parameters ``until`` and ``limit``; ``where`` narrows the rows (a send job's own).
 def due_picks(where: str = "TRUE", table: str = "outbox", lock: str = "FOR UPDATE SKIP LOCKED", cols: str = "seq") -> str:
     """Two CTEs, ``urgent`` and ``later``, that pick the due rows as the claim does."""
     due = f"{table}.status IN ('queued', 'failed') AND {table}.due_ts <= %(until)s AND {where}"

@@ -45,6 +45,10 @@ def pyformat(sql: str) -> str:
 
 class SqlStore(ABC):
     MEMBER_BATCH: int  # members merged per round trip (the store says how many)
+    # An outbox row none of whose deliveries is kept (``prune``). SQLite answers NOT IN
+    # from one index it builds for the statement; a correlated NOT EXISTS would scan
+    # the deliveries once per row (no index on their key, on purpose).
+    NOT_DELIVERED = "key NOT IN (SELECT key FROM deliveries)"
 
     # the primitives a store provides ---------------------------------------------------------
     @abstractmethod
@@ -342,7 +346,10 @@ class SqlStore(ABC):
         params = {"ts": (ts,), "day": (day,)}
         try:
             with self._write() as tx:
-                counts = {name: self._run(tx, sql, params[kind]) for name, kind, sql in PRUNE}
+                counts = {
+                    name: self._run(tx, sql.replace("{not_delivered}", self.NOT_DELIVERED), params[kind])
+                    for name, kind, sql in PRUNE
+                }
                 if keep:
                     raise _RollBack(counts)
         except _RollBack as undone:
@@ -365,14 +372,15 @@ class _RollBack(Exception):
 
 # What ``prune`` forgets, in order: (what, the cutoff it takes, the statement). A sent
 # message goes with its deliveries (it was due before them): a row still delivered later
-# than the cutoff stays. Finished runs go by their start; runs left without a run are
-# none (a finished run's timers and waits were removed when it finished).
+# than the cutoff stays ({not_delivered}: the store's ``NOT_DELIVERED``). Finished runs
+# go by their start; no timer or wait is left without its run (a run's timers and waits
+# are removed when it finishes).
 PRUNE: tuple[tuple[str, str, str], ...] = (
     ("deliveries", "ts", "DELETE FROM deliveries WHERE at_ts < ?"),
     (
         "messages sent or cancelled", "ts",
         "DELETE FROM outbox WHERE status IN ('sent', 'cancelled') AND due_ts < ? "
-        "AND key NOT IN (SELECT key FROM deliveries)",
+        "AND {not_delivered}",
     ),
     ("finished runs", "ts", "DELETE FROM runs WHERE status <> 'active' AND started_ts < ?"),
     (
