@@ -72,6 +72,7 @@ def throughput(cluster: pg_server.Cluster, waits: int, workers: int, folder: Pat
         playbook = wf.write_playbook(folder, sink.url)
         wf.seed(url, playbook, waits)
         fleet = wf.Fleet(playbook, url, folder, jobs=4)
+        started_at = datetime.now(UTC)
         started = time.perf_counter()
         fleet.start(workers)
         try:
@@ -81,9 +82,26 @@ def throughput(cluster: pg_server.Cluster, waits: int, workers: int, folder: Pat
             fleet.stop()
         delivered, duplicates = sink.delivered()
         assert delivered == waits, (delivered, waits)
+        sent = sorted(t - started_at.timestamp() for t in sent_times(url))
     finally:
         sink.stop()
-    return {"seconds": took, "per_second": waits / took, "duplicates": duplicates}
+    return {
+        "seconds": took, "per_second": waits / took, "duplicates": duplicates,
+        "median_sent": statistics.median(sent), "p90_sent": sent[int(len(sent) * 0.9)],
+    }
+
+
+def sent_times(url: str) -> list[float]:
+    """When each message was sent (its ``sent_at``), as POSIX seconds."""
+    from cmtyflow.store.codec import dt_parse
+    from cmtyflow.store.postgres import PostgresStore
+
+    store = PostgresStore(url, exclusive=False)
+    try:
+        found = store.conn.execute("SELECT sent_at FROM outbox WHERE status = 'sent'").fetchall()
+    finally:
+        store.close()
+    return [dt_parse(text).timestamp() for (text,) in found]
 
 
 def promote_plan(cluster: pg_server.Cluster, pending: int) -> None:
@@ -177,7 +195,8 @@ def main() -> None:
             r = throughput(cluster, args.waits, n, folder)
             first = first or r["per_second"]
             print(f"{n} worker{'s' if n > 1 else ''}: {r['seconds']:.1f} s, {r['per_second']:.0f} waits+messages/s "
-                  f"({r['per_second'] / first:.2f}x one worker), resends deduplicated at the sink {r['duplicates']:.0f}")
+                  f"({r['per_second'] / first:.2f}x one worker), messages sent {r['median_sent']:.1f} s after the "
+                  f"start (median; 90% by {r['p90_sent']:.1f} s), resends deduplicated at the sink {r['duplicates']:.0f}")
         if args.pending:
             promote_plan(cluster, args.pending)
     print(f"load at the end {os.getloadavg()[0]:.2f}")
