@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..loader import LoadResult
 from ..store.base import OutboxRow
 from ..store.pg_connect import split_schema
-from ..store.pg_shared import SharedWork, ensure_queue_schema
+from ..store.pg_shared import BatchReads, SharedWork, ensure_queue_schema
 from ..store.postgres import PostgresStore
 from . import versions
 from .channels import ChannelSet
@@ -287,11 +287,13 @@ class Worker:
             shared = SharedWork(store)
             found = shared.job_timers(ids)
             with shared.inputs([member for _, member in found]), store.counters_at_end():
+                reads = BatchReads(store, [timer.run for timer, _ in found])
                 for timer, _ in found:
                     if not shared.timer_still_there(timer.id):
                         continue  # an earlier try of this job took it
-                    decision = self.engine.handle(store, self.clock.now(), TimerDue(timer))
+                    decision = self.engine.handle(reads, self.clock.now(), TimerDue(timer))
                     store.apply(decision, consumed_timer=timer.id)
+                    reads.forget(decision)
                     decisions.append(decision)
         for decision in decisions:
             self._observe(decision)

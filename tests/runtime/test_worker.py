@@ -370,3 +370,48 @@ def test_an_urgent_message_goes_to_a_send_job_of_its_own_fetched_before_the_othe
         (PRIORITY["send"], ["n0", "n1"]), (PRIORITY["send"], ["n2", "n3"]), (PRIORITY["send"], ["n4"]),
     ]
     assert fetched is not None and fetched.task_kwargs == {"keys": ["page"]}
+
+
+def test_a_batch_reads_runs_members_and_states_once_and_each_wait_sees_the_last_ones_writes(state: str, tmp_path: Path) -> None:
+    """``BatchReads``: two waits of one member in one batch; the second must read the
+    state the first one wrote (forgotten by the batch's reads, read back from the
+    batch's transaction), as it would reading the store each time."""
+    from datetime import UTC, datetime, timedelta
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.engine.model import Event
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    playbook = tmp_path / "count.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: count\ntimezone: UTC\nchannels:\n  hook: {adapter: webhook, url: \"http://127.0.0.1:9/hook\"}\n"
+        "triggers:\n  - {id: t, event: ping, flow: f, mode: parallel}\nflows:\n  f:\n    - wait: 1m\n"
+        "    - set: {count: \"state.get('count', 0) + 1\"}\n"
+        "    - {id: hi, send: {channel: hook, text: \"{{ member.name }} n={{ state.count }}\"}}\n",
+        encoding="utf-8",
+    )
+    result, programs = load_programs([playbook])
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    store.put_members([{"id": "m1", "name": "Ann"}, {"id": "m2", "name": "Bo"}])
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    engine = Engine(programs)
+    for i, member in enumerate(["m1", "m2", "m1"]):
+        store.apply(engine.handle(store, at, Event(f"p{i}", "ping", at, member)))
+    ids = [r[0] for r in store.conn.execute("SELECT id FROM timers ORDER BY due_ts, id").fetchall()]
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
+    try:
+        w.handle_timers(ids)
+        texts = sorted(r[0] for r in store.conn.execute("SELECT text FROM outbox").fetchall())
+        states = dict(store.conn.execute("SELECT member, state FROM states WHERE playbook = 'count'").fetchall())
+    finally:
+        w.pool.close()
+        store.close()
+    assert len(ids) == 3
+    assert texts == ["Ann n=1", "Ann n=2", "Bo n=1"]
+    assert {m: json.loads(s)["count"] for m, s in states.items()} == {"m1": 2, "m2": 1}
