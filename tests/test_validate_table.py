@@ -535,6 +535,26 @@ CASES = [
         """\
         cmtyflow: 1
         name: demo
+        channels:
+          group: {adapter: console}
+        triggers:
+          - {id: joined, event: member.joined, flow: welcome}
+        flows:
+          welcome:
+            - wait：3d
+            - send: {channel: group, text: hi}
+        """,
+        {},
+        [
+            "pb.yaml:9:7: error: step should be a mapping such as 'send: {text: ...}', not 'wait：3d'; "
+            "it has a full-width colon '：': write 'wait: 3d'",
+        ],
+        id="full_width_colon_in_a_step",
+    ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
         flows: {}
         name: other
         """,

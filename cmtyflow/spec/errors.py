@@ -145,8 +145,13 @@ def _kind_error(loc: Loc, value: Any, kinds: tuple[str, ...], what: str) -> Spec
     listed = ", ".join(kinds)
     if not isinstance(value, dict):
         example = "send: {text: ...}" if what == "step" else "event: member.joined"
+        hint = ""
+        if isinstance(value, str) and "\uff1a" in value:
+            # 'wait：3d', typed with a Chinese input method: one text, not a key and a value.
+            key, _, rest = value.partition("\uff1a")
+            hint = f"; it has a full-width colon '\uff1a': write '{key.strip()}: {rest.strip()}'"
         return SpecError(
-            loc, f"{what} should be a mapping such as '{example}', not {describe(value)}"
+            loc, f"{what} should be a mapping such as '{example}', not {describe(value)}{hint}"
         )
     present = [k for k in value if k in kinds]
     if len(present) >= 2:
