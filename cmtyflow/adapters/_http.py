@@ -11,6 +11,8 @@ Rules:
 - Error messages name the host, never the URL: webhook URLs carry credentials.
 - A message split in parts remembers how many parts went out, so a retry in the same
   process resumes after them instead of repeating them.
+- A reply is read up to ``MAX_REPLY`` (1 MiB; receipts and error details are small):
+  a larger or endless one is cut there and its connection closed.
 """
 
 from __future__ import annotations
@@ -68,8 +70,27 @@ class Reply(NamedTuple):
 
 
 _OPENERS = (b"{", b"[")
+# The most of a reply read (receipts and error details are small); the rest is dropped.
+MAX_REPLY = 1 << 20
 JSON_TYPE = "application/json; charset=utf-8"
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """At most ``MAX_REPLY`` bytes of a reply without a length, or with a larger one:
+    a URL that answers with a page of megabytes, or a stream that never ends, costs
+    a megabyte and not the runner's memory or the whole timeout. A reply cut short
+    closes its connection (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_REPLY:
+        chunk = await resp.content.read(MAX_REPLY + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    resp.close()
+    return b"".join(chunks)[:MAX_REPLY]
 
 
 def dumps(payload: Any) -> bytes:
@@ -179,7 +200,10 @@ class HttpAdapter:
                 timeout=self._client_timeout,
                 allow_redirects=False,
             ) as resp:
-                return Reply(resp.status, resp.headers, await resp.read())
+                length = resp.content_length
+                if length is not None and length <= MAX_REPLY:
+                    return Reply(resp.status, resp.headers, await resp.read())  # the usual reply
+                return Reply(resp.status, resp.headers, await _read_capped(resp))
         except TimeoutError as exc:
             raise TransientDeliveryError(
                 f"{self.name}: {host_of(url)} did not answer within {self.timeout:g}s"

@@ -1,0 +1,72 @@
+"""How much of a reply an HTTP adapter reads (``adapters._http``): a receipt or an
+error detail is small; a URL that answers with megabytes, or a stream that never ends,
+must cost neither the runner's memory nor the whole timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cmtyflow.adapters import _http
+from cmtyflow.adapters.base import OutboundMessage, Recipient
+from cmtyflow.adapters.webhook import WebhookAdapter, WebhookSettings
+
+CAP = 64 * 1024
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    resp = web.StreamResponse()  # chunked, no length
+    await resp.prepare(request)
+    while True:
+        await resp.write(b"x" * 8192)
+        await asyncio.sleep(0)
+
+
+async def large(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(body=b'{"id": "big", "pad": "' + b"x" * (4 * CAP) + b'"}', content_type="application/json")
+
+
+async def small(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"id": "r-1"})
+
+
+@pytest.fixture
+async def base(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(_http, "MAX_REPLY", CAP, raising=False)
+    app = web.Application()
+    app.router.add_post("/endless", endless)
+    app.router.add_post("/large", large)
+    app.router.add_post("/small", small)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/")
+
+
+def message(key: str) -> OutboundMessage:
+    return OutboundMessage(key, "hook", "hi", "plain", Recipient("u1"), False, None, {}, "pb")
+
+
+async def test_a_reply_past_the_cap_is_cut_at_it_and_a_stream_that_never_ends_returns(base: str) -> None:
+    adapter = WebhookAdapter(WebhookSettings.model_validate({"url": f"{base}/endless"}), timeout=30.0)
+    await adapter.open()
+    try:
+        reply = await asyncio.wait_for(adapter.request("POST", f"{base}/endless", body=b"{}"), 10)
+        assert (reply.status, len(reply.body)) == (200, CAP)
+        reply = await adapter.request("POST", f"{base}/large", body=b"{}")
+        assert len(reply.body) == CAP and reply.json() is None  # cut short: not JSON any more
+        # The connection cut short is not reused; the next request goes on a new one.
+        reply = await adapter.request("POST", f"{base}/small", body=b"{}")
+        assert (reply.status, reply.json()) == (200, {"id": "r-1"})
+        small_adapter = WebhookAdapter(WebhookSettings.model_validate({"url": f"{base}/small"}))
+        small_adapter._session = adapter._session
+        assert (await small_adapter.send(message("k1"))).platform_id == "r-1"
+        big = WebhookAdapter(WebhookSettings.model_validate({"url": f"{base}/large"}))
+        big._session = adapter._session
+        assert (await big.send(message("k2"))).platform_id is None  # delivered (2xx); no receipt read
+    finally:
+        await adapter.close()
