@@ -53,8 +53,9 @@ def _when(value: Any) -> str:
 @state_option
 @format_option
 def status(state: str | None, fmt: str) -> int:
-    """Active runs, the next timers, outbox counts, the runner's last start and stop, and
-    inputs set aside (they broke on a fault of cmtyflow's own: the last five)."""
+    """Active runs, the next timers, outbox counts (and urgent messages waiting), the
+    runner's last start and stop, and inputs set aside (they broke on a fault of
+    cmtyflow's own: the last five)."""
     store, location = store_at(state, must_exist=True)
     try:
         active: Counter[str] = Counter()
@@ -62,6 +63,7 @@ def status(state: str | None, fmt: str) -> int:
             active[f"{run.playbook}/{run.flow}"] += 1
         timers = store.upcoming_timers(10)
         counts = store.outbox_counts()
+        urgent = store.urgent_waiting()
         lifecycle = store.audit(["runner_started", "runner_stopped"], limit=2)
         members = store.member_count()
         next_event = store.next_event_at()
@@ -76,6 +78,7 @@ def status(state: str | None, fmt: str) -> int:
         "active_runs": dict(sorted(active.items())),
         "next_timers": [{"due": t.due.isoformat(), "run": t.run, "kind": t.kind} for t in timers],
         "outbox": counts,
+        "urgent_waiting": urgent,
         "next_event": next_event.isoformat() if next_event else None,
         "runner": lifecycle,
         "inputs_set_aside": {"count": set_aside, "last": last_set_aside},
@@ -97,6 +100,8 @@ def status(state: str | None, fmt: str) -> int:
         click.echo(f"  {_when(t.due)}  {t.kind:<7}  {t.run}")
     counted = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"
     click.echo(f"outbox: {counted}")
+    if urgent:
+        click.echo(f"  {urgent} urgent waiting to go (sent before any other)")
     waiting = sum(counts.get(s, 0) for s in PROBLEM_STATUSES)
     if waiting:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")

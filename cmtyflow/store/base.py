@@ -161,6 +161,10 @@ class Store(StateReader, Protocol):
 
     def outbox_counts(self) -> dict[str, int]: ...
 
+    def urgent_waiting(self) -> int:
+        """Urgent messages queued or failed (to be retried): claimed before any other."""
+        ...
+
     def upcoming_timers(self, limit: int = 20) -> list[Timer]: ...
 
     def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:

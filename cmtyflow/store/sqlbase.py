@@ -264,6 +264,10 @@ class SqlStore(ABC):
             counts[status] = n
         return counts
 
+    def urgent_waiting(self) -> int:
+        row = self._one("SELECT count(*) FROM outbox WHERE urgent AND status IN ('queued', 'failed')")
+        return int(row[0]) if row is not None else 0
+
     def find_messages(self, prefix: str) -> list[OutboxRow]:
         if not prefix:
             return list(self.outbox())

@@ -358,9 +358,12 @@ def test_urgent_messages_are_claimed_before_older_ones_once_due(store: Store) ->
         message("page", at(3), urgent=True), message("page-later", at(30), urgent=True), message("n5", at(2)),
     ]))
     assert store.next_message_due() == at(1)
+    assert store.urgent_waiting() == 2
     assert keys(store.claim_due_messages(at(3), limit=2)) == ["page", "n0"]  # not yet due: page-later waits
+    assert store.urgent_waiting() == 1
     # A retry of an urgent page comes first again once it is due; a requeued one too.
     store.finish_messages([("page", "failed", {"attempts": 1, "next_attempt": at(4), "last_error": "503"})])
+    assert store.urgent_waiting() == 2  # a retry to come still waits
     assert keys(store.claim_due_messages(at(3), limit=2)) == ["n1", "n2"]
     assert store.next_message_due() == at(1)
     assert [r.message.key for r, _ in store.claim_due_messages_with_members(at(4), limit=2)] == ["page", "n3"]
@@ -368,7 +371,7 @@ def test_urgent_messages_are_claimed_before_older_ones_once_due(store: Store) ->
     assert store.requeue(["page"], at(5)) == 1
     claimed = [r.message.key for r, _ in store.claim_due_messages_with_members(at(30))]
     assert claimed == ["page", "page-later", "n4", "n5"]
-    assert store.claim_due_messages(at(30)) == []
+    assert store.claim_due_messages(at(30)) == [] and store.urgent_waiting() == 0
     assert store.next_message_due() is None
 
 def test_failed_message_is_due_again_at_next_attempt(store: Store) -> None:
