@@ -18,10 +18,8 @@ Rules:
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import click
 
@@ -32,7 +30,7 @@ from ..store.open import is_postgres, shown
 from ..store.sqlbase import SqlStore
 from ..store.sqlite import SqliteStore
 from . import EXIT_OK, cli
-from .state import format_option, state_option, store_at
+from .state import _zone, format_option, state_option, store_at
 
 
 @cli.group("state")
@@ -104,7 +102,7 @@ def cutoff(text: str, now: datetime) -> datetime:
     except ValueError:
         raise UserError(f"--before '{text}' is neither an age (e.g. 90d, 12w) nor an ISO 8601 date") from None
     if when.tzinfo is None:
-        when = localize(when, ZoneInfo(os.environ.get("TZ") or "UTC"))
+        when = localize(when, _zone(None))
     return when
 
 
@@ -138,16 +136,17 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
     if vacuum and dry_run:
         raise UserError("--vacuum changes the file; leave it out with --dry-run")
     store, location = store_at(state, must_exist=True)
+    sqlite = store if isinstance(store, SqliteStore) else None  # --vacuum is SQLite's
     lock = None
     try:
         if not isinstance(store, SqlStore):
             raise UserError(f"{shown(location)} cannot be pruned")
-        if vacuum and not isinstance(store, SqliteStore):
+        if vacuum and sqlite is None:
             raise UserError("--vacuum is for an SQLite state; PostgreSQL reuses the space itself (autovacuum)")
         if vacuum:
             lock = _lock(location, "before --vacuum, which rewrites the whole file")
         counts = store.prune(before, keep=dry_run)
-        freed = store.vacuum() if isinstance(store, SqliteStore) and vacuum else None
+        freed = sqlite.vacuum() if sqlite is not None and vacuum else None
     finally:
         store.close()
         if lock is not None:
@@ -162,6 +161,6 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
         click.echo(f"  {name:<{width}}  {n:>10,}")
     if freed is not None:
         click.echo(f"the file is {freed:,} bytes smaller")
-    elif not dry_run and not is_postgres(location) and any(counts.values()):
+    elif not dry_run and sqlite is not None and any(counts.values()):
         click.echo("the file keeps its size and reuses the space; --vacuum (runner stopped) gives it back to the disk")
     return EXIT_OK
