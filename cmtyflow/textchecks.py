@@ -13,13 +13,13 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
 from .adapters.base import FORMATS
 from .checkbase import CheckContext, iter_steps, iter_triggers, problem, sends
-from .expr import static_problems_expression, static_problems_template
+from .expr import StaticProblem, static_problems_expression, static_problems_template
 from .problems import ERROR, Problem
 from .spec.sourcemap import Loc, first_non_blank
 from .templates import TemplateSource, pick, valid_name
@@ -134,11 +134,8 @@ def check_templates(ctx: CheckContext) -> list[Problem]:
                 if not file_problems:
                     # This playbook's vars and roles: a shared file is checked against
                     # each playbook that uses it.
-                    lines = source.source.splitlines()
-                    for p in static_problems_template(source.source, TEMPLATE_NAMES, known):
-                        line = lines[p.lineno - 1] if 0 < p.lineno <= len(lines) else None
-                        found.append(Problem(str(source.path), p.lineno, first_non_blank(line), ERROR,
-                                             f"{p.message} (in playbook {ctx.path.name})", line))
+                    keys = static_problems_template(source.source, TEMPLATE_NAMES, known)
+                    found += _in_file(str(source.path), source.source, keys, f" (in playbook {ctx.path.name})")
     return found
 
 
@@ -149,9 +146,14 @@ def template_file_problems(source: TemplateSource) -> list[Problem]:
 @lru_cache(maxsize=1024)
 def _file_problems(path: str, text: str) -> tuple[Problem, ...]:
     # A shared templates folder serves many playbooks: check each file once.
+    return tuple(_in_file(path, text, static_problems_template(text, TEMPLATE_NAMES)))
+
+
+def _in_file(path: str, text: str, problems: Iterable[StaticProblem], suffix: str = "") -> list[Problem]:
+    """``problems`` of the template file ``path`` (its ``text``), at their lines."""
     lines = text.splitlines()
     found = []
-    for p in static_problems_template(text, TEMPLATE_NAMES):
+    for p in problems:
         line = lines[p.lineno - 1] if 0 < p.lineno <= len(lines) else None
-        found.append(Problem(path, p.lineno, first_non_blank(line), ERROR, p.message, line))
-    return tuple(found)
+        found.append(Problem(path, p.lineno, first_non_blank(line), ERROR, p.message + suffix, line))
+    return found
