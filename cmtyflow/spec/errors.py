@@ -25,6 +25,7 @@ from pydantic_core.core_schema import ErrorType
 from .models import STEP_KINDS, TRIGGER_KINDS, Defaults, Playbook
 from .sourcemap import Loc
 from .wording import TYPE_WORDS, allowed_keys, describe, did_you_mean, noun, place_name, shape
+from .yamldata import FULL_WIDTH_COLON
 
 __all__ = ["SpecError", "allowed_keys", "describe", "did_you_mean", "translate", "translate_errors"]
 
@@ -146,10 +147,10 @@ def _kind_error(loc: Loc, value: Any, kinds: tuple[str, ...], what: str) -> Spec
     if not isinstance(value, dict):
         example = "send: {text: ...}" if what == "step" else "event: member.joined"
         hint = ""
-        if isinstance(value, str) and "\uff1a" in value:
+        if isinstance(value, str) and FULL_WIDTH_COLON in value:
             # 'wait：3d', typed with a Chinese input method: one text, not a key and a value.
-            key, _, rest = value.partition("\uff1a")
-            hint = f"; it has a full-width colon '\uff1a': write '{key.strip()}: {rest.strip()}'"
+            key, _, rest = value.partition(FULL_WIDTH_COLON)
+            hint = f"; it has a full-width colon '{FULL_WIDTH_COLON}': write '{key.strip()}: {rest.strip()}'"
         return SpecError(
             loc, f"{what} should be a mapping such as '{example}', not {describe(value)}{hint}"
         )
