@@ -24,10 +24,10 @@ from typing import Any
 
 from ..engine.program import Instr, Program, compile_program
 from ..loader import LoadedPlaybook, load
-from ..store.base import Store
+from ..store.base import VERSION_KIND, Store
 from ..templates import template_dirs
 
-KIND = "playbook_version"
+KIND = VERSION_KIND
 DEFAULTS_NAME = "cmtyflow.yaml"
 
 

@@ -29,6 +29,8 @@ from ..engine.ports import StateReader
 OUTBOX_STATES = ("queued", "inflight", "sent", "failed", "dead", "in_doubt", "cancelled")
 # The statuses ``Store.requeue`` (``cmtyflow outbox retry``) takes a message back from.
 REQUEUEABLE = ("failed", "dead", "in_doubt", "cancelled")
+# The audit kind that keeps a playbook version's snapshot (runtime/versions.py); never pruned.
+VERSION_KIND = "playbook_version"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 from ..engine.model import Event, EventWait, Run, Timer
 from . import rows
-from .base import OUTBOX_STATES, OutboxRow
+from .base import OUTBOX_STATES, VERSION_KIND, OutboxRow
 from .codec import dt_parse, dt_text, loads
 
 PAGE = 1000
@@ -392,7 +392,9 @@ PRUNE: tuple[tuple[str, str, str], ...] = (
         "UPDATE events SET data = '{}', member_update = NULL "
         "WHERE status <> 'queued' AND at_ts < ? AND (data <> '{}' OR member_update IS NOT NULL)",
     ),
-    ("audit entries", "ts", "DELETE FROM audit WHERE at_ts < ?"),
+    # Playbook versions stay, however old: a run started on a version finishes on it,
+    # and the runner rebuilds that version from its snapshot (runtime/versions.py).
+    ("audit entries", "ts", f"DELETE FROM audit WHERE at_ts < ? AND kind <> '{VERSION_KIND}'"),
     ("daily cap counts", "day", "DELETE FROM day_counts WHERE day < ?"),
 )
 

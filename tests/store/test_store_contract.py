@@ -685,6 +685,7 @@ def test_prune_forgets_what_is_over_and_old_and_keeps_what_is_live(reopenable: C
     ])
     store.record(at(1), "runner_started", pid=1)
     store.record(late, "runner_started", pid=2)
+    store.record(at(1), "playbook_version", playbook="pb", version="v1", snapshot={"pb.yaml": "..."})
 
     def snapshot() -> Any:
         return (
@@ -712,4 +713,7 @@ def test_prune_forgets_what_is_over_and_old_and_keeps_what_is_live(reopenable: C
     assert again._one("SELECT data FROM events WHERE id = ?", ("e-old",)) == ("{}",)  # its data is not
     assert [(e.id, e.data) for e in again.pending_events(late)] == [("e-queued", {"text": "kept"})]
     assert (again.day_count("m1", "2026-12-01"), again.day_count("m1", "2026-12-05")) == (0, 1)
-    assert [a["pid"] for a in again.audit()] == [2]
+    # What a run started long ago needs to finish on its version is kept.
+    assert [(a["kind"], a.get("pid"), a.get("version")) for a in again.audit()] == [
+        ("runner_started", 2, None), ("playbook_version", None, "v1"),
+    ]
