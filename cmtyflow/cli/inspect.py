@@ -16,13 +16,14 @@ from collections import Counter, defaultdict
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
 from ..clock import SystemClock
 from ..errors import UserError
 from ..runtime import notes
-from ..store.base import REQUEUEABLE, OutboxRow
+from ..store.base import REQUEUEABLE, OutboxRow, Store
 from ..store.open import shown
 from . import EXIT_OK, cli
 from .state import format_option, print_table, state_option, store_at
@@ -170,6 +171,15 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     (the runner stopped while sending; not resent on platforms that cannot
     deduplicate). `cmtyflow outbox retry KEY` sends one again."""
     if ctx.invoked_subcommand is not None:
+        # Only --state is shared; the others choose what `outbox` lists, and were silently
+        # dropped (`outbox --status failed retry --all` requeued the dead messages).
+        listing = [f"--{name}" for name in ("status", "limit", "format") if ctx.get_parameter_source(
+            "statuses" if name == "status" else "fmt" if name == "format" else name) is click.core.ParameterSource.COMMANDLINE]
+        if listing:
+            raise UserError(
+                f"{', '.join(listing)} before '{ctx.invoked_subcommand}' chooses what `cmtyflow outbox` lists; "
+                f"give options of '{ctx.invoked_subcommand}' after it, e.g. cmtyflow outbox retry --all --status failed"
+            )
         ctx.obj = {"state": state}
         return EXIT_OK
     store, _ = store_at(state, must_exist=True)
@@ -240,7 +250,7 @@ def outbox_retry(
                 # a large outbox), with every key it queued again.
                 store.record(now, "outbox_retry", all=chosen_statuses, playbook=playbook, channel=channel, keys=chosen_keys)
         else:
-            chosen = []
+            chosen: list[OutboxRow] = []
             for prefix in keys:
                 found = store.find_messages(prefix)
                 if not found:
@@ -248,6 +258,8 @@ def outbox_retry(
                 if len(found) > 1:
                     raise UserError(f"key {prefix} is ambiguous ({len(found)} messages); give more characters")
                 row = found[0]
+                if any(r.message.key == row.message.key for r in chosen):
+                    continue  # the same message twice (a key and a prefix of it): once
                 if row.status not in REQUEUEABLE:
                     raise UserError(f"message {row.message.key[:SHORT]} is {row.status}; only failed, dead, in-doubt or cancelled ones can be retried")
                 chosen.append(row)
@@ -280,6 +292,32 @@ def _playbook_name(text: str) -> str:
         _, programs = load_programs([path])
         return programs[0].name
     return text
+
+
+def _zone_or(name: str | None, default: ZoneInfo) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else default
+    except (ZoneInfoNotFoundError, ValueError):
+        return default
+
+
+def _playbook_zone(store: Store, name: str, given: str) -> ZoneInfo:
+    """The playbook's timezone: from its file when the report was given one, else from
+    the last version the runner ran; UTC when neither says."""
+    from ..runtime.versions import rebuild, recorded
+
+    zone: str | None = None
+    if Path(given).is_file():
+        from ..runtime.prepare import load_programs
+
+        _, programs = load_programs([Path(given)])
+        zone = programs[0].playbook.timezone
+    else:
+        versions = recorded(store).get(name)
+        if versions:
+            program = rebuild(versions[-1][1], versions[-1][0], {})
+            zone = program.playbook.timezone if program is not None else None
+    return _zone_or(zone, ZoneInfo("UTC"))
 
 
 def _percent(part: int, whole: int) -> str:
@@ -317,10 +355,19 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
         streaks: Counter[str] = Counter()
         best: Counter[str] = Counter()
         participants = checkins = today_count = 0
-        today = SystemClock().now().date()
+        now = SystemClock().now()
+        days: dict[str, date] = {}  # timezone -> today there
+        default_zone = _playbook_zone(store, name, playbook)
         for member, st in store.states(name):
             if member is None or not st.get("checkins"):
                 continue
+            # Today where the member is, as the engine counts their check-ins and streak
+            # (their timezone, else the playbook's), not the UTC date.
+            record = store.get_member(member) or {}
+            zone_name = record.get("timezone") if isinstance(record.get("timezone"), str) else None
+            today = days.get(zone_name or "")
+            if today is None:
+                today = days[zone_name or ""] = now.astimezone(_zone_or(zone_name, default_zone)).date()
             participants += 1
             checkins += int(st.get("checkins", 0))
             last_day = st.get("last_checkin")
@@ -342,6 +389,18 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
             elif entry["kind"] == "wait_timed_out":
                 timeouts[label] += 1
         runs: Counter[str] = Counter(run.status for run in store.runs(status=None, playbook=name))
+        if not (per_step or goals or participants or acks or timeouts or runs):
+            from ..runtime.versions import recorded
+
+            known = sorted(recorded(store))
+            if name not in known:
+                # A typo, or a file that is not there, would otherwise read as a campaign
+                # that did nothing.
+                missing = " (no such file)" if Path(playbook).suffix in (".yaml", ".yml") or "/" in playbook else ""
+                raise UserError(
+                    f"no playbook '{name}'{missing} in this state; "
+                    + (f"it knows: {', '.join(known)}" if known else "the runner has not run any playbook on it yet")
+                )
     finally:
         store.close()
     ack_doc = {

@@ -211,6 +211,8 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
         writes[dest / "templates" / rel] = src.read_bytes()
     defaults = dest / DEFAULTS_NAME
     keep_defaults = defaults.exists()
+    if keep_defaults and not defaults.is_file():
+        raise UserError(f"{defaults} exists and is not a file; nothing was written")
     if not keep_defaults:
         writes[defaults] = (root / "playbooks" / DEFAULTS_NAME).read_bytes()
     existing = [str(p) for p in writes if p.exists() or p.is_symlink()]
@@ -222,9 +224,19 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
         )
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} exists and is not a folder; nothing was written")
-    for path, data in writes.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    in_the_way = sorted({str(folder) for path in writes for folder in path.parents if folder.exists() and not folder.is_dir()})
+    if in_the_way:
+        raise UserError(f"{', '.join(in_the_way)} exists and is not a folder; nothing was written")
+    written: list[Path] = []
+    try:
+        for path, data in writes.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            written.append(path)
+    except OSError as exc:
+        for path in written:  # nothing is left half copied
+            path.unlink(missing_ok=True)
+        raise UserError(f"cannot write {exc.filename or dest}: {exc.strerror or exc}; nothing was written") from None
     click.echo(f"Copied {name} ({_pick(entry.title, lang)}) from the library:")
     for path in writes:
         click.echo(f"  wrote {path}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..errors import UserError
 from ..spec.models import Playbook
 from . import EXIT_OK, cli
 
@@ -41,7 +42,10 @@ def schema(output: str | None) -> int:
     """Print the JSON Schema of playbook files."""
     text = schema_text()
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
     else:
         click.echo(text, nl=False)
     return EXIT_OK

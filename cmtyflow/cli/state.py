@@ -43,8 +43,12 @@ IMPORT_BATCH = 5000
 
 def store_at(state: str | None, *, must_exist: bool = False) -> tuple[Store, str]:
     location = state_location(state, os.environ)
-    if must_exist and "://" not in location and not Path(location).exists():
-        raise UserError(f"no state at {location} yet: import members or start `cmtyflow run` first (or pass --state)")
+    if must_exist and "://" not in location:
+        path = Path(location)
+        # An empty file holds no state either: opening it would write a schema into it.
+        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+            empty = " (an empty file)" if path.exists() else ""
+            raise UserError(f"no state at {location}{empty} yet: import members or start `cmtyflow run` first (or pass --state)")
     return open_store(location), location
 
 

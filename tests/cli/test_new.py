@@ -202,3 +202,20 @@ def test_new_copies_language_neutral_templates_and_falls_back_to_the_playbooks_l
         "footer.txt.j2",
         "greet.en.txt.j2",
     ]
+
+
+def test_new_refuses_a_file_where_a_folder_goes_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "templates").write_text("x", encoding="utf-8")
+    assert main(["new", "onboarding", "--dir", str(tmp_path)]) == 1
+    assert "templates exists and is not a folder; nothing was written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["templates"]
+    other = tmp_path / "other"
+    (other / "cmtyflow.yaml").mkdir(parents=True)
+    assert main(["new", "onboarding", "--dir", str(other)]) == 1
+    assert "cmtyflow.yaml exists and is not a file" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["cmtyflow.yaml"]
+
+
+def test_schema_into_a_missing_folder_is_an_error_not_a_crash(tmp_path, capsys):
+    assert main(["schema", "-o", str(tmp_path / "no" / "such" / "x.json")]) == 1
+    assert "cannot write" in capsys.readouterr().err

@@ -127,3 +127,56 @@ def test_a_folder_given_as_the_state_is_named(tmp_path, capsys):
         (tmp_path / "m.csv").write_text("id\nu1\n", encoding="utf-8")
         code, _, err = cli(capsys, *args, "--state", str(folder))
         assert (code, err) == (1, f"error: {folder}: a folder; the state is a file in it, e.g. {folder / 'state.db'}\n")
+
+
+def test_report_counts_today_where_each_member_is(tmp_path, capsys):
+    """'Checked in today' and the current streaks use each member's local date, as the
+    engine does: at any instant, members at UTC+14 and UTC-11 who checked in on their
+    own today are both counted, though at most one of their dates is the UTC date."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    path = write_playbook(tmp_path / "pb", PLAYBOOK % (tmp_path / "out.jsonl"))
+    state = str(tmp_path / "state.db")
+    (tmp_path / "members.csv").write_text(
+        "id,name,timezone\neast,E,Pacific/Kiritimati\nwest,W,Pacific/Pago_Pago\n", encoding="utf-8"
+    )
+    assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
+    now = datetime.now(UTC)
+    for member, zone in (("east", "Pacific/Kiritimati"), ("west", "Pacific/Pago_Pago")):
+        local = now.astimezone(ZoneInfo(zone)).replace(microsecond=0)
+        assert cli(capsys, "emit", "checkin.posted", "--member", member, "--at", local.isoformat(), "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", now.isoformat())[0] == 0
+    code, out, _ = cli(capsys, "report", "club", "--state", state, "--format", "json")
+    assert code == 0
+    checkins = json.loads(out)["checkins"]
+    assert checkins["checked_in_today"] == 2
+    assert checkins["current_streaks"]["1-2"] == 2
+
+
+def test_report_refuses_a_playbook_the_state_does_not_know(club, capsys):
+    path, state = club
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    code, _, err = cli(capsys, "report", "Club", "--state", state)
+    assert code == 1 and "no playbook 'Club' in this state; it knows: club" in err
+    code, _, err = cli(capsys, "report", str(path.parent / "missing.yaml"), "--state", state)
+    assert code == 1 and "(no such file)" in err
+    assert cli(capsys, "report", "club", "--state", state)[0] == 0  # known, though nothing happened yet
+
+
+def test_read_only_commands_refuse_an_empty_state_file(tmp_path, capsys):
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for command in (["status"], ["outbox"], ["members", "list"], ["report", "club"]):
+        code, _, err = cli(capsys, *command, "--state", str(empty))
+        assert code == 1 and "(an empty file)" in err, command
+    assert empty.stat().st_size == 0  # not written
+
+
+def test_outbox_options_before_retry_are_refused_not_dropped(club, capsys):
+    path, state = club
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    code, _, err = cli(capsys, "outbox", "--state", state, "--status", "failed", "retry", "--all")
+    assert code == 1 and "--status before 'retry'" in err
+    code, out, _ = cli(capsys, "outbox", "--state", state, "retry", "--all", "--status", "failed")
+    assert code == 0 and "queued 0 messages again" in out
