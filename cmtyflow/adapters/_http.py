@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from email.utils import parsedate_to_datetime
@@ -37,6 +38,7 @@ from .base import (
     Receipt,
     TransientDeliveryError,
     masked,
+    one_line,
 )
 from .ratelimit import Bucket, RateLimiter, default_limiter
 
@@ -50,6 +52,13 @@ class Reply(NamedTuple):
 
     @property
     def text(self) -> str:
+        """The body as text, in the charset its Content-Type names (else UTF-8)."""
+        found = _CHARSET.search(self.headers.get("Content-Type", ""))
+        if found:
+            try:  # a name Python does not know, or not a text encoding ("base64"): UTF-8
+                return self.body.decode(found.group(1).strip("\"'"), errors="replace")
+            except LookupError:
+                pass
         return self.body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
@@ -70,6 +79,7 @@ class Reply(NamedTuple):
 
 
 _OPENERS = (b"{", b"[")
+_CHARSET = re.compile(r"charset\s*=\s*([\"']?[\w.:-]+[\"']?)", re.IGNORECASE)
 # The most of a reply read (receipts and error details are small); the rest is dropped.
 MAX_REPLY = 1 << 20
 JSON_TYPE = "application/json; charset=utf-8"
@@ -225,7 +235,7 @@ class HttpAdapter:
         status = reply.status
         if 200 <= status < 300:
             return
-        detail = detail or reply.text.strip()[:300] or reply_reason(status)
+        detail = one_line(detail or reply.text)[:300] or reply_reason(status)
         if status == 429:
             wait = (
                 retry_after

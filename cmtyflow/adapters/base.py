@@ -33,6 +33,16 @@ FORMATS = ("plain", "markdown", "html")
 FORMAT_EXT = {"plain": "txt", "markdown": "md", "html": "html"}
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def one_line(text: str) -> str:
+    """A platform's error text as one line without control characters: what a reply
+    says is shown in the log, `cmtyflow outbox` and reports, where its line breaks
+    would break the table and its escape sequences would reach the terminal."""
+    return " ".join(_CONTROLS.sub(" ", text).split())
+
+
 class DeliveryError(Exception):
     """Base of the two errors an adapter may raise."""
 

@@ -50,6 +50,7 @@ from ..adapters.base import (
     PermanentDeliveryError,
     Recipient,
     TransientDeliveryError,
+    one_line,
 )
 from ..spec.duration import parse_duration
 from ..spec.models import Policies
@@ -359,7 +360,7 @@ class Dispatcher:
 
     def _failed(self, row: OutboxRow, opened: OpenChannel, exc: Exception, stats: DispatchStats) -> None:
         if isinstance(exc, PermanentDeliveryError):
-            self._dead(row, str(exc), row.attempts + 1, stats)
+            self._dead(row, one_line(str(exc)), row.attempts + 1, stats)
         elif isinstance(exc, TransientDeliveryError):
             self._retry(row, exc, stats)
         else:
@@ -382,15 +383,16 @@ class Dispatcher:
         else:
             attempts = row.attempts + 1
             if attempts >= attempts_allowed:
-                self._dead(row, str(exc), attempts, stats)
+                self._dead(row, one_line(str(exc)), attempts, stats)
                 return
             delay = backoff(attempts, max_delay, self.rng)
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
         when = now + timedelta(seconds=delay)
-        self._results.append((m.key, "failed", {"attempts": attempts, "next_attempt": when, "last_error": str(exc)}))
+        error = one_line(str(exc))
+        self._results.append((m.key, "failed", {"attempts": attempts, "next_attempt": when, "last_error": error}))
         stats.failed += 1
-        self.log("retry", key=m.key, playbook=m.playbook, step=m.step, member=m.member, attempts=attempts, next_attempt=when.isoformat(), error=str(exc))
+        self.log("retry", key=m.key, playbook=m.playbook, step=m.step, member=m.member, attempts=attempts, next_attempt=when.isoformat(), error=error)
 
     def _dead(self, row: OutboxRow, error: str, attempts: int, stats: DispatchStats) -> None:
         m = row.message

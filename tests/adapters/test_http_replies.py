@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from cmtyflow.adapters import _http
-from cmtyflow.adapters.base import OutboundMessage, Recipient
+from cmtyflow.adapters.base import OutboundMessage, PermanentDeliveryError, Recipient
 from cmtyflow.adapters.webhook import WebhookAdapter, WebhookSettings
 
 CAP = 64 * 1024
@@ -31,6 +31,14 @@ async def large(request: web.Request) -> web.Response:
     return web.Response(body=b'{"id": "big", "pad": "' + b"x" * (4 * CAP) + b'"}', content_type="application/json")
 
 
+GARBLED = "错误：\n令牌无效\r\n\x1b[31mRED\x1b[0m 第二行\t tab"
+
+
+async def forbidden_gbk(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(status=403, body=GARBLED.encode("gbk"), headers={"Content-Type": "text/plain; charset=gbk"})
+
+
 async def small(request: web.Request) -> web.Response:
     await request.read()
     return web.json_response({"id": "r-1"})
@@ -43,6 +51,7 @@ async def base(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     app.router.add_post("/endless", endless)
     app.router.add_post("/large", large)
     app.router.add_post("/small", small)
+    app.router.add_post("/gbk", forbidden_gbk)
     server = await aiohttp_server(app, host="127.0.0.1")
     return str(server.make_url("")).rstrip("/")
 
@@ -70,3 +79,17 @@ async def test_a_reply_past_the_cap_is_cut_at_it_and_a_stream_that_never_ends_re
         assert (await big.send(message("k2"))).platform_id is None  # delivered (2xx); no receipt read
     finally:
         await adapter.close()
+
+
+async def test_an_error_reply_is_read_in_its_charset_on_one_line_without_control_characters(base: str) -> None:
+    """A 403 whose body is GBK with line breaks, a tab and a terminal escape: the error is
+    read as GBK, and kept on one line without the escape (it is shown in the log and in
+    `cmtyflow outbox`'s table)."""
+    adapter = WebhookAdapter(WebhookSettings.model_validate({"url": f"{base}/gbk"}))
+    await adapter.open()
+    try:
+        with pytest.raises(PermanentDeliveryError) as caught:
+            await adapter.send(message("k-gbk"))
+    finally:
+        await adapter.close()
+    assert str(caught.value) == "webhook: HTTP 403: 错误： 令牌无效 [31mRED [0m 第二行 tab"

@@ -246,3 +246,26 @@ async def test_a_chunk_that_is_all_screened_out_does_not_stop_the_claims(
     counts = store.outbox_counts()
     assert (counts["cancelled"], counts["sent"], counts["inflight"]) == (30, 5, 0)
     store.close()
+
+
+async def test_a_platforms_error_is_kept_and_logged_on_one_line() -> None:
+    """What an adapter's error says (often a platform's own text) is stored and logged
+    without its line breaks or control characters: it is shown in `cmtyflow outbox`'s
+    table and in the runner's log on a terminal."""
+    from cmtyflow.adapters.base import PermanentDeliveryError, TransientDeliveryError
+
+    async def refuse(message: OutboundMessage) -> None:
+        if message.key == "k00000":
+            raise PermanentDeliveryError("chat: HTTP 400:\nbad\x1b[2J request")
+        raise TransientDeliveryError("chat: busy\r\n\tline two")
+
+    store = MemoryStore()
+    fill(store, 2)
+    logged: list[dict[str, Any]] = []
+    d = Dispatcher(store, Channels(Hook(refuse)), lambda: NOW, policies={},  # type: ignore[arg-type]
+                   log=lambda event, **fields: logged.append({"event": event, **fields}))
+    stats = await d.run_due(NOW)
+    assert (stats.dead, stats.failed) == (1, 1)
+    errors = {r.message.key: r.last_error for r in store.outbox()}
+    assert errors == {"k00000": "chat: HTTP 400: bad [2J request", "k00001": "chat: busy line two"}
+    assert sorted(e["error"] for e in logged if "error" in e) == sorted(errors.values())
