@@ -5,7 +5,10 @@ Rules:
 - Inputs are taken in time order; inputs due at the same instant in a fixed order
   (SPEC 5.6): due waits, then schedule firings (in playbook and trigger order), then
   events (in arrival order). Events a run emits are handled right after the input
-  that emitted them, at the same instant.
+  that emitted them, at the same instant. A chain of them is cut (the event taken,
+  not handled, and noted ``emit_chain_cut``) past ``MAX_EMIT_DEPTH`` events emitted
+  one by the other, or past ``MAX_EMITTED`` events from one input: a flow that emits
+  the event that starts it again would otherwise never let the input end.
 - Each input's decision is applied in one transaction together with what it consumed
   (the timer, the event, the schedule position), so a crash either replays the input
   or has fully applied it.
@@ -21,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +40,8 @@ from ..store.base import ScheduleUpdate, Store
 MAX_BATCH = 1000
 PASS_INPUTS = 10_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
 LAUNCH_EVENT = "cmtyflow.launch"
+MAX_EMIT_DEPTH = 100  # events emitted one by the other, from one input
+MAX_EMITTED = 10_000  # events emitted from one input, in all
 
 
 def launch_event(launch: Launch) -> Event:
@@ -251,14 +257,21 @@ class Driver:
         if not events:
             return 0
         handled = 0
-        pending = list(events)
+        pending = deque((event.id, 1) for event in events)  # (id, how deep in the chain)
         while pending:
-            event = self.store.take_event(pending.pop(0).id)
+            event_id, depth = pending.popleft()
+            event = self.store.take_event(event_id)
             if event is None:  # not queued: its id was seen before
                 continue
-            decision = self._handle_event(event, now)
+            if depth > MAX_EMIT_DEPTH or handled >= MAX_EMITTED:
+                decision = Decision()
+                why = f"{MAX_EMIT_DEPTH} events deep" if depth > MAX_EMIT_DEPTH else f"{MAX_EMITTED} events from one input"
+                decision.note("emit_chain_cut", type=event.type, member=event.member, event=event.id[-120:], reason=why)
+                decision.count("emitted_events_cut")
+            else:
+                decision = self._handle_event(event, now)
+                pending.extend((e.id, depth + 1) for e in decision.emitted)
             self.store.apply(decision, consumed_event=event.id)
             self._observe(decision)
-            pending.extend(decision.emitted)
             handled += 1
         return handled

@@ -40,7 +40,7 @@ DELIVERY_BATCH = 5000
 # is cyclic garbage, so the collector has nothing to find meanwhile; what it would
 # find (a failing template's traceback) waits at most a million objects.
 GC_THRESHOLDS = (1_000_000, 20, 10)
-SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member")  # the notes ``summary`` reads
+SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member", "emit_chain_cut")  # the notes ``summary`` reads
 
 
 def delivery_record(message: QueuedMessage, at: str) -> dict[str, Any]:
@@ -292,6 +292,12 @@ class DryRun:
         empties = [n for n in notes if n["kind"] == "empty_message"]
         if empties:
             warnings.append(f"{len(empties)} sends rendered empty text and were not queued (first: {empties[0]['playbook']}/{empties[0]['step']})")
+        cut = [n for n in notes if n["kind"] == "emit_chain_cut"]
+        if cut:
+            warnings.append(
+                f"{len(cut)} emitted event{' was' if len(cut) == 1 else 's were'} dropped, not handled: a chain of emits went past {cut[0]['reason']} "
+                f"(first: {cut[0]['type']}; does a flow emit an event that starts it again?)"
+            )
         unknown = [n for n in notes if n["kind"] == "unknown_member"]
         if unknown:
             warnings.append(f"{len(unknown)} references to members not in the roster (first: {unknown[0]['member']})")

@@ -53,6 +53,7 @@ LOGGED_NOTES = {
     "unknown_member": "a member not in the roster",
     "trigger_failed": "a trigger failed",
     "audience_failed": "an audience check failed",
+    "emit_chain_cut": "dropped an emitted event: a chain of emits went too far (does a flow emit the event that starts it?)",
     "input_failed": "set an input aside (it broke on a fault of cmtyflow's own; see docs/semantics.md, Runs)",
 }
 

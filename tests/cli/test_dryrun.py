@@ -148,3 +148,27 @@ def test_preview_renders_literally_and_lists_steps(tmp_path, capsys):
     assert "no send step 'nope'; send steps are: again, brief, hi" in capsys.readouterr().err
     assert main(["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "zz", "--roster", str(tmp_path / "m.csv")]) == 1
     assert "member 'zz' is not in the roster" in capsys.readouterr().err
+
+
+def test_a_flow_that_emits_its_own_trigger_is_cut_not_endless(tmp_path, capsys):
+    """g emits the event that starts g: the chain stops at MAX_EMIT_DEPTH events, each
+    handled once, the rest reported; before, the dry run never ended and its memory
+    grew without bound."""
+    from cmtyflow.runtime.driver import MAX_EMIT_DEPTH
+
+    (tmp_path / "loop.yaml").write_text(
+        "cmtyflow: 1\nname: loop\ntimezone: Asia/Shanghai\nchannels: {dm: {adapter: console}}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: f}\n  - {id: k, event: ping.pong, flow: g}\n"
+        "flows:\n  f: [{emit: {event: ping.pong}}]\n  g: [{emit: {event: ping.pong}}, {send: {channel: dm, text: hop}}]\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "m.csv").write_text("id,name\nu1,A\n", encoding="utf-8")
+    (tmp_path / "ev.jsonl").write_text(
+        '{"id":"e1","type":"member.joined","at":"2026-12-01T10:00:00+08:00","member":"u1"}\n', encoding="utf-8"
+    )
+    code = main(["dry-run", str(tmp_path / "loop.yaml"), "--roster", str(tmp_path / "m.csv"), "--events",
+                 str(tmp_path / "ev.jsonl"), "--start", "2026-12-01", "--days", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert f"deliveries: {MAX_EMIT_DEPTH}," in out  # g ran once per event handled
+    assert f"1 emitted event was dropped, not handled: a chain of emits went past {MAX_EMIT_DEPTH} events deep" in out + err
