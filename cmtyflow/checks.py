@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from . import channelchecks, textchecks
 from .checkbase import (
@@ -138,6 +138,10 @@ def cron_problem(text: str) -> str | None:
                 f"cron '{text}' fires {times} times a minute: a 6th field is seconds, last "
                 f"(cmtyflow starts with the minute, as crontab does){quartz or '; give one second, or write 5 fields'}"
             )
+        try:  # every field valid, yet no date may match (30 February): it would never fire
+            croniter(text, datetime(2024, 1, 1)).get_next(datetime)
+        except CroniterBadDateError:
+            return f"cron '{text}' never fires: no month {fields[3]!r} has a day {fields[2]!r}"
         return None
     except (ValueError, KeyError, TypeError) as exc:
         for index, part in enumerate(fields):

@@ -259,6 +259,11 @@ def test_playbook_names_are_unique_among_loaded_playbooks(write, tmp_path, monke
         ("60 * * * *", "cron '60 * * * *': '60' is not a valid minute (0-59)"),
         ("0 0 32 * *", "cron '0 0 32 * *': '32' is not a valid day of month (1-31)"),
         ("0 0 * 13 *", "cron '0 0 * 13 *': '13' is not a valid month (1-12 or JAN-DEC)"),
+        # Each field valid, no date matches: the dry run crashed looking for a firing.
+        ("0 9 30 2 *", "cron '0 9 30 2 *' never fires: no month '2' has a day '30'"),
+        ("0 0 31 4,6 *", "cron '0 0 31 4,6 *' never fires: no month '4,6' has a day '31'"),
+        ("0 9 29 2 *", None),  # leap years
+        ("0 9 30 2 MON", None),  # day of month or day of week: every Monday
         # Seconds first, as Quartz and Spring write them (copied from a blog or a Java
         # project): read as seconds last, "0 0 20 * * *" is every second of 00:00 on the 20th.
         (

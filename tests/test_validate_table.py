@@ -168,6 +168,29 @@ CASES = [
         """\
         cmtyflow: 1
         name: demo
+        window: {start: 9999-12-31, days: 2}
+        channels:
+          group: {adapter: console}
+        triggers:
+          - {id: joined, event: member.joined, flow: onboard}
+        flows:
+          onboard:
+            - wait: 3650000d
+            - wait: {event: message.posted, timeout: 99999999999w}
+            - send: {text: hi}
+        """,
+        {},
+        [
+            "pb.yaml:3:1: error: a window lies between the years 1971 and 9000",
+            "pb.yaml:10:13: error: '3650000d' is longer than 3660 days (about ten years), the longest a duration may be",
+            "pb.yaml:11:46: error: '99999999999w' is longer than 3660 days (about ten years), the longest a duration may be",
+        ],
+        id="durations_and_window_past_the_calendar",
+    ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
         channels:
           group: {adapter: console}
         triggers:

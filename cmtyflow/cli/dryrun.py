@@ -49,6 +49,8 @@ def dry_run(
     sent. The span is [start, start + days); messages due after it are counted as
     pending.
     """
+    if report and not Path(report).resolve().parent.is_dir():  # before the dry run, not after it
+        raise UserError(f"--report {report}: the folder {Path(report).parent} does not exist")
     _, programs = load_programs(paths)
     begin = parse_start(start, programs, SystemClock().now())
     span = days or default_days(programs, begin)
@@ -89,7 +91,10 @@ def dry_run(
         from ..runtime.report_html import write_report
 
         title = ", ".join(p.playbook.title or p.name for p in programs)
-        write_report(Path(report), collected, summary, title=f"{title}: dry run")
+        try:
+            write_report(Path(report), collected, summary, title=f"{title}: dry run")
+        except OSError as exc:
+            raise UserError(f"--report {report}: cannot write it: {exc.strerror or exc}") from None
         click.echo(f"report written to {report}", err=True)
     return EXIT_OK
 

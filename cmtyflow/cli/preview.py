@@ -30,7 +30,7 @@ def preview_cmd(
 ) -> int:
     """Render the message of send step STEP (its id, or flow[N]) for one member."""
     _, programs = load_programs([playbook])
-    now = parse_start(at, programs, SystemClock().now()) if at else SystemClock().now()
+    now = parse_start(at, programs, SystemClock().now(), option="--at") if at else SystemClock().now()
     problems: list[RowProblem] = []
     members = list(read_roster(roster, problems)) if roster else []
     if member_id and not roster:

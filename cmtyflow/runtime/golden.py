@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -39,7 +39,7 @@ class GoldenSpec(BaseModel):
     roster: str
     events: str | None = None
     start: str
-    days: int
+    days: StrictInt = Field(ge=1, le=3660)  # as dry-run --days (a bool is not a number of days)
     simulate: str | None = None
     seed: int = 0
     expected: str | None = None
@@ -78,7 +78,9 @@ def discover(paths: list[str]) -> list[Path]:
 def read_spec(path: Path) -> GoldenSpec:
     try:
         data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-        return GoldenSpec.model_validate({k: str(v) if k == "start" else v for k, v in (data or {}).items()})
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a golden spec is a mapping (playbook, roster, start, days, ...)")
+        return GoldenSpec.model_validate({k: str(v) if k == "start" else v for k, v in data.items()})
     except (YAMLError, OSError) as exc:
         raise UserError(f"{path}: {exc}") from None
     except ValidationError as exc:
@@ -90,8 +92,14 @@ def read_spec(path: Path) -> GoldenSpec:
 def transcript(spec_path: Path) -> tuple[GoldenSpec, list[str]]:
     spec = read_spec(spec_path)
     base = spec_path.parent
+    for key, name in (("playbook", spec.playbook), ("roster", spec.roster), ("events", spec.events)):
+        if name is not None and not (base / name).exists():
+            raise UserError(f"{spec_path}: {key}: no such file {base / name}")
     _, programs = load_programs([base / spec.playbook])
-    start = parse_start(spec.start, programs, None)  # type: ignore[arg-type]
+    try:
+        start = parse_start(spec.start, programs, None, option="start")  # type: ignore[arg-type]
+    except UserError as exc:
+        raise UserError(f"{spec_path}: {exc}") from None
     lines: list[str] = []
 
     def sink(record: dict[str, Any]) -> None:

@@ -39,15 +39,21 @@ def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program
     return result, [compile_program(loaded, formats) for loaded in result.playbooks]
 
 
-def parse_start(text: str | None, programs: list[Program], now: datetime) -> datetime:
-    """``--start``: ISO 8601 (a date means its midnight), without an offset in the first
-    playbook's timezone. Default: the earliest window start, else today's midnight."""
+FIRST_YEAR, LAST_YEAR = 1971, 9000  # what a start may be: the clock's arithmetic stays in range
+
+
+def parse_start(text: str | None, programs: list[Program], now: datetime, *, option: str = "--start") -> datetime:
+    """``--start`` (or ``option``, as the user wrote it): ISO 8601 (a date means its
+    midnight), without an offset in the first playbook's timezone. Default: the
+    earliest window start, else today's midnight."""
     tz: ZoneInfo = programs[0].tz
     if text:
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
-            raise UserError(f"--start '{text}' is not an ISO 8601 date or datetime") from None
+            raise UserError(f"{option} '{text}' is not an ISO 8601 date or datetime") from None
+        if not FIRST_YEAR <= value.year <= LAST_YEAR:
+            raise UserError(f"{option} '{text}' is out of range: give a time between {FIRST_YEAR} and {LAST_YEAR}")
         return value if value.tzinfo is not None else localize(value, tz)
     starts = [
         localize(datetime.combine(p.window[0], datetime.min.time()), p.tz) for p in programs if p.window

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 _PART = re.compile(r"(\d+)([wdhms])")
 _WHOLE = re.compile(r"(?:\d+[wdhms])+")
+MAX_DAYS = 3660  # the longest duration, as dry-run --days: past it a time leaves the calendar's range
 _UNITS = {"w": (7, 0), "d": (1, 0), "h": (0, 3600), "m": (0, 60), "s": (0, 1)}
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
 
@@ -73,6 +74,8 @@ def parse_duration(text: str) -> Duration:
         d, s = _UNITS[unit]
         days += int(number) * d
         seconds += int(number) * s
+    if days * 86400 + seconds > MAX_DAYS * 86400:
+        raise DurationError(f"'{text}' is longer than {MAX_DAYS} days (about ten years), the longest a duration may be")
     return Duration(days, seconds)
 
 

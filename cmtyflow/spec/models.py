@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from .duration import (
     DURATION_PATTERN,
+    MAX_DAYS,
     TIME_OF_DAY_PATTERN,
     DurationError,
     parse_duration,
@@ -94,7 +95,7 @@ class Model(BaseModel):
 
 class Window(Model):
     start: date
-    days: int | None = Field(None, ge=1)
+    days: int | None = Field(None, ge=1, le=MAX_DAYS)
     end: date | None = None
 
     @model_validator(mode="after")
@@ -103,6 +104,8 @@ class Window(Model):
             raise PydanticCustomError("window", "window takes either days or end, not both")
         if self.end is not None and self.end < self.start:
             raise PydanticCustomError("window", "window end is before its start")
+        if not 1971 <= self.start.year <= 9000 or (self.end is not None and self.end.year > 9000):
+            raise PydanticCustomError("window", "a window lies between the years 1971 and 9000")
         return self
 
     def last_day(self) -> date | None:

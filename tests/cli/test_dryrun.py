@@ -172,3 +172,32 @@ def test_a_flow_that_emits_its_own_trigger_is_cut_not_endless(tmp_path, capsys):
     assert code == 0
     assert f"deliveries: {MAX_EMIT_DEPTH}," in out  # g ran once per event handled
     assert f"1 emitted event was dropped, not handled: a chain of emits went past {MAX_EMIT_DEPTH} events deep" in out + err
+
+
+def test_golden_specs_that_cannot_run_are_errors_and_the_rest_still_run(tmp_path, capsys):
+    _setup(tmp_path)
+    spec = (tmp_path / "hello.test.yaml").read_text(encoding="utf-8")
+    (tmp_path / "a.test.yaml").write_text(spec.replace("m.csv", "nope.csv"), encoding="utf-8")
+    (tmp_path / "b.test.yaml").write_text("- a list\n", encoding="utf-8")
+    days = next(line for line in spec.splitlines() if line.startswith("days:"))
+    (tmp_path / "c.test.yaml").write_text(spec.replace(days, "days: 0"), encoding="utf-8")
+    (tmp_path / "d.test.yaml").write_text(spec.replace(days, "days: true"), encoding="utf-8")
+    assert main(["test", str(tmp_path), "--update"]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {tmp_path / 'a.test.yaml'}: roster: no such file {tmp_path / 'nope.csv'}" in out
+    assert f"ERROR {tmp_path / 'b.test.yaml'}: a golden spec is a mapping" in out
+    assert f"ERROR {tmp_path / 'c.test.yaml'}: days: Input should be greater than or equal to 1" in out
+    assert f"ERROR {tmp_path / 'd.test.yaml'}: days: Input should be a valid integer" in out
+    assert "updated" in out and (tmp_path / "hello.expected.jsonl").exists()  # the good one still ran
+    assert "4 of 5 could not run" in out
+
+
+def test_dry_run_refuses_a_start_off_the_calendar_and_a_report_folder_that_is_not_there(tmp_path, capsys):
+    args = ["dry-run", *_files(tmp_path)]
+    at = args.index("--start")
+    for start in ("0001-01-01", "9999-12-25"):
+        assert main([*args[:at], "--start", start, *args[at + 2:]]) == 1
+        assert f"--start '{start}' is out of range" in capsys.readouterr().err
+    assert main([*args, "--report", str(tmp_path / "no" / "r.html")]) == 1
+    out, err = capsys.readouterr()
+    assert "the folder" in err and "does not exist" in err and out == ""  # refused before the dry run
