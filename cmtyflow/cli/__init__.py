@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -93,9 +94,20 @@ def _silence_stdout() -> None:
         pass
 
 
+def _tolerant_output() -> None:
+    """Text the terminal's encoding cannot show (a ✅ in a template, on a GBK console or
+    an ASCII pipe) is written as a replacement, not a crash. UTF-8 output is unchanged."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")
+        if encoding not in ("utf-8", "utf8") and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):  # a stream that cannot change
+                stream.reconfigure(errors="replace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cmtyflow`` script; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _tolerant_output()
     try:
         result = cli.main(args=args, prog_name="cmtyflow", standalone_mode=False)
     except UserError as exc:

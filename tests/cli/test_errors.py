@@ -184,3 +184,35 @@ def test_a_lost_postgresql_server_is_an_error_not_a_bug(monkeypatch, capsys):
         "error: the PostgreSQL state failed: server closed the connection unexpectedly. "
         "What was saved before stays; fix that and run the command again.\n"
     ))
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "gbk"])
+def test_text_the_terminal_cannot_encode_is_replaced_not_a_crash(tmp_path, encoding):
+    """A GBK console (Chinese Windows) or an ASCII pipe cannot show every character a
+    message holds (✅ in the shipped templates): it is written as '?', exit 0."""
+    import os
+
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: pb\ntimezone: Asia/Shanghai\nchannels: {dm: {adapter: console}}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: f}\n"
+        'flows:\n  f:\n    - {id: hi, send: {channel: dm, text: "✅ 打卡成功 {{ member.name }}"}}\n',
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    done = subprocess.run([sys.executable, "-m", "cmtyflow", "preview", str(playbook), "hi", "--member", "u1"],
+                          capture_output=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "hit a bug" not in done.stderr.decode(encoding, errors="replace")
+    if encoding == "gbk":
+        out = done.stdout.decode(encoding)
+        assert "? 打卡成功" in out  # what the console can show is shown, the rest replaced
+
+
+def test_python_dash_m_exits_with_the_commands_code(tmp_path):
+    """`python -m cmtyflow` exited 0 whatever happened (its code was dropped), so a CI
+    step written that way passed on a broken playbook."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cmtyflow: 1\nname: x\nflows: []\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "cmtyflow", "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout
