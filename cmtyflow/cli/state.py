@@ -85,12 +85,31 @@ def members_import(file: str, state: str | None) -> int:
     """
     problems: list[RowProblem] = []
     store, location = store_at(state)
+    kept: list[str] = []  # opted out in the state, opted_out false in the file
     try:
-        n = store.put_members(read_roster(file, problems))
+        opted_out = {m["id"] for m in store.iter_members() if m.get("opted_out")}
+
+        def rows() -> Any:
+            # SPEC 5.2: nothing goes out after a recorded opt-out. An older export of
+            # the roster must not undo it: the member opts back in by an event.
+            for row in read_roster(file, problems):
+                if row.get("opted_out") is False and row["id"] in opted_out:
+                    row = {k: v for k, v in row.items() if k != "opted_out"}
+                    kept.append(row["id"])
+                yield row
+
+        n = store.put_members(rows())
     finally:
         store.close()
     for problem in problems:
         click.echo(f"{problem}: row skipped", err=True)
+    if kept:
+        click.echo(
+            f"kept the opt-out of {len(kept)} member{'s' if len(kept) != 1 else ''} the file says have not opted out "
+            f"({', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}): an opt-out is undone only by a "
+            "member.opted_in event (cmtyflow emit member.opted_in --member ID)",
+            err=True,
+        )
     click.echo(f"imported {n} members into {shown(location)}" + (f"; {len(problems)} rows skipped" if problems else ""))
     return EXIT_ERROR if problems else EXIT_OK
 

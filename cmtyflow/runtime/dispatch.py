@@ -292,6 +292,9 @@ class Dispatcher:
             claiming = False
             ready.set()
             everything: asyncio.Future[Any] = asyncio.gather(*workers)
+            # Seen even when this call is cancelled itself (the runner stopping), so that
+            # asyncio does not report the workers' cancellation as never retrieved.
+            everything.add_done_callback(lambda f: f.cancelled() or f.exception())
             stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
             try:
                 await asyncio.wait({everything, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -303,6 +306,10 @@ class Dispatcher:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(everything, return_exceptions=True)
+                # Rows no worker got to (each was busy with a send when the drain ended)
+                # were never started: back to the queue, not left inflight (in doubt).
+                left.extend(row.message.key for row, _, _ in todo)
+                todo.clear()
                 stats.abandoned = len(self._inflight)
                 for key in sorted(self._inflight):
                     self.log("abandoned", key=key)

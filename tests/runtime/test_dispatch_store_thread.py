@@ -202,6 +202,27 @@ async def test_stop_drains_the_sends_in_flight_and_puts_unstarted_rows_back(tmp_
     assert sum(1 for s in found.values() if s == "queued") == 1500 - stats.sent
 
 
+async def test_rows_no_worker_started_go_back_to_the_queue_when_the_drain_runs_out(tmp_path: Path) -> None:
+    """One worker, its send hanging past the drain: that message is abandoned (in doubt
+    next start), the rows it never got to are queued again, not left inflight to be
+    held as in doubt on a platform that cannot deduplicate."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    fill(store, 6)
+    disp: Dispatcher
+
+    async def hang(message: OutboundMessage) -> None:
+        if message.key == "k00001":
+            disp.stop()
+            await asyncio.sleep(3600)
+
+    disp = dispatcher(store, Hook(hang), concurrency=1)
+    stats = await disp.run_due(NOW, drain=0.1)
+    assert (stats.sent, stats.abandoned, stats.requeued) == (1, 1, 4)
+    store.close()
+    assert statuses(path) == {"k00000": "sent", "k00001": "inflight", **{f"k0000{i}": "queued" for i in range(2, 6)}}
+
+
 async def test_the_loop_writes_through_the_same_store_while_the_thread_commits(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path)

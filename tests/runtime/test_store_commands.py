@@ -180,3 +180,24 @@ def test_outbox_options_before_retry_are_refused_not_dropped(club, capsys):
     assert code == 1 and "--status before 'retry'" in err
     code, out, _ = cli(capsys, "outbox", "--state", state, "retry", "--all", "--status", "failed")
     assert code == 0 and "queued 0 messages again" in out
+
+
+def test_an_older_roster_export_does_not_undo_a_recorded_opt_out(tmp_path, club, capsys):
+    """SPEC 5.2: nothing goes out after a member's opt-out is recorded. Importing the
+    roster again with opted_out=false kept nobody from receiving a message before."""
+    path, state = club
+    roster = tmp_path / "roster.csv"
+    roster.write_text("id,name,opted_out\nu1,阿明,false\nu2,Bea,false\n", encoding="utf-8")
+    assert cli(capsys, "members", "import", str(roster), "--state", state)[0] == 0
+    assert cli(capsys, "emit", "member.opted_out", "--member", "u1", "--id", "o1", "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    code, out, err = cli(capsys, "members", "import", str(roster), "--state", state)
+    assert code == 0 and "imported 2 members" in out
+    assert "kept the opt-out of 1 member the file says have not opted out (u1)" in err
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
+    assert {m["id"]: m.get("opted_out") for m in json.loads(out)} == {"u1": True, "u2": False}
+    # The way back in is an event.
+    assert cli(capsys, "emit", "member.opted_in", "--member", "u1", "--id", "i1", "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:01:00+08:00")[0] == 0
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
+    assert {m["id"]: m.get("opted_out") for m in json.loads(out)}["u1"] is False
