@@ -23,8 +23,10 @@ import csv
 import hashlib
 import io
 import json
+import math
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -50,12 +52,44 @@ class RowProblem:
         return f"{self.path}:{self.line}: {self.message}"
 
 
+def check_values(value: Any, where: str = "") -> None:
+    """Refuse what JSON reads but the state cannot keep as text: a lone surrogate
+    (``"\\ud800"``) and a number that is not finite (``NaN``, ``Infinity``, ``1e999``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{where or 'a value'} holds {value[exc.start]!r}, a lone surrogate, not text") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where or 'a value'} is {value}, not a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_values(key, where or "a key")
+            check_values(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_values(item, f"{where}[{index}]")
+
+
+_MEMBER_TEXT_LISTS = ("tags",)
+
+
 def _member(raw: dict[str, Any]) -> dict[str, Any]:
     member: dict[str, Any] = {}
+    check_values(raw)
     for key, value in raw.items():
         if key is None:
             raise ValueError("more cells than header columns")
+        if not isinstance(key, str):
+            raise ValueError(f"a field name must be text, not {key!r}")
         key = key.strip()
+        if key in member:
+            raise ValueError(f"two fields named '{key}'")
+        if isinstance(value, dict) or (isinstance(value, list) and key not in _MEMBER_TEXT_LISTS):
+            raise ValueError(f"{key} must be a single value, not {type(value).__name__}")
+        if key == "tags" and isinstance(value, list) and not all(isinstance(t, str) for t in value):
+            raise ValueError("tags must be a list of text")
         if value is None or (isinstance(value, str) and value.strip() == "" and key != "id"):
             continue
         if isinstance(value, str):
@@ -111,6 +145,33 @@ def _first_bad_line(path: Path, encoding: str) -> int | None:
     return None
 
 
+@contextmanager
+def open_text(path: str | Path) -> Iterator[Any]:
+    """A roster or event file as text (see the rules). A pipe (``/dev/stdin``, a shell's
+    ``<(...)``) can be read only once: it is read whole first, then decoded."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, encoding=text_encoding(path), newline="") as fh:
+            yield fh
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    for encoding in ("utf-8-sig", FALLBACK_ENCODING):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            if encoding == FALLBACK_ENCODING:
+                line = data.count(b"\n", 0, exc.start) + 1
+                raise UserError(f"{path}:{line}: not UTF-8 text; send UTF-8") from None
+            continue
+        if encoding == FALLBACK_ENCODING:
+            print(f"{path}: not UTF-8; read as GB18030/GBK", file=sys.stderr)
+        yield io.StringIO(text, newline="")
+        return
+
+
 def text_encoding(path: str | Path) -> str:
     """How to read a roster or event file (see the rules)."""
     path = Path(path)
@@ -157,7 +218,7 @@ def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[s
     """Members from a CSV or JSON-lines file, streamed; bad rows go to ``problems``."""
     path = Path(path)
     text_path = str(path)
-    with open(path, encoding=text_encoding(path), newline="") as fh:
+    with open_text(path) as fh:
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -170,17 +231,43 @@ def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[s
                 except (ValueError, TypeError) as exc:
                     problems.append(RowProblem(text_path, lineno, str(exc)))
             return
-        reader = csv.DictReader(fh, delimiter=_delimiter(fh, text_path))
-        for row in reader:
+        # strict: a quote left open would otherwise take every later row into one cell.
+        reader = csv.DictReader(fh, delimiter=_delimiter(fh, text_path), strict=True)
+        names = [n.strip().lstrip("\ufeff") for n in reader.fieldnames or []]
+        twice = sorted({n for n in names if n and names.count(n) > 1})
+        if twice:
+            raise UserError(f"{text_path}:1: the header names {', '.join(repr(n) for n in twice)} more than once; each column needs a name of its own")
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise UserError(
+                    f"{text_path}:{start}: {exc} (a quote opened in a cell must be closed, and a quote inside a quoted "
+                    'cell is written twice: "say ""hi"""); nothing was imported'
+                ) from None
             try:
                 yield _member(row)
             except ValueError as exc:
-                problems.append(RowProblem(text_path, reader.line_num, str(exc)))
+                problems.append(RowProblem(text_path, start, str(exc)))
+
+
+def _id_text(value: Any, what: str) -> str:
+    """An event's or member's id: text that is not empty, or an integer."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{what} must be text or an integer, not {json.dumps(value, ensure_ascii=False)}")
+    text = str(value)
+    if not text.strip():
+        raise ValueError(f"{what} is empty")
+    return text
 
 
 def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
     if not isinstance(raw, dict):
         raise ValueError("an event must be a JSON object")
+    check_values(raw)
     unknown = set(raw) - {"id", "type", "at", "member", "data"}
     if unknown:
         raise ValueError(f"unknown event field(s): {', '.join(sorted(unknown))}")
@@ -204,7 +291,7 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
         update = _member(member)
         member = update["id"]
     elif member is not None:
-        member = str(member)
+        member = _id_text(member, "member")
     data = raw.get("data") or {}
     if not isinstance(data, dict):
         raise ValueError("data must be a JSON object")
@@ -212,12 +299,12 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
     if event_id is None:
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
         event_id = f"auto-{digest}"
-    return Event(id=str(event_id), type=etype, at=at, member=member, data=data, member_update=update)
+    return Event(id=_id_text(event_id, "id"), type=etype, at=at, member=member, data=data, member_update=update)
 
 
 def read_events(path: str | Path, problems: list[RowProblem], default_tz: ZoneInfo) -> Iterator[Event]:
     text_path = str(path)
-    with open(path, encoding=text_encoding(path)) as fh:
+    with open_text(path) as fh:
         yield from _events_from_lines(fh, text_path, problems, default_tz)
 
 

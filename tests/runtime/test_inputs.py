@@ -146,3 +146,77 @@ def test_a_spreadsheet_is_refused_by_name(tmp_path):
     path.write_bytes(b"PK\x03\x04 a workbook")
     with pytest.raises(UserError, match=r'members.xlsx: a spreadsheet, not text; save it as "CSV UTF-8"'):
         list(read_roster(path, []))
+
+
+def test_a_quote_left_open_refuses_the_roster_at_its_line_instead_of_eating_the_rest(tmp_path):
+    """Before, r1's name took every later row: one member imported, r2 and r3 lost, exit 0."""
+    path = tmp_path / "m.csv"
+    path.write_text('id,name,city\nr1,"李雷,北京\nr2,韩梅梅,上海\nr3,张三,广州\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"m\.csv:2: unexpected end of data .*nothing was imported"):
+        list(read_roster(path, []))
+    path.write_text('id,name\nq1,"王 "小" 明"\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"m\.csv:2: ',' expected after '\"'"):
+        list(read_roster(path, []))
+    path.write_text('id,city,city\nq1,a,b\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"m\.csv:1: the header names 'city' more than once"):
+        list(read_roster(path, []))
+    path.write_text('id,name\nq1,"say ""hi"""\n', encoding="utf-8")
+    assert list(read_roster(path, [])) == [{"id": "q1", "name": 'say "hi"'}]
+
+
+def test_json_roster_fields_must_be_plain_values(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(
+        '{"id": "j4", "tags": [1, null]}\n{"id": "j7", "name": {"nested": 1}}\n{"id": "j17", "id ": "space"}\n'
+        '{"id": "j10", "name": "\\ud800"}\n{"id": "ok", "name": "好", "tags": ["a"]}\n',
+        encoding="utf-8",
+    )
+    problems: list[RowProblem] = []
+    assert list(read_roster(path, problems)) == [{"id": "ok", "name": "好", "tags": ["a"]}]
+    assert [(p.line, p.message) for p in problems] == [
+        (1, "tags must be a list of text"),
+        (2, "name must be a single value, not dict"),
+        (3, "two fields named 'id'"),
+        (4, "name holds '\\ud800', a lone surrogate, not text"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "", "type": "a.b", "at": "2026-12-01T10:00:00+08:00"}', "id is empty"),
+        ('{"id": [1], "type": "a.b", "at": "2026-12-01T10:00:00+08:00"}', "id must be text or an integer, not [1]"),
+        ('{"id": true, "type": "a.b", "at": "2026-12-01T10:00:00+08:00"}', "id must be text or an integer, not true"),
+        ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "member": ["u1"]}', 'member must be text or an integer, not ["u1"]'),
+        ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "member": ""}', "member is empty"),
+        ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"t": "\\ud800"}}', "data.t holds '\\ud800', a lone surrogate, not text"),
+        ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"n": NaN}}', "data.n is nan, not a finite number"),
+        ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"n": 1e999}}', "data.n is inf, not a finite number"),
+    ],
+)
+def test_events_the_state_could_not_keep_are_bad_rows(line, message):
+    problems: list[RowProblem] = []
+    good = '{"id": 42, "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "member": 7}'
+    events = events_from_text(f"{line}\n{good}\n", problems, ZoneInfo("UTC"))
+    assert [(e.id, e.member) for e in events] == [("42", "7")]  # the next line still goes in
+    assert [(p.line, p.message) for p in problems] == [(1, message)]
+
+
+def test_a_pipe_is_read_once_whole(tmp_path):
+    """`cat members.csv | cmtyflow members import /dev/stdin`: a pipe cannot be read twice
+    (the encoding check read it first: events imported nothing, a roster crashed)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "w", encoding="utf-8") as fh:
+            fh.write("id,name\nu1,阿明\nu2,Bea\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    members = list(read_roster(fifo, []))
+    writer.join()
+    assert [m["id"] for m in members] == ["u1", "u2"]
