@@ -39,6 +39,8 @@ from .base import (
     TransientDeliveryError,
     masked,
     one_line,
+    redact,
+    secret_values,
 )
 from .ratelimit import Bucket, RateLimiter, default_limiter
 
@@ -154,6 +156,12 @@ class HttpAdapter:
         self._session = session
         self._own_session = False
         self._parts_sent: dict[str, list[str | None]] = {}
+        self._secrets = secret_values(settings) if isinstance(settings, BaseModel) else []
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error, often the platform's own words) without this channel's
+        secrets: a platform that echoes its token back must not put it in the log."""
+        return redact(text, self._secrets)
 
     @classmethod
     def escape(cls, value: str, fmt: str) -> str:

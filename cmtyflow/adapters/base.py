@@ -187,6 +187,33 @@ _URL_CRED = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", r
 _QUERY_SECRET = re.compile(r"([?&](?:key|token|access_token|secret|sign|password)=)[^&#\s]+", re.I)
 
 
+def secret_values(settings: BaseModel) -> list[str]:
+    """The values in ``settings`` that ``masked`` hides, and the long parts of its URLs
+    (a webhook URL's path or query often is the credential): what must not be shown
+    when a platform echoes it back in an error. Longest first, for ``redact``."""
+    found: set[str] = set()
+    for _, value in settings:
+        if isinstance(value, SecretStr):
+            found.add(value.get_secret_value())
+        elif isinstance(value, Mapping):
+            found.update(str(v) for v in value.values())
+        elif isinstance(value, str) and "://" in value:
+            parts = urlsplit(value)
+            if parts.password:
+                found.add(parts.password)
+            found.update(m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(value))
+            pieces = re.split(r"[/?&=#]", f"{parts.path}?{parts.query}")
+            found.update(piece for piece in pieces if len(piece) >= 16)
+    return sorted((v for v in found if len(v) >= 4), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for value in secrets:
+        if value in text:
+            text = text.replace(value, "********")
+    return text
+
+
 def mask_url(text: str) -> str:
     text = _URL_CRED.sub(r"\g<scheme>********@", text)
     return _QUERY_SECRET.sub(r"\1********", text)

@@ -95,12 +95,15 @@ def cutoff(text: str, now: datetime) -> datetime:
     datetime (without an offset: in TZ, else UTC)."""
     try:
         return now - timedelta(seconds=parse_duration(text).approx_seconds())
-    except DurationError:
-        pass
+    except DurationError as exc:
+        if text.strip()[:1].isdigit() and text.strip()[-1:] in "smhdw":  # an age, too long
+            raise UserError(f"--before: {exc}") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UserError(f"--before '{text}' is neither an age (e.g. 90d, 12w) nor an ISO 8601 date") from None
+    if not 1971 <= when.year <= 9000:
+        raise UserError(f"--before '{text}' is out of range: give a date between 1971 and now")
     if when.tzinfo is None:
         when = localize(when, _zone(None))
     return when
@@ -129,8 +132,9 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
     now = datetime.now(UTC)
     before = cutoff(before_text, now)
     if before > now - timedelta(days=1):
+        when = "in the future" if before > now else "less than a day ago"
         raise UserError(
-            f"--before {before_text} is {before.isoformat(timespec='seconds')}, less than a day ago: "
+            f"--before {before_text} is {before.isoformat(timespec='seconds')}, {when}: "
             "today's report and the daily cap need today's rows; give 1d or more"
         )
     if vacuum and dry_run:

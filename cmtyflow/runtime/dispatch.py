@@ -366,18 +366,24 @@ class Dispatcher:
         return OutboundMessage(m.key, m.channel, m.text, m.format, recipient, m.urgent, None, {}, m.playbook)
 
     def _failed(self, row: OutboxRow, opened: OpenChannel, exc: Exception, stats: DispatchStats) -> None:
+        if not isinstance(exc, (PermanentDeliveryError, TransientDeliveryError)):  # an adapter's bug
+            exc = TransientDeliveryError(f"{opened.adapter_name}: {type(exc).__name__}: {exc}")
+        # Kept and logged on one line, without the channel's secrets (a platform may echo
+        # its token back in an error).
+        error = one_line(str(exc))
+        hide = getattr(opened.adapter, "redact", None)
+        if callable(hide):
+            error = hide(error)
         if isinstance(exc, PermanentDeliveryError):
-            self._dead(row, one_line(str(exc)), row.attempts + 1, stats)
-        elif isinstance(exc, TransientDeliveryError):
-            self._retry(row, exc, stats)
+            self._dead(row, error, row.attempts + 1, stats)
         else:
-            self._retry(row, TransientDeliveryError(f"{opened.adapter_name}: {type(exc).__name__}: {exc}"), stats)
+            self._retry(row, exc, error, stats)
 
     def _log_sent(self, row: OutboxRow) -> None:
         m = row.message
         self.log("sent", key=m.key, playbook=m.playbook, flow=m.flow, step=m.step, channel=m.channel, adapter=m.adapter, member=m.member, to=m.to)
 
-    def _retry(self, row: OutboxRow, exc: TransientDeliveryError, stats: DispatchStats) -> None:
+    def _retry(self, row: OutboxRow, exc: TransientDeliveryError, error: str, stats: DispatchStats) -> None:
         m = row.message
         policy = self.policies.get(m.playbook)
         attempts_allowed = policy.retry.attempts if policy is not None else 5
@@ -390,13 +396,12 @@ class Dispatcher:
         else:
             attempts = row.attempts + 1
             if attempts >= attempts_allowed:
-                self._dead(row, one_line(str(exc)), attempts, stats)
+                self._dead(row, error, attempts, stats)
                 return
             delay = backoff(attempts, max_delay, self.rng)
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
         when = now + timedelta(seconds=delay)
-        error = one_line(str(exc))
         self._results.append((m.key, "failed", {"attempts": attempts, "next_attempt": when, "last_error": error}))
         stats.failed += 1
         self.log("retry", key=m.key, playbook=m.playbook, step=m.step, member=m.member, attempts=attempts, next_attempt=when.isoformat(), error=error)

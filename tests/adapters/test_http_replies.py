@@ -39,6 +39,11 @@ async def forbidden_gbk(request: web.Request) -> web.Response:
     return web.Response(status=403, body=GARBLED.encode("gbk"), headers={"Content-Type": "text/plain; charset=gbk"})
 
 
+async def echo_token(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"error": f"bad token {request.query.get('token')} for {request.path}"}, status=401)
+
+
 async def small(request: web.Request) -> web.Response:
     await request.read()
     return web.json_response({"id": "r-1"})
@@ -52,6 +57,7 @@ async def base(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     app.router.add_post("/large", large)
     app.router.add_post("/small", small)
     app.router.add_post("/gbk", forbidden_gbk)
+    app.router.add_post("/T0001/B0002/xoxbSecretPathPart123456", echo_token)
     server = await aiohttp_server(app, host="127.0.0.1")
     return str(server.make_url("")).rstrip("/")
 
@@ -93,3 +99,39 @@ async def test_an_error_reply_is_read_in_its_charset_on_one_line_without_control
     finally:
         await adapter.close()
     assert str(caught.value) == "webhook: HTTP 403: 错误： 令牌无效 [31mRED [0m 第二行 tab"
+
+
+async def test_a_platform_echoing_the_channels_token_does_not_put_it_in_the_log(base: str) -> None:
+    """The token in the URL's query, and a long path part (a Slack-style webhook key),
+    come back in the platform's error text: the dispatcher keeps and logs the error
+    without them."""
+    from datetime import UTC, datetime
+
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.runtime.channels import OpenChannel
+    from cmtyflow.runtime.dispatch import Dispatcher
+    from cmtyflow.store.memory import MemoryStore
+
+    url = f"{base}/T0001/B0002/xoxbSecretPathPart123456?token=sekrit-HOOK-789"
+    adapter = WebhookAdapter(WebhookSettings.model_validate({"url": url}))
+    opened = OpenChannel("hook", "webhook", adapter, adapter.capabilities)
+
+    class Channels:
+        def adapter_for(self, playbook: str, channel: str) -> OpenChannel:
+            return opened
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    store = MemoryStore()
+    store.apply(Decision(messages=[QueuedMessage("k1", "pb", "r1", "f", "s", 1, "hook", "webhook", None, "channel",
+                                                 "hi", "plain", None, False, now, now)]))
+    logged: list[str] = []
+    await adapter.open()
+    try:
+        stats = await Dispatcher(store, Channels(), lambda: now, policies={},  # type: ignore[arg-type]
+                                 log=lambda event, **fields: logged.append(str(fields))).run_due(now)
+    finally:
+        await adapter.close()
+    assert stats.dead == 1
+    (row,) = list(store.outbox())
+    assert row.last_error == 'webhook: HTTP 401: {"error": "bad token ******** for /T0001/B0002/********"}'
+    assert not any("sekrit" in line or "xoxbSecret" in line for line in logged)

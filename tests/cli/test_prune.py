@@ -66,6 +66,9 @@ def test_prune_counts_forgets_and_gives_the_space_back(state: str, capsys: pytes
 @pytest.mark.parametrize(("args", "message"), [
     (["--before", "2h"], "less than a day ago: today's report and the daily cap need today's rows; give 1d or more"),
     (["--before", "soon"], "--before 'soon' is neither an age (e.g. 90d, 12w) nor an ISO 8601 date"),
+    (["--before", "9999999d"], "--before: '9999999d' is longer than 3660 days"),
+    (["--before", "0001-01-01"], "--before '0001-01-01' is out of range: give a date between 1971 and now"),
+    (["--before", "8000-01-01"], "in the future: today's report and the daily cap need today's rows"),
     (["--before", "30d", "--vacuum", "--dry-run"], "--vacuum changes the file; leave it out with --dry-run"),
 ])
 def test_prune_refuses_a_cutoff_it_cannot_take(state: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
