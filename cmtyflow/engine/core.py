@@ -375,6 +375,12 @@ class Engine:
             prog = self.program_for(run)
             if prog is None:
                 continue
+            since = run.waiting.get("since")
+            began = datetime.fromisoformat(since) if since else None
+            if began is not None and event.at < began:
+                # It happened before the wait began (it arrived late): it answers no
+                # question asked after it, as a goal does not count it either.
+                continue
             if wait.where is not None:
                 from ..expr import compile_expression
 
@@ -390,11 +396,10 @@ class Engine:
                 continue
             txn.decision.cancel_waits_of.append(run.id)
             txn.decision.cancel_timers_of.append(run.id)
-            since = run.waiting.get("since")
             txn.decision.note(
                 "wait_resolved", playbook=run.playbook, flow=run.flow, step=run.waiting.get("step"), member=run.member,
                 run=run.id, by=event.member,
-                seconds=(event.at - datetime.fromisoformat(since)).total_seconds() if since else None,
+                seconds=(event.at - began).total_seconds() if began is not None else None,
             )
             run.wait = {"event": event.as_context(), "timed_out": False}
             run.waiting = None

@@ -196,6 +196,12 @@ def test_matching_event_resumes_an_event_wait(setup):
     # Another member's post leaves the wait alone.
     other = t("2026-12-01T10:30:00+08:00")
     assert engine.handle(store, other, Event("x", "message.posted", other, "ny")) == Decision()
+    # So does the member's own post from before the wait began, arriving late: it
+    # answered nothing asked after it (the report showed a negative answer time).
+    earlier = t("2026-12-01T09:00:00+08:00")
+    untouched = engine.handle(store, earlier, Event("early", "message.posted", earlier, "m"))
+    assert (untouched.notes, untouched.messages, untouched.cancel_waits_of) == ([], [], [])
+    assert all(run == first.runs["w:j1"] for run in untouched.runs.values())  # still waiting, as it was
     posted_at = t("2026-12-01T11:00:00+08:00")
     post = Event("p1", "message.posted", posted_at, "m", {"text": "hello"})
     decision = engine.handle(store, posted_at, post)
