@@ -129,8 +129,12 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
         elif path.is_file():
             if path.name == DEFAULTS_NAME:
                 defaults.append(path)
-            elif not path.name.endswith(".test.yaml"):
+            elif path.name.endswith(".test.yaml"):
+                raise UserError(f"{given}: a golden test spec, not a playbook; run it with `cmtyflow test {given}`")
+            else:
                 playbooks.append(path)
+        elif path.exists():
+            raise UserError(f"{given}: not a playbook file or a folder of them")
         else:
             raise UserError(f"{given}: no such file or folder")
     # The same file named twice (a folder and a file in it) is loaded once.

@@ -191,6 +191,17 @@ CASES = [
         """\
         cmtyflow: 1
         name: demo
+        policies: {max_loop: 100000000}
+        flows: {}
+        """,
+        {},
+        ["pb.yaml:3:22: error: 'max_loop' should be at most 10000, not the number 100000000"],
+        id="max_loop_bounded",
+    ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
         channels:
           group: {adapter: console}
         triggers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UserError
 from ..loader import load
 from ..problems import format_json, format_text, summary
 from . import EXIT_ERROR, EXIT_OK, cli
@@ -24,6 +25,8 @@ def validate(paths: tuple[str, ...], fmt: str) -> int:
     """Check playbooks (files or folders) without running them."""
     result = load(paths)
     files = len(result.files)
+    if not files and not result.problems:  # a mistyped folder must not pass a CI step
+        raise UserError(f"no playbooks found in {', '.join(paths)}")
     if fmt == "json":
         click.echo(format_json(result.problems, files=files))
     else:

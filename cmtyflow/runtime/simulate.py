@@ -56,6 +56,8 @@ def parse_spec(text: str) -> list[tuple[str, float]]:
             raise SimulationSpecError(
                 f"unknown behaviour '{name}'; use one of {', '.join(SHORTHANDS)} or a dotted event type"
             )
+        if any(seen == etype for seen, _ in out):
+            raise SimulationSpecError(f"'{etype}' is given twice; give each behaviour once")
         out.append((etype, p))
     if not out:
         raise SimulationSpecError("no behaviour given, e.g. checkin=0.7,post=0.2")

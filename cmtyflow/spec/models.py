@@ -152,7 +152,7 @@ class Policies(Model):
     max_per_member_per_day: int | None = Field(None, ge=1)
     catch_up: CatchUp = Field(default_factory=CatchUp)
     retry: Retry = Field(default_factory=Retry)
-    max_loop: int = Field(1000, ge=1)
+    max_loop: int = Field(1000, ge=1, le=10_000)  # a run looping longer holds its input up
     in_doubt: Literal["hold", "resend"] = "hold"
 
 

@@ -178,3 +178,20 @@ def test_pre_commit_hook_definition():
         if re.search(hook["files"], path) and not re.search(hook["exclude"], path)
     ]
     assert chosen == ["playbooks/onboarding.yaml", "playbooks/cmtyflow.yaml", "community.yml"]
+
+
+def test_validate_fails_when_it_checked_nothing(tmp_path, capsys):
+    """A mistyped folder, a golden spec named as a playbook or a device must not pass a
+    CI step with '0 files, 0 errors' and exit 0."""
+    from cmtyflow.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "x.test.yaml").write_text("playbook: x.yaml\n", encoding="utf-8")
+    cases = [
+        (str(tmp_path / "empty"), f"no playbooks found in {tmp_path / 'empty'}"),
+        (str(tmp_path / "x.test.yaml"), "a golden test spec, not a playbook; run it with `cmtyflow test"),
+        ("/dev/null", "/dev/null: not a playbook file or a folder of them"),
+    ]
+    for path, message in cases:
+        assert main(["validate", path]) == 1
+        assert message in capsys.readouterr().err

@@ -19,6 +19,9 @@ def test_parse_spec_shorthands_and_errors():
         ("checkin=1.5", "is not between 0 and 1"),
         ("dance=0.5", "unknown behaviour 'dance'"),
         ("", "no behaviour given"),
+        # Twice, the generated events' ids collided and some were dropped as duplicates.
+        ("checkin=0.5,checkin=0.7", "'checkin.posted' is given twice"),
+        ("checkin=0.5,checkin.posted=0.5", "'checkin.posted' is given twice"),
     ]:
         with pytest.raises(SimulationSpecError, match=message):
             parse_spec(bad)
