@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
@@ -51,6 +52,7 @@ def check_playbook(ctx: CheckContext) -> list[Problem]:
     found: list[Problem] = []
     found += _check_timezone(ctx, ("timezone",), allow_member=False)
     found += _check_triggers(ctx)
+    found += _check_event_types(ctx)
     found += _check_flows_used(ctx)
     found += _check_step_ids(ctx)
     found += _check_sends(ctx)
@@ -197,6 +199,48 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
                 )
             else:
                 found += _check_timezone(ctx, (*loc, "timezone"), allow_member=for_each)
+    return found
+
+
+_EVENT_TYPE = re.compile(r"[^\s.]+(\.[^\s.]+)*")
+# SPEC 3's standard types, and checkin.posted (the check-in events of the shipped
+# playbooks and of dry-run --simulate): a near miss of one is a typo.
+_KNOWN_EVENTS = (
+    "member.joined", "member.left", "message.posted", "reaction.added", "report.filed",
+    "poll.answered", "member.opted_out", "member.opted_in", "checkin.posted",
+)
+
+
+def _event_types(ctx: CheckContext) -> Iterator[tuple[Loc, str]]:
+    """Each event type the playbook names: triggers, waits, emits, goals."""
+    for loc, _kind, trigger in iter_triggers(ctx.data):
+        if isinstance(trigger.get("event"), str):
+            yield (*loc, "event"), trigger["event"]
+    for step in iter_steps(ctx.data):
+        kind = step.kind
+        body = step.body.get(kind) if kind == "wait" or kind == "emit" else None
+        if kind is not None and isinstance(body, dict) and isinstance(body.get("event"), str):
+            yield (*step.loc, kind, "event"), body["event"]
+    for name, goal in ctx.mapping("goals").items():
+        if isinstance(goal, dict) and isinstance(goal.get("event"), str):
+            yield ("goals", name, "event"), goal["event"]
+
+
+def _check_event_types(ctx: CheckContext) -> list[Problem]:
+    """A type with a space or an empty part never matches what a platform sends (a
+    trailing space made a trigger that never fired); a near miss of a standard type
+    is most likely a typo."""
+    found: list[Problem] = []
+    for loc, name in _event_types(ctx):
+        if "*" in name:
+            found.append(ctx.at(loc, f"event type '{name}': types are matched exactly, '*' is not a wildcard; name one type per trigger"))
+        elif not _EVENT_TYPE.fullmatch(name):
+            why = "a space" if any(c.isspace() for c in name) else "an empty part between dots"
+            found.append(ctx.at(loc, f"event type {name!r} has {why}; write a dotted name such as message.posted"))
+        elif name not in _KNOWN_EVENTS and name.split(".", 1)[0] in {k.split(".", 1)[0] for k in _KNOWN_EVENTS}:
+            hint = did_you_mean(name, list(_KNOWN_EVENTS))
+            if hint:
+                found.append(ctx.at(loc, f"event type '{name}' is not a standard one{hint}", WARNING))
     return found
 
 

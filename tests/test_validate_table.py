@@ -204,6 +204,33 @@ CASES = [
         name: demo
         channels:
           group: {adapter: console}
+        goals:
+          posted: {event: "message.posted ", within: 7d}
+        triggers:
+          - {id: a, event: member.joind, flow: onboard}
+          - {id: b, event: "member.*", flow: onboard}
+          - {id: c, event: custom.thing, flow: onboard}
+        flows:
+          onboard:
+            - wait: {event: "a..b", timeout: 1d}
+            - emit: {event: "打卡.完成"}
+            - send: {text: hi}
+        """,
+        {},
+        [
+            "pb.yaml:6:19: error: event type 'message.posted ' has a space; write a dotted name such as message.posted",
+            "pb.yaml:8:20: warning: event type 'member.joind' is not a standard one (did you mean 'member.joined'?)",
+            "pb.yaml:9:20: error: event type 'member.*': types are matched exactly, '*' is not a wildcard; name one type per trigger",
+            "pb.yaml:13:21: error: event type 'a..b' has an empty part between dots; write a dotted name such as message.posted",
+        ],
+        id="event_types",
+    ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
+        channels:
+          group: {adapter: console}
         triggers:
           - id: joined
             event: member.joined
