@@ -309,6 +309,13 @@ def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticP
             problems.append(StaticProblem(f"not allowed: {exc}", power.lineno))
         except (LookupError, TypeError, ValueError, ArithmeticError):
             pass
+    for other in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        # Each message is one template (or one file): there is no loader to find others.
+        tag = {"Include": "include", "Import": "import", "FromImport": "from ... import", "Extends": "extends"}[type(other).__name__]
+        problems.append(StaticProblem(
+            f"{{% {tag} %}} is not available: a template cannot load another; use a macro in the same template, "
+            "or a var for shared text", other.lineno,
+        ))
     return problems
 
 

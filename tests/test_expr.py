@@ -135,3 +135,13 @@ def test_none_prints_as_nothing_in_a_message():
     assert compile_template("👋 {{ member.name }}，欢迎").render(scope({"member": member})) == "👋 ，欢迎"
     assert compile_template("{{ member.name or '新朋友' }}").render(scope({"member": member})) == "新朋友"
     assert compile_template("{{ 0 }} {{ false }} {{ '' }}|").render(scope({})) == "0 False |"
+
+
+def test_a_template_that_loads_another_is_refused_at_its_line():
+    """There is no loader: include/import/extends passed validate and failed every run."""
+    source = 'hi\n{% include "x.txt.j2" %}\n{% import "m" as m %}\n{% from "m" import a %}\n'
+    found = static_problems_template(source)
+    assert [(p.lineno, p.message.split(" is not")[0]) for p in found] == [
+        (2, "{% include %}"), (3, "{% import %}"), (4, "{% from ... import %}"),
+    ]
+    assert found[0].message.endswith("a template cannot load another; use a macro in the same template, or a var for shared text")
