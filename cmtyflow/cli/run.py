@@ -54,7 +54,10 @@ def run(
         except ValueError:
             raise UserError(f"--now '{now_text}' is not an ISO 8601 datetime") from None
         if moment.tzinfo is None:
-            raise UserError(f"--now '{now_text}' needs a UTC offset, e.g. {now_text}+08:00")
+            example = now_text if "T" in now_text else f"{now_text}T00:00"
+            raise UserError(f"--now '{now_text}' needs a UTC offset, e.g. {example}+08:00")
+        if not 1971 <= moment.year <= 9000:
+            raise UserError(f"--now '{now_text}' is out of range: give a time between 1971 and 9000")
         clock = VirtualClock(moment)
     result, programs = load_programs(paths)
     intake = None

@@ -40,6 +40,7 @@ from ..store.base import ScheduleUpdate, Store
 MAX_BATCH = 1000
 PASS_INPUTS = 10_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
 LAUNCH_EVENT = "cmtyflow.launch"
+NOTED_FIRINGS = 10  # missed firings noted one by one; the rest in one note with their count
 MAX_EMIT_DEPTH = 100  # events emitted one by the other, from one input
 MAX_EMITTED = 10_000  # events emitted from one input, in all
 
@@ -232,8 +233,12 @@ class Driver:
         member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         if late > grace:
             skipped = Decision()
-            for at in [*missed, latest]:
+            every = [*missed, latest]
+            for at in _noted(every):
                 skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat(), late_seconds=(now - at).total_seconds())
+            if len(every) > NOTED_FIRINGS:
+                skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone,
+                             more=len(every) - NOTED_FIRINGS, last_due=latest.isoformat())
             skipped.count("skipped_firings", len(missed) + 1)
             self.store.apply(skipped, schedules=[update])
             self._observe(skipped)
@@ -242,8 +247,11 @@ class Driver:
         decision = self.engine.handle(
             self.store, now, Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0)
         )
-        for at in missed:
+        for at in _noted(missed):
             decision.note("coalesced_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat())
+        if len(missed) > NOTED_FIRINGS:
+            decision.note("coalesced_firing", playbook=prog.name, trigger=trigger.id, zone=zone,
+                          more=len(missed) - NOTED_FIRINGS, last_due=missed[-1].isoformat())
         if missed:
             decision.count("coalesced_firings", len(missed))
         self.store.apply(decision, schedules=[update])
@@ -275,3 +283,9 @@ class Driver:
             self._observe(decision)
             handled += 1
         return handled
+
+
+def _noted(firings: list[datetime]) -> list[datetime]:
+    """The missed firings noted one by one (a minutely cron down for a month missed
+    43,000: one note, and one log line, each)."""
+    return firings[:NOTED_FIRINGS]

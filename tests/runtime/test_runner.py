@@ -394,6 +394,27 @@ async def test_a_runner_stopped_across_three_firings_sends_one_late_and_reports_
     await h.close()
 
 
+async def test_a_minutely_schedule_down_for_a_day_is_reported_in_a_few_notes(tmp_path, sink, harness):
+    """1,440 missed firings: the first ten noted one by one, the rest in one note with
+    their count (each note is an audit row and a log line; a month down made 43,000)."""
+    from cmtyflow.runtime.driver import NOTED_FIRINGS
+
+    start = datetime(2026, 12, 1, 19, 0, tzinfo=UTC)
+    text = DAILY_PLAYBOOK.replace('"0 20 * * *"', '"* * * * *"').replace("grace: 1h", "grace: 10m")
+    h = harness([write_playbook(tmp_path / "pb", text.format(url=sink.url))], start)
+    await h.open()
+    await h.at(start)
+    await h.close()
+    await h.open()
+    await h.at(start + timedelta(days=1, seconds=30))
+    notes = h.store.audit(["coalesced_firing"])
+    assert len(notes) == NOTED_FIRINGS + 1
+    (summary,) = [n for n in notes if "more" in n]
+    assert summary["more"] == 24 * 60 - 1 - NOTED_FIRINGS  # all but the one fired late
+    assert h.store.counters()["coalesced_firings"] == 24 * 60 - 1
+    await h.close()
+
+
 async def _leave_inflight(h: Any, overrides: dict[str, Any] | None = None) -> str:
     """Queue a message and claim it, as a runner does just before it sends, then
     'crash' (stop without finishing it); restart. Returns the message's key."""
