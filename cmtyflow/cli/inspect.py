@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from collections import Counter, defaultdict
 from datetime import date, datetime
 from pathlib import Path
@@ -406,7 +407,7 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
     ack_doc = {
         label: {
             "answered": len(values), "timed_out": timeouts.get(label, 0),
-            "median_seconds": sorted(values)[len(values) // 2] if values else None,
+            "median_seconds": statistics.median(values) if values else None,
             "max_seconds": max(values) if values else None,
         }
         for label, values in sorted({**{k: [] for k in timeouts}, **acks}.items())

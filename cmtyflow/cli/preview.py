@@ -35,6 +35,8 @@ def preview_cmd(
     members = list(read_roster(roster, problems)) if roster else []
     if member_id and not roster:
         members = [{"id": member_id}]
+        click.echo(f"note: no --roster, so {member_id} has an id and nothing else: member.name and the other "
+                   "fields read as empty", err=True)
     state = None
     if state_json:
         try:

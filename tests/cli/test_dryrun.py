@@ -148,6 +148,10 @@ def test_preview_renders_literally_and_lists_steps(tmp_path, capsys):
     assert "no send step 'nope'; send steps are: again, brief, hi" in capsys.readouterr().err
     assert main(["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "zz", "--roster", str(tmp_path / "m.csv")]) == 1
     assert "member 'zz' is not in the roster" in capsys.readouterr().err
+    # Without a roster the member has only an id: said, not rendered silently empty.
+    assert main(["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "u1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1] == "你好 " and "no --roster, so u1 has an id and nothing else" in err
 
 
 def test_a_flow_that_emits_its_own_trigger_is_cut_not_endless(tmp_path, capsys):

@@ -201,3 +201,22 @@ def test_an_older_roster_export_does_not_undo_a_recorded_opt_out(tmp_path, club,
     assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:01:00+08:00")[0] == 0
     code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
     assert {m["id"]: m.get("opted_out") for m in json.loads(out)}["u1"] is False
+
+
+def test_report_median_answer_time_of_an_even_count_is_the_middle(tmp_path, club, capsys):
+    path, state = club
+    assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
+    events = tmp_path / "ev.jsonl"
+    events.write_text(
+        '{"id": "r1", "type": "report.filed", "at": "2026-12-02T10:00:00+08:00"}\n'
+        '{"id": "a1", "type": "report.acknowledged", "at": "2026-12-02T10:10:00+08:00", "member": "m1"}\n'
+        '{"id": "r2", "type": "report.filed", "at": "2026-12-02T11:00:00+08:00"}\n'
+        '{"id": "a2", "type": "report.acknowledged", "at": "2026-12-02T11:20:00+08:00", "member": "m1"}\n',
+        encoding="utf-8",
+    )
+    assert cli(capsys, "events", "import", str(events), "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-02T12:00:00+08:00")[0] == 0
+    code, out, _ = cli(capsys, "report", "club", "--state", state, "--format", "json")
+    assert json.loads(out)["acknowledgement"]["page/ack"] == {
+        "answered": 2, "timed_out": 0, "median_seconds": 900.0, "max_seconds": 1200.0,
+    }
