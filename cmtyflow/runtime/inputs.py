@@ -246,7 +246,7 @@ def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[s
             except csv.Error as exc:
                 raise UserError(
                     f"{text_path}:{start}: {exc} (a quote opened in a cell must be closed, and a quote inside a quoted "
-                    'cell is written twice: "say ""hi"""); nothing was imported'
+                    'cell is written twice: "say ""hi"""); nothing from the file was used'
                 ) from None
             try:
                 yield _member(row)
