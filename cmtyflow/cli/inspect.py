@@ -236,6 +236,7 @@ def outbox_retry(
         raise UserError("--status, --playbook and --channel choose messages for --all; with keys, give only the keys")
     state = state or (ctx.obj or {}).get("state")
     store, _ = store_at(state, must_exist=True)
+    twice: list[str] = []  # in-doubt messages retried on a platform that cannot drop a repeat
     try:
         now = SystemClock().now()
         if every:
@@ -267,10 +268,28 @@ def outbox_retry(
             n = store.requeue([r.message.key for r in chosen], now, reset_attempts=True)
             for r in chosen:
                 store.record(now, "outbox_retry", key=r.message.key, was=r.status)
+            twice = [r.message.key[:SHORT] for r in chosen if r.status == "in_doubt" and not _deduplicates(r.message.adapter)]
     finally:
         store.close()
     click.echo(f"queued {n} message{'s' if n != 1 else ''} again")
+    if twice:
+        click.echo(
+            f"note: {', '.join(twice)} may have arrived already (in doubt), and its platform cannot drop a repeat: "
+            "the member may get it twice",
+            err=True,
+        )
     return EXIT_OK
+
+
+def _deduplicates(adapter: str) -> bool:
+    """Whether ``adapter``'s platform drops a repeat of a message's key (False when the
+    adapter cannot be loaded here: a warning too many is the safe side)."""
+    from ..adapters import registry
+
+    try:
+        return bool(registry.get(adapter).capabilities.idempotent)
+    except Exception:  # noqa: BLE001 - an unknown or broken adapter: assume it does not
+        return False
 
 
 # report -----------------------------------------------------------------------------------------

@@ -220,3 +220,25 @@ def test_report_median_answer_time_of_an_even_count_is_the_middle(tmp_path, club
     assert json.loads(out)["acknowledgement"]["page/ack"] == {
         "answered": 2, "timed_out": 0, "median_seconds": 900.0, "max_seconds": 1200.0,
     }
+
+
+def test_retrying_an_in_doubt_message_on_a_platform_that_cannot_drop_repeats_warns(tmp_path, capsys):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("UTC"))
+    with SqliteStore(state) as store:
+        store.apply(Decision(messages=[
+            QueuedMessage(key, "pb", "r", "f", "s", 1, "ch", adapter, None, "channel", "hi", "plain", None, False, at, at)
+            for key, adapter in (("a" * 32, "telegram"), ("b" * 32, "webhook"))
+        ]))
+        store.claim_due_messages(at)
+        assert len(store.mark_in_doubt()) == 2
+    code, out, err = cli(capsys, "outbox", "retry", "aaaa", "bbbb", "--state", state)
+    assert code == 0 and "queued 2 messages again" in out
+    assert "aaaaaaaaaaaa may have arrived already (in doubt), and its platform cannot drop a repeat" in err
+    assert "bbbb" not in err  # the webhook sends an Idempotency-Key
