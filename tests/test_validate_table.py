@@ -573,8 +573,8 @@ CASES = [
         """,
         {},
         [
-            "pb.yaml:3:1: error: YAML syntax error: could not find expected ':' (while scanning a simple key at line 2); "
-            "line 2 has a full-width colon '：' (column 5): a key needs ':' and a space, as in 'name: value'",
+            "pb.yaml:2:5: error: YAML syntax error: could not find expected ':' (while scanning a simple key at line 2); "
+            "this line has a full-width colon '：': a key needs ':' and a space, as in 'name: value'",
         ],
         id="full_width_colon",
     ),

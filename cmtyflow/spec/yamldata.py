@@ -67,20 +67,19 @@ def _tag_message(tag: str) -> str:
     return f"tag '{_short_tag(tag)}' is not allowed in a playbook; it holds plain data only"
 
 
-def _full_width_colon(origin: Origin, lines: list[int]) -> str:
-    """A hint for a syntax error near a key written with a full-width colon (U+FF1A,
-    what a Chinese input method types): the first line of ``lines`` (1-based) whose
-    first colon is one."""
+def _full_width_colon(origin: Origin, lines: list[int]) -> tuple[int, int, str] | None:
+    """For a syntax error near a key written with a full-width colon (U+FF1A, what a
+    Chinese input method types): (line, column, hint) of that colon, on the first line
+    of ``lines`` (1-based) whose first colon is one. The problem is put there: the
+    parser notices only on a later line."""
     for number in lines:
         if 1 <= number <= len(origin.lines):
             text = origin.lines[number - 1]
             wide, narrow = text.find(FULL_WIDTH_COLON), text.find(":")
             if wide >= 0 and (narrow < 0 or wide < narrow):
-                return (
-                    f"; line {number} has a full-width colon '{FULL_WIDTH_COLON}' (column {wide + 1}): "
-                    "a key needs ':' and a space, as in 'name: value'"
-                )
-    return ""
+                hint = f"; this line has a full-width colon '{FULL_WIDTH_COLON}': a key needs ':' and a space, as in 'name: value'"
+                return number, wide + 1, hint
+    return None
 
 
 def _syntax_problem(exc: YAMLError, origin: Origin) -> YamlProblem:
@@ -93,7 +92,9 @@ def _syntax_problem(exc: YAMLError, origin: Origin) -> YamlProblem:
         if exc.context and ctx is not None and exc.problem and ctx.line + 1 != line:
             message += f" ({exc.context} at line {ctx.line + 1})"
         near = sorted({line, line - 1} | ({ctx.line + 1} if ctx is not None else set()))
-        message += _full_width_colon(origin, near)
+        colon = _full_width_colon(origin, near)
+        if colon is not None:
+            return YamlProblem(colon[0], colon[1], message + colon[2])
         return YamlProblem(line, max(col, 1), message)
     position = getattr(exc, "position", None)
     if isinstance(position, int):
