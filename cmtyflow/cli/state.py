@@ -270,9 +270,18 @@ def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, .
             raise UserError(f"member '{member}' is not in the roster (cmtyflow members import)")
         lid = launch_id or uuid.uuid4().hex[:16]
         fresh = store.add_event(launch_event(Launch(prog.name, trigger, lid, SystemClock().now(), member, values)))
+        refused = [] if fresh else [e for e in store.audit(["launch_refused"]) if e.get("launch") == lid]
     finally:
         store.close()
+    if refused:
+        # Its id is spent: the runner that took it had not loaded the playbook.
+        raise UserError(
+            f"launch {lid} was refused at {refused[0]['at']}: {refused[0].get('reason')}; "
+            f"start a runner with {playbook} and launch again without --id (or with a new one)"
+        )
     click.echo(f"launch {lid} queued: {prog.name}/{trigger}" if fresh else f"launch {lid} was queued before; nothing new")
+    if fresh:
+        click.echo(f"the runner takes it if it has loaded {playbook}; one without it refuses it (and logs why)", err=True)
     return EXIT_OK
 
 

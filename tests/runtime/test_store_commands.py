@@ -242,3 +242,16 @@ def test_retrying_an_in_doubt_message_on_a_platform_that_cannot_drop_repeats_war
     assert code == 0 and "queued 2 messages again" in out
     assert "aaaaaaaaaaaa may have arrived already (in doubt), and its platform cannot drop a repeat" in err
     assert "bbbb" not in err  # the webhook sends an Idempotency-Key
+
+
+def test_a_launch_refused_by_a_runner_without_its_playbook_says_so_when_launched_again(tmp_path, club, capsys):
+    path, state = club
+    assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
+    other = write_playbook(tmp_path / "other", PLAYBOOK.replace("name: club", "name: other") % (tmp_path / "o.jsonl"))
+    assert cli(capsys, "launch", str(path), "poke", "--id", "NL1", "--state", state)[0] == 0
+    # A runner of the other playbook takes the launch and refuses it.
+    assert cli(capsys, "run", str(other), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    code, _, err = cli(capsys, "launch", str(path), "poke", "--id", "NL1", "--state", state)
+    assert code == 1
+    assert "launch NL1 was refused at" in err and "no such manual trigger among the playbooks this runner has loaded" in err
+    assert cli(capsys, "launch", str(path), "poke", "--id", "NL2", "--state", state)[0] == 0
