@@ -16,6 +16,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -62,8 +63,21 @@ def _zone(name: str | None) -> ZoneInfo:
 
 timezone_option = click.option(
     "--timezone", "tz_name", metavar="IANA",
-    help="timezone of times written without an offset (default: TZ, else UTC)",
+    help="timezone of times written without an offset (default: the playbooks' own, when the runner's "
+         "playbooks share one, as SPEC 2 reads them; else TZ, else UTC)",
 )
+
+
+def _event_zone(store: Store, tz_name: str | None) -> ZoneInfo:
+    """What an event's time without an offset is in: --timezone; else the playbooks'
+    timezone when every playbook run on this state has the same one (the intake reads
+    it so, in the runner's playbooks); else TZ, else UTC."""
+    if tz_name:
+        return _zone(tz_name)
+    from ..runtime.versions import playbook_zones
+
+    zones = playbook_zones(store)
+    return _zone(zones.pop()) if len(zones) == 1 else _zone(None)
 
 
 # members ----------------------------------------------------------------------------------------
@@ -189,12 +203,17 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
         raw["member"] = member
     if event_id is not None:
         raw["id"] = event_id
-    try:
-        event = parse_event(raw, _zone(tz_name))
-    except ValueError as exc:
-        raise UserError(f"event: {exc}") from None
     store, _ = store_at(state)
     try:
+        try:
+            naive = at_text is not None and datetime.fromisoformat(at_text).tzinfo is None
+        except ValueError:
+            naive = False  # parse_event says what is wrong with it
+        zone = _event_zone(store, tz_name) if naive else _zone(tz_name)
+        try:
+            event = parse_event(raw, zone)
+        except ValueError as exc:
+            raise UserError(f"event: {exc}") from None
         fresh = store.add_event(event)
     finally:
         store.close()
@@ -222,7 +241,7 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
     accepted = duplicates = 0
     try:
         batch = []
-        for event in read_events(file, problems, _zone(tz_name)):
+        for event in read_events(file, problems, _event_zone(store, tz_name)):
             batch.append(event)
             if len(batch) >= IMPORT_BATCH:
                 a, d = store.add_events(batch)

@@ -88,6 +88,18 @@ def recorded(store: Store) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     return out
 
 
+def playbook_zones(store: Store) -> set[str]:
+    """The timezones of the playbooks the runner has run on ``store`` (each one's last
+    version): what a time written without an offset means to them (SPEC 2)."""
+    zones: set[str] = set()
+    for versions in recorded(store).values():
+        version, snap = versions[-1]
+        program = rebuild(snap, version, {})
+        if program is not None and program.playbook.timezone:
+            zones.add(program.playbook.timezone)
+    return zones
+
+
 def record(store: Store, loaded: Iterable[LoadedPlaybook], now: datetime) -> list[tuple[str, bool]]:
     """Keep a snapshot of each version not kept yet; returns (playbook, first version
     of it) for each one recorded."""

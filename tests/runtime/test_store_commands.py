@@ -4,6 +4,7 @@ events import, launch, run --once --now, status, report."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,23 @@ def test_a_launch_refused_by_a_runner_without_its_playbook_says_so_when_launched
     assert code == 1
     assert "launch NL1 was refused at" in err and "no such manual trigger among the playbooks this runner has loaded" in err
     assert cli(capsys, "launch", str(path), "poke", "--id", "NL2", "--state", state)[0] == 0
+
+
+def test_event_times_without_an_offset_are_in_the_playbooks_timezone(tmp_path, club, capsys, monkeypatch):
+    """SPEC 2; the intake read them so, `events import` and `emit` in TZ or UTC: the same
+    event went in eight hours apart."""
+    from cmtyflow.store.sqlite import SqliteStore
+
+    monkeypatch.delenv("TZ", raising=False)
+    path, state = club
+    assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    events = tmp_path / "naive.jsonl"
+    events.write_text('{"id": "n1", "type": "checkin.posted", "at": "2026-12-05T10:00:00", "member": "u1"}\n', encoding="utf-8")
+    assert cli(capsys, "events", "import", str(events), "--state", state)[0] == 0
+    assert cli(capsys, "emit", "checkin.posted", "--member", "u2", "--at", "2026-12-05T11:00:00", "--id", "n2", "--state", state)[0] == 0
+    assert cli(capsys, "emit", "checkin.posted", "--member", "u2", "--at", "2026-12-05T12:00:00", "--id", "n3",
+               "--timezone", "Europe/Berlin", "--state", state)[0] == 0
+    with SqliteStore(state) as store:
+        found = {e.id: e.at.isoformat() for e in store.pending_events(datetime.fromisoformat("2027-01-01T00:00:00+00:00"))}
+    assert found == {"n1": "2026-12-05T10:00:00+08:00", "n2": "2026-12-05T11:00:00+08:00", "n3": "2026-12-05T12:00:00+01:00"}
