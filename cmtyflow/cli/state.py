@@ -203,17 +203,14 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
         raw["member"] = member
     if event_id is not None:
         raw["id"] = event_id
+    try:
+        event = parse_event(raw, _zone(tz_name))  # checked before the state is opened (or made)
+    except ValueError as exc:
+        raise UserError(f"event: {exc}") from None
     store, _ = store_at(state)
     try:
-        try:
-            naive = at_text is not None and datetime.fromisoformat(at_text).tzinfo is None
-        except ValueError:
-            naive = False  # parse_event says what is wrong with it
-        zone = _event_zone(store, tz_name) if naive else _zone(tz_name)
-        try:
-            event = parse_event(raw, zone)
-        except ValueError as exc:
-            raise UserError(f"event: {exc}") from None
+        if at_text is not None and datetime.fromisoformat(at_text).tzinfo is None:
+            event = parse_event(raw, _event_zone(store, tz_name))  # in the playbooks' timezone
         fresh = store.add_event(event)
     finally:
         store.close()
