@@ -324,7 +324,7 @@ def _zone_or(name: str | None, default: ZoneInfo) -> ZoneInfo:
 def _playbook_zone(store: Store, name: str, given: str) -> ZoneInfo:
     """The playbook's timezone: from its file when the report was given one, else from
     the last version the runner ran; UTC when neither says."""
-    from ..runtime.versions import rebuild, recorded
+    from ..runtime.versions import playbook_zones
 
     zone: str | None = None
     if Path(given).is_file():
@@ -333,10 +333,7 @@ def _playbook_zone(store: Store, name: str, given: str) -> ZoneInfo:
         _, programs = load_programs([Path(given)])
         zone = programs[0].playbook.timezone
     else:
-        versions = recorded(store).get(name)
-        if versions:
-            program = rebuild(versions[-1][1], versions[-1][0], {})
-            zone = program.playbook.timezone if program is not None else None
+        zone = playbook_zones(store).get(name)
     return _zone_or(zone, ZoneInfo("UTC"))
 
 

@@ -76,7 +76,7 @@ def _event_zone(store: Store, tz_name: str | None) -> ZoneInfo:
         return _zone(tz_name)
     from ..runtime.versions import playbook_zones
 
-    zones = playbook_zones(store)
+    zones = set(playbook_zones(store).values())
     return _zone(zones.pop()) if len(zones) == 1 else _zone(None)
 
 

@@ -88,15 +88,15 @@ def recorded(store: Store) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     return out
 
 
-def playbook_zones(store: Store) -> set[str]:
-    """The timezones of the playbooks the runner has run on ``store`` (each one's last
-    version): what a time written without an offset means to them (SPEC 2)."""
-    zones: set[str] = set()
-    for versions in recorded(store).values():
+def playbook_zones(store: Store) -> dict[str, str]:
+    """playbook -> its timezone, for the playbooks the runner has run on ``store`` (each
+    one's last version): what a time written without an offset means to it (SPEC 2)."""
+    zones: dict[str, str] = {}
+    for name, versions in recorded(store).items():
         version, snap = versions[-1]
         program = rebuild(snap, version, {})
         if program is not None and program.playbook.timezone:
-            zones.add(program.playbook.timezone)
+            zones[name] = program.playbook.timezone
     return zones
 
 
