@@ -14,6 +14,8 @@ Rules:
 
 from __future__ import annotations
 
+import difflib
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -191,19 +193,38 @@ def _describe(ins: Instr) -> str:
     return f"{kind} {body}" if body is not None else kind
 
 
+def _key(ins: Instr) -> tuple[str, str]:
+    """What matches a step across versions: its id, else (it is known by its position,
+    which an inserted step shifts) its content."""
+    if ins.step is not None and ins.step.id:
+        return ("id", ins.step.id)
+    return ("content", json.dumps(ins.step.model_dump(mode="json") if ins.step is not None else ins.op, sort_keys=True))
+
+
 def diff(old: Program, new: Program) -> list[StepChange]:
-    before, after = _steps(old), _steps(new)
+    """Steps removed, changed and added, flow by flow. Steps with ids are matched by id;
+    the others by aligning the flow's steps in order, so that one step inserted does
+    not read as every later one changed."""
     changes = []
-    for key, (_, ins) in before.items():
-        if key not in after:
-            changes.append(StepChange(key[0], key[1], "removed", _describe(ins)))
-        else:
-            other = after[key][1]
-            if ins.step.model_dump() != other.step.model_dump():
-                changes.append(StepChange(key[0], key[1], "changed", f"{_describe(ins)} -> {_describe(other)}"))
-    for key, (_, ins) in after.items():
-        if key not in before:
-            changes.append(StepChange(key[0], key[1], "added", _describe(ins)))
+    for flow in [*old.flows, *(f for f in new.flows if f not in old.flows)]:
+        a = [ins for ins in old.flows.get(flow, []) if ins.step is not None]
+        b = [ins for ins in new.flows.get(flow, []) if ins.step is not None]
+        matcher = difflib.SequenceMatcher(None, [_key(i) for i in a], [_key(i) for i in b], autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                for x, y in zip(a[i1:i2], b[j1:j2], strict=True):
+                    if x.step.model_dump() != y.step.model_dump():  # the same id, new content
+                        changes.append(StepChange(flow, x.label, "changed", f"{_describe(x)} -> {_describe(y)}"))
+                continue
+            paired = min(i2 - i1, j2 - j1) if tag == "replace" else 0
+            for x, y in zip(a[i1:i1 + paired], b[j1:j1 + paired], strict=True):
+                if x.step.id and x.step.id != y.step.id:  # an id gone, another come: not the same step
+                    changes.append(StepChange(flow, x.label, "removed", _describe(x)))
+                    changes.append(StepChange(flow, y.label, "added", _describe(y)))
+                else:
+                    changes.append(StepChange(flow, x.label, "changed", f"{_describe(x)} -> {_describe(y)}"))
+            changes += [StepChange(flow, x.label, "removed", _describe(x)) for x in a[i1 + paired:i2]]
+            changes += [StepChange(flow, y.label, "added", _describe(y)) for y in b[j1 + paired:j2]]
     return changes
 
 

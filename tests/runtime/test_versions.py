@@ -87,3 +87,26 @@ def _roster(tmp_path):
     path = tmp_path / "members.csv"
     path.write_text("id,name\nu1,阿明\n", encoding="utf-8")
     return path
+
+
+def test_diff_aligns_steps_without_ids_so_an_inserted_step_is_one_change(tmp_path):
+    """Steps without ids are known by their position: one step put first shifted every
+    label, and plan read the whole flow as changed."""
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.versions import diff
+
+    def program(steps: str, folder: str):
+        text = (
+            "cmtyflow: 1\nname: noid\ntimezone: UTC\nchannels: {dm: {adapter: console}}\n"
+            "triggers:\n  - {id: j, event: member.joined, flow: w}\nflows:\n  w:\n" + steps
+        )
+        path = write_playbook(tmp_path / folder, text)
+        return load_programs([path])[1][0]
+
+    base = '    - send: {channel: dm, text: "一"}\n    - wait: 1d\n    - send: {channel: dm, text: "二"}\n'
+    old = program(base, "a")
+    new = program('    - send: {channel: dm, text: "零"}\n' + base.replace("wait: 1d", "wait: 2d"), "b")
+    assert [(c.step, c.change, c.detail) for c in diff(old, new)] == [
+        ("w[0]", "added", "send channel: dm, text: 零"),
+        ("w[1]", "changed", "wait 1d -> wait 2d"),
+    ]
