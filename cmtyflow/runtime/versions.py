@@ -189,8 +189,15 @@ def _describe(ins: Instr) -> str:
     if isinstance(body, dict) and set(body) == {"for"}:
         body = body["for"]
     if isinstance(body, dict):
-        return f"{kind} " + ", ".join(f"{k}: {v}" for k, v in body.items())
-    return f"{kind} {body}" if body is not None else kind
+        return f"{kind} " + ", ".join(f"{k}: {_yaml_value(v)}" for k, v in body.items())
+    return f"{kind} {_yaml_value(body)}" if body is not None else kind
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as the playbook writes it (``true``, ``{a: 1}``), not as Python prints it."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _key(ins: Instr) -> tuple[str, str]:

@@ -110,3 +110,18 @@ def test_diff_aligns_steps_without_ids_so_an_inserted_step_is_one_change(tmp_pat
         ("w[0]", "added", "send channel: dm, text: 零"),
         ("w[1]", "changed", "wait 1d -> wait 2d"),
     ]
+
+
+def test_plan_writes_values_as_the_playbook_does(tmp_path):
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.versions import diff
+
+    text = (
+        "cmtyflow: 1\nname: p\ntimezone: UTC\nchannels: {dm: {adapter: console}}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: w}\n"
+        "flows:\n  w:\n    - {id: s, send: {channel: dm, text: hi, urgent: true}}\n"
+    )
+    old = load_programs([write_playbook(tmp_path / "a", text)])[1][0]
+    new = load_programs([write_playbook(tmp_path / "b", text.replace("text: hi", "text: hey"))])[1][0]
+    (change,) = diff(old, new)
+    assert change.detail == "send channel: dm, text: hi, urgent: true -> send channel: dm, text: hey, urgent: true"
