@@ -64,6 +64,7 @@ def status(state: str | None, fmt: str) -> int:
         for run in store.runs(status="active"):
             active[f"{run.playbook}/{run.flow}"] += 1
         timers = store.upcoming_timers(10)
+        timer_total = store.timer_count() if len(timers) == 10 else len(timers)
         counts = store.outbox_counts()
         urgent = store.urgent_waiting()
         lifecycle = store.audit(["runner_started", "runner_stopped"], limit=2)
@@ -78,6 +79,7 @@ def status(state: str | None, fmt: str) -> int:
         "state": shown(location),
         "members": members,
         "active_runs": dict(sorted(active.items())),
+        "timers": timer_total,
         "next_timers": [{"due": t.due.isoformat(), "run": t.run, "kind": t.kind} for t in timers],
         "outbox": counts,
         "urgent_waiting": urgent,
@@ -97,7 +99,8 @@ def status(state: str | None, fmt: str) -> int:
     click.echo(f"active runs: {sum(active.values())}")
     for name, n in sorted(active.items()):
         click.echo(f"  {name}: {n}")
-    click.echo("next timers:" if timers else "next timers: none")
+    shown_of = f" (the first {len(timers)} of {timer_total:,})" if timer_total > len(timers) else ""
+    click.echo(f"next timers{shown_of}:" if timers else "next timers: none")
     for t in timers:
         click.echo(f"  {_when(t.due)}  {t.kind:<7}  {t.run}")
     counted = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"

@@ -485,6 +485,9 @@ class MemoryStore:
     def urgent_waiting(self) -> int:
         return sum(1 for row in self._outbox.values() if row.message.urgent and row.status in ("queued", "failed"))
 
+    def timer_count(self) -> int:
+        return len(self._timers)
+
     def upcoming_timers(self, limit: int = 20) -> list[Timer]:
         return heapq.nsmallest(limit, self._timers.values(), key=lambda t: (t.due.timestamp(), t.id))
 

@@ -240,6 +240,9 @@ class SqlStore(ABC):
         row = self._one("SELECT due FROM timers ORDER BY due_ts, id LIMIT 1")
         return dt_parse(row[0]) if row is not None else None
 
+    def timer_count(self) -> int:
+        return int(self._all("SELECT count(*) FROM timers")[0][0])
+
     def upcoming_timers(self, limit: int = 20) -> list[Timer]:
         found = self._all(f"SELECT {rows.TIMER_COLS} FROM timers ORDER BY due_ts, id LIMIT ?", (limit,))
         return [rows.timer(r) for r in found]

@@ -276,3 +276,21 @@ def test_event_times_without_an_offset_are_in_the_playbooks_timezone(tmp_path, c
     with SqliteStore(state) as store:
         found = {e.id: e.at.isoformat() for e in store.pending_events(datetime.fromisoformat("2027-01-01T00:00:00+00:00"))}
     assert found == {"n1": "2026-12-05T10:00:00+08:00", "n2": "2026-12-05T11:00:00+08:00", "n3": "2026-12-05T12:00:00+01:00"}
+
+
+def test_status_says_how_many_timers_there_are_beyond_the_ten_it_shows(tmp_path, capsys):
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from cmtyflow.engine.model import Decision, Timer
+    from cmtyflow.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("UTC"))
+    with SqliteStore(state) as store:
+        store.apply(Decision(timers=[Timer(f"t{i:02d}", f"r{i}", at + timedelta(hours=i), "resume", at) for i in range(12)]))
+    code, out, _ = cli(capsys, "status", "--state", state)
+    assert code == 0 and "next timers (the first 10 of 12):" in out
+    code, out, _ = cli(capsys, "status", "--state", state, "--format", "json")
+    doc = json.loads(out)
+    assert (doc["timers"], len(doc["next_timers"])) == (12, 10)
