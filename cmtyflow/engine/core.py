@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ..expr import RenderError, scope
 from ..spec.models import EventTrigger
@@ -173,9 +174,12 @@ class Engine:
         })
         return bool(prog.audience.evaluate(ctx))
 
-    def audience_list(self, txn: Txn, prog: Program, today: date) -> list[MemberView]:
+    def audience_list(self, txn: Txn, prog: Program, now: datetime) -> list[MemberView]:
+        """The audience as a campaign's templates read it (a leaderboard): each member
+        with their state as of their own local date, as their own messages read it
+        (SPEC 2: a streak reads 0 once a whole local day passed without a check-in)."""
         out = []
-        now = datetime.combine(today, datetime.min.time(), prog.tz)
+        days: dict[ZoneInfo, date] = {}  # a member's timezone -> today there
         for member in txn.store.iter_members():
             member = txn.decision.members.get(member["id"], member)
             try:
@@ -183,6 +187,10 @@ class Engine:
                     continue
             except RenderError:
                 continue
+            tz = zone(member.get("timezone"), prog.tz)
+            today = days.get(tz)
+            if today is None:
+                today = days[tz] = now.astimezone(tz).date()
             out.append(MemberView(member, StateView(txn.state_read(prog.name, member["id"]), today)))
         return out
 

@@ -127,7 +127,7 @@ class Interpreter:
         if run.checkin is not None:
             ctx["checkin"] = run.checkin
         if run.member is None and prog.uses_audience:  # a campaign run
-            ctx["audience"] = self.engine.audience_list(self.txn, prog, today)
+            ctx["audience"] = self.engine.audience_list(self.txn, prog, self.now)
         return ctx
 
     # the loop -------------------------------------------------------------------------------
