@@ -205,3 +205,45 @@ def test_dry_run_refuses_a_start_off_the_calendar_and_a_report_folder_that_is_no
     assert main([*args, "--report", str(tmp_path / "no" / "r.html")]) == 1
     out, err = capsys.readouterr()
     assert "the folder" in err and "does not exist" in err and out == ""  # refused before the dry run
+
+
+def test_a_campaigns_audience_reads_each_members_streak_on_their_own_date(tmp_path, capsys):
+    """SPEC 2: a streak reads 0 once a whole *local* day passed without a check-in. The
+    board at 20:00 in Shanghai is 01:00 the next day in Auckland: Kiwi, last in on the
+    5th there, has missed the whole 6th; the board read her streak by Shanghai's date."""
+    (tmp_path / "board.yaml").write_text(
+        "cmtyflow: 1\nname: board\ntimezone: Asia/Shanghai\nchannels: {group: {adapter: console}}\n"
+        "triggers:\n  - {id: ci, event: checkin.posted, flow: ci}\n  - {id: b, cron: \"0 20 6 12 *\", flow: board}\n"
+        "flows:\n  ci: [{checkin: {}}]\n"
+        "  board:\n    - send: {channel: group, text: \"{% for m in audience %}{{ m.name }}={{ m.state.streak }} {% endfor %}\"}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "m.csv").write_text("id,name,timezone\nk1,Kiwi,Pacific/Auckland\ns1,Sam,Asia/Shanghai\n", encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text("".join(
+        f'{{"id": "{i}", "type": "checkin.posted", "at": "{at}", "member": "{m}"}}\n' for i, (m, at) in enumerate([
+            ("k1", "2026-12-04T12:00:00+13:00"), ("k1", "2026-12-05T12:00:00+13:00"),
+            ("s1", "2026-12-05T12:00:00+08:00"), ("s1", "2026-12-06T12:00:00+08:00"),
+        ])
+    ), encoding="utf-8")
+    code = main(["dry-run", str(tmp_path / "board.yaml"), "--roster", str(tmp_path / "m.csv"), "--events",
+                 str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "7", "--format", "jsonl"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["text"] for d in lines if d.get("step") == "board[0]"] == ["Kiwi=0 Sam=2 "]
+
+
+def test_the_challenges_streak_bonus_comes_once_with_its_badge(tmp_path, capsys):
+    """Seven days in a row, a break, seven again: the second run earns no second bonus
+    and its reply does not say a badge was earned (it paid again and said so)."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "m.csv").write_text("id,name,locale,timezone,tags\ns1,Sam,en,Asia/Shanghai,reading\n", encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text("".join(
+        f'{{"id": "c{d}", "type": "checkin.posted", "at": "2026-12-{d:02d}T10:00:00+08:00", "member": "s1"}}\n'
+        for d in range(1, 16) if d != 8
+    ), encoding="utf-8")
+    code = main(["dry-run", str(root / "playbooks" / "checkin-challenge.yaml"), "--roster", str(tmp_path / "m.csv"),
+                 "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-01T00:00+08:00", "--days", "16", "--format", "jsonl"])
+    assert code == 0
+    done = {d["at"][:10]: d["text"] for d in map(json.loads, capsys.readouterr().out.splitlines()) if d.get("step") == "checkin-done"}
+    assert 'You earned the "7-day reader" badge and a 20-point bonus' in done["2026-12-07"]
+    assert "badge" not in done["2026-12-15"] and "+10 points, 160 in total" in done["2026-12-15"]
