@@ -21,6 +21,7 @@ import errno
 import importlib
 import os
 import platform
+import re
 import sys
 import tempfile
 import traceback
@@ -47,15 +48,25 @@ def cli() -> None:
 
 
 def _write_crash_log(exc: BaseException, argv: Sequence[str]) -> Path:
+    """The traceback in a file of the user's own (0600): the command line and the
+    errors are written with every URL's password masked (a --state URL holds one)."""
+    from ..adapters.base import mask_url as mask_credentials
+    from ..store.pg_connect import mask_url
+
+    def masked(text: str) -> str:
+        return mask_credentials(re.sub(r"\S+://\S+", lambda m: mask_url(m.group(0)), text))
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     path = Path(tempfile.gettempdir()) / f"cmtyflow-crash-{stamp}.log"
     details = [
         f"cmtyflow {__version__} on Python {platform.python_version()} ({platform.platform()})",
-        f"command: cmtyflow {' '.join(argv)}",
+        f"command: cmtyflow {masked(' '.join(argv))}",
         "",
-        "".join(traceback.format_exception(exc)),
+        masked("".join(traceback.format_exception(exc))),
     ]
-    path.write_text("\n".join(details), encoding="utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(details))
     return path
 
 

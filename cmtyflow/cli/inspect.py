@@ -141,10 +141,12 @@ def _workers(store: Any) -> dict[str, Any] | None:
     exists = "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'procrastinate_jobs'"
     if conn.execute(exists, (store.schema,)).fetchone() is None:
         return None
+    from ..runtime.worker import STALLED_AFTER
     from ..store.pg_shared import SharedWork
 
     alive = conn.execute(
-        "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - interval '1 minute'"
+        "SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - make_interval(secs => %s)",
+        (STALLED_AFTER,),
     ).fetchone()[0]
     jobs = dict(conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1 ORDER BY 1").fetchall())
     return {"alive": int(alive), "jobs": {k: int(v) for k, v in jobs.items()}, "stuck": SharedWork(store).invariants()}

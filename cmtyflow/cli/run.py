@@ -116,7 +116,13 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     site_runner = None
-    await runner.start()
+    try:
+        await runner.start()
+    except BaseException:
+        # Refused at its start (workers hold the state, say): the channels opened
+        # first are closed, so no session is left open behind the error.
+        await runner.channels.close()
+        raise
     try:
         if intake is not None:
             from ..runtime.intake import make_app, serve, store_accept

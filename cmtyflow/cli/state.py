@@ -50,7 +50,7 @@ def store_at(state: str | None, *, must_exist: bool = False) -> tuple[Store, str
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
             empty = " (an empty file)" if path.exists() else ""
             raise UserError(f"no state at {location}{empty} yet: import members or start `cmtyflow run` first (or pass --state)")
-    return open_store(location), location
+    return open_store(location, must_exist=must_exist), location
 
 
 def _zone(name: str | None) -> ZoneInfo:

@@ -64,6 +64,9 @@ RECOVER_TASK = "cmtyflow.recover"
 PRIORITY = {"tick": 20, "urgent": 15, "send": 10, "timers": 0}
 
 
+STALLED_AFTER = 10.0  # seconds without a heartbeat after which a worker counts as gone
+
+
 class StorePool:
     """This process's store connections, one per job running at a time (a
     ``PostgresStore`` is used by one thread at a time); a broken one is dropped."""
@@ -139,7 +142,7 @@ class Worker:
         timer_batch: int = 100,
         send_batch: int = 200,
         heartbeat: float = 2.0,
-        stalled_after: float = 10.0,
+        stalled_after: float = STALLED_AFTER,
     ) -> None:
         self.result = result
         self.programs = programs

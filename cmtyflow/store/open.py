@@ -34,10 +34,12 @@ def shown(location: str) -> str:
     return location
 
 
-def open_store(location: str) -> Store:
+def open_store(location: str, *, must_exist: bool = False) -> Store:
+    """The store at ``location``; with ``must_exist``, a PostgreSQL schema holding no
+    state is refused instead of created (the caller checks a file's existence)."""
     if is_postgres(location):
         # Imported here: psycopg is the optional `postgres` extra.
         from .postgres import PostgresStore
 
-        return PostgresStore(location)
+        return PostgresStore(location, must_exist=must_exist)
     return SqliteStore(location)

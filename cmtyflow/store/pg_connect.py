@@ -35,7 +35,11 @@ def mask_url(url: str) -> str:
     """``url`` with its password (in the user part or a ``password=`` parameter) as ***."""
     if "://" not in url:  # a "key=value ..." connection string
         return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL Python can split (a broken [IPv6] host): by pattern
+        url = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+        return re.sub(r"((?:^|[?&])password=)[^&#\s]*", r"\1***", url)
     netloc = parts.netloc
     if "@" in netloc:
         user, _, hosts = netloc.rpartition("@")
@@ -46,14 +50,25 @@ def mask_url(url: str) -> str:
     if query:
         pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*/:", quote_via=quote)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _unsplit(parts.scheme, netloc, parts.path, query, parts.fragment)
+
+
+def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str) -> str:
+    """``urlunsplit``, keeping the ``//`` of a URL with no host (``postgresql:///db?host=
+    /socket``, which libpq reads as psql does), where ``urlunsplit`` drops it."""
+    if netloc:
+        return urlunsplit((scheme, netloc, path, query, fragment))
+    return f"{scheme}://{path}" + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
 
 
 def _password(url: str) -> str | None:
     if "://" not in url:
         found = re.search(r"password\s*=\s*(\S+)", url)
         return found.group(1).strip("'") if found else None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
     for k, v in parse_qsl(parts.query, keep_blank_values=True):
         if k == "password":
             return v
@@ -64,7 +79,11 @@ def split_schema(url: str, schema: str | None = None) -> tuple[str, str]:
     """(the URL libpq is given, without ``schema=``; the schema to use)."""
     chosen = schema
     if "://" in url:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - read for its check: a port that is not a number
+        except ValueError as exc:
+            raise UserError(f"{mask_url(url)}: not a valid PostgreSQL URL: {exc}") from None
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         kept = [(k, v) for k, v in pairs if k != "schema"]
         for k, v in pairs:
@@ -75,7 +94,7 @@ def split_schema(url: str, schema: str | None = None) -> tuple[str, str]:
                 if found:
                     chosen = found.group(1).strip('"')
         if len(kept) < len(pairs):  # rebuilt only then; %20 for spaces (libpq reads no '+' as space)
-            url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept, quote_via=quote), parts.fragment))
+            url = _unsplit(parts.scheme, parts.netloc, parts.path, urlencode(kept, quote_via=quote), parts.fragment)
     chosen = chosen or DEFAULT_SCHEMA
     if not _SCHEMA_NAME.fullmatch(chosen):
         raise UserError(
@@ -91,7 +110,9 @@ def _reason(exc: BaseException, secret: str | None) -> str:
     return text
 
 
-def connect(url: str, schema: str, shown: str) -> Any:
+def connect(url: str, schema: str, shown: str, *, must_exist: bool = False) -> Any:
+    """A connection on ``schema``, migrated to this version; with ``must_exist`` (the
+    commands that only read) a schema without a state is refused, not created."""
     if psycopg is None:
         raise UserError(
             f"{shown}: PostgreSQL state needs psycopg; install cmtyflow with the postgres extra: "
@@ -115,6 +136,11 @@ def connect(url: str, schema: str, shown: str) -> Any:
                 "SET tcp_keepalives_idle TO 30; SET tcp_keepalives_interval TO 10; SET tcp_keepalives_count TO 3"
             ).format(psycopg.sql.Identifier(schema))
         )
+        if must_exist and conn.execute("SELECT to_regclass(%s) IS NULL", (f'"{schema}".meta',)).fetchone() == (True,):
+            raise UserError(
+                f"no state in schema '{schema}' at {shown} yet: import members or start `cmtyflow run` first "
+                "(or check the URL's database and ?schema=)"
+            )
         migrate(conn, schema, shown)
     except psycopg.Error as exc:
         conn.close()

@@ -51,10 +51,10 @@ SORT_IN_MEMORY = 10_000  # staged rows from which a write raises its work_mem
 class PostgresStore(SqlStore):
     MEMBER_BATCH = 5000  # members merged per round trip
 
-    def __init__(self, url: str, *, schema: str | None = None, exclusive: bool = True) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, exclusive: bool = True, must_exist: bool = False) -> None:
         libpq_url, self.schema = split_schema(url, schema)
         self.url = mask_url(url)  # for messages: never the password
-        self._conn: Any = connect(libpq_url, self.schema, self.url)
+        self._conn: Any = connect(libpq_url, self.schema, self.url, must_exist=must_exist)
         self._stages: set[str] = set()  # staging tables this connection has
         self._used: set[str] = set()  # staging tables filled in the current transaction
         self._runner = not exclusive  # holds the runner's advisory lock (or needs none)

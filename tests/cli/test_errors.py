@@ -89,6 +89,26 @@ def test_a_bug_exits_3_with_a_crash_log(tmp_path, monkeypatch, capsys):
     assert "Traceback" in text
 
 
+def test_a_crash_log_masks_passwords_and_is_the_users_own(tmp_path, monkeypatch, capsys):
+    """A --state URL's password was written in the crash log's command line, in a file
+    anyone on the machine could read."""
+    import stat
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def broken(paths):
+        raise RuntimeError("cannot reach postgresql://cf:s3cret-pw@db/x and https://hooks.example/x?token=t0ken123")
+
+    monkeypatch.setattr(validate_module, "load", broken)
+    code, _, err = run(capsys, "validate", "x.yaml", "postgresql://cf:s3cret-pw@[::1:5432/db?password=again")
+    assert code == 3
+    log = Path(re.fullmatch(r"cmtyflow hit a bug; details were written to (.+)\n", err).group(1))
+    text = log.read_text(encoding="utf-8")
+    assert "s3cret-pw" not in text and "again" not in text and "t0ken123" not in text
+    assert "command: cmtyflow validate x.yaml postgresql://********@[::1:5432/db?password=***" in text
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, click.exceptions.Abort])
 def test_interrupts_exit_130(interrupt, monkeypatch, capsys):
     def stop(paths):

@@ -80,6 +80,18 @@ def test_the_schema_comes_from_the_argument_the_url_or_its_options() -> None:
     assert split_schema("postgresql://db/x?options=-c%20a%3Db")[0] == "postgresql://db/x?options=-c%20a%3Db"
     with pytest.raises(UserError, match="schema 'a;drop' is not a plain name"):
         split_schema("postgresql://u:pw@db/x?schema=a;drop")
+    # A URL with no host (libpq's own form for a socket) keeps its '//' (it became 'postgresql:/x?...').
+    socket_url = "postgresql:///x?host=/run/pg&user=cf&schema=s3"
+    assert split_schema(socket_url) == ("postgresql:///x?host=%2Frun%2Fpg&user=cf", "s3")
+    assert mask_url("postgresql:///x?host=/run/pg&password=s3cret") == "postgresql:///x?host=/run/pg&password=***"
+
+
+def test_a_url_python_cannot_split_is_a_user_error_without_the_password() -> None:
+    """A broken [IPv6] host crashed with the password in the crash log's command line."""
+    with pytest.raises(UserError, match="not a valid PostgreSQL URL: Invalid IPv6 URL") as info:
+        split_schema("postgresql://cf:s3cret-pw@[::1:5432/db")
+    assert "s3cret-pw" not in str(info.value)
+    assert mask_url("postgresql://cf:s3cret-pw@[::1:5432/db?password=again") == "postgresql://cf:***@[::1:5432/db?password=***"
 
 
 def test_open_creates_the_schema_and_reopen_is_idempotent(opened: Callable[..., PostgresStore], pg_url: str,
@@ -186,6 +198,16 @@ def test_open_store_opens_postgresql_urls(pg_url: str) -> None:
         assert isinstance(store, PostgresStore)
     finally:
         store.close()
+
+
+def test_a_read_only_open_refuses_a_schema_without_a_state(pg_url: str) -> None:
+    """status or report with a mistyped ?schema= created an empty state there and
+    reported it healthy."""
+    with pytest.raises(UserError, match=r"no state in schema 'test_\w+' at .* yet"):
+        open_store(pg_url, must_exist=True)
+    store = open_store(pg_url)  # a runner makes it
+    store.close()
+    open_store(pg_url, must_exist=True).close()
 
 
 def test_without_psycopg_the_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -427,3 +449,32 @@ def test_libpq_options_in_the_url_reach_the_server(opened: Callable[..., Postgre
     assert store.conn.execute("SHOW statement_timeout").fetchone()[0] == "5s"
     assert store.conn.execute("SHOW application_name").fetchone()[0] == "cf test"
     assert store.conn.execute("SHOW search_path").fetchone()[0] == store.schema
+
+
+def test_a_run_refused_by_another_runner_leaves_no_session_open(opened: Callable[..., PostgresStore], pg_url: str,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The runner's channels were opened before the store refused it: aiohttp then
+    reported an unclosed client session after the error."""
+    import logging
+
+    from cmtyflow.cli import main
+
+    holder = opened()
+    holder.mark_in_doubt()  # holds the runner lock
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: pb\ntimezone: UTC\nchannels: {hook: {adapter: webhook, url: 'http://127.0.0.1:9/x'}}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: f}\nflows:\n  f: [{send: {channel: hook, text: hi}}]\n",
+        encoding="utf-8",
+    )
+    import gc
+    import warnings
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["run", str(playbook), "--once", "--state", pg_url]) == 1
+        gc.collect()  # an unclosed session says so when it is collected
+    assert "another runner, or workers, are using" in capsys.readouterr().err
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+    assert not [w for w in seen if "Unclosed" in str(w.message)]
