@@ -25,7 +25,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -126,22 +126,27 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
 FALLBACK_ENCODING = "gb18030"
 
 
-def _first_bad_line(path: Path, encoding: str) -> int | None:
-    """The line of the first byte of ``path`` that ``encoding`` cannot decode; None when
-    the whole file decodes (read in chunks: a roster may be large)."""
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):  # a roster may be large
+            yield chunk
+
+
+def _first_bad_line(chunks: Iterable[bytes], encoding: str) -> int | None:
+    """The line of the first byte of ``chunks`` that ``encoding`` cannot decode; None
+    when they all decode."""
     decoder = codecs.getincrementaldecoder(encoding)()
     line = 1
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                return line + chunk.count(b"\n", 0, max(0, exc.start))
-            line += chunk.count(b"\n")
+    for chunk in chunks:
         try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return line
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            return line + chunk.count(b"\n", 0, max(0, exc.start))
+        line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return line
     return None
 
 
@@ -158,29 +163,23 @@ def open_text(path: str | Path) -> Iterator[Any]:
         data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    for encoding in ("utf-8-sig", FALLBACK_ENCODING):
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            if encoding == FALLBACK_ENCODING:
-                line = data.count(b"\n", 0, exc.start) + 1
-                raise UserError(f"{path}:{line}: not UTF-8 text; send UTF-8") from None
-            continue
-        if encoding == FALLBACK_ENCODING:
-            print(f"{path}: not UTF-8; read as GB18030/GBK", file=sys.stderr)
-        yield io.StringIO(text, newline="")
-        return
+    yield io.StringIO(data.decode(text_encoding(path, data)), newline="")
 
 
-def text_encoding(path: str | Path) -> str:
-    """How to read a roster or event file (see the rules)."""
+def text_encoding(path: str | Path, data: bytes | None = None) -> str:
+    """How to read a roster or event file (see the rules); ``data``: its bytes, when
+    they were read already (a pipe can be read once)."""
     path = Path(path)
     if path.suffix.lower() in (".xlsx", ".xls", ".numbers", ".ods"):
         raise UserError(f"{path}: a spreadsheet, not text; save it as \"CSV UTF-8\" and give that file")
-    bad = _first_bad_line(path, "utf-8")
+
+    def chunks() -> Iterable[bytes]:
+        return (data,) if data is not None else _file_chunks(path)
+
+    bad = _first_bad_line(chunks(), "utf-8")
     if bad is None:
         return "utf-8-sig"
-    if _first_bad_line(path, FALLBACK_ENCODING) is None:
+    if _first_bad_line(chunks(), FALLBACK_ENCODING) is None:
         print(
             f"{path}: not UTF-8 (line {bad}); read as GB18030/GBK, which Excel and other Windows programs "
             "write on a Chinese system. Save it as UTF-8 (in Excel: \"CSV UTF-8\") to be sure of every character.",
