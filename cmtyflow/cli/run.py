@@ -18,6 +18,7 @@ from ..runtime.channels import ChannelSet
 from ..runtime.inputs import RowProblem, read_roster
 from ..runtime.prepare import load_programs
 from ..runtime.runner import Runner, StateLock, build_runner, json_log, text_log
+from ..spec.duration import FIRST_YEAR, LAST_YEAR
 from ..store.open import is_postgres
 from . import EXIT_OK, cli
 from .state import state_option, store_at
@@ -56,8 +57,8 @@ def run(
         if moment.tzinfo is None:
             example = now_text if "T" in now_text else f"{now_text}T00:00"
             raise UserError(f"--now '{now_text}' needs a UTC offset, e.g. {example}+08:00")
-        if not 1971 <= moment.year <= 9000:
-            raise UserError(f"--now '{now_text}' is out of range: give a time between 1971 and 9000")
+        if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+            raise UserError(f"--now '{now_text}' is out of range: give a time between {FIRST_YEAR} and {LAST_YEAR}")
         clock = VirtualClock(moment)
     result, programs = load_programs(paths)
     intake = None

@@ -25,7 +25,7 @@ import click
 
 from ..errors import UserError
 from ..runtime.runner import StateLock
-from ..spec.duration import DurationError, localize, parse_duration
+from ..spec.duration import FIRST_YEAR, LAST_YEAR, DurationError, localize, parse_duration
 from ..store.open import is_postgres, shown
 from ..store.sqlbase import SqlStore
 from ..store.sqlite import SqliteStore
@@ -102,8 +102,8 @@ def cutoff(text: str, now: datetime) -> datetime:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UserError(f"--before '{text}' is neither an age (e.g. 90d, 12w) nor an ISO 8601 date") from None
-    if not 1971 <= when.year <= 9000:
-        raise UserError(f"--before '{text}' is out of range: give a date between 1971 and now")
+    if not FIRST_YEAR <= when.year <= LAST_YEAR:
+        raise UserError(f"--before '{text}' is out of range: give a date between {FIRST_YEAR} and now")
     if when.tzinfo is None:
         when = localize(when, _zone(None))
     return when

@@ -13,7 +13,7 @@ from ..engine.program import Program, compile_program
 from ..errors import UserError
 from ..loader import LoadResult, load
 from ..problems import format_text
-from ..spec.duration import localize
+from ..spec.duration import FIRST_YEAR, LAST_YEAR, localize
 
 
 def adapter_formats(result: LoadResult) -> dict[str, tuple[str, ...]]:
@@ -37,9 +37,6 @@ def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program
         raise UserError(f"no playbooks found in {', '.join(str(p) for p in paths)}")
     formats = adapter_formats(result)
     return result, [compile_program(loaded, formats) for loaded in result.playbooks]
-
-
-FIRST_YEAR, LAST_YEAR = 1971, 9000  # what a start may be: the clock's arithmetic stays in range
 
 
 def parse_start(text: str | None, programs: list[Program], now: datetime, *, option: str = "--start") -> datetime:

@@ -20,6 +20,9 @@ from zoneinfo import ZoneInfo
 _PART = re.compile(r"(\d+)([wdhms])")
 _WHOLE = re.compile(r"(?:\d+[wdhms])+")
 MAX_DAYS = 3660  # the longest duration, as dry-run --days: past it a time leaves the calendar's range
+# The years a start, a window or a given time may lie in: a day count or a duration on
+# top of them stays in the calendar's range (datetime ends with 9999).
+FIRST_YEAR, LAST_YEAR = 1971, 9000
 _UNITS = {"w": (7, 0), "d": (1, 0), "h": (0, 3600), "m": (0, 60), "s": (0, 1)}
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
 

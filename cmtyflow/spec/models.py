@@ -33,6 +33,8 @@ from pydantic_core import PydanticCustomError
 
 from .duration import (
     DURATION_PATTERN,
+    FIRST_YEAR,
+    LAST_YEAR,
     MAX_DAYS,
     TIME_OF_DAY_PATTERN,
     DurationError,
@@ -104,8 +106,8 @@ class Window(Model):
             raise PydanticCustomError("window", "window takes either days or end, not both")
         if self.end is not None and self.end < self.start:
             raise PydanticCustomError("window", "window end is before its start")
-        if not 1971 <= self.start.year <= 9000 or (self.end is not None and self.end.year > 9000):
-            raise PydanticCustomError("window", "a window lies between the years 1971 and 9000")
+        if not FIRST_YEAR <= self.start.year <= LAST_YEAR or (self.end is not None and self.end.year > LAST_YEAR):
+            raise PydanticCustomError("window", f"a window lies between the years {FIRST_YEAR} and {LAST_YEAR}")
         return self
 
     def last_day(self) -> date | None:
