@@ -17,11 +17,12 @@ from collections import Counter, defaultdict
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import click
 
 from ..clock import SystemClock
+from ..engine.interp import zone as member_zone
 from ..errors import UserError
 from ..runtime import notes
 from ..store.base import REQUEUEABLE, OutboxRow, Store
@@ -179,8 +180,9 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     if ctx.invoked_subcommand is not None:
         # Only --state is shared; the others choose what `outbox` lists, and were silently
         # dropped (`outbox --status failed retry --all` requeued the dead messages).
-        listing = [f"--{name}" for name in ("status", "limit", "format") if ctx.get_parameter_source(
-            "statuses" if name == "status" else "fmt" if name == "format" else name) is click.core.ParameterSource.COMMANDLINE]
+        options = (("--status", "statuses"), ("--limit", "limit"), ("--format", "fmt"))
+        given = click.core.ParameterSource.COMMANDLINE
+        listing = [option for option, param in options if ctx.get_parameter_source(param) is given]
         if listing:
             raise UserError(
                 f"{', '.join(listing)} before '{ctx.invoked_subcommand}' chooses what `cmtyflow outbox` lists; "
@@ -319,13 +321,6 @@ def _playbook_name(text: str) -> str:
     return text
 
 
-def _zone_or(name: str | None, default: ZoneInfo) -> ZoneInfo:
-    try:
-        return ZoneInfo(name) if name else default
-    except (ZoneInfoNotFoundError, ValueError):
-        return default
-
-
 def _playbook_zone(store: Store, name: str, given: str) -> ZoneInfo:
     """The playbook's timezone: from its file when the report was given one, else from
     the last version the runner ran; UTC when neither says."""
@@ -339,7 +334,7 @@ def _playbook_zone(store: Store, name: str, given: str) -> ZoneInfo:
         zone = programs[0].playbook.timezone
     else:
         zone = playbook_zones(store).get(name)
-    return _zone_or(zone, ZoneInfo("UTC"))
+    return member_zone(zone, ZoneInfo("UTC"))
 
 
 def _percent(part: int, whole: int) -> str:
@@ -378,18 +373,20 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
         best: Counter[str] = Counter()
         participants = checkins = today_count = 0
         now = SystemClock().now()
-        days: dict[str, date] = {}  # timezone -> today there
-        default_zone = _playbook_zone(store, name, playbook)
+        days: dict[ZoneInfo, date] = {}  # timezone -> today there
+        default_zone: ZoneInfo | None = None  # the playbook's, read when a member has none
         for member, st in store.states(name):
             if member is None or not st.get("checkins"):
                 continue
             # Today where the member is, as the engine counts their check-ins and streak
             # (their timezone, else the playbook's), not the UTC date.
-            record = store.get_member(member) or {}
-            zone_name = record.get("timezone") if isinstance(record.get("timezone"), str) else None
-            today = days.get(zone_name or "")
+            zone_name = (store.get_member(member) or {}).get("timezone")
+            if not isinstance(zone_name, str) and default_zone is None:
+                default_zone = _playbook_zone(store, name, playbook)
+            tz = member_zone(zone_name if isinstance(zone_name, str) else None, default_zone or ZoneInfo("UTC"))
+            today = days.get(tz)
             if today is None:
-                today = days[zone_name or ""] = now.astimezone(_zone_or(zone_name, default_zone)).date()
+                today = days[tz] = now.astimezone(tz).date()
             participants += 1
             checkins += int(st.get("checkins", 0))
             last_day = st.get("last_checkin")
