@@ -233,12 +233,7 @@ class Driver:
         member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         if late > grace:
             skipped = Decision()
-            every = [*missed, latest]
-            for at in _noted(every):
-                skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat(), late_seconds=(now - at).total_seconds())
-            if len(every) > NOTED_FIRINGS:
-                skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone,
-                             more=len(every) - NOTED_FIRINGS, last_due=latest.isoformat())
+            _note_firings(skipped, "skipped_firing", [*missed, latest], now, playbook=prog.name, trigger=trigger.id, zone=zone)
             skipped.count("skipped_firings", len(missed) + 1)
             self.store.apply(skipped, schedules=[update])
             self._observe(skipped)
@@ -247,11 +242,7 @@ class Driver:
         decision = self.engine.handle(
             self.store, now, Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0)
         )
-        for at in _noted(missed):
-            decision.note("coalesced_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=at.isoformat())
-        if len(missed) > NOTED_FIRINGS:
-            decision.note("coalesced_firing", playbook=prog.name, trigger=trigger.id, zone=zone,
-                          more=len(missed) - NOTED_FIRINGS, last_due=missed[-1].isoformat())
+        _note_firings(decision, "coalesced_firing", missed, None, playbook=prog.name, trigger=trigger.id, zone=zone)
         if missed:
             decision.count("coalesced_firings", len(missed))
         self.store.apply(decision, schedules=[update])
@@ -285,7 +276,12 @@ class Driver:
         return handled
 
 
-def _noted(firings: list[datetime]) -> list[datetime]:
-    """The missed firings noted one by one (a minutely cron down for a month missed
-    43,000: one note, and one log line, each)."""
-    return firings[:NOTED_FIRINGS]
+def _note_firings(decision: Decision, kind: str, firings: list[datetime], now: datetime | None, **where: Any) -> None:
+    """Note missed ``firings``: the first ``NOTED_FIRINGS`` one by one (with how late,
+    given ``now``), the rest in one note with their count (a minutely cron down for a
+    month missed 43,000: a note, and a log line, each)."""
+    for at in firings[:NOTED_FIRINGS]:
+        late = {"late_seconds": (now - at).total_seconds()} if now is not None else {}
+        decision.note(kind, **where, due=at.isoformat(), **late)
+    if len(firings) > NOTED_FIRINGS:
+        decision.note(kind, **where, more=len(firings) - NOTED_FIRINGS, last_due=firings[-1].isoformat())
