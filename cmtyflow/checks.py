@@ -34,6 +34,7 @@ from .checkbase import (
     sends,
     template_names,
 )
+from .engine.core import STANDARD_EVENTS
 from .problems import WARNING, Problem
 from .secretscan import credential_in_url
 from .spec.errors import did_you_mean
@@ -206,10 +207,7 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
 _EVENT_TYPE = re.compile(r"[^\s.]+(\.[^\s.]+)*")
 # SPEC 3's standard types, and checkin.posted (the check-in events of the shipped
 # playbooks and of dry-run --simulate): a near miss of one is a typo.
-_KNOWN_EVENTS = (
-    "member.joined", "member.left", "message.posted", "reaction.added", "report.filed",
-    "poll.answered", "member.opted_out", "member.opted_in", "checkin.posted",
-)
+_KNOWN_EVENTS = sorted(STANDARD_EVENTS | {"checkin.posted"})
 
 
 def _event_types(ctx: CheckContext) -> Iterator[tuple[Loc, str]]:

@@ -273,6 +273,12 @@ def _const(node: nodes.Node) -> Any:
     raise LookupError
 
 
+# The tags that load another template, as a template writes them.
+_LOADS: dict[type[nodes.Node], str] = {
+    nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "from ... import", nodes.Extends: "extends",
+}
+
+
 def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticProblem]:
     problems: list[StaticProblem] = []
     allowed = _GLOBAL_NAMES | _assigned_names(tree) | set(extra_names)
@@ -309,9 +315,9 @@ def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticP
             problems.append(StaticProblem(f"not allowed: {exc}", power.lineno))
         except (LookupError, TypeError, ValueError, ArithmeticError):
             pass
-    for other in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+    for other in tree.find_all(tuple(_LOADS)):
         # Each message is one template (or one file): there is no loader to find others.
-        tag = {"Include": "include", "Import": "import", "FromImport": "from ... import", "Extends": "extends"}[type(other).__name__]
+        tag = _LOADS[type(other)]
         problems.append(StaticProblem(
             f"{{% {tag} %}} is not available: a template cannot load another; use a macro in the same template, "
             "or a var for shared text", other.lineno,
