@@ -88,21 +88,30 @@ JSON_TYPE = "application/json; charset=utf-8"
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
+async def read_upto(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a body: all of it when it is within ``limit``,
+    else one byte more, enough to know (a body that never ends is not read to its end).
+    The intake reads a request this way too."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     """At most ``MAX_REPLY`` bytes of a reply without a length, or with a larger one:
     a URL that answers with a page of megabytes, or a stream that never ends, costs
     a megabyte and not the runner's memory or the whole timeout. A reply cut short
     closes its connection (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_REPLY:
-        chunk = await resp.content.read(MAX_REPLY + 1 - size)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-    resp.close()
-    return b"".join(chunks)[:MAX_REPLY]
+    body = await read_upto(resp.content, MAX_REPLY)
+    if len(body) > MAX_REPLY:
+        resp.close()
+    return body[:MAX_REPLY]
 
 
 def dumps(payload: Any) -> bytes:

@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..adapters._http import read_upto
 from ..adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from ..engine.model import Event
 from ..errors import UserError
@@ -203,17 +204,10 @@ class _Intake:
         if request.content_length is not None and request.content_length > limit:
             raise self._too_large()
         # Without Content-Length (chunked), read at most limit + 1 bytes: enough to know.
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = await request.content.read(limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
+        body = await read_upto(request.content, limit)
+        if len(body) > limit:
             raise self._too_large()
-        return b"".join(chunks)
+        return body
 
     def _check_content_type(self, request: web.Request) -> None:
         if request.content_type != "application/json":
