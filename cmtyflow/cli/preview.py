@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..expr import RenderError
 from ..runtime.inputs import RowProblem, read_roster
 from ..runtime.prepare import load_programs, parse_start
-from ..runtime.preview import preview
+from ..runtime.preview import campaign_only, find_step, preview
 from . import EXIT_OK, cli
 
 
@@ -37,6 +37,12 @@ def preview_cmd(
         members = [{"id": member_id}]
         click.echo(f"note: no --roster, so {member_id} has an id and nothing else: member.name and the other "
                    "fields read as empty", err=True)
+    if member_id:
+        prog, flow, _ = find_step(programs, step)
+        trigger = campaign_only(prog, flow)
+        if trigger is not None:
+            click.echo(f"note: flow {flow} runs for no member (trigger {trigger} has no for_each), so --member "
+                       f"{member_id} is not used: the step is rendered as its runs post it", err=True)
     state = None
     if state_json:
         try:

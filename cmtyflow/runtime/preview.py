@@ -32,19 +32,35 @@ def send_labels(prog: Program) -> list[str]:
     return [ins.label for instrs in prog.flows.values() for ins in instrs if ins.op == "send"]
 
 
+def find_step(programs: list[Program], step: str) -> tuple[Program, str, Any]:
+    """The playbook, flow and instruction of send step ``step`` (the first with that label)."""
+    for prog in programs:
+        for flow, instrs in prog.flows.items():
+            for ins in instrs:
+                if ins.op == "send" and ins.label == step:
+                    return prog, flow, ins
+    labels = sorted({label for prog in programs for label in send_labels(prog)})
+    raise UserError(f"no send step '{step}'; send steps are: {', '.join(labels)}")
+
+
+def campaign_only(prog: Program, flow: str) -> str | None:
+    """The trigger that shows ``flow`` runs for no member when every trigger that
+    starts it is a schedule without ``for_each`` (a leaderboard, a weekly post): its
+    templates read ``audience``, not ``member``. None when some run of it may be a
+    member's (``for_each: audience``, an event or a launch naming a member)."""
+    starts = [t for t in prog.playbook.triggers if t.flow == flow]
+    if starts and all(t.kind in ("cron", "at") and getattr(t, "for_each", None) is None for t in starts):
+        return starts[0].id
+    return None
+
+
 def preview(
     programs: list[Program], step: str, member_id: str | None, members: list[dict[str, Any]], now: datetime,
     state: dict[str, Any] | None = None,
 ) -> Preview:
-    found = [
-        (prog, flow, ins)
-        for prog in programs for flow, instrs in prog.flows.items() for ins in instrs
-        if ins.op == "send" and ins.label == step
-    ]
-    if not found:
-        labels = sorted({label for prog in programs for label in send_labels(prog)})
-        raise UserError(f"no send step '{step}'; send steps are: {', '.join(labels)}")
-    prog, flow, ins = found[0]
+    prog, flow, ins = find_step(programs, step)
+    if member_id is not None and campaign_only(prog, flow) is not None:
+        member_id = None  # rendered as its runs are, for no member (``cli.preview`` says so)
     store = MemoryStore()
     store.put_members(members)
     member = store.get_member(member_id) if member_id else None

@@ -154,6 +154,30 @@ def test_preview_renders_literally_and_lists_steps(tmp_path, capsys):
     assert out.splitlines()[1] == "你好 " and "no --roster, so u1 has an id and nothing else" in err
 
 
+def test_preview_of_a_campaign_step_with_a_member_renders_the_campaign_post(tmp_path, capsys):
+    """A leaderboard's flow runs for no member (a schedule without for_each): its template
+    reads ``audience``. With --member it failed ('audience' is undefined); it is rendered
+    as its runs post it, and the note says --member is not used."""
+    (tmp_path / "lb.yaml").write_text(
+        "cmtyflow: 1\nname: lb\ntimezone: UTC\nchannels:\n  group: {adapter: console}\n"
+        "triggers:\n  - {id: weekly, cron: \"0 20 * * 0\", flow: board}\n"
+        "  - {id: joined, event: member.joined, flow: hi}\nflows:\n"
+        "  board:\n    - {id: top, send: {channel: group, to: channel, text: \"{{ audience | length }} on the board\"}}\n"
+        "  hi:\n    - {id: hello, send: {channel: group, text: \"hi {{ member.name }}\"}}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\nu2,Bob\n", encoding="utf-8")
+    args = ["preview", str(tmp_path / "lb.yaml"), "top", "--member", "u1", "--roster", str(tmp_path / "m.csv")]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["lb/top -> #group via group (console, plain)", "2 on the board"]
+    assert "flow board runs for no member (trigger weekly has no for_each), so --member u1 is not used" in err
+    # A member flow's step is still rendered for the member, without that note.
+    assert main(["preview", str(tmp_path / "lb.yaml"), "hello", "--member", "u2", "--roster", str(tmp_path / "m.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1] == "hi Bob" and "not used" not in err
+
+
 def test_a_flow_that_emits_its_own_trigger_is_cut_not_endless(tmp_path, capsys):
     """g emits the event that starts g: the chain stops at MAX_EMIT_DEPTH events, each
     handled once, the rest reported; before, the dry run never ended and its memory
