@@ -37,10 +37,14 @@ from .base import (
 from .ratelimit import SLACK_PER_CHANNEL, RateLimiter
 from .text import escape_slack, escape_slack_mrkdwn, fit_parts, pick
 
+# chat.postMessage errors that mean "too many requests": the Web API's own limit
+# (``ratelimited``, with HTTP 429) and the limit on posting (``rate_limited``: "Application
+# has posted too many messages", with HTTP 200). Retried without costing an attempt.
+RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
 # chat.postMessage errors that mean "try again later" rather than "this will never work".
-TRANSIENT_ERRORS = frozenset(
-    {"ratelimited", "fatal_error", "internal_error", "service_unavailable", "request_timeout"}
-)
+TRANSIENT_ERRORS = RATE_LIMIT_ERRORS | {
+    "fatal_error", "internal_error", "service_unavailable", "request_timeout"
+}
 
 
 class SlackSettings(AdapterSettings):
@@ -164,7 +168,7 @@ class SlackAdapter(HttpAdapter):
                 if wait:
                     self.limiter.defer(bucket, wait)
                 raise TransientDeliveryError(
-                    f"slack: {error}", retry_after=wait, rate_limited=error == "ratelimited"
+                    f"slack: {error}", retry_after=wait, rate_limited=error in RATE_LIMIT_ERRORS
                 )
             raise PermanentDeliveryError(f"slack: {error or 'request refused'}")
         ts = data.get("ts")

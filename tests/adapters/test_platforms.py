@@ -103,6 +103,22 @@ async def test_slack_rate_limit_holds_later_sends_back(adapter_for: Any, clock: 
     assert clock.slept == [30.0]
 
 
+async def test_slack_posting_limit_rate_limited_is_retried_not_dead(adapter_for: Any) -> None:
+    """chat.postMessage's own limit answers HTTP 200 ``{"ok": false, "error":
+    "rate_limited"}`` ("Application has posted too many messages"): a rate limit, not a
+    refusal (it was dead-lettered)."""
+    fake = SlackFake()
+    adapter = await adapter_for(
+        "slack",
+        fake,
+        lambda b, f: {"bot_token": f.bot_token, "api_base": b + "/api", "channel_id": "C1"},
+    )
+    fake.then(fake.api_error("rate_limited"))
+    with pytest.raises(TransientDeliveryError, match="rate_limited") as caught:
+        await adapter.send(message())
+    assert caught.value.rate_limited
+
+
 def test_slack_settings_need_a_destination() -> None:
     from cmtyflow.adapters.slack import SlackSettings
 
