@@ -8,9 +8,13 @@ shape: the joined string is the HMAC *key* and the message is empty.
 
 The answer is ``{"code", "msg", "data"}`` (older deployments also send
 ``StatusCode``/``StatusMessage``). ``code`` 0 is success. 11232 is the bot's
-frequency limit (100 per minute and 5 per second per bot): transient. 9499 is
-"Bad Request" (malformed body, or over the 20 KB body limit) and 19021
+frequency limit (100 per minute and 5 per second per bot), and 99991400 the Open
+Platform's (with HTTP 400 and ``x-ogw-ratelimit-reset``, seconds): both rate limits.
+9499 is "Bad Request" (malformed body, or over the 20 KB body limit) and 19021
 (signature or timestamp) are permanent, as is any other code. HTTP 429 is transient.
+
+The body limit counts the text as it is sent, JSON-escaped (a line break is two bytes
+there, a control character six), so a long text is cut by that measure.
 
 Text messages turn ``<at user_id="all">`` into a mention of everyone, so that
 tag is defused in every message; nothing else in text is parsed.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -28,7 +33,7 @@ from typing import Any, ClassVar
 import aiohttp
 from pydantic import Field, SecretStr
 
-from ._http import HttpAdapter, Reply, dumps
+from ._http import HttpAdapter, Reply, dumps, parse_retry_after
 from .base import (
     AdapterSettings,
     Capabilities,
@@ -39,11 +44,18 @@ from .base import (
     TransientDeliveryError,
 )
 from .ratelimit import FEISHU_PER_MINUTE, FEISHU_PER_SECOND, RateLimiter
-from .text import defuse_feishu_at, fit_parts, pick
+from .text import defuse_feishu_at, pick, split_text
 
-# The request body may not exceed 20 KB; this leaves room for the JSON around the text.
+# The request body may not exceed 20 KB; this leaves room for the JSON around the text,
+# measured as the text is in the body (``body_len``).
 MAX_BYTES = 18000
-RATE_LIMITED = frozenset({11232})
+RATE_LIMITED = frozenset({11232, 99991400})
+_JSON_STR = json.JSONEncoder(ensure_ascii=False)
+
+
+def body_len(text: str) -> int:
+    """The UTF-8 bytes ``text`` takes in the request body: JSON-escaped, quotes included."""
+    return len(_JSON_STR.encode(defuse_feishu_at(text)).encode("utf-8"))
 
 
 def sign(secret: str, timestamp: str) -> str:
@@ -90,7 +102,7 @@ class FeishuAdapter(HttpAdapter):
 
     async def send(self, message: OutboundMessage) -> Receipt:
         _, text = pick(message, self.capabilities.formats)
-        parts = fit_parts(text, max_length=None, max_bytes=MAX_BYTES, platform=self.name)
+        parts = split_text(text, MAX_BYTES, measure=body_len)
         url = self.settings.webhook_url.get_secret_value()
         buckets = (
             (("feishu", url, "minute"), FEISHU_PER_MINUTE),
@@ -123,14 +135,15 @@ class FeishuAdapter(HttpAdapter):
         detail = None
         if isinstance(data, dict) and code is not None:
             detail = f"{data.get('msg') or data.get('StatusMessage')} (code {code})"
+        # Seconds until the limit resets, when said (a value that is not one is ignored).
+        wait = parse_retry_after(reply.headers.get("x-ogw-ratelimit-reset"))
         if reply.status == 429:
-            wait = reply.headers.get("x-ogw-ratelimit-reset")
-            self.check_status(
-                reply, detail, retry_after=float(wait) if wait else None, defer=bucket
-            )
+            self.check_status(reply, detail, retry_after=wait, defer=bucket)
         if isinstance(code, int) and code in RATE_LIMITED:
-            # Feishu does not say which of its two windows was hit, nor for how long.
-            raise TransientDeliveryError(f"feishu: {detail}", rate_limited=True)
+            # The bot's limit does not say which of its two windows was hit, nor for how long.
+            if wait:
+                self.limiter.defer(bucket, wait)
+            raise TransientDeliveryError(f"feishu: {detail}", retry_after=wait, rate_limited=True)
         self.check_status(reply, detail, defer=bucket)
         if not isinstance(code, int):
             raise TransientDeliveryError(f"feishu: unexpected answer (HTTP {reply.status})")

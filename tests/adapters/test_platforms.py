@@ -406,6 +406,46 @@ async def test_feishu_without_secret_and_at_all_in_template_text(adapter_for: An
     assert body["content"]["text"] == 'hi <\u200bat user_id="all">所有人</at>'
 
 
+async def test_feishu_long_text_is_cut_by_its_size_in_the_json_body(adapter_for: Any) -> None:
+    """Line breaks and quotes take two bytes each once JSON-escaped: a text of 17,000
+    UTF-8 bytes made a body over 20 KB, which Feishu refuses (9499, permanent). It is
+    cut so that each body fits, nothing lost."""
+    fake = FeishuFake()
+    adapter = await adapter_for(
+        "feishu",
+        fake,
+        lambda b, f: {"webhook_url": f"{b}/open-apis/bot/v2/hook/{f.hook_id}", "secret": f.secret},
+    )
+    line = '"打卡" day\n'
+    text = line * (17000 // utf8_len(line))
+    assert 16000 < utf8_len(text) < 18000
+    receipt = await adapter.send(message(text))
+    assert receipt.detail["parts"] == len(fake.requests) == 2
+    assert all(len(r.body) <= 20 * 1024 for r in fake.requests)
+    sent = [r.json["content"]["text"] for r in fake.requests]
+    assert "\n".join(sent) == text
+
+
+async def test_feishu_open_platform_rate_limit_waits_as_told(adapter_for: Any) -> None:
+    """99991400 with HTTP 400 and ``x-ogw-ratelimit-reset``: a rate limit for that long,
+    not a refusal; a header that is not a number is ignored, not a crash."""
+    fake = FeishuFake()
+    adapter = await adapter_for(
+        "feishu",
+        fake,
+        lambda b, f: {"webhook_url": f"{b}/open-apis/bot/v2/hook/{f.hook_id}", "secret": f.secret},
+    )
+    limited = {"code": 99991400, "msg": "request trigger frequency limit", "data": {}}
+    fake.then(lambda rec: as_json(limited, 400, {"x-ogw-ratelimit-reset": "12"}))
+    with pytest.raises(TransientDeliveryError, match="99991400") as caught:
+        await adapter.send(message())
+    assert caught.value.rate_limited and caught.value.retry_after == 12
+    fake.then(lambda rec: as_json({"code": 9499, "msg": "Too Many Requests"}, 429, {"x-ogw-ratelimit-reset": "soon"}))
+    with pytest.raises(TransientDeliveryError) as caught:
+        await adapter.send(message())
+    assert caught.value.rate_limited and caught.value.retry_after is None
+
+
 async def test_feishu_wrong_secret_is_refused_by_the_platform(adapter_for: Any) -> None:
     fake = FeishuFake()
     adapter = await adapter_for(
