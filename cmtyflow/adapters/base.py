@@ -194,10 +194,13 @@ def secret_values(settings: BaseModel) -> list[str]:
     found: set[str] = set()
     for _, value in settings:
         if isinstance(value, SecretStr):
-            found.add(value.get_secret_value())
-        elif isinstance(value, Mapping):
+            value = value.get_secret_value()
+            found.add(value)
+        if isinstance(value, Mapping):
             found.update(str(v) for v in value.values())
         elif isinstance(value, str) and "://" in value:
+            # A secret URL too (a Slack, Discord or WeCom webhook): the platform may echo
+            # its key or path without the rest of it.
             parts = urlsplit(value)
             if parts.password:
                 found.add(parts.password)

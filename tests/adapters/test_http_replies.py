@@ -11,7 +11,13 @@ import pytest
 from aiohttp import web
 
 from cmtyflow.adapters import _http
-from cmtyflow.adapters.base import OutboundMessage, PermanentDeliveryError, Recipient
+from cmtyflow.adapters.base import (
+    OutboundMessage,
+    PermanentDeliveryError,
+    Recipient,
+    redact,
+    secret_values,
+)
 from cmtyflow.adapters.webhook import WebhookAdapter, WebhookSettings
 
 CAP = 64 * 1024
@@ -135,3 +141,18 @@ async def test_a_platform_echoing_the_channels_token_does_not_put_it_in_the_log(
     (row,) = list(store.outbox())
     assert row.last_error == 'webhook: HTTP 401: {"error": "bad token ******** for /T0001/B0002/********"}'
     assert not any("sekrit" in line or "xoxbSecret" in line for line in logged)
+
+
+def test_a_secret_webhook_urls_key_and_path_are_redacted_too() -> None:
+    """Slack, Discord and WeCom webhook URLs are secret settings: a platform (or a proxy's
+    error page) echoing only their path token or ``key=`` was kept as it was; only the
+    whole URL was hidden."""
+    from cmtyflow.adapters.slack import SlackSettings
+    from cmtyflow.adapters.wecom import WecomSettings
+
+    slack = SlackSettings.model_validate({"webhook_url": "https://hooks.slack.com/services/T0001/B0002/XXXXXXXXXXXXXXXXXXXXXXXX"})
+    wecom = WecomSettings.model_validate({"webhook_url": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa"})
+    assert redact("no_service: XXXXXXXXXXXXXXXXXXXXXXXX", secret_values(slack)) == "no_service: ********"
+    assert redact("invalid webhook url, key=693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa", secret_values(wecom)) == (
+        "invalid webhook url, key=********"
+    )
