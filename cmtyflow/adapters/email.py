@@ -5,9 +5,12 @@ Each message is ``multipart/alternative``: a text/plain part and a text/html par
 When the message has no HTML alternative the HTML is the plain text autoescaped,
 so member data never becomes markup. Headers: ``Message-ID`` derived from the
 message key (a resend carries the same ID, so clients and list software can
-collapse duplicates), ``Date``, ``Auto-Submitted: auto-generated``, and, when the
-message has an unsubscribe URL, ``List-Unsubscribe: <url>`` with
-``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058).
+collapse duplicates), ``Date``, ``Auto-Submitted: auto-generated``, and, with the
+``unsubscribe`` setting, ``List-Unsubscribe: <url>`` (RFC 2369), plus
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` when the URL is https (RFC 8058:
+one-click needs HTTPS). ``{member}`` in it is the member's id, URL-encoded; a message to
+the channel's own address (a list) gets the header only when the URL does not name a
+member.
 
 smtplib runs in a worker thread (``asyncio.to_thread``); its socket timeout bounds
 every step. SMTP replies 4xx are transient and 5xx permanent; a refused or dropped
@@ -25,6 +28,7 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Annotated, Any, ClassVar
+from urllib.parse import quote
 
 import aiohttp
 from pydantic import AfterValidator, Field, SecretStr, model_validator
@@ -40,6 +44,8 @@ from .base import (
     Receipt,
     TransientDeliveryError,
     masked,
+    redact,
+    secret_values,
 )
 from .text import escape_html, html_to_text, plain_to_html
 
@@ -53,6 +59,21 @@ def _check_address(value: str) -> str:
 
 
 Address = Annotated[str, AfterValidator(_check_address)]
+
+
+def _unsubscribe_url(value: str) -> str:
+    if ENV_REF.search(value):  # checked once resolved, when a run opens the channel
+        return value
+    scheme = value.split(":", 1)[0].lower()
+    if scheme not in ("https", "mailto") or len(value) <= len(scheme) + 3:
+        raise PydanticCustomError(
+            "unsubscribe_url",
+            "unsubscribe must be an https:// URL (one-click unsubscribe needs HTTPS) or a "
+            "mailto: address",
+        )
+    if any(c.isspace() or c in "<>" for c in value):
+        raise PydanticCustomError("unsubscribe_url", "unsubscribe may not hold spaces, < or >")
+    return value
 
 
 class EmailSettings(AdapterSettings):
@@ -76,6 +97,13 @@ class EmailSettings(AdapterSettings):
     )
     ca_file: str | None = Field(
         None, description="CA certificates (PEM) to verify the server with, for private CAs"
+    )
+    unsubscribe: Annotated[str, AfterValidator(_unsubscribe_url)] | None = Field(
+        None,
+        description=(
+            "List-Unsubscribe link: an https URL ({member} is the member's id), which mail "
+            "clients POST 'List-Unsubscribe=One-Click' to, or a mailto: address"
+        ),
     )
 
     @model_validator(mode="after")
@@ -124,6 +152,7 @@ class EmailAdapter:
         self.settings = settings
         self.channel = channel
         self.timeout = timeout
+        self._secrets = secret_values(settings)
 
     @classmethod
     def escape(cls, value: str, fmt: str) -> str:
@@ -137,6 +166,10 @@ class EmailAdapter:
 
     def describe(self) -> dict[str, Any]:
         return {"adapter": self.name, "channel": self.channel, **masked(self.settings)}
+
+    def redact(self, text: str) -> str:
+        """``text`` (an SMTP server's error) without this channel's password."""
+        return redact(text, self._secrets)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()!r}>"
@@ -194,6 +227,16 @@ class EmailAdapter:
         first = next((line for line in plain.splitlines() if line.strip()), self.channel)
         return _one_line(first, 78)
 
+    def _unsubscribe(self, message: OutboundMessage) -> str | None:
+        """The ``unsubscribe`` setting for this message: ``{member}`` filled in, or None
+        for a message to the channel's own address when the link names a member."""
+        url = self.settings.unsubscribe
+        if not url or "{member}" not in url:
+            return url
+        if message.recipient is None:
+            return None
+        return url.replace("{member}", quote(message.recipient.member_id, safe=""))
+
     def build(self, message: OutboundMessage, address: str) -> EmailMessage:
         s = self.settings
         plain, html = self.bodies(message)
@@ -208,9 +251,11 @@ class EmailAdapter:
             mail["Reply-To"] = s.reply_to
         if s.list_id:
             mail["List-Id"] = s.list_id
-        if message.unsubscribe_url:
-            mail["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
-            mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        unsubscribe = message.unsubscribe_url or self._unsubscribe(message)
+        if unsubscribe:
+            mail["List-Unsubscribe"] = f"<{unsubscribe}>"
+            if unsubscribe.lower().startswith("https://"):
+                mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         mail.set_content(plain)
         mail.add_alternative(html, subtype="html")
         return mail

@@ -211,6 +211,37 @@ async def test_subject_cannot_inject_headers(smtp: tuple[Inbox, int], certificat
     assert inbox.received[0]["to"] == ["ann@example.net"]
 
 
+async def test_unsubscribe_setting_gives_each_member_a_one_click_link(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    """The runner's messages carry no unsubscribe URL of their own: the channel's
+    ``unsubscribe`` setting is what puts List-Unsubscribe on them (it was never sent).
+    One-click (List-Unsubscribe-Post) only with https; a list's own copy has no member
+    to name."""
+    inbox, port = smtp
+    mailer = adapter(port, certificate, unsubscribe="https://club.example.org/u?m={member}",
+                     to_address="list@example.org")
+    await mailer.send(message("x", member=True, handles={"email": "ann@example.net"}))
+    await mailer.send(message("x"))
+    one, to_list = (r["message"] for r in inbox.received)
+    assert one["List-Unsubscribe"] == "<https://club.example.org/u?m=u1>"
+    assert one["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert to_list["List-Unsubscribe"] is None
+    await adapter(port, certificate, unsubscribe="mailto:leave@example.org").send(to_member("x"))
+    mail = inbox.received[-1]["message"]
+    assert mail["List-Unsubscribe"] == "<mailto:leave@example.org>" and mail["List-Unsubscribe-Post"] is None
+    for bad in ("http://club.example.org/u", "https://club.example.org/u <x>"):
+        with pytest.raises(ValueError, match="unsubscribe"):
+            adapter(port, certificate, unsubscribe=bad)
+
+
+def test_an_smtp_error_is_kept_without_the_channels_password() -> None:
+    mailer = EmailAdapter(EmailSettings.model_validate(
+        {"host": "127.0.0.1", "from_address": "club@example.org", "username": "club", "password": PASSWORD}
+    ))
+    assert mailer.redact(f"535 auth failed for club/{PASSWORD}") == "535 auth failed for club/********"
+
+
 async def test_channel_message_goes_to_to_address(
     smtp: tuple[Inbox, int], certificate: Any
 ) -> None:
