@@ -15,7 +15,6 @@ Rules:
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
@@ -34,7 +33,7 @@ from .checkbase import (
     sends,
     template_names,
 )
-from .engine.core import STANDARD_EVENTS
+from .engine.core import EVENT_TYPE, STANDARD_EVENTS
 from .problems import WARNING, Problem
 from .secretscan import credential_in_url
 from .spec.errors import did_you_mean
@@ -204,7 +203,6 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
     return found
 
 
-_EVENT_TYPE = re.compile(r"[^\s.]+(\.[^\s.]+)*")
 # SPEC 3's standard types, and checkin.posted (the check-in events of the shipped
 # playbooks and of dry-run --simulate): a near miss of one is a typo.
 _KNOWN_EVENTS = sorted(STANDARD_EVENTS | {"checkin.posted"})
@@ -233,7 +231,7 @@ def _check_event_types(ctx: CheckContext) -> list[Problem]:
     for loc, name in _event_types(ctx):
         if "*" in name:
             found.append(ctx.at(loc, f"event type '{name}': types are matched exactly, '*' is not a wildcard; name one type per trigger"))
-        elif not _EVENT_TYPE.fullmatch(name):
+        elif not EVENT_TYPE.fullmatch(name):
             why = "a space" if any(c.isspace() for c in name) else "an empty part between dots"
             found.append(ctx.at(loc, f"event type {name!r} has {why}; write a dotted name such as message.posted"))
         elif name not in _KNOWN_EVENTS:

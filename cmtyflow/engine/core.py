@@ -22,6 +22,7 @@ Rules (SPEC 3, 5):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import date, datetime
@@ -38,6 +39,9 @@ from .program import Program
 from .schedule import in_window, in_window_day
 from .txn import Txn
 
+# An event type: dotted parts, none empty, no spaces (a trailing space made a trigger
+# that never fired). ``validate`` holds playbooks to it, the intake events.
+EVENT_TYPE = re.compile(r"[^\s.]+(\.[^\s.]+)*")
 STANDARD_EVENTS = frozenset(
     {
         "member.joined", "member.left", "message.posted", "reaction.added", "report.filed",

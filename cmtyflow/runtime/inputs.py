@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..engine.core import EVENT_TYPE
 from ..engine.model import Event
 from ..errors import UserError
-from ..spec.duration import localize
+from ..spec.duration import FIRST_YEAR, LAST_YEAR, localize
 
 RESERVED_PREFIX = "cmtyflow."
 _TRUE = {"true", "yes", "1", "y"}
@@ -275,6 +276,9 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
         raise ValueError("missing type")
     if etype.startswith(RESERVED_PREFIX):
         raise ValueError(f"event types starting with '{RESERVED_PREFIX}' are cmtyflow's own (use cmtyflow launch)")
+    if not EVENT_TYPE.fullmatch(etype):
+        why = "a space" if any(c.isspace() for c in etype) else "an empty part between dots"
+        raise ValueError(f"type {json.dumps(etype, ensure_ascii=False)} has {why}; write a dotted name such as message.posted")
     at_text = raw.get("at")
     if not isinstance(at_text, str):
         raise ValueError("missing at (an ISO 8601 datetime)")
@@ -282,6 +286,10 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
         at = datetime.fromisoformat(at_text)
     except ValueError:
         raise ValueError(f"at '{at_text}' is not an ISO 8601 datetime") from None
+    # Within the years every timezone can convert (year 1 at +08:00 is before year 1 in
+    # UTC: the engine failed on it, and the intake answered 500).
+    if not FIRST_YEAR <= at.year <= LAST_YEAR:
+        raise ValueError(f"at '{at_text}' is out of range: give a time between {FIRST_YEAR} and {LAST_YEAR}")
     if at.tzinfo is None:
         at = localize(at, default_tz)
     member = raw.get("member")
@@ -291,8 +299,10 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
         member = update["id"]
     elif member is not None:
         member = _id_text(member, "member")
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
+    data = raw.get("data")
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):  # 0, false, "" and [] too: not taken for {}
         raise ValueError("data must be a JSON object")
     event_id = raw.get("id")
     if event_id is None:

@@ -317,6 +317,13 @@ async def test_one_bad_event_stores_nothing_and_names_its_index(client, store):
         ({**JOINED, "at": "tomorrow"}, "at 'tomorrow' is not an ISO 8601 datetime"),
         ({**JOINED, "data": [1]}, "data must be a JSON object"),
         ({**JOINED, "member": {"name": "no id"}}, "missing id"),
+        # Years no timezone conversion can hold: the runner failed on it (500 here).
+        ({**JOINED, "at": "0001-01-01T00:00:00"}, "at '0001-01-01T00:00:00' is out of range: give a time between 1971 and 9000"),
+        ({**JOINED, "at": "9999-12-31T23:00:00+08:00"}, "at '9999-12-31T23:00:00+08:00' is out of range: give a time between 1971 and 9000"),
+        ({**JOINED, "type": "  "}, 'type "  " has a space; write a dotted name such as message.posted'),
+        ({**JOINED, "type": "message..posted"}, 'type "message..posted" has an empty part between dots; write a dotted name such as message.posted'),
+        ({**JOINED, "data": 0}, "data must be a JSON object"),
+        ({**JOINED, "data": ""}, "data must be a JSON object"),
     ],
 )
 async def test_bad_single_event_is_400_at_index_0(client, store, event, error):
