@@ -74,7 +74,7 @@ Member = Mapping[str, Any] | None  # a member's record as the store has it
 Sendable = tuple[OutboxRow, Member, OpenChannel]  # a claimed row that may go, and where
 
 
-def no_log(event: str, **fields: Any) -> None:
+def no_log(event: str, /, **fields: Any) -> None:
     return None
 
 

@@ -216,7 +216,13 @@ def log_decision(log: Log, decision: Decision) -> None:
         log("runs_started", count=started)
     for note in decision.notes:
         if note["kind"] in LOGGED_NOTES:
-            log(note["kind"], **{k: v for k, v in note.items() if k != "kind"})
+            log(note["kind"], **note_fields(note))
+
+
+def note_fields(note: dict[str, Any]) -> dict[str, Any]:
+    """A note's fields as a log line's: without its kind (the line's event) and time (the
+    line has its own), and an event's id as ``event_id`` (``event`` names the line)."""
+    return {("event_id" if k == "event" else k): v for k, v in note.items() if k != "kind" and k != "at"}
 
 
 def build_runner(
@@ -280,7 +286,7 @@ class StateLock:
 def text_log(out: TextIO, now: Callable[[], datetime], tz: Any) -> Log:
     """Human log lines: time, what happened, the few fields that say which message."""
 
-    def log(event: str, **fields: Any) -> None:
+    def log(event: str, /, **fields: Any) -> None:
         stamp = now().astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
         if event == "sent":
             to = fields.get("member") or f"#{fields.get('channel')}"
@@ -306,8 +312,8 @@ def text_log(out: TextIO, now: Callable[[], datetime], tz: Any) -> Log:
 def json_log(out: TextIO, now: Callable[[], datetime]) -> Log:
     import json
 
-    def log(event: str, **fields: Any) -> None:
-        out.write(json.dumps({"at": now().isoformat(), "event": event, **fields}, ensure_ascii=False, default=str) + "\n")
+    def log(event: str, /, **fields: Any) -> None:
+        out.write(json.dumps({**fields, "at": now().isoformat(), "event": event}, ensure_ascii=False, default=str) + "\n")
         out.flush()
 
     return log

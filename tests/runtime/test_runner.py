@@ -5,6 +5,7 @@ catch-up across missed firings, in-doubt settlement at start-up, drain on stop."
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from runner_harness import UTC, event, write_playbook
 
 from cmtyflow.adapters.base import Capabilities, Receipt
 from cmtyflow.cli import main
+from cmtyflow.runtime.runner import json_log, text_log
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
@@ -332,7 +334,17 @@ async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_
 
     monkeypatch.setattr(Engine, "in_audience", in_audience)
     lines: list[tuple[str, dict[str, Any]]] = []
-    h = harness(hooks(tmp_path, sink.url), T0, log=lambda kind, **fields: lines.append((kind, fields)))
+    # The runner's own loggers too: the note has a field named ``event``, which their
+    # first parameter is named (they raised TypeError, and the runner stopped).
+    text, jsonl = io.StringIO(), io.StringIO()
+    loggers = [text_log(text, lambda: T0, UTC), json_log(jsonl, lambda: T0)]
+
+    def log(kind: str, /, **fields: Any) -> None:
+        lines.append((kind, fields))
+        for logger in loggers:
+            logger(kind, **fields)
+
+    h = harness(hooks(tmp_path, sink.url), T0, log=log)
     await h.open()
     await joined(h, "u1")
     await joined(h, "u2")
@@ -342,7 +354,11 @@ async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_
     reason = "internal error: TypeError: 'NoneType' object is not subscriptable"
     failed = {"kind": "input_failed", "at": T0, "input": "event", "event": "j-u1", "type": "member.joined", "member": "u1", "reason": reason}
     assert [n for n in h.store.notes() if n["kind"] == "input_failed"] == [failed]
-    assert ("input_failed", {k: v for k, v in failed.items() if k != "kind"}) in lines
+    logged = {"input": "event", "event_id": "j-u1", "type": "member.joined", "member": "u1", "reason": reason}
+    assert ("input_failed", logged) in lines
+    assert "set an input aside" in text.getvalue() and "event_id=j-u1" in text.getvalue()
+    (line,) = [json.loads(x) for x in jsonl.getvalue().splitlines() if '"input_failed"' in x]
+    assert line == {**logged, "at": T0.isoformat(), "event": "input_failed"}
     assert h.store.counters()["inputs_failed"] == 1
     await h.close()
     # ``cmtyflow status`` names it, for people and for scripts.
