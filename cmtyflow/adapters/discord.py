@@ -15,16 +15,22 @@ A direct message first opens the DM channel (``POST /users/@me/channels``).
 
 ``allowed_mentions: {"parse": []}`` is always sent: nothing in the text can ping
 @everyone, @here, a role or a user. Plain text is also backslash-escaped so member
-data renders literally. Content is limited to 2000 characters.
+data renders literally, except inside URLs: Discord does not unescape in a link.
+Content is limited to 2000 characters.
 
 Errors: 429 with JSON ``retry_after`` (seconds, fractional) and ``global``; also
-``X-RateLimit-Reset-After`` and ``Retry-After`` headers. Other 4xx carry
-``{"code", "message"}``.
+``X-RateLimit-Reset-After`` and ``Retry-After`` headers. A 429 holds back the route's
+bucket; a global one (``"global": true``, or ``X-RateLimit-Global: true``) holds back
+every request of the adapter, which all take a token from one bucket (the bot's, or
+for a webhook-only channel its webhook's). A rate-limit header that is not a number
+of seconds is ignored. Other 4xx carry ``{"code", "message"}``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Hashable
 from typing import Any, ClassVar
 
 import aiohttp
@@ -49,7 +55,7 @@ from .ratelimit import (
     Bucket,
     RateLimiter,
 )
-from .text import escape_discord, fit_escaped, fit_parts, pick
+from .text import escape_discord, escape_discord_text, fit_escaped, fit_parts, pick
 
 NO_MENTIONS: dict[str, list[str]] = {"parse": []}
 USER_AGENT = f"DiscordBot (https://pypi.org/project/cmtyflow/, {cmtyflow.__version__})"
@@ -59,6 +65,23 @@ def nonce_for(key: str, index: int = 0) -> str:
     """At most 25 characters, stable for a message key (and part)."""
     seed = key if index == 0 else f"{key}#{index}"
     return hashlib.sha256(seed.encode()).hexdigest()[:25]
+
+
+def seconds(value: object) -> float | None:
+    """A wait from a rate-limit header or JSON field: a finite number of seconds, not
+    negative; anything else (a malformed header) is None, and is ignored."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 class DiscordSettings(AdapterSettings):
@@ -118,7 +141,7 @@ class DiscordAdapter(HttpAdapter):
         fmt, text = pick(message, self.capabilities.formats)
         limit = self.capabilities.max_length
         if fmt == "plain":
-            parts = fit_escaped(text, escape_discord, max_length=limit, platform=self.name)
+            parts = fit_escaped(text, escape_discord_text, max_length=limit, platform=self.name)
         else:
             parts = fit_parts(text, max_length=limit, markup=True, platform=self.name)
         dm_user = self._dm_user(message)
@@ -174,7 +197,7 @@ class DiscordAdapter(HttpAdapter):
             url,
             body=dumps(payload),
             params={"wait": "true"},
-            buckets=((bucket, DISCORD_PER_WEBHOOK),),
+            buckets=((bucket, DISCORD_PER_WEBHOOK), self._global_bucket()),
         )
         return self._message_id(reply, bucket)
 
@@ -191,7 +214,7 @@ class DiscordAdapter(HttpAdapter):
             self._api(f"/channels/{channel_id}/messages"),
             body=dumps(payload),
             headers=self._bot_headers(),
-            buckets=((bucket, DISCORD_PER_CHANNEL), (self._bot_bucket(), DISCORD_PER_BOT)),
+            buckets=((bucket, DISCORD_PER_CHANNEL), self._global_bucket()),
         )
         return self._message_id(reply, bucket)
 
@@ -200,16 +223,25 @@ class DiscordAdapter(HttpAdapter):
         token = self.settings.bot_token.get_secret_value()
         return ("discord", "bot", hashlib.sha256(token.encode()).hexdigest())
 
+    def _global_bucket(self) -> Bucket:
+        """The bucket every request of this adapter takes a token from, so that a global
+        429 holds them all back: the bot's (50 requests/s, Discord's global limit), or a
+        webhook-only channel's own."""
+        if self.settings.bot_token is not None:
+            return (self._bot_bucket(), DISCORD_PER_BOT)
+        assert self.settings.webhook_url is not None
+        url = self.settings.webhook_url.get_secret_value()
+        return (("discord", "global", url), DISCORD_PER_BOT)
+
     async def _dm_channel(self, user_id: str) -> str:
         if user_id in self._dm_channels:
             return self._dm_channels[user_id]
-        bucket: Bucket = (self._bot_bucket(), DISCORD_PER_BOT)
         reply = await self.request(
             "POST",
             self._api("/users/@me/channels"),
             body=dumps({"recipient_id": user_id}),
             headers=self._bot_headers(),
-            buckets=(bucket,),
+            buckets=(self._global_bucket(),),
         )
         channel_id = self._message_id(reply, None)
         if channel_id is None:
@@ -217,27 +249,35 @@ class DiscordAdapter(HttpAdapter):
         self._dm_channels[user_id] = channel_id
         return channel_id
 
-    def _message_id(self, reply: Reply, bucket: tuple[str, ...] | None) -> str | None:
+    def _message_id(self, reply: Reply, bucket: Hashable | None) -> str | None:
+        """The ``id`` of a 2xx answer; a 429 holds back ``bucket`` (the route's), or every
+        request of the adapter when the limit hit is the global one."""
         data = reply.json()
         if reply.status == 429:
-            wait = None
-            if isinstance(data, dict) and isinstance(data.get("retry_after"), int | float):
-                wait = float(data["retry_after"])
-            elif reply.headers.get("X-RateLimit-Reset-After"):
-                wait = float(reply.headers["X-RateLimit-Reset-After"])
-            message = data.get("message") if isinstance(data, dict) else None
-            scope = " (global)" if isinstance(data, dict) and data.get("global") else ""
+            body: dict[str, Any] = data if isinstance(data, dict) else {}
+            wait = seconds(body.get("retry_after"))
+            if wait is None:
+                wait = seconds(reply.headers.get("X-RateLimit-Reset-After"))
+            hit_global = (
+                body.get("global") is True
+                or reply.headers.get("X-RateLimit-Global", "").strip().lower() == "true"
+            )
+            message = body.get("message")
+            scope = " (global)" if hit_global else ""
             self.check_status(
-                reply, f"{message or 'too many requests'}{scope}", retry_after=wait, defer=bucket
+                reply,
+                f"{message or 'too many requests'}{scope}",
+                retry_after=wait,
+                defer=self._global_bucket()[0] if hit_global else bucket,
             )
         detail = None
         if isinstance(data, dict) and "message" in data:
             detail = f"{data['message']} (code {data.get('code')})"
         self.check_status(reply, detail, defer=bucket)
         if bucket is not None and reply.headers.get("X-RateLimit-Remaining") == "0":
-            reset = reply.headers.get("X-RateLimit-Reset-After")
+            reset = seconds(reply.headers.get("X-RateLimit-Reset-After"))
             if reset:
-                self.limiter.defer(bucket, float(reset))
+                self.limiter.defer(bucket, reset)
         if isinstance(data, dict) and data.get("id") is not None:
             return str(data["id"])
         return None

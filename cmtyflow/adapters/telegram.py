@@ -10,7 +10,10 @@ backslash before each of ``_*[]()~`>#+-=|{}.!\\``) so nothing in it is parsed.
 Answers are ``{"ok": true, "result": {"message_id": ...}}`` or ``{"ok": false,
 "error_code", "description", "parameters"?}``; on flood control (429)
 ``parameters.retry_after`` holds the seconds to wait. 4096 characters per message,
-counted after entity parsing.
+counted after entity parsing: plain text is cut before it is escaped; HTML and
+MarkdownV2 are cut between lines into parts that are each well-formed (the elements
+open at a cut are closed there and opened again in the next part), counting the
+marked-up text, which is never shorter than what Telegram counts.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .base import (
     UrlSetting,
 )
 from .ratelimit import TELEGRAM_PER_BOT, TELEGRAM_PER_CHAT, TELEGRAM_PER_GROUP, Bucket, RateLimiter
-from .text import escape_html, escape_markdown_v2, fit_parts, pick
+from .text import Markup, escape_html, escape_markdown_v2, fit_parts, pick
 
 _NUMERIC = re.compile(r"-?\d+")
 
@@ -91,7 +94,9 @@ class TelegramAdapter(HttpAdapter):
             parts = [escaper(p) for p in fit_parts(text, max_length=limit, platform=self.name)]
         else:
             mode = "HTML" if fmt == "html" else "MarkdownV2"
-            parts = fit_parts(text, max_length=limit, markup=True, platform=self.name)
+            # Each part is well-formed: elements open at a cut are closed and reopened.
+            syntax: Markup = "html" if fmt == "html" else "markdown_v2"
+            parts = fit_parts(text, max_length=limit, markup=syntax, platform=self.name)
         chat = self._chat(message)
 
         async def one(index: int, part: str) -> str | None:

@@ -11,6 +11,16 @@ Rules:
   inside a word when a single word is longer than the limit. Marked-up text is cut
   on line boundaries only (a cut inside a line could break a tag or an entity);
   a single line over the limit raises ``TextTooLong``.
+- Every part of marked-up text is well-formed on its own. A cut is made at the last
+  paragraph break outside any element in the second half of what fits, else at the
+  last line break outside any element, else at the last line break inside one; the
+  elements open there are closed at the end of the part and opened again (same tags,
+  same attributes, same code-block language) at the start of the next. Never inside
+  a tag, an entity or an escape sequence. The syntaxes: ``markdown`` (code fences,
+  for Discord, Slack and the robots), ``html`` and ``markdown_v2`` (Telegram's).
+  Lengths are counted on the marked-up text, the tags added at a cut included.
+- Discord plain text is escaped except inside URLs (``http(s)://...`` as Discord
+  finds them, and ``<https://...>``), which Discord does not unescape.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import html
 import re
 from collections.abc import Callable
 from html.parser import HTMLParser
+from typing import Literal, NamedTuple
 
 from .base import OutboundMessage, PermanentDeliveryError
 
@@ -126,6 +137,31 @@ def escape_discord(value: str) -> str:
     return _DISCORD.sub(r"\\\1", value)
 
 
+# Discord's autolink (simple-markdown's ``url`` rule): a URL runs to whitespace or "<",
+# then gives back the . , : ; " ' ) ] it ends with. The . , : ; " ' it gives back are
+# kept as they are (a backslash there would become part of the link: "?a=1." must not
+# end in "\."); a ")", "]" or "<" there is escaped all the same, as nothing may form
+# markup or a mention around a URL. ``<https://...>`` is a link without an embed.
+_DISCORD_URL = re.compile(r"<https?://[^\s<>]+>|https?://[^\s<]+[^<.,:;\"')\]\s][.,:;\"']*")
+
+
+def escape_discord_text(text: str) -> str:
+    """Plain ``text`` for Discord: ``escape_discord`` everywhere but in URLs.
+
+    Discord does not unescape inside a link (``https\\://a\\.b`` is a broken link), so
+    the URLs Discord will find are left as they are; everything around them is escaped,
+    so no emphasis, mention, masked link or code can be formed with a URL either.
+    """
+    out: list[str] = []
+    at = 0
+    for found in _DISCORD_URL.finditer(text):
+        out.append(escape_discord(text[at : found.start()]))
+        out.append(found.group(0))
+        at = found.end()
+    out.append(escape_discord(text[at:]))
+    return "".join(out)
+
+
 # CommonMark: any ASCII punctuation may be backslash-escaped; these are the ones that
 # can start markup. "<" and "&" become entities so no raw HTML or entity survives.
 _COMMONMARK = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
@@ -171,26 +207,243 @@ def _fit(text: str, limit: int, measure: Callable[[str], int]) -> int:
     return lo
 
 
+Markup = Literal["markdown", "html", "markdown_v2"]
+
+
+class _Element(NamedTuple):
+    """An element open at a cut: ``closer`` ends it in one part, ``opener`` opens it
+    again in the next. A closer of "" is a line's own (a quote line's ">")."""
+
+    name: str
+    opener: str
+    closer: str
+
+
+_Open = tuple[_Element, ...]
+_FENCE = re.compile(r"```([\w+\-.#]*)\n")
+_TAG = re.compile(r"<(/?)([A-Za-z][\w-]*)(?:\"[^\"]*\"|'[^']*'|[^'\">])*>")
+_ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+_MDV2_LINK = re.compile(r"!?\[(?:\\.|[^\\\]])*\]\((?:\\.|[^\\)])*\)", re.S)
+_MDV2_LINK_END = re.compile(r"\]\((?:\\.|[^\\)])*\)", re.S)
+
+
+def _without(stack: _Open, name: str) -> _Open:
+    """``stack`` without its innermost element called ``name``."""
+    for k in range(len(stack) - 1, -1, -1):
+        if stack[k].name == name:
+            return stack[:k] + stack[k + 1 :]
+    return stack
+
+
+def _fence_states(text: str) -> list[_Open | None]:
+    """Code fences (```lang ... ```) of Discord, Slack and CommonMark markdown."""
+    states: list[_Open | None] = [None] * (len(text) + 1)
+    stack: _Open = ()
+    states[0] = stack
+    i = 0
+    while i < len(text):
+        if text[i] == "\\" and text[i + 1 : i + 2] not in ("", "\n"):
+            i += 2
+        elif text.startswith("```", i):
+            if stack:
+                stack = ()
+                i += 3
+            else:
+                found = _FENCE.match(text, i)
+                lang = found.group(1) if found else ""
+                stack = (_Element("```", f"```{lang}\n", "\n```"),)
+                i = found.end() if found else i + 3
+        else:
+            i += 1
+        states[i] = stack
+    return states
+
+
+def _html_states(text: str) -> list[_Open | None]:
+    """Telegram HTML: tags (with their attributes) and entities are never cut."""
+    states: list[_Open | None] = [None] * (len(text) + 1)
+    stack: _Open = ()
+    states[0] = stack
+    i = 0
+    while i < len(text):
+        found = None
+        if text[i] == "<":
+            found = _TAG.match(text, i)
+            if found:
+                name = found.group(2).lower()
+                if found.group(1):
+                    stack = _without(stack, name)
+                elif not found.group(0).endswith("/>"):
+                    stack = (*stack, _Element(name, found.group(0), f"</{name}>"))
+        elif text[i] == "&":
+            found = _ENTITY.match(text, i)
+        i = found.end() if found else i + 1
+        states[i] = stack
+    return states
+
+
+def _markdown_v2_states(text: str) -> list[_Open | None]:
+    """Telegram MarkdownV2: escapes, code and pre blocks, links, emphasis, spoilers,
+    quote lines and expandable quotes (``**>`` ... ``||``)."""
+    states: list[_Open | None] = [None] * (len(text) + 1)
+    stack: _Open = ()
+    states[0] = stack
+    n = len(text)
+    i = 0
+    while i < n:
+        ch = text[i]
+        top = stack[-1].name if stack else ""
+        line_start = i == 0 or text[i - 1] == "\n"
+        if ch == "\\" and i + 1 < n:
+            i += 2
+        elif top == "```":
+            if text.startswith("```", i):
+                stack = stack[:-1]
+                i += 3
+            else:
+                i += 1
+        elif top == "`":
+            if ch == "`":
+                stack = stack[:-1]
+            i += 1
+        elif text.startswith("```", i):
+            found = _FENCE.match(text, i)
+            lang = found.group(1) if found else ""
+            stack = (*stack, _Element("```", f"```{lang}\n", "\n```"))
+            i = found.end() if found else i + 3
+        elif ch == "`":
+            stack = (*stack, _Element("`", "`", "`"))
+            i += 1
+        elif ch == "\n":
+            stack = tuple(e for e in stack if e.closer)
+            i += 1
+        elif line_start and text.startswith("**>", i):
+            stack = (*stack, _Element("**>", "**", "||"), _Element(">", ">", ""))
+            i += 3
+        elif line_start and ch == ">":
+            stack = (*stack, _Element(">", ">", ""))
+            i += 1
+        elif ch in "[!" and (link := _MDV2_LINK.match(text, i)):
+            url = _MDV2_LINK_END.search(link.group(0))
+            assert url is not None
+            opener = "![" if ch == "!" else "["
+            stack = (*stack, _Element("[", opener, url.group(0)))
+            i += len(opener)
+        elif ch == "]" and top == "[" and (end := _MDV2_LINK_END.match(text, i)):
+            stack = stack[:-1]
+            i = end.end()
+        elif (
+            text.startswith("||", i)
+            and text[i + 2 : i + 3] in ("", "\n")
+            and any(e.name == "**>" for e in stack)
+            and not any(e.name == "||" for e in stack)
+        ):
+            stack = _without(stack, "**>")
+            i += 2
+        else:
+            mark = next((m for m in ("__", "||", "*", "_", "~") if text.startswith(m, i)), "")
+            if mark:
+                if any(e.name == mark for e in stack):
+                    stack = _without(stack, mark)
+                else:
+                    stack = (*stack, _Element(mark, mark, mark))
+            i += len(mark) or 1
+        states[i] = stack
+    return states
+
+
+_STATES: dict[str, Callable[[str], list[_Open | None]]] = {
+    "markdown": _fence_states,
+    "html": _html_states,
+    "markdown_v2": _markdown_v2_states,
+}
+
+
+def _opening(stack: _Open) -> str:
+    return "".join(e.opener for e in stack)
+
+
+def _closing(stack: _Open) -> str:
+    return "".join(e.closer for e in reversed(stack))
+
+
+def _split_markup(
+    text: str, limit: int, measure: Callable[[str], int], syntax: Markup
+) -> list[str]:
+    """Well-formed parts of marked-up ``text`` (the rules at the top of this module)."""
+    states = _STATES[syntax](text)
+    end = len(text)
+    parts: list[str] = []
+    s = 0
+    while True:
+        here = states[s]
+        assert here is not None
+        head = _opening(here)
+        whole = head + text[s:]
+        if measure(whole) <= limit:
+            parts.append(whole)
+            return parts
+        fits = _fit(head + text[s:], limit, measure) - len(head)
+        paragraph = line = inside = -1
+        at = text.rfind("\n", s + 1, s + fits + 1) if fits > 0 else -1
+        while at > s and paragraph < 0:
+            stack = states[at]
+            if stack is not None and states[at + 1] is not None:
+                if any(e.closer for e in stack):
+                    if inside < 0 and measure(head + text[s:at] + _closing(stack)) <= limit:
+                        inside = at
+                else:
+                    while at - 1 > s and text[at - 1] == "\n" and states[at - 1] is not None:
+                        at -= 1
+                    if line < 0:
+                        line = at
+                    if text[at + 1 : at + 2] == "\n" and at - s >= fits // 2:
+                        paragraph = at
+            at = text.rfind("\n", s + 1, at)
+        cut = next((c for c in (paragraph, line, inside) if c > s), -1)
+        if cut < 0:
+            eol = text.find("\n", s)
+            while eol >= 0 and states[eol] is None:  # a line break inside a tag
+                eol = text.find("\n", eol + 1)
+            eol = end if eol < 0 else eol
+            line_size = measure(head + text[s:eol] + _closing(states[eol] or ()))
+            raise TextTooLong(
+                f"a line of {line_size} (limit {limit}) cannot be split without "
+                "breaking its markup; shorten it or send it as plain text"
+            )
+        stack = states[cut]
+        assert stack is not None
+        parts.append(head + text[s:cut] + _closing(stack))
+        s = cut + 1
+        if not any(e.closer for e in stack):
+            while s < end and text[s] == "\n":
+                s += 1
+
+
 def split_text(
     text: str,
     limit: int,
     *,
     measure: Callable[[str], int] = len,
     words: bool = True,
+    syntax: Markup = "markdown",
 ) -> list[str]:
     """Cut ``text`` into parts that each measure at most ``limit``.
 
-    ``words=False`` (marked-up text) cuts on line boundaries only.
+    ``words=False`` (marked-up text in ``syntax``) cuts on line boundaries only, and
+    each part is well-formed on its own.
     """
     if limit <= 0:
         raise ValueError("limit must be positive")
+    if not words:
+        return [p for p in _split_markup(text, limit, measure, syntax) if p] or [""]
     parts: list[str] = []
     rest = text
     while measure(rest) > limit:
         n = _fit(rest, limit, measure)
         window = rest[: n + 1]  # a boundary right after the fitting prefix still counts
         cut = -1
-        seps = ("\n\n", "\n", " ") if words else ("\n",)
+        seps = ("\n\n", "\n", " ")
         for sep in seps:
             at = window.rfind(sep)
             if at > 0 and (at >= n // 2 or sep == seps[-1]):
@@ -200,12 +453,6 @@ def split_text(
             parts.append(rest[:cut].rstrip(" \n"))
             rest = rest[cut:].lstrip(" \n")
             continue
-        if not words:
-            line = rest.split("\n", 1)[0]
-            raise TextTooLong(
-                f"a line of {measure(line)} (limit {limit}) cannot be split without "
-                "breaking its markup; shorten it or send it as plain text"
-            )
         parts.append(rest[:n])
         rest = rest[n:]
     if rest or not parts:
@@ -219,10 +466,13 @@ def fit_parts(
     max_length: int | None,
     max_bytes: int | None = None,
     split: bool = True,
-    markup: bool = False,
+    markup: bool | Markup = False,
     platform: str,
 ) -> list[str]:
-    """Parts within the platform's limits, or ``TextTooLong`` when it refuses splitting."""
+    """Parts within the platform's limits, or ``TextTooLong`` when it refuses splitting.
+
+    ``markup``: False for plain text; the syntax of marked-up text (True: ``markdown``).
+    """
     limits: list[tuple[int, Callable[[str], int], str]] = []
     if max_length is not None:
         limits.append((max_length, len, "characters"))
@@ -236,7 +486,17 @@ def fit_parts(
             raise TextTooLong(
                 f"{platform}: message is {measure(text)} {unit}, over the {limit} allowed"
             )
-        parts = [q for p in parts for q in split_text(p, limit, measure=measure, words=not markup)]
+        parts = [
+            q
+            for p in parts
+            for q in split_text(
+                p,
+                limit,
+                measure=measure,
+                words=not markup,
+                syntax="markdown" if markup is True or not markup else markup,
+            )
+        ]
     return parts
 
 

@@ -91,6 +91,23 @@ def test_markup_is_cut_only_between_lines() -> None:
         split_text("<b>" + "a " * 20 + "</b>", 10, words=False)
 
 
+def test_markup_code_fence_is_closed_and_reopened_in_every_part() -> None:
+    text = "intro\n```js\n" + "\n".join(f"x{i}();" for i in range(6)) + "\n```\nend"
+    assert split_text(text, 30, words=False) == [
+        "intro",
+        "```js\nx0();\nx1();\nx2();\n```",
+        "```js\nx3();\nx4();\nx5();\n```",
+        "end",
+    ]
+
+
+def test_fit_parts_counts_the_reopened_fence_in_bytes() -> None:
+    text = "```\n" + "打卡\n" * 8 + "```"
+    parts = fit_parts(text, max_length=None, max_bytes=30, markup=True, platform="p")
+    assert parts == ["```\n" + "打卡\n" * 3 + "```"] * 2 + ["```\n打卡\n打卡\n```"]
+    assert all(utf8_len(p) <= 30 for p in parts)
+
+
 def test_fit_parts_refuses_when_the_platform_does_not_split() -> None:
     assert fit_parts("x" * 10, max_length=10, platform="p") == ["x" * 10]
     with pytest.raises(TextTooLong, match="p: message is 11 characters, over the 10 allowed"):
