@@ -17,6 +17,11 @@ Rules (SPEC 3, 5):
   (``interp.FAULTS``; a run's own faults fail that run) is set aside: its decision is
   only an ``input_failed`` note (and, for a due timer, its run failed), so that the
   caller takes it and goes on. A store's errors still propagate.
+- A run's id names its playbook, trigger and input (``onboarding/joined:<event id>``,
+  ``checkin/nightly@<firing time>:<member>``): the same input handled again starts
+  nothing (a replay), and playbooks whose triggers share an id still each start their
+  runs (their ids differed only in the playbook, which the run id left out, so the
+  second playbook's runs were taken for replays and never started).
 - The engine never performs I/O and never reads the clock: ``now`` is an argument.
 """
 
@@ -233,7 +238,7 @@ class Engine:
             return
         if item.late_by:
             interp.txn.decision.note("late_firing", playbook=prog.name, trigger=trigger.id, late_seconds=item.late_by)
-        run_base = f"{trigger.id}@{item.at.isoformat()}"
+        run_base = f"{prog.name}/{trigger.id}@{item.at.isoformat()}"
         if trigger.for_each == "audience":
             if item.timezone:
                 members = interp.txn.store.iter_members(timezone=item.timezone, default_timezone=prog.playbook.timezone)
@@ -265,7 +270,7 @@ class Engine:
             if not inside:
                 txn.decision.count("outside_window")
                 continue
-            run_id = f"{trigger.id}:{event.id}"
+            run_id = f"{prog.name}/{trigger.id}:{event.id}"
             if event.member is None:
                 self._campaign_start(interp, prog, trigger, run_id, event, {})
             elif member is None:
@@ -278,7 +283,7 @@ class Engine:
         trigger = prog.trigger(item.trigger)
         inputs = {name: spec.default for name, spec in trigger.manual.inputs.items()}
         inputs.update(item.inputs)
-        run_id = f"{trigger.id}:launch:{item.id}"
+        run_id = f"{prog.name}/{trigger.id}:launch:{item.id}"
         if item.member is None:
             self._campaign_start(interp, prog, trigger, run_id, None, inputs)
             return

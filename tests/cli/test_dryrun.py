@@ -178,6 +178,30 @@ def test_preview_of_a_campaign_step_with_a_member_renders_the_campaign_post(tmp_
     assert out.splitlines()[1] == "hi Bob" and "not used" not in err
 
 
+def test_playbooks_whose_triggers_share_an_id_each_start_their_runs(tmp_path, capsys):
+    """Two playbooks, each with a trigger called ``joined``: run ids named the trigger and
+    the event but not the playbook, so the second playbook's start was taken for a
+    replay of the first's and its members got nothing."""
+    for name in ("welcome", "buddy"):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"cmtyflow: 1\nname: {name}\ntimezone: UTC\nchannels:\n  dm: {{adapter: console}}\n"
+            "triggers:\n  - {id: joined, event: member.joined, flow: f}\n"
+            f"flows:\n  f:\n    - wait: 1h\n    - {{id: hi, send: {{channel: dm, text: \"{name} {{{{ member.name }}}}\"}}}}\n",
+            encoding="utf-8",
+        )
+    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\nu2,Bob\n", encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text(
+        '{"id": "j1", "type": "member.joined", "at": "2026-12-01T10:00:00Z", "member": "u1"}\n'
+        '{"id": "j2", "type": "member.joined", "at": "2026-12-01T11:00:00Z", "member": "u2"}\n',
+        encoding="utf-8",
+    )
+    args = [str(tmp_path / "welcome.yaml"), str(tmp_path / "buddy.yaml"), "--roster", str(tmp_path / "m.csv"),
+            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "1", "--format", "jsonl"]
+    assert main(["dry-run", *args]) == 0
+    sent = sorted(json.loads(line)["text"] for line in capsys.readouterr().out.splitlines() if '"delivery"' in line)
+    assert sent == ["buddy Ann", "buddy Bob", "welcome Ann", "welcome Bob"]
+
+
 def test_a_flow_that_emits_its_own_trigger_is_cut_not_endless(tmp_path, capsys):
     """g emits the event that starts g: the chain stops at MAX_EMIT_DEPTH events, each
     handled once, the rest reported; before, the dry run never ended and its memory

@@ -93,16 +93,16 @@ def test_event_starts_a_run_that_sends_deferred_and_waits(setup):
     decision = engine.handle(store, at, event)
     assert decision == Decision(
         runs={
-            "t:e1": Run(
-                id="t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t",
+            "p/t:e1": Run(
+                id="p/t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t",
                 mode="single", started_at=at, timezone="Asia/Shanghai", pc=1,
                 occurrences={0: 1, 1: 1}, event=event.as_context(),
-                waiting={"kind": "timer", "timer": "t:e1#1.1"},
+                waiting={"kind": "timer", "timer": "p/t:e1#1.1"},
             )
         },
-        timers=[Timer("t:e1#1.1", "t:e1", t("2026-12-02T23:00:00+08:00"), "wait", at)],
+        timers=[Timer("p/t:e1#1.1", "p/t:e1", t("2026-12-02T23:00:00+08:00"), "wait", at)],
         states={("p", "m"): {}},
-        messages=[msg(prog, "t:e1", "hello", "m", "hi Mo", at, t("2026-12-02T08:00:00+08:00"), "quiet_hours")],
+        messages=[msg(prog, "p/t:e1", "hello", "m", "hi Mo", at, t("2026-12-02T08:00:00+08:00"), "quiet_hours")],
         day_counts={("m", "2026-12-02"): 1},
         counters={"runs_started": 1, "deferred_quiet_hours": 1},
     )
@@ -117,17 +117,17 @@ def test_due_timer_resumes_and_ends_the_run(setup):
     decision = engine.handle(store, later, TimerDue(timer))
     assert decision == Decision(
         runs={
-            "t:e1": Run(
-                id="t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t",
+            "p/t:e1": Run(
+                id="p/t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t",
                 mode="single", started_at=at, timezone="Asia/Shanghai", pc=3,
                 occurrences={0: 1, 1: 1, 2: 1}, event=Event("e1", "ping", at, "m").as_context(),
                 status="done",
             )
         },
-        cancel_timers_of=["t:e1"],
-        cancel_waits_of=["t:e1"],
+        cancel_timers_of=["p/t:e1"],
+        cancel_waits_of=["p/t:e1"],
         states={("p", "m"): {}},
-        messages=[msg(prog, "t:e1", "bye", "m", "bye", later, later, occurrence=1)],
+        messages=[msg(prog, "p/t:e1", "bye", "m", "bye", later, later, occurrence=1)],
         day_counts={("m", "2026-12-02"): 1},
         counters={"runs_done": 1},
     )
@@ -151,9 +151,9 @@ def test_member_run_reads_time_in_the_members_timezone(setup):
     engine, store, prog = setup
     at = t("2026-12-01T10:00:00-05:00")
     decision = engine.handle(store, at, Event("e1", "ping", at, "ny"))
-    assert decision.runs["t:e1"].timezone == "America/New_York"
+    assert decision.runs["p/t:e1"].timezone == "America/New_York"
     (timer,) = decision.timers
-    assert timer == Timer("t:e1#1.1", "t:e1", t("2026-12-02T10:00:00-05:00"), "wait", at)
+    assert timer == Timer("p/t:e1#1.1", "p/t:e1", t("2026-12-02T10:00:00-05:00"), "wait", at)
     assert timer.due.isoformat() == "2026-12-02T10:00:00-05:00"
     (message,) = decision.messages
     assert (message.deliver_at, message.deferred) == (at, None)  # 10:00 New York is not quiet
@@ -177,18 +177,18 @@ def test_matching_event_resumes_an_event_wait(setup):
     first = engine.handle(store, at, join)
     assert first == Decision(
         runs={
-            "w:j1": Run(
-                id="w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
+            "p/w:j1": Run(
+                id="p/w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
                 mode="single", started_at=at, timezone="Asia/Shanghai", pc=0, occurrences={0: 1},
                 event=join.as_context(),
                 waiting={
-                    "kind": "event", "event": "message.posted", "timer": "w:j1#0.1",
+                    "kind": "event", "event": "message.posted", "timer": "p/w:j1#0.1",
                     "since": at.isoformat(), "step": "waiter[0]",
                 },
             )
         },
-        timers=[Timer("w:j1#0.1", "w:j1", t("2026-12-03T10:00:00+08:00"), "timeout", at)],
-        waits=[EventWait("w:j1", "p", "message.posted", "m", None)],
+        timers=[Timer("p/w:j1#0.1", "p/w:j1", t("2026-12-03T10:00:00+08:00"), "timeout", at)],
+        waits=[EventWait("p/w:j1", "p", "message.posted", "m", None)],
         states={("p", "m"): {}},
         counters={"runs_started": 1},
     )
@@ -201,27 +201,27 @@ def test_matching_event_resumes_an_event_wait(setup):
     earlier = t("2026-12-01T09:00:00+08:00")
     untouched = engine.handle(store, earlier, Event("early", "message.posted", earlier, "m"))
     assert (untouched.notes, untouched.messages, untouched.cancel_waits_of) == ([], [], [])
-    assert all(run == first.runs["w:j1"] for run in untouched.runs.values())  # still waiting, as it was
+    assert all(run == first.runs["p/w:j1"] for run in untouched.runs.values())  # still waiting, as it was
     posted_at = t("2026-12-01T11:00:00+08:00")
     post = Event("p1", "message.posted", posted_at, "m", {"text": "hello"})
     decision = engine.handle(store, posted_at, post)
     assert decision == Decision(
         runs={
-            "w:j1": Run(
-                id="w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
+            "p/w:j1": Run(
+                id="p/w:j1", playbook="p", version=prog.version, flow="waiter", member="m", trigger="w",
                 mode="single", started_at=at, timezone="Asia/Shanghai", pc=2, occurrences={0: 1, 1: 1},
                 event=join.as_context(), wait={"event": post.as_context(), "timed_out": False}, status="done",
             )
         },
-        cancel_timers_of=["w:j1", "w:j1"],
-        cancel_waits_of=["w:j1", "w:j1"],
+        cancel_timers_of=["p/w:j1", "p/w:j1"],
+        cancel_waits_of=["p/w:j1", "p/w:j1"],
         states={("p", "m"): {}},
-        messages=[msg(prog, "w:j1", "got", "m", "timed_out=False", posted_at, posted_at, flow="waiter")],
+        messages=[msg(prog, "p/w:j1", "got", "m", "timed_out=False", posted_at, posted_at, flow="waiter")],
         day_counts={("m", "2026-12-01"): 1},
         counters={"runs_done": 1},
         notes=[{
             "kind": "wait_resolved", "playbook": "p", "flow": "waiter", "step": "waiter[0]", "member": "m",
-            "run": "w:j1", "by": "m", "seconds": 3600.0,
+            "run": "p/w:j1", "by": "m", "seconds": 3600.0,
         }],
     )
 
@@ -233,10 +233,10 @@ def test_timeout_resumes_an_event_wait_as_timed_out(setup):
     due = t("2026-12-03T10:00:00+08:00")
     (timer,) = store.due_timers(due)
     decision = engine.handle(store, due, TimerDue(timer))
-    assert decision.runs["w:j1"].wait == {"event": None, "timed_out": True}
-    assert decision.runs["w:j1"].status == "done"
-    assert decision.cancel_waits_of == ["w:j1", "w:j1"]
-    assert decision.messages == [msg(prog, "w:j1", "got", "m", "timed_out=True", due, due, flow="waiter")]
+    assert decision.runs["p/w:j1"].wait == {"event": None, "timed_out": True}
+    assert decision.runs["p/w:j1"].status == "done"
+    assert decision.cancel_waits_of == ["p/w:j1", "p/w:j1"]
+    assert decision.messages == [msg(prog, "p/w:j1", "got", "m", "timed_out=True", due, due, flow="waiter")]
 
 
 def test_checkin_updates_state_from_yesterday(setup):
@@ -246,14 +246,14 @@ def test_checkin_updates_state_from_yesterday(setup):
     decision = engine.handle(store, at, Event("c1", "checkin.posted", at, "m"))
     assert decision == Decision(
         states={("p", "m"): {"checkins": 5, "streak": 5, "best_streak": 6, "last_checkin": "2026-12-01"}},
-        messages=[msg(prog, "c:c1", "streak", "m", "5/False", at, at, flow="daily", urgent=True)],
+        messages=[msg(prog, "p/c:c1", "streak", "m", "5/False", at, at, flow="daily", urgent=True)],
         counters={"runs_started": 1, "runs_done": 1},
     )
     store.apply(decision)
     again = t("2026-12-01T23:45:00+08:00")
     assert engine.handle(store, again, Event("c2", "checkin.posted", again, "m")) == Decision(
         states={("p", "m"): {"checkins": 5, "streak": 5, "best_streak": 6, "last_checkin": "2026-12-01"}},
-        messages=[msg(prog, "c:c2", "streak", "m", "5/True", again, again, flow="daily", urgent=True)],
+        messages=[msg(prog, "p/c:c2", "streak", "m", "5/True", again, again, flow="daily", urgent=True)],
         counters={"runs_started": 1, "runs_done": 1},
     )
 
@@ -293,7 +293,7 @@ def test_campaign_firing_sends_to_the_channel(compile_text, tmp_path):
     store = MemoryStore()
     at = t("2026-12-01T07:30:00+08:00")
     decision = Engine([prog]).handle(store, at, Firing("news", "daily", at))
-    run_id = "daily@2026-12-01T07:30:00+08:00"
+    run_id = "news/daily@2026-12-01T07:30:00+08:00"
     assert decision == Decision(
         states={("news", None): {}},
         messages=[
@@ -326,18 +326,18 @@ def test_restart_cancels_the_active_run_in_the_same_decision(compile_text, tmp_p
               "timezone": "Asia/Shanghai", "pc": 1, "occurrences": {0: 1, 1: 1}}
     assert decision == Decision(
         runs={
-            "t:e1": Run(id="t:e1", started_at=at, event=e1.as_context(), status="cancelled", **common),
-            "t:e2": Run(id="t:e2", started_at=later, event=e2.as_context(),
-                        waiting={"kind": "timer", "timer": "t:e2#1.1"}, **common),
+            "p/t:e1": Run(id="p/t:e1", started_at=at, event=e1.as_context(), status="cancelled", **common),
+            "p/t:e2": Run(id="p/t:e2", started_at=later, event=e2.as_context(),
+                        waiting={"kind": "timer", "timer": "p/t:e2#1.1"}, **common),
         },
-        timers=[Timer("t:e2#1.1", "t:e2", t("2026-12-02T11:00:00+08:00"), "wait", later)],
-        cancel_timers_of=["t:e1"],
-        cancel_waits_of=["t:e1"],
+        timers=[Timer("p/t:e2#1.1", "p/t:e2", t("2026-12-02T11:00:00+08:00"), "wait", later)],
+        cancel_timers_of=["p/t:e1"],
+        cancel_waits_of=["p/t:e1"],
         states={("p", "m"): {}},
-        messages=[msg(prog, "t:e2", "hello", "m", "hi Mo", later, later)],
+        messages=[msg(prog, "p/t:e2", "hello", "m", "hi Mo", later, later)],
         day_counts={("m", "2026-12-01"): 1},
         counters={"runs_cancelled": 1, "runs_started": 1},
-        notes=[{"kind": "run_cancelled", "playbook": "p", "run": "t:e1", "flow": "f", "member": "m", "reason": "restarted by t"}],
+        notes=[{"kind": "run_cancelled", "playbook": "p", "run": "p/t:e1", "flow": "f", "member": "m", "reason": "restarted by t"}],
     )
 
 
@@ -366,7 +366,7 @@ def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
     at = t("2026-12-01T10:00:00+08:00")
     store.apply(engine.handle(store, at, Event("e1", "ping", at, "m")))
     (timer,) = store.due_timers(t("2026-12-02T10:00:00+08:00"))
-    waiting = store.get_run("t:e1")
+    waiting = store.get_run("p/t:e1")
 
     def broken(run):  # type: ignore[no-untyped-def]
         raise KeyError("f")
@@ -376,25 +376,25 @@ def test_a_timer_that_breaks_outside_its_run_fails_that_run(setup, monkeypatch):
     decision = engine.handle(store, later, TimerDue(timer))
     reason = "internal error: KeyError: 'f'"
     assert decision == Decision(
-        runs={"t:e1": Run(
-            id="t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t", mode="single",
+        runs={"p/t:e1": Run(
+            id="p/t:e1", playbook="p", version=prog.version, flow="f", member="m", trigger="t", mode="single",
             started_at=at, timezone="Asia/Shanghai", pc=1, occurrences={0: 1, 1: 1},
             event=Event("e1", "ping", at, "m").as_context(), status="failed",
         )},
-        cancel_timers_of=["t:e1"],
-        cancel_waits_of=["t:e1"],
+        cancel_timers_of=["p/t:e1"],
+        cancel_waits_of=["p/t:e1"],
         notes=[
-            {"kind": "run_failed", "playbook": "p", "run": "t:e1", "flow": "f", "step": "f", "member": "m", "error": reason},
-            {"kind": "input_failed", "at": later, "input": "timer", "timer": timer.id, "run": "t:e1", "reason": reason},
+            {"kind": "run_failed", "playbook": "p", "run": "p/t:e1", "flow": "f", "step": "f", "member": "m", "error": reason},
+            {"kind": "input_failed", "at": later, "input": "timer", "timer": timer.id, "run": "p/t:e1", "reason": reason},
         ],
         counters={"runs_failed": 1, "inputs_failed": 1},
     )
     # The store's own record is not touched until the decision is applied.
-    assert store.get_run("t:e1") == waiting
+    assert store.get_run("p/t:e1") == waiting
     assert waiting is not None and waiting.status == "active"
     # A timer its run does not wait for (stale) that breaks fails no run.
     monkeypatch.setattr(engine, "_timer", lambda interp, item: broken(None))
-    stale = Timer("t:e1#0.9", "t:e1", timer.due, "wait", at)
+    stale = Timer("p/t:e1#0.9", "p/t:e1", timer.due, "wait", at)
     set_aside = engine.handle(store, later, TimerDue(stale))
     assert (set_aside.runs, set_aside.counters) == ({}, {"inputs_failed": 1})
 
@@ -420,7 +420,7 @@ def test_a_run_failed_by_a_set_aside_wait_lets_the_start_queued_behind_it_go(com
 
     monkeypatch.setattr(engine, "_timer", broken)
     decision = engine.handle(store, later, TimerDue(timer))
-    assert {rid: r.status for rid, r in decision.runs.items()} == {"t:e1": "failed", "t:e2": "active"}
+    assert {rid: r.status for rid, r in decision.runs.items()} == {"p/t:e1": "failed", "p/t:e2": "active"}
     assert [m.text for m in decision.messages] == ["hi Mo"]  # t:e2's first send
     assert [n["kind"] for n in decision.notes] == ["run_failed", "input_failed"]
     assert decision.counters == {"runs_failed": 1, "runs_started": 1, "inputs_failed": 1}
@@ -429,7 +429,7 @@ def test_a_run_failed_by_a_set_aside_wait_lets_the_start_queued_behind_it_go(com
     # If starting it breaks as well, the run fails alone; the start waits as before.
     monkeypatch.setattr(engine, "start_queued", lambda interp, prog, ended: broken(None, None))
     alone = engine.handle(store, later, TimerDue(timer))
-    assert ({rid: r.status for rid, r in alone.runs.items()}, alone.messages, alone.dequeued) == ({"t:e1": "failed"}, [], [])
+    assert ({rid: r.status for rid, r in alone.runs.items()}, alone.messages, alone.dequeued) == ({"p/t:e1": "failed"}, [], [])
 
 
 def test_a_firing_that_breaks_is_set_aside(setup, monkeypatch):

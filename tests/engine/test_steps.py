@@ -275,7 +275,7 @@ def test_template_error_fails_only_that_members_run(simulate, tmp_path):
     assert summary["runs"]["done"] == 2
     assert len(summary["warnings"]) == 1
     warning = summary["warnings"][0]
-    assert warning.startswith("run daily@2026-12-01T10:00:00+08:00:b failed at hello: ")
+    assert warning.startswith("run greet/daily@2026-12-01T10:00:00+08:00:b failed at hello: ")
     assert "city" in warning
 
 
@@ -345,7 +345,7 @@ def test_repeat_while_is_bounded_by_max_loop(simulate, tmp_path):
     assert [d["text"] for d in out] == ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5"]
     assert summary["runs"]["failed"] == 1
     assert summary["warnings"] == [
-        "run t:e failed at f[1]: repeat ran past policies.max_loop (5) iterations"
+        "run loops/t:e failed at f[1]: repeat ran past policies.max_loop (5) iterations"
     ]
 
 
@@ -554,7 +554,7 @@ def test_a_fault_in_a_step_fails_only_that_members_run(simulate, tmp_path, monke
     assert [(d["member"], d["step"]) for d in out] == [("a", "hello"), ("a", "after"), ("c", "hello"), ("c", "after")]
     assert (summary["runs"]["failed"], summary["runs"]["done"]) == (1, 2)
     assert summary["warnings"] == [
-        "run daily@2026-12-01T10:00:00+08:00:b failed at hello: "
+        "run greet/daily@2026-12-01T10:00:00+08:00:b failed at hello: "
         "internal error: TypeError: unsupported operand type(s) for +: 'int' and 'str'"
     ]
 

@@ -73,7 +73,7 @@ def test_a_member_without_a_column_fails_with_a_message_that_says_what_to_write(
     out, summary = simulate(OPTIONAL_COLUMN, roster, events, "2026-12-01", 1, tmp_path)
     assert [(d["member"], d["text"]) for d in out] == [("u1", "阿明 来自 上海"), ("u1", "上海")]
     assert summary["warnings"] == [
-        "run j:ju2 failed at hi: template hi: undefined name or key: member u2 has no 'city': no such roster "
+        "run city/j:ju2 failed at hi: template hi: undefined name or key: member u2 has no 'city': no such roster "
         "column, or an empty cell for this member; member.get('city', '') reads an optional column"
     ]
     out, _ = simulate(OPTIONAL_COLUMN.replace('"{{ member.name }} 来自 {{ member.city }}"', '"{{ member.name }}"'),
@@ -87,6 +87,6 @@ def test_a_state_key_not_set_yet_says_how_to_read_it(simulate, tmp_path):
     events = [{"id": "j1", "type": "member.joined", "member": "u1", "at": "2026-12-01T10:00:00"}]
     _, summary = simulate(text, roster, events, "2026-12-01", 1, tmp_path)
     assert summary["warnings"] == [
-        "run j:j1 failed at hi: template hi: undefined name or key: state has no 'invites' yet; "
+        "run city/j:j1 failed at hi: template hi: undefined name or key: state has no 'invites' yet; "
         "state.get('invites', 0) reads a key that may not be set"
     ]
