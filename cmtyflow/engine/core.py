@@ -214,7 +214,7 @@ class Engine:
         if prog is None or run.flow not in prog.flows:
             interp.txn.decision.note("run_orphaned", run=run.id, playbook=run.playbook)
             return
-        late = (interp.now - timer.due).total_seconds()
+        late = (interp.earliest - timer.due).total_seconds()  # handled as of its due time, this much later
         if late >= 1:
             interp.txn.decision.note("late_wait", run=run.id, playbook=run.playbook, late_seconds=late)
         if timer.kind == "timeout":

@@ -175,7 +175,11 @@ class Driver:
         for timer in self.store.due_timers(instant, MAX_BATCH) if self.handles_timers else ():
             if timer.due > instant:
                 continue
-            decision = self.engine.handle(self.store, now, TimerDue(timer))
+            # A wait ends at its due time, even when taken late (the runner was down): the
+            # run goes on from then, as an event is handled as of its own time, so that an
+            # event that came after it (and before ``now``) still answers the next wait;
+            # what it sends is planned from now.
+            decision = self.engine.handle(self.store, min(timer.due, now), TimerDue(timer), earliest=now)
             self.store.apply(decision, consumed_timer=timer.id)
             self._observe(decision)
             handled += 1 + self._emitted(decision.emitted, now)

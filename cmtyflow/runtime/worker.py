@@ -294,7 +294,8 @@ class Worker:
                 for timer, _ in found:
                     if not shared.timer_still_there(timer.id):
                         continue  # an earlier try of this job took it
-                    decision = self.engine.handle(reads, self.clock.now(), TimerDue(timer))
+                    now = self.clock.now()  # as the driver: the wait ends at its due time
+                    decision = self.engine.handle(reads, min(timer.due, now), TimerDue(timer), earliest=now)
                     store.apply(decision, consumed_timer=timer.id)
                     reads.forget(decision)
                     decisions.append(decision)

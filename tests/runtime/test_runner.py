@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from runner_harness import UTC, event, write_playbook
 
@@ -407,6 +408,50 @@ async def test_a_runner_stopped_across_three_firings_sends_one_late_and_reports_
     assert len(sink.requests) == 2
     skipped = [e["due"] for e in h.store.audit(["skipped_firing"])]
     assert skipped == ["2026-12-05T20:00:00+00:00", "2026-12-06T20:00:00+00:00"]
+    await h.close()
+
+
+WAITS_PLAYBOOK = """
+cmtyflow: 1
+name: waits
+timezone: Asia/Shanghai
+channels:
+  hook: {{adapter: webhook, url: "{url}"}}
+triggers:
+  - {{id: j, event: member.joined, flow: w}}
+flows:
+  w:
+    - {{id: first, wait: {{event: message.posted, timeout: 1h}}}}
+    - {{id: nudge, if: wait.timed_out, send: {{channel: hook, text: nudge}}}}
+    - {{id: second, wait: {{event: message.posted, timeout: 1d}}}}
+    - {{id: thanks, if: not wait.timed_out, send: {{channel: hook, text: thanks}}}}
+    - {{id: silent, if: wait.timed_out, send: {{channel: hook, text: silent}}}}
+"""
+
+
+async def test_a_wait_taken_late_ends_at_its_due_time_so_a_later_event_still_answers_the_next(tmp_path, sink, harness):
+    """Joined at 10:00, the 1h wait timed out at 11:00, posted at 12:00; the runner was
+    down from 10:00 to two days later. The late wait went on as of the restart, so the
+    second wait began after the 12:00 post, which then answered nothing: the member
+    was reported silent a day later. As step by step (and in the dry run): nudge, then
+    thanks, sent at the restart."""
+    shanghai = ZoneInfo("Asia/Shanghai")
+    joined_at = datetime(2026, 12, 1, 10, 0, tzinfo=shanghai)
+    h = harness([write_playbook(tmp_path / "pb", WAITS_PLAYBOOK.format(url=sink.url))], joined_at)
+    await h.open()
+    h.store.put_members([{"id": "m1", "name": "Ann"}])
+    h.store.add_events([event({"id": "j1", "type": "member.joined", "member": "m1", "at": joined_at.isoformat()})])
+    await h.at(joined_at)
+    await h.close()
+    h.store = None
+    await h.open()
+    h.store.add_events([event({"id": "p1", "type": "message.posted", "member": "m1", "at": "2026-12-01T12:00:00+08:00"})])
+    back = datetime(2026, 12, 3, 9, 0, tzinfo=shanghai)
+    await h.at(back)
+    await h.at(back + timedelta(days=2))
+    assert [r.body["text"] for r in sink.requests] == ["nudge", "thanks"]
+    (late,) = h.store.audit(["late_wait"])
+    assert late["late_seconds"] == (back - joined_at - timedelta(hours=1)).total_seconds()
     await h.close()
 
 
