@@ -130,9 +130,10 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
 
             host, port, config = intake
             app = make_app(
-                store_accept(runner.store), config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake
+                store_accept(runner.store), config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake,
+                log=log,
             )
-            site_runner = await serve(app, host, port)
+            site_runner = await serve(app, host, port, shutdown_timeout=runner.drain)
             log("listening", url=f"http://{host}:{port}/events")
         if once:
             await runner.run_once()
@@ -141,11 +142,15 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
     except asyncio.CancelledError:
         log("abandoned", detail="sends still in flight are in doubt; see cmtyflow outbox")
     finally:
-        if site_runner is not None:
-            await site_runner.cleanup()
-        await runner.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        try:
+            if site_runner is not None:
+                await site_runner.cleanup()
+        except asyncio.CancelledError:  # a second signal while the intake stops: close all the same
+            log("abandoned", detail="requests still in flight at the intake were not answered")
+        finally:
+            await runner.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 cli.add_command(run)

@@ -18,6 +18,12 @@ Rules:
   its content, so a retried body is idempotent (as ``events import`` is).
 - Every error answer is ``{"error": "..."}``; no traceback, token, secret or signature
   ever appears in an answer or in the log.
+- A body must arrive within ``read_timeout`` seconds of its headers (408 after), and a
+  client that goes away while sending it is not an error of the intake's. On stop, the
+  requests in flight get ``shutdown_timeout`` seconds.
+- With the runner's ``log``, the intake's warnings go there (one line each, JSON with
+  ``--log-format json``), as do aiohttp's own reports of requests it could not parse,
+  reduced to what failed: the bytes it quotes may hold a token.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, EofStream, web
 from aiohttp.typedefs import Handler
 
 from ..adapters._http import read_upto
+from ..adapters.base import one_line
 from ..adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from ..engine.model import Event
 from ..errors import UserError
@@ -52,6 +59,7 @@ SECRET_ENV = "CMTYFLOW_INTAKE_SECRET"
 DEFAULT_HOST = "127.0.0.1"
 
 Accept = Callable[[list[Event]], tuple[int, int] | Awaitable[tuple[int, int]]]
+Report = Callable[..., None]  # ``report(event, **fields)``: the runner's log, or ``logging``
 
 
 def store_accept(store: Any) -> Accept:
@@ -77,6 +85,7 @@ class IntakeConfig:
     max_body: int = 1_048_576  # bytes
     max_events: int = 10_000  # per request
     max_skew: float = 300.0  # seconds between X-Cmtyflow-Timestamp and now
+    read_timeout: float = 30.0  # seconds for a body to arrive once its headers have
 
     def __repr__(self) -> str:
         # Secrets are masked in every printed form (as apprise does for its channels).
@@ -85,7 +94,8 @@ class IntakeConfig:
 
         return (
             f"IntakeConfig(token={mask(self.token)}, hmac_secret={mask(self.hmac_secret)}, "
-            f"max_body={self.max_body}, max_events={self.max_events}, max_skew={self.max_skew})"
+            f"max_body={self.max_body}, max_events={self.max_events}, max_skew={self.max_skew}, "
+            f"read_timeout={self.read_timeout})"
         )
 
     @classmethod
@@ -103,7 +113,7 @@ class IntakeConfig:
                 f"the event intake needs authentication: set {TOKEN_ENV} (bearer token) "
                 f"or {SECRET_ENV} (HMAC signing secret)"
             )
-        for name in ("max_body", "max_events", "max_skew"):
+        for name in ("max_body", "max_events", "max_skew", "read_timeout"):
             if getattr(self, name) <= 0:
                 raise UserError(f"intake {name} must be positive, not {getattr(self, name)}")
 
@@ -145,12 +155,14 @@ class _Intake:
         default_tz: ZoneInfo,
         now: Callable[[], datetime],
         wake: Callable[[], None] | None,
+        report: Report,
     ) -> None:
         self.accept = accept
         self.config = config
         self.default_tz = default_tz
         self.now = now
         self.wake = wake
+        self.report = report
 
     # -- authentication --
 
@@ -204,7 +216,15 @@ class _Intake:
         if request.content_length is not None and request.content_length > limit:
             raise self._too_large()
         # Without Content-Length (chunked), read at most limit + 1 bytes: enough to know.
-        body = await read_upto(request.content, limit)
+        # A body that stalls is given up (it held the connection, and the runner's stop).
+        try:
+            async with asyncio.timeout(self.config.read_timeout):
+                body = await read_upto(request.content, limit)
+        except TimeoutError:
+            message = f"the body did not arrive within {self.config.read_timeout:g} seconds"
+            raise _Refused(_error(408, message)) from None
+        except (ConnectionError, EofStream, ClientPayloadError) as exc:
+            raise _Gone(type(exc).__name__) from None
         if len(body) > limit:
             raise self._too_large()
         return body
@@ -273,23 +293,26 @@ class _Intake:
             self._check_content_type(request)
             events = self._events(self._decode(body))
         except _Refused as refused:
-            if refused.response.status == 401:
-                log.warning("intake: refused a request from %s (401)", request.remote)
+            if refused.response.status in (401, 408):
+                self.report("intake_refused", remote=request.remote, status=refused.response.status)
             return refused.response
+        except _Gone as gone:  # nobody is left to answer
+            self.report("intake_client_gone", remote=request.remote, error=str(gone))
+            return _error(400, "the body was cut short")
         if not events:
             return web.json_response({"accepted": 0, "duplicates": 0}, status=202)
         try:
             result = self.accept(events)
             accepted, duplicates = await result if inspect.isawaitable(result) else result
-        except Exception:
+        except Exception as exc:
             # The body may hold members' data: log what failed, never what was posted.
-            log.exception("intake: could not store a batch of %d event(s)", len(events))
+            self.report("intake_store_failed", events=len(events), error=_what(exc))
             return _error(503, "the event store is unavailable; retry")
         if accepted and self.wake is not None:
             try:
                 self.wake()
-            except Exception:
-                log.exception("intake: waking the runner failed (the events are stored)")
+            except Exception as exc:
+                self.report("intake_wake_failed", error=_what(exc), detail="the events are stored")
         log.info("intake: %d event(s) accepted, %d duplicate(s)", accepted, duplicates)
         return web.json_response({"accepted": accepted, "duplicates": duplicates}, status=202)
 
@@ -310,19 +333,49 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own answers (404, 405) as JSON too; a bug answers 500 without details."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error(exc.status, exc.reason.lower(), headers)
-    except Exception:
-        log.exception("intake: internal error on %s %s", request.method, request.path)
-        return _error(500, "internal error")
+def _json_errors(report: Report) -> Any:
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own answers (404, 405) as JSON too; a bug answers 500 without details."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return _error(exc.status, exc.reason.lower(), headers)
+        except Exception as exc:
+            report("intake_internal_error", method=request.method, path=request.path, error=_what(exc))
+            return _error(500, "internal error")
+
+    return json_errors
+
+
+def _what(exc: BaseException) -> str:
+    return one_line(f"{type(exc).__name__}: {exc}")[:300]
+
+
+class _Gone(Exception):
+    """The client went away while its body was being read."""
+
+
+# How the intake's reports read through ``logging`` when the runner gives no ``log``.
+_LOGGED = {
+    "intake_refused": (logging.WARNING, "intake: refused a request from {remote} ({status})"),
+    "intake_client_gone": (logging.INFO, "intake: {remote} went away while sending its body ({error})"),
+    "intake_store_failed": (logging.ERROR, "intake: could not store a batch of {events} event(s): {error}"),
+    "intake_wake_failed": (logging.ERROR, "intake: waking the runner failed (the events are stored): {error}"),
+    "intake_internal_error": (logging.ERROR, "intake: internal error on {method} {path}: {error}"),
+    "intake_bad_request": (logging.WARNING, "intake: refused a request it could not read ({error})"),
+}
+
+
+def _logging_report(event: str, /, **fields: Any) -> None:
+    level, message = _LOGGED[event]
+    log.log(level, message.format(**fields))
+
+
+_REPORT: web.AppKey[Report] = web.AppKey("report")
 
 
 def make_app(
@@ -332,21 +385,50 @@ def make_app(
     default_tz: ZoneInfo,
     now: Callable[[], datetime],
     wake: Callable[[], None] | None = None,
+    log: Report | None = None,
 ) -> web.Application:
     """The intake as an aiohttp application. ``accept`` stores a batch in one transaction
     and returns (accepted, duplicates), or an awaitable of them (``store_accept``); it is
-    called on the event loop. ``wake`` is called after a batch that stored something new."""
+    called on the event loop. ``wake`` is called after a batch that stored something new.
+    ``log`` is the runner's (``log(event, **fields)``); without it, ``logging``'s."""
     config.check()
-    intake = _Intake(accept, config, default_tz, now, wake)
-    app = web.Application(middlewares=[_json_errors], client_max_size=config.max_body)
+    report = log or _logging_report
+    intake = _Intake(accept, config, default_tz, now, wake, report)
+    app = web.Application(middlewares=[_json_errors(report)], client_max_size=config.max_body)
+    app[_REPORT] = report
     app.router.add_post("/events", intake.post_events)
     app.router.add_get("/healthz", _healthz)
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start ``app`` on host:port; the caller calls ``runner.cleanup()`` when done."""
-    runner = web.AppRunner(app, handle_signals=False)
+class _ParserReports(logging.Handler):
+    """aiohttp's ``aiohttp.server`` records (a request it could not parse, a connection
+    that broke) as the intake's reports: the kind of error, never its text, which
+    quotes the request's bytes (a token in a header)."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(logging.WARNING)
+        self.report = report
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        self.report("intake_bad_request", error=type(exc).__name__ if exc is not None else "unreadable request")
+
+
+async def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float = 10.0) -> web.AppRunner:
+    """Start ``app`` on host:port; the caller calls ``runner.cleanup()`` when done, which
+    gives the requests in flight ``shutdown_timeout`` seconds (aiohttp's default is 60)."""
+    server_log = logging.getLogger("aiohttp.server")
+    handler = _ParserReports(app[_REPORT])
+    server_log.addHandler(handler)
+    propagate, server_log.propagate = server_log.propagate, False
+
+    async def restore(app: web.Application) -> None:
+        server_log.removeHandler(handler)
+        server_log.propagate = propagate
+
+    app.on_cleanup.append(restore)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -448,7 +448,7 @@ async def test_store_failure_is_503_and_reveals_no_secret(client, caplog):
         assert secret not in caplog.text
     assert "private words" not in caplog.text
     assert [r.getMessage() for r in caplog.records if r.name == "cmtyflow.intake"] == [
-        "intake: could not store a batch of 1 event(s)"
+        "intake: could not store a batch of 1 event(s): RuntimeError: database is locked"
     ]
 
 
@@ -547,6 +547,64 @@ async def test_serve_listens_on_loopback(store):
         await runner.cleanup()
 
 
+async def _raw(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP answer: its head and its Content-Length of body (the connection may stay)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    return head + await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def test_a_body_that_stalls_is_408_and_stop_does_not_wait_a_minute_for_one(store):
+    """A client that sends its headers and part of its body held the connection for good
+    and the runner's stop for aiohttp's 60 s; with a signed intake an unauthenticated
+    client could do it (the signature is checked once the body is in)."""
+    reports: list[tuple[str, dict[str, Any]]] = []
+    app = make_app(store.accept, IntakeConfig(token=TOKEN, read_timeout=0.3), default_tz=TZ, now=lambda: NOW,
+                   log=lambda event, /, **fields: reports.append((event, fields)))
+    runner = await serve(app, "127.0.0.1", 0, shutdown_timeout=0.3)
+    port = runner.addresses[0][1]
+    head = f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head += "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[{"
+    reader, writer = await _raw(port, head.encode())
+    answer = await _answer(reader)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'{"error": "the body did not arrive within 0.3 seconds"}' in answer
+    assert reports == [("intake_refused", {"remote": "127.0.0.1", "status": 408})]
+    writer.close()
+    # One more that stalls, then stop: it is let go after the shutdown timeout.
+    _, stalled = await _raw(port, head.encode())
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(runner.cleanup(), 10)  # aiohttp's default waited 60 s
+    stalled.close()
+    assert store.events == {}
+
+
+async def test_a_request_that_cannot_be_parsed_is_reported_without_its_bytes(store):
+    """aiohttp answers a request it cannot parse itself, and logged the bytes it quotes
+    (here a token) with a traceback, outside the runner's log (plain text amid JSON)."""
+    reports: list[tuple[str, dict[str, Any]]] = []
+    app = make_app(store.accept, IntakeConfig(token=TOKEN), default_tz=TZ, now=lambda: NOW,
+                   log=lambda event, /, **fields: reports.append((event, fields)))
+    runner = await serve(app, "127.0.0.1", 0)
+    try:
+        port = runner.addresses[0][1]
+        bad = f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\x01\r\n\r\n"
+        reader, writer = await _raw(port, bad.encode())
+        answer = await _answer(reader)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
+        assert reports and all(event == "intake_bad_request" for event, _ in reports)
+        assert TOKEN not in repr(reports)
+    finally:
+        await runner.cleanup()
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 
@@ -572,7 +630,8 @@ def test_config_from_env_and_masked_repr():
     config.check()
     assert TOKEN not in repr(config)
     assert repr(config) == (
-        "IntakeConfig(token='***', hmac_secret=None, max_body=1048576, max_events=10000, max_skew=300.0)"
+        "IntakeConfig(token='***', hmac_secret=None, max_body=1048576, max_events=10000, max_skew=300.0, "
+        "read_timeout=30.0)"
     )
     with pytest.raises(UserError):
         IntakeConfig.from_env({}).check()
