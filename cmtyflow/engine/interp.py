@@ -264,7 +264,9 @@ class Interpreter:
                     urgent, now, deliver_at, deferred,
                 )
             )
-            if rid is not None and goals:
+            # Exposed: the member the run is about, not the moderators a step pages
+            # about them (a role or a list of ids), whose own posts would count.
+            if to_label == "member" and goals:
                 for goal in goals:
                     d.exposures.append((name, goal, rid, label, variant, deliver_at))
         return False

@@ -234,6 +234,20 @@ def test_goals_are_tracked_per_step_and_variant(simulate, tmp_path):
     assert summary["goals"] == expected
 
 
+def test_a_send_to_a_role_exposes_no_one_to_the_goal(simulate, tmp_path):
+    """The step that pages moderators about a silent newcomer is not a message the
+    goal measures: the moderator who then posts counted as a conversion after it."""
+    text = GOALS.replace("  dm: {adapter: console}\n", "  dm: {adapter: console}\nroles: {mods: [m1]}\n")
+    text = text.replace("    - id: welcome\n", "    - {id: page, send: {channel: dm, to: roles.mods, text: \"{{ member.id }} joined\"}}\n    - id: welcome\n")
+    roster = [{"id": "u1"}, {"id": "m1"}]
+    events = [ev("j-u1", "member.joined", "2026-12-01T10:00:00+08:00", "u1"),
+              ev("p-m1", "message.posted", "2026-12-02T10:00:00+08:00", "m1")]
+    out, summary = simulate(text, roster, events, "2026-12-01", 3, tmp_path)
+    assert sorted(d["member"] for d in out) == ["m1", "u1"]
+    assert not any("after page" in key for key in summary["goals"])
+    assert summary["goals"]["onboard/first_post per run"] == {"reached": 0, "of": 1}
+
+
 TEMPLATE_ERROR = """
 cmtyflow: 1
 name: greet
