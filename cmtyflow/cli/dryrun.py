@@ -57,13 +57,25 @@ def dry_run(
     collected: list[dict[str, Any]] = []
     timeline = TextTimeline(sys.stdout) if fmt == "text" else None
 
+    names: dict[str, str | None] = {}
+
+    def name_of(member: str) -> str | None:
+        """The member's name as the roster has it, for the report's transcript."""
+        if member not in names:
+            record = sim.store.get_member(member)
+            name = record.get("name") if record else None
+            names[member] = name if isinstance(name, str) and name.strip() else None
+        return names[member]
+
     def sink(record: dict[str, Any]) -> None:
         if timeline is not None:
             timeline.add(record)
         else:
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         if report:
-            collected.append(record)
+            member = record.get("member")
+            name = name_of(member) if isinstance(member, str) else None
+            collected.append({**record, "member_name": name} if name else record)
 
     bar, progress = _progress(sys.stderr.isatty() and fmt == "text")
     try:

@@ -75,6 +75,12 @@ def test_report_is_written(tmp_path, capsys):
     assert main(["dry-run", *_files(tmp_path), "--report", str(report)]) == 0
     html = report.read_text(encoding="utf-8")
     assert "早安" in html and "{{ 7*7 }}" in html
+    # Members by id and name from the roster, in the heading and the search key (the
+    # transcript showed ids only, and a search for a name found nothing).
+    assert "member u2 — Bob" in html and 'data-key="u2 bob"' in html
+    # The jsonl output is unchanged by it.
+    assert main(["dry-run", *_files(tmp_path), "--format", "jsonl"]) == 0
+    assert "member_name" not in capsys.readouterr().out
 
 
 def test_bad_playbook_refused_with_location(tmp_path, capsys):
