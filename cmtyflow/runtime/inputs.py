@@ -89,8 +89,10 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"two fields named '{key}'")
         if isinstance(value, dict) or (isinstance(value, list) and key not in _MEMBER_TEXT_LISTS):
             raise ValueError(f"{key} must be a single value, not {type(value).__name__}")
-        if key == "tags" and isinstance(value, list) and not all(isinstance(t, str) for t in value):
-            raise ValueError("tags must be a list of text")
+        if key == "tags" and not (
+            value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(t, str) for t in value))
+        ):
+            raise ValueError("tags must be text (a;b) or a list of text")
         if value is None or (isinstance(value, str) and value.strip() == "" and key != "id"):
             continue
         if isinstance(value, str):
@@ -295,7 +297,10 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
     member = raw.get("member")
     update = None
     if isinstance(member, dict):
-        update = _member(member)
+        try:
+            update = _member(member)
+        except ValueError as exc:  # said of the member, not of the event ("missing id")
+            raise ValueError(f"member: {exc}") from None
         member = update["id"]
     elif member is not None:
         member = _id_text(member, "member")

@@ -238,7 +238,7 @@ class _Intake:
 
     def _decode(self, body: bytes) -> list[Any]:
         try:
-            text = body.decode("utf-8")
+            text = body.decode("utf-8-sig")  # a byte order mark is read past, as events import does
         except UnicodeDecodeError:
             raise _Refused(_error(400, "the body is not valid UTF-8")) from None
 
@@ -251,7 +251,10 @@ class _Intake:
             message = f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             raise _Refused(_error(400, message)) from None
         except ValueError as exc:
-            raise _Refused(_error(400, f"the body is not JSON: {exc}")) from None
+            reason = str(exc)
+            if "int_max_str_digits" in reason:  # Python's advice, not the client's
+                reason = "a number has more than 4300 digits"
+            raise _Refused(_error(400, f"the body is not JSON: {reason}")) from None
         except RecursionError:
             raise _Refused(_error(400, "the body is not JSON: nested too deeply")) from None
         if isinstance(value, dict) and "events" in value:

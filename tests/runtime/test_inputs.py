@@ -174,7 +174,7 @@ def test_json_roster_fields_must_be_plain_values(tmp_path):
     problems: list[RowProblem] = []
     assert list(read_roster(path, problems)) == [{"id": "ok", "name": "好", "tags": ["a"]}]
     assert [(p.line, p.message) for p in problems] == [
-        (1, "tags must be a list of text"),
+        (1, "tags must be text (a;b) or a list of text"),
         (2, "name must be a single value, not dict"),
         (3, "two fields named 'id'"),
         (4, "name holds '\\ud800', a lone surrogate, not text"),

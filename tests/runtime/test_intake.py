@@ -316,7 +316,8 @@ async def test_one_bad_event_stores_nothing_and_names_its_index(client, store):
         ({**JOINED, "extra": 1}, "unknown event field(s): extra"),
         ({**JOINED, "at": "tomorrow"}, "at 'tomorrow' is not an ISO 8601 datetime"),
         ({**JOINED, "data": [1]}, "data must be a JSON object"),
-        ({**JOINED, "member": {"name": "no id"}}, "missing id"),
+        ({**JOINED, "member": {"name": "no id"}}, "member: missing id"),
+        ({**JOINED, "member": {"id": "u1", "tags": 5}}, "member: tags must be text (a;b) or a list of text"),
         # Years no timezone conversion can hold: the runner failed on it (500 here).
         ({**JOINED, "at": "0001-01-01T00:00:00"}, "at '0001-01-01T00:00:00' is out of range: give a time between 1971 and 9000"),
         ({**JOINED, "at": "9999-12-31T23:00:00+08:00"}, "at '9999-12-31T23:00:00+08:00' is out of range: give a time between 1971 and 9000"),
@@ -400,6 +401,12 @@ async def test_other_content_type_is_415(client, store, content_type):
     assert store.events == {}
 
 
+async def test_a_byte_order_mark_is_read_past(client, store):
+    cli = await client()
+    status, body, _ = await post(cli, b"\xef\xbb\xbf" + json.dumps(JOINED).encode())
+    assert (status, body) == (202, {"accepted": 1, "duplicates": 0})
+
+
 async def test_content_type_parameters_are_allowed_but_only_utf8(client, store):
     cli = await client()
     ok = await post(cli, JOINED, {"Content-Type": "application/json; charset=UTF-8"})
@@ -419,6 +426,7 @@ async def test_content_type_parameters_are_allowed_but_only_utf8(client, store):
             "the body is not JSON: NaN is not a JSON value",
         ),
         (b"[" * 100_000, "the body is not JSON: nested too deeply"),
+        (b'{"id": "e1", "type": "a.b", "data": {"n": ' + b"9" * 5000 + b"}}", "the body is not JSON: a number has more than 4300 digits"),
     ],
 )
 async def test_bad_json_is_400(client, store, raw, error):
