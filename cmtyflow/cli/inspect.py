@@ -344,12 +344,18 @@ def _percent(part: int, whole: int) -> str:
 @cli.command("report")
 @click.argument("playbook")
 @state_option
+@click.option("--now", "now_text", metavar="TIME",
+              help="as of this time (ISO 8601 with offset; default: now): which day is 'today' and which "
+                   "streaks are current, e.g. after rehearsing with run --once --now")
 @format_option
-def report(playbook: str, state: str | None, fmt: str) -> int:
+def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> int:
     """What a playbook achieved: deliveries per step and variant, goal conversions,
     check-in rate and streaks, and how long event waits took to be answered.
 
     PLAYBOOK is its name or its file."""
+    from ..runtime.prepare import parse_now
+
+    now = parse_now(now_text) if now_text is not None else SystemClock().now()
     name = _playbook_name(playbook)
     store, _ = store_at(state, must_exist=True)
     try:
@@ -372,7 +378,6 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
         streaks: Counter[str] = Counter()
         best: Counter[str] = Counter()
         participants = checkins = today_count = 0
-        now = SystemClock().now()
         days: dict[ZoneInfo, date] = {}  # timezone -> today there
         default_zone: ZoneInfo | None = None  # the playbook's, read when a member has none
         for member, st in store.states(name):
@@ -392,7 +397,9 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
             last_day = st.get("last_checkin")
             if isinstance(last_day, str):
                 last_day = date.fromisoformat(last_day[:10])
-            current = int(st.get("streak", 0)) if isinstance(last_day, date) and (today - last_day).days <= 1 else 0
+            # Current when the last check-in was today or yesterday there; one after
+            # ``now`` (a state rehearsed ahead of it) says nothing about then.
+            current = int(st.get("streak", 0)) if isinstance(last_day, date) and 0 <= (today - last_day).days <= 1 else 0
             if last_day == today:
                 today_count += 1
             streaks[_bucket(current)] += 1
@@ -459,7 +466,7 @@ def report(playbook: str, state: str | None, fmt: str) -> int:
     if goals:
         click.echo("goals:")
         for g in goals:
-            where = f" after {g['step']}" if g["step"] else ""
+            where = f" after {g['step']}" if g["step"] else " per run"
             variant = f" [{g['variant']}]" if g["variant"] else ""
             click.echo(f"  {g['goal']}{where}{variant}: {g['converted']} of {g['exposed']} ({_percent(g['converted'], g['exposed'])})")
     if participants:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,9 +15,8 @@ from ..clock import Clock, SystemClock, VirtualClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
 from ..runtime.inputs import RowProblem, read_roster
-from ..runtime.prepare import load_programs
+from ..runtime.prepare import load_programs, parse_now
 from ..runtime.runner import Runner, StateLock, build_runner, json_log, text_log
-from ..spec.duration import FIRST_YEAR, LAST_YEAR
 from ..store.open import is_postgres
 from . import EXIT_OK, cli
 from .state import state_option, store_at
@@ -50,16 +48,7 @@ def run(
     if now_text is not None:
         if not once:
             raise UserError("--now needs --once: a runner that keeps running follows the real clock")
-        try:
-            moment = datetime.fromisoformat(now_text)
-        except ValueError:
-            raise UserError(f"--now '{now_text}' is not an ISO 8601 datetime") from None
-        if moment.tzinfo is None:
-            example = now_text if "T" in now_text else f"{now_text}T00:00"
-            raise UserError(f"--now '{now_text}' needs a UTC offset, e.g. {example}+08:00")
-        if not FIRST_YEAR <= moment.year <= LAST_YEAR:
-            raise UserError(f"--now '{now_text}' is out of range: give a time between {FIRST_YEAR} and {LAST_YEAR}")
-        clock = VirtualClock(moment)
+        clock = VirtualClock(parse_now(now_text))
     result, programs = load_programs(paths)
     intake = None
     if listen:

@@ -39,6 +39,21 @@ def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program
     return result, [compile_program(loaded, formats) for loaded in result.playbooks]
 
 
+def parse_now(text: str, *, option: str = "--now") -> datetime:
+    """``--now TIME`` (``run --once``, ``report``): ISO 8601 with a UTC offset, within
+    the years every timezone can convert."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{option} '{text}' is not an ISO 8601 datetime") from None
+    if moment.tzinfo is None:
+        example = text if "T" in text else f"{text}T00:00"
+        raise UserError(f"{option} '{text}' needs a UTC offset, e.g. {example}+08:00")
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise UserError(f"{option} '{text}' is out of range: give a time between {FIRST_YEAR} and {LAST_YEAR}")
+    return moment
+
+
 def parse_start(text: str | None, programs: list[Program], now: datetime, *, option: str = "--start") -> datetime:
     """``--start`` (or ``option``, as the user wrote it): ISO 8601 (a date means its
     midnight), without an offset in the first playbook's timezone. Default: the

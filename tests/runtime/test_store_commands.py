@@ -155,6 +155,32 @@ def test_report_counts_today_where_each_member_is(tmp_path, capsys):
     assert checkins["current_streaks"]["1-2"] == 2
 
 
+def test_report_as_of_a_rehearsed_time(tmp_path, capsys):
+    """After rehearsing with run --once --now, report --now reads 'today' and the current
+    streaks as of then; without it, a last check-in after the real today (the state is
+    ahead of the clock) is not a current streak (it counted as one)."""
+    path = write_playbook(tmp_path / "pb", PLAYBOOK % (tmp_path / "out.jsonl"))
+    state = str(tmp_path / "state.db")
+    (tmp_path / "members.csv").write_text("id,name,timezone\nann,A,Asia/Shanghai\n", encoding="utf-8")
+    assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
+    for day in ("2030-01-01", "2030-01-02"):
+        assert cli(capsys, "emit", "checkin.posted", "--member", "ann", "--at", f"{day}T20:00:00+08:00", "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2030-01-05T09:00:00+08:00")[0] == 0
+
+    def checkins(*now: str) -> dict[str, Any]:
+        code, out, err = cli(capsys, "report", "club", "--state", state, "--format", "json", *now)
+        assert code == 0, err
+        return json.loads(out)["checkins"]  # type: ignore[no-any-return]
+
+    on_the_day = checkins("--now", "2030-01-02T21:00:00+08:00")
+    assert (on_the_day["checked_in_today"], on_the_day["current_streaks"]["1-2"]) == (1, 1)
+    later = checkins("--now", "2030-01-05T09:00:00+08:00")
+    assert (later["checked_in_today"], later["current_streaks"]["0"]) == (0, 1)
+    assert checkins()["current_streaks"]["0"] == 1  # today is 2026 or so: not current
+    code, _, err = cli(capsys, "report", "club", "--state", state, "--now", "2030-01-05")
+    assert (code, err) == (1, "error: --now '2030-01-05' needs a UTC offset, e.g. 2030-01-05T00:00+08:00\n")
+
+
 def test_report_refuses_a_playbook_the_state_does_not_know(club, capsys):
     path, state = club
     assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
