@@ -368,6 +368,12 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
                 per_variant[d["step"]][d["variant"]] += 1
             first = first or d["at"]
             last = d["at"]
+        # Messages that will not go (dead letters, cancelled by an opt-out, in doubt),
+        # per step: a step's deliveries and goals read differently beside them.
+        undelivered: dict[str, Counter[str]] = defaultdict(Counter)
+        for row in store.outbox(["dead", "cancelled", "in_doubt"]):
+            if row.message.playbook == name:
+                undelivered[row.message.step][row.status] += 1
         goals: list[dict[str, Any]] = [
             {"goal": goal, "step": step, "variant": variant, "exposed": exposed, "converted": converted}
             for (pb, goal, step, variant), (exposed, converted) in sorted(
@@ -415,7 +421,7 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
             elif entry["kind"] == "wait_timed_out":
                 timeouts[label] += 1
         runs: Counter[str] = Counter(run.status for run in store.runs(status=None, playbook=name))
-        if not (per_step or goals or participants or acks or timeouts or runs):
+        if not (per_step or undelivered or goals or participants or acks or timeouts or runs):
             from ..runtime.versions import recorded
 
             known = sorted(recorded(store))
@@ -443,6 +449,7 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
         "runs": dict(sorted(runs.items())),
         "deliveries": {"total": sum(per_step.values()), "first": first, "last": last, "per_step": dict(per_step.most_common())},
         "variants": {step: dict(sorted(c.items())) for step, c in sorted(per_variant.items())},
+        "undelivered": {step: dict(sorted(c.items())) for step, c in sorted(undelivered.items())},
         "goals": goals,
         "checkins": {
             "participants": participants, "total": checkins, "checked_in_today": today_count,
@@ -463,6 +470,10 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
         variants = per_variant.get(step)
         extra = " [" + ", ".join(f"{v}: {c}" for v, c in sorted(variants.items())) + "]" if variants else ""
         click.echo(f"  {step}: {n}{extra}")
+    if undelivered:
+        click.echo("not delivered (cmtyflow outbox lists them):")
+        for step, counts in sorted(undelivered.items()):
+            click.echo(f"  {step}: " + ", ".join(f"{c} {status.replace('_', ' ')}" for status, c in sorted(counts.items())))
     if goals:
         click.echo("goals:")
         for g in goals:

@@ -129,6 +129,11 @@ async def test_403_dead_letters_at_once_and_outbox_retry_resends_it_once(tmp_pat
     assert main(["outbox", "--state", str(h.state)]) == 0
     listed = capsys.readouterr().out
     assert row.message.key[:12] in listed and "dead" in listed and "403" in listed
+    # The report says what did not go, per step, beside the deliveries (it showed none).
+    assert main(["report", "hooks", "--state", str(h.state), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["undelivered"] == {"hi": {"dead": 1}}
+    assert main(["report", "hooks", "--state", str(h.state)]) == 0
+    assert "not delivered (cmtyflow outbox lists them):\n  hi: 1 dead\n" in capsys.readouterr().out
     assert main(["outbox", "retry", row.message.key[:8], "--state", str(h.state)]) == 0
     assert "queued 1 message again" in capsys.readouterr().out
 
