@@ -104,7 +104,7 @@ def dry_run(
 
         title = ", ".join(p.playbook.title or p.name for p in programs)
         try:
-            write_report(Path(report), collected, summary, title=f"{title}: dry run")
+            write_report(Path(report), collected, summary, title=f"{title}: dry run", lang=programs[0].playbook.locale)
         except OSError as exc:
             raise UserError(f"--report {report}: cannot write it: {exc.strerror or exc}") from None
         click.echo(f"report written to {report}", err=True)

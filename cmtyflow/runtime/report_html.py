@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -272,6 +273,11 @@ def _summary_tables(summary: Record) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
+def _natural(member_id: str) -> list[tuple[int, int, str]]:
+    """Member ids in the order people count them: u2 before u10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", member_id)]
+
+
 def _sort_key(d: Record) -> tuple[float, str]:
     at = str(d.get("at") or "")
     try:
@@ -289,7 +295,7 @@ def _transcript(deliveries: Sequence[Record], max_members: int) -> str:
         groups.setdefault(key, []).append(d)
         if d.get("member_name") and key not in names:
             names[key] = str(d["member_name"])
-    members = sorted(k for k in groups if k != _NO_MEMBER)
+    members = sorted((k for k in groups if k != _NO_MEMBER), key=_natural)
     shown = members[: max(max_members, 0)]
     left_out = members[len(shown) :]
     order = ([_NO_MEMBER] if _NO_MEMBER in groups else []) + shown
@@ -320,7 +326,7 @@ def _transcript(deliveries: Sequence[Record], max_members: int) -> str:
             at = str(d.get("at") or "")
             extra = f"<td>{_e(d.get('to'))}</td>" if is_channel else ""
             body.append(
-                f'<tr><td class="t" title="{_e(at)}">{_e(at[:16].replace("T", " "))}</td>'
+                f'<tr><td class="t" title="{_e(at)}">{_e(_local_time(at))}</td>'
                 f"<td>{_e(_step_of(d))}</td><td>{_e(d.get('channel'))}</td>{extra}"
                 f"<td>{_e(d.get('variant') or '')}</td>"
                 f'<td class="text">{_e(d.get("text"))}</td></tr>'
@@ -332,6 +338,13 @@ def _transcript(deliveries: Sequence[Record], max_members: int) -> str:
             f"</thead><tbody>{''.join(body)}</tbody></table></section>"
         )
     return "".join(out)
+
+
+def _local_time(at: str) -> str:
+    """``2026-12-01T10:15:00+08:00`` as ``2026-12-01 10:15 +08:00``: the minute and the
+    offset it is in (times are in each member's or the playbook's timezone)."""
+    offset = at[19:].lstrip(".0123456789")
+    return at[:16].replace("T", " ") + (f" {offset}" if offset else "")
 
 
 def _header(deliveries: Sequence[Record], summary: Record, title: str) -> str:
@@ -374,8 +387,10 @@ def render_report(
     *,
     title: str,
     max_members: int = DEFAULT_MAX_MEMBERS,
+    lang: str = "en",
 ) -> str:
-    """Return the report as one HTML document with no external references."""
+    """Return the report as one HTML document with no external references. ``lang`` is
+    the playbooks' locale (zh-CN: browsers then pick Chinese glyphs for the texts)."""
     summary = summary if isinstance(summary, Mapping) else {}
     if deliveries:
         chart = _chart(deliveries, summary)
@@ -386,7 +401,7 @@ def render_report(
         )
         transcript = '<p class="empty">No deliveries, so there is no transcript.</p>'
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n<html lang="{_e(lang)}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"{_header(deliveries, summary, title)}"
@@ -404,10 +419,11 @@ def write_report(
     *,
     title: str,
     max_members: int = DEFAULT_MAX_MEMBERS,
+    lang: str = "en",
 ) -> None:
     """Render the report and write it to ``path`` atomically, UTF-8 encoded."""
     target = Path(path)
-    document = render_report(deliveries, summary, title=title, max_members=max_members)
+    document = render_report(deliveries, summary, title=title, max_members=max_members, lang=lang)
     try:
         mode = target.stat().st_mode & 0o777
     except FileNotFoundError:

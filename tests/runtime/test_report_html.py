@@ -156,9 +156,17 @@ def test_transcript_groups_members_in_time_order(sample):
     assert keys == ["channel", "m1 alice", "m2 王小明", "m3"]
     m1 = sections[1][1]
     assert m1.index("alert(1)") < m1.index("example.org")
-    assert ">2026-12-01 21:00<" in m1
+    assert ">2026-12-01 21:00 +08:00<" in m1  # with the offset the time is in
     assert "#announcements" in sections[0][1]
     assert "<td>b</td>" in sections[2][1]
+
+
+def test_members_in_counting_order_and_the_page_in_the_playbooks_language():
+    rows = [delivery(START, "hi", m, "x") for m in ("u10", "u2", "u1", "ann")]
+    doc = render_report(rows, summary_for(rows), title="t", lang="zh-CN")
+    keys = re.findall(r'<section class="member" data-key="([^"]*)">', doc)
+    assert keys == ["ann", "u1", "u2", "u10"]  # u10 came before u2
+    assert doc.startswith('<!DOCTYPE html>\n<html lang="zh-CN">')
 
 
 def test_empty_deliveries_renders_clear_note():
