@@ -39,6 +39,7 @@ from ..store.base import ScheduleUpdate, Store
 
 MAX_BATCH = 1000
 PASS_INPUTS = 10_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
+PASS_SLICE = 250  # inputs a runner takes before it lets its event loop go (the intake answers)
 LAUNCH_EVENT = "cmtyflow.launch"
 NOTED_FIRINGS = 10  # missed firings noted one by one; the rest in one note with their count
 MAX_EMIT_DEPTH = 100  # events emitted one by the other, from one input

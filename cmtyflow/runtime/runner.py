@@ -37,7 +37,7 @@ from ..store.base import Store
 from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log
-from .driver import PASS_INPUTS, Driver
+from .driver import PASS_INPUTS, PASS_SLICE, Driver
 from .prepare import adapter_formats
 
 SEND_PASS_SECONDS = 5.0  # how long a pass starts sends before the runner looks at its inputs again
@@ -148,7 +148,7 @@ class Runner:
         that comes meanwhile (a crisis) is handled within a pass, not after it."""
         now = self.clock.now()
         if not self._stop:
-            handled = self.driver.process_until(now, limit=PASS_INPUTS)
+            handled = await self._take_inputs(now)
             self.inputs += handled
             self.behind = handled >= PASS_INPUTS
             if self.behind:
@@ -160,6 +160,20 @@ class Runner:
             self._add(stats)
             self.sending_behind = stats.paused > 0
         return self.next_due()
+
+    async def _take_inputs(self, now: datetime) -> int:
+        """The inputs due at ``now``, up to about ``PASS_INPUTS``, ``PASS_SLICE`` at a time
+        with the event loop let go between slices: the intake answers, and a signal is
+        heard, while a backlog is worked through (a pass of thousands held the loop for
+        seconds, and each POST to the intake waited for it)."""
+        handled = 0
+        while handled < PASS_INPUTS and not self._stop:
+            taken = self.driver.process_until(now, limit=min(PASS_SLICE, PASS_INPUTS - handled))
+            handled += taken
+            if taken < PASS_SLICE:
+                break  # nothing more is due
+            await asyncio.sleep(0)
+        return handled
 
     def next_due(self) -> datetime | None:
         best = self.driver.next_instant()

@@ -219,6 +219,28 @@ async def test_a_backlog_is_taken_a_pass_at_a_time_sending_between_passes(tmp_pa
 
 
 
+async def test_a_pass_lets_the_event_loop_go_between_slices(tmp_path, sink, harness, monkeypatch):
+    """A pass of thousands of inputs held the event loop until it ended: the intake's
+    answers (and signals) waited seconds for it. Between slices of PASS_SLICE inputs the
+    loop runs what is ready: here a callback sees the pass half done."""
+    from cmtyflow.runtime import runner
+
+    monkeypatch.setattr(runner, "PASS_SLICE", 4, raising=False)
+    h = harness(hooks(tmp_path, sink.url), T0)
+    await h.open()
+    h.store.put_members([{"id": f"u{i:02d}", "name": f"M{i}"} for i in range(12)])
+    for i in range(12):  # a second apart, as members join (a step of one instant is not cut)
+        at = (T0 + timedelta(seconds=i)).isoformat()
+        h.store.add_event(event({"id": f"j{i:02d}", "type": "member.joined", "member": f"u{i:02d}", "at": at}))
+    seen: list[int] = []
+    end = T0 + timedelta(minutes=1)
+    asyncio.get_running_loop().call_soon(lambda: seen.append(len(h.store.pending_events(end))))
+    await h.at(end)
+    assert seen and 0 < seen[0] < 12  # ran while the pass was under way
+    assert len(sink.requests) == 12
+    await h.close()
+
+
 async def test_a_long_send_gives_way_to_inputs_between_passes(tmp_path, sink, harness, monkeypatch):
     # A large send on a slow or rate-limited platform: after SEND_PASS_SECONDS a pass
     # starts no more sends (the rest stays queued), so an event that came meanwhile (a
