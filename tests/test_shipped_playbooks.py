@@ -36,6 +36,31 @@ def test_crisis_transcript_says_what_a_manager_expects():
     assert any(s[0] == "23:20" and s[2] == "u001" for s in steps)
 
 
+def test_a_crisis_declared_while_another_is_open_still_pages_the_moderators(tmp_path, capsys):
+    """A second crisis 8 hours into the first was dropped without a page (mode single:
+    one response at a time). It is paged at once with its own summary; one declared
+    after the first response has closed gets a response of its own."""
+    import json
+
+    from cmtyflow.cli import main
+
+    events = (ROOT / "examples" / "crisis-response.events.jsonl").read_text(encoding="utf-8")
+    events += json.dumps({"id": "b", "type": "crisis.declared", "at": "2026-12-11T07:00:00+08:00",
+                          "data": {"summary": "群被盗号刷屏", "severity": "critical"}}, ensure_ascii=False) + "\n"
+    events += json.dumps({"id": "c", "type": "crisis.declared", "at": "2026-12-13T07:00:00+08:00",
+                          "data": {"summary": "third", "severity": "low"}}) + "\n"
+    (tmp_path / "e.jsonl").write_text(events, encoding="utf-8")
+    args = ["dry-run", str(ROOT / "playbooks" / "crisis-response.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
+            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-10", "--days", "5", "--format", "jsonl"]
+    assert main(args) == 0
+    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    again = [d for d in sent if d["step"] == "page-another"]
+    assert [(d["at"][:16], d["member"]) for d in again] == [("2026-12-11T07:00", "u001"), ("2026-12-11T07:00", "u002")]
+    assert "群被盗号刷屏" in again[0]["text"] and "critical" in again[0]["text"]
+    third = [d["step"] for d in sent if d["at"].startswith("2026-12-13")]
+    assert third[:2] == ["page-moderators", "page-moderators"] and "holding-statement" in third
+
+
 PLAYBOOK_FILES = sorted(
     p for p in (ROOT / "playbooks").glob("*.yaml") if p.name != "cmtyflow.yaml" and not p.name.endswith(".test.yaml")
 )
