@@ -61,6 +61,24 @@ def test_a_crisis_declared_while_another_is_open_still_pages_the_moderators(tmp_
     assert third[:2] == ["page-moderators", "page-moderators"] and "holding-statement" in third
 
 
+def test_onboarding_does_not_report_an_opted_out_newcomer_as_silent(tmp_path, capsys):
+    """u011 opted out: she gets no welcome, so the moderators were told, falsely, that
+    she had had the welcome and reminders and was still silent a week later."""
+    import json
+
+    from cmtyflow.cli import main
+
+    (tmp_path / "e.jsonl").write_text(
+        '{"id": "j11", "type": "member.joined", "at": "2026-12-01T10:00:00+08:00", "member": "u011"}\n', encoding="utf-8"
+    )
+    args = ["dry-run", str(ROOT / "playbooks" / "onboarding.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
+            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "10", "--format", "jsonl"]
+    assert main(args) == 0
+    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    assert not any(d["member"] == "u011" for d in sent)
+    assert not any(d["step"] == "report-silent" for d in sent)
+
+
 PLAYBOOK_FILES = sorted(
     p for p in (ROOT / "playbooks").glob("*.yaml") if p.name != "cmtyflow.yaml" and not p.name.endswith(".test.yaml")
 )
