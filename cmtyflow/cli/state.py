@@ -25,6 +25,7 @@ import click
 
 from ..clock import SystemClock
 from ..engine.model import Launch
+from ..engine.program import Program
 from ..errors import UserError
 from ..runtime.driver import launch_event
 from ..runtime.inputs import RowProblem, parse_event, read_events, read_roster
@@ -258,7 +259,7 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
 
 
 @cli.command("launch")
-@click.argument("playbook", type=click.Path(exists=True, dir_okay=False))
+@click.argument("playbook")
 @click.argument("trigger")
 @click.option("--member", help="start a member run for this member (default: a campaign run)")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=VALUE", help="a manual input; repeatable")
@@ -267,11 +268,11 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
 def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, ...], launch_id: str | None,
            state: str | None) -> int:
     """Fire a manual trigger; the runner starts the run (at once if it is running,
-    else at its next start or `cmtyflow run PLAYBOOK --once`)."""
-    from ..runtime.prepare import load_programs
+    else at its next start or `cmtyflow run PLAYBOOK --once`).
 
-    _, programs = load_programs([playbook])
-    prog = programs[0]
+    PLAYBOOK is its file, or its name when a runner has run it on the state (its
+    last version there is read for the trigger and its inputs)."""
+    prog = _launch_program(playbook, state)
     found = [t for t in prog.playbook.triggers if t.id == trigger]
     if not found:
         names = ", ".join(t.id for t in prog.playbook.triggers if t.kind == "manual") or "none"
@@ -299,6 +300,35 @@ def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, .
     if fresh:
         click.echo(f"the runner takes it if it has loaded {playbook}; one without it refuses it (and logs why)", err=True)
     return EXIT_OK
+
+
+def _launch_program(playbook: str, state: str | None) -> Program:
+    """The program ``launch`` reads: from the file, else the last version of the playbook
+    of that name the runner has run on the state (a crisis is declared by name)."""
+    from ..runtime.prepare import load_programs
+
+    if Path(playbook).is_file():
+        return load_programs([Path(playbook)])[1][0]
+    if Path(playbook).suffix in (".yaml", ".yml") or "/" in playbook or "\\" in playbook:
+        raise UserError(f"{playbook}: no such file")
+    from ..runtime.versions import rebuild, recorded
+
+    store, _ = store_at(state, must_exist=True)
+    try:
+        known = recorded(store)
+    finally:
+        store.close()
+    if playbook not in known:
+        raise UserError(
+            f"no playbook '{playbook}' in this state; "
+            + (f"it knows: {', '.join(sorted(known))}" if known else "the runner has not run any playbook on it yet")
+            + "; or give the playbook's file"
+        )
+    version, snap = known[playbook][-1]
+    program = rebuild(snap, version, {})
+    if program is None:
+        raise UserError(f"the last version of '{playbook}' in this state no longer loads; give the playbook's file")
+    return program
 
 
 def _inputs(pairs: tuple[str, ...], specs: dict[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,17 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     assert "check-ins: 4 by 2 members" in out and "page/ack: 1 answered, 0 timed out, median 12m00s" in out
     assert out.splitlines()[1] == "runs that waited: done 1"
 
+    # Once a runner has run it, a launch names the playbook, as report does (the file
+    # was required: `launch crisis-response declare` failed in the middle of a crisis).
+    code, out, err = cli(capsys, "launch", "club", "poke", "--input", "times=2", "--id", "L2", "--state", state)
+    assert (code, out.strip()) == (0, "launch L2 queued: club/poke"), err
+    code, _, err = cli(capsys, "launch", "clubb", "poke", "--state", state)
+    assert (code, err) == (1, "error: no playbook 'clubb' in this state; it knows: club; or give the playbook's file\n")
+    code, _, err = cli(capsys, "launch", "nowhere/club.yaml", "poke", "--state", state)
+    assert (code, err) == (1, "error: nowhere/club.yaml: no such file\n")
+    code, _, err = cli(capsys, "launch", "club", "poke", "--state", str(tmp_path / "none.db"))
+    assert code == 1 and "no state at" in err
+
 
 def test_reading_commands_refuse_a_missing_state(tmp_path, capsys):
     code, _, err = cli(capsys, "status", "--state", str(tmp_path / "none.db"))
