@@ -165,7 +165,9 @@ def _shape(steps: list[Any]) -> list[Any]:
 
 # The flows as the floor below hard-codes them; bench fails when the playbook differs.
 FLOOR_SHAPE = {
-    "checkin": ["checkin", ["choose", ["if", ["send"]], ["else", ["set", "award", "award?", "award?", "award?", "send"]]]],
+    "checkin": ["checkin", ["choose", ["if", ["send"]], ["else", [
+        "set", "award", ["choose", ["if", ["award", "set"]], ["if", ["award", "set"]], ["if", ["award", "set"]]], "send",
+    ]]]],
     "remind": ["stop?", "set", "stop?", "send"],
     "kickoff": ["send"],
     "leaderboard": ["send"],
@@ -195,12 +197,16 @@ def floor_phase(members: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     duplicate_cond = compile_expression(choose[0].if_)
     duplicate_tpl = choose[0].steps[0].send.template
     done_steps = choose[1].else_
-    reset = done_steps[0].set
-    if any(isinstance(v, str) for v in reset.values()):
-        raise ShapeChanged(f"{PLAYBOOK.name} changed: the floor takes the check-in's `set` values as literals")
+    # The check-in's `set` (literals, or expressions that read nothing: new_badge "''").
+    reset = {k: compile_expression(v).evaluate(scope({})) if isinstance(v, str) else v for k, v in done_steps[0].set.items()}
     base_award = done_steps[1].award
-    bonuses = [(compile_expression(step.if_), step.award.points, step.award.badge) for step in done_steps[2:5]]
-    done_tpl = done_steps[5].send.template
+    # Each bonus a branch of one choose: its condition, its award, the new_badge it sets.
+    bonuses = []
+    for branch in done_steps[2].choose:
+        award, note = branch.steps
+        (key, value), = note.set.items()
+        bonuses.append((compile_expression(branch.if_), award.award.points, award.award.badge, key, compile_expression(value)))
+    done_tpl = done_steps[3].send.template
     remind = flows["remind"]
     remind_done = compile_expression(remind[0].if_)
     (count_key, count_src), = remind[1].set.items()
@@ -313,11 +319,13 @@ def floor_phase(members: list[dict[str, Any]], seed: int) -> dict[str, Any]:
             state.update(reset)
             view.update(reset)
             state["points"] += base_award.points
-            for cond, points, badge in bonuses:
-                if cond.evaluate(ctx):
+            for cond, points, badge, key, value in bonuses:
+                if cond.evaluate(ctx):  # the first that holds (a choose)
                     state["points"] += points
                     if badge not in state["badges"]:
                         state["badges"].append(badge)
+                    state[key] = view[key] = value.evaluate(ctx)
+                    break
             view["points"] = state["points"]
             view["badges"] = list(state["badges"])
             tpl = done_tpl
@@ -331,7 +339,10 @@ def floor_phase(members: list[dict[str, Any]], seed: int) -> dict[str, Any]:
         today = local.date()
         if not first_day <= today <= last_day:
             return 0
-        crowd = [{**m, "state": _view(states[m["id"]], today)} for m in members if in_audience[m["id"]]]
+        # As the engine's MemberView reads them: opted_out False when the roster says nothing.
+        crowd = [
+            {"opted_out": False, **m, "state": _view(states[m["id"]], today)} for m in members if in_audience[m["id"]]
+        ]
         ctx = scope({"vars": vars_, "roles": roles, "now": local, "today": today, "audience": crowd, "event": None})
         template(campaign_tpl[trigger], None, group_formats).render(ctx)
         return 1
