@@ -12,10 +12,14 @@ Rules:
   and, on the next line, the Chinese one. Titles written ``中文 / English`` are split
   the same way. The chosen language is used where the library has it.
 - The copy is D/NAME.yaml, D/templates/... (only the templates the playbook names, in
-  the chosen language plus language-neutral ones) and D/cmtyflow.yaml (unless D has
+  every language the library has them in, and language-neutral ones: each member is
+  written to in their own ``locale``, as the library's playbook does, so a community
+  of Chinese and English speakers keeps working) and D/cmtyflow.yaml (unless D has
   one: theirs is kept). Nothing is overwritten: if any file exists, nothing is written.
-- With a language other than the playbook's ``locale:``, that one line is changed in
-  the copy; everything else, comments included, is copied byte for byte.
+- The chosen language becomes the playbook's ``locale:`` (members without a locale of
+  their own are written to in it); that one line is changed in the copy, everything
+  else, comments included, is copied byte for byte. When a template has no version
+  in that language, the locale is left as it is, and a note says so.
 """
 
 from __future__ import annotations
@@ -146,18 +150,13 @@ def _template_files(source: Path, lang: str) -> tuple[list[tuple[Path, Path]], l
     files: list[tuple[Path, Path]] = []
     notes: list[str] = []
     for name, sources in sorted(loaded.templates.items()):
-        chosen = [s for s in sources if s.locale is None or s.locale.lower() == lang.lower()]
-        if not any(s.locale is not None for s in chosen):
-            own = loaded.playbook.locale
-            fallback = [
-                s
-                for s in sources
-                if s.locale is not None and own and s.locale.lower() == own.lower()
-            ]
-            if fallback:
-                notes.append(f"template {name} has no {lang} version; copied the {own} one")
-                chosen += fallback
-        for s in chosen:
+        in_lang = [s for s in sources if s.locale is None or s.locale.lower() == lang.lower()]
+        own = loaded.playbook.locale
+        if not any(s.locale is not None for s in in_lang) and any(
+            s.locale is not None and own and s.locale.lower() == own.lower() for s in sources
+        ):
+            notes.append(f"template {name} has no {lang} version; members without a locale get the {own} one")
+        for s in sources:
             base = next(d for d in dirs if s.path.is_relative_to(d))
             files.append((s.path, s.path.relative_to(base)))
     return files, notes

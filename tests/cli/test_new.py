@@ -57,12 +57,16 @@ def test_new_copy_of_each_playbook_validates_clean(tmp_path, capsys, name, lang)
     assert (dest / "cmtyflow.yaml").read_bytes() == (
         ROOT / "playbooks" / "cmtyflow.yaml"
     ).read_bytes()
-    # only the templates this playbook names, in the chosen language (or none)
+    # only the templates this playbook names, each in the chosen language (or none), and
+    # in the library's other languages too: members are written to in their own locale
     copied = sorted(p.name for p in (dest / "templates").iterdir())
     used = result.playbooks[0].templates
     assert copied and all(any(f.startswith(t + ".") for t in used) for f in copied)
-    assert all(f".{lang}." in f or f.count(".") == 2 for f in copied)
     assert {f.split(".", 1)[0] for f in copied} == set(used)
+    for template in used:
+        mine = [f for f in copied if f.startswith(template + ".")]
+        assert any(f".{lang}." in f or f.count(".") == 2 for f in mine), template
+    assert {f.split(".")[1] for f in copied if f.count(".") == 3} <= {"zh-CN", "en"}
 
 
 def test_new_english_copy_changes_only_the_locale_line(tmp_path):
@@ -81,7 +85,8 @@ def test_new_chinese_copy_is_byte_for_byte(tmp_path):
         ROOT / "playbooks" / "onboarding.yaml"
     ).read_bytes()
     assert (tmp_path / "templates" / "onboarding-welcome-a.zh-CN.txt.j2").is_file()
-    assert not list((tmp_path / "templates").glob("*.en.*"))
+    # the English ones too, for members whose locale is en (they got Chinese before)
+    assert (tmp_path / "templates" / "onboarding-welcome-a.en.txt.j2").is_file()
 
 
 def test_new_refuses_to_overwrite_and_writes_nothing(tmp_path, capsys):
@@ -187,7 +192,7 @@ def test_new_copies_language_neutral_templates_and_falls_back_to_the_playbooks_l
     dest = tmp_path / "mine"
     assert main(["new", "hello", "--lang", "en", "--dir", str(dest)]) == 0
     out = capsys.readouterr().out
-    assert "note: template greet has no en version; copied the zh-CN one" in out
+    assert "note: template greet has no en version; members without a locale get the zh-CN one" in out
     assert sorted(p.name for p in (dest / "templates").iterdir()) == [
         "footer.txt.j2",
         "greet.zh-CN.txt.j2",
@@ -201,6 +206,7 @@ def test_new_copies_language_neutral_templates_and_falls_back_to_the_playbooks_l
     assert sorted(p.name for p in (dest2 / "templates").iterdir()) == [
         "footer.txt.j2",
         "greet.en.txt.j2",
+        "greet.zh-CN.txt.j2",
     ]
 
 
