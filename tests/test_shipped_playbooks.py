@@ -79,6 +79,28 @@ def test_onboarding_does_not_report_an_opted_out_newcomer_as_silent(tmp_path, ca
     assert not any(d["step"] == "report-silent" for d in sent)
 
 
+def test_a_survey_answer_after_the_results_went_out_is_not_counted_or_thanked(tmp_path, capsys):
+    """The results go to the moderators at 18 Dec 20:00 Beijing time, but the window
+    runs to the end of 18 Dec in each member's own date: u009 in New York answered at
+    10:00 her time (23:00 Beijing), was thanked and rewarded, and never counted."""
+    import json
+
+    from cmtyflow.cli import main
+
+    (tmp_path / "e.jsonl").write_text(
+        '{"id": "late", "type": "poll.answered", "at": "2026-12-18T10:00:00-05:00", "member": "u009", '
+        '"data": {"poll": "2026-q4", "choice": "x"}}\n'
+        '{"id": "in-time", "type": "poll.answered", "at": "2026-12-18T19:00:00+08:00", "member": "u003", '
+        '"data": {"poll": "2026-q4", "choice": "y"}}\n',
+        encoding="utf-8",
+    )
+    args = ["dry-run", str(ROOT / "playbooks" / "feedback-survey.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
+            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-14", "--days", "6", "--format", "jsonl"]
+    assert main(args) == 0
+    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    assert [d["member"] for d in sent if d["step"] == "thank-you-dm"] == ["u003"]
+
+
 PLAYBOOK_FILES = sorted(
     p for p in (ROOT / "playbooks").glob("*.yaml") if p.name != "cmtyflow.yaml" and not p.name.endswith(".test.yaml")
 )
