@@ -101,6 +101,28 @@ def test_a_survey_answer_after_the_results_went_out_is_not_counted_or_thanked(tm
     assert [d["member"] for d in sent if d["step"] == "thank-you-dm"] == ["u003"]
 
 
+def test_an_english_speaker_checks_in_with_an_english_word(tmp_path, capsys):
+    """The English texts told members to post "打卡": they had to type Chinese to check in.
+    "#checkin", in any case, counts as well."""
+    import json
+
+    from cmtyflow.cli import main
+
+    (tmp_path / "e.jsonl").write_text(
+        '{"id": "p1", "type": "message.posted", "at": "2026-12-02T09:00:00-05:00", "member": "u009", '
+        '"data": {"text": "#CheckIn day 1: finished chapter 2"}}\n',
+        encoding="utf-8",
+    )
+    args = ["dry-run", str(ROOT / "playbooks" / "checkin-challenge.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
+            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "3", "--format", "jsonl"]
+    assert main(args) == 0
+    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    done = [d for d in sent if d["step"] == "checkin-done"]
+    assert [d["member"] for d in done] == ["u009"] and "#checkin" not in done[0]["text"]
+    reminders = [d["text"] for d in sent if d["step"] == "nightly-reminder" and d["member"] == "u009"]
+    assert reminders and all('"#checkin"' in t for t in reminders)
+
+
 PLAYBOOK_FILES = sorted(
     p for p in (ROOT / "playbooks").glob("*.yaml") if p.name != "cmtyflow.yaml" and not p.name.endswith(".test.yaml")
 )
