@@ -99,6 +99,7 @@ def members_import(file: str, state: str | None) -> int:
     reported with their line and skipped (exit 1 when there were any).
     """
     problems: list[RowProblem] = []
+    repeats: list[RowProblem] = []
     store, location = store_at(state)
     kept: list[str] = []  # opted out in the state, opted_out false in the file
     try:
@@ -107,7 +108,7 @@ def members_import(file: str, state: str | None) -> int:
         def rows() -> Any:
             # SPEC 5.2: nothing goes out after a recorded opt-out. An older export of
             # the roster must not undo it: the member opts back in by an event.
-            for row in read_roster(file, problems):
+            for row in read_roster(file, problems, repeats):
                 if row.get("opted_out") is False and row["id"] in opted_out:
                     row = {k: v for k, v in row.items() if k != "opted_out"}
                     kept.append(row["id"])
@@ -118,6 +119,10 @@ def members_import(file: str, state: str | None) -> int:
         store.close()
     for problem in problems:
         click.echo(f"{problem}: row skipped", err=True)
+    for repeat in repeats[:NOTED_REPEATS]:
+        click.echo(f"note: {repeat}", err=True)
+    if len(repeats) > NOTED_REPEATS:
+        click.echo(f"note: {len(repeats) - NOTED_REPEATS} more rows repeat an id of an earlier row", err=True)
     if kept:
         click.echo(
             f"kept the opt-out of {len(kept)} member{'s' if len(kept) != 1 else ''} the file says have not opted out "
@@ -125,7 +130,8 @@ def members_import(file: str, state: str | None) -> int:
             "member.opted_in event (cmtyflow emit member.opted_in --member ID)",
             err=True,
         )
-    click.echo(f"imported {n} members into {shown(location)}" + (f"; {len(problems)} rows skipped" if problems else ""))
+    members_text = f"{n - len(repeats)} members ({n} rows)" if repeats else f"{n} members"
+    click.echo(f"imported {members_text} into {shown(location)}" + (f"; {len(problems)} rows skipped" if problems else ""))
     return EXIT_ERROR if problems else EXIT_OK
 
 
@@ -256,6 +262,9 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
 
 
 # launch -----------------------------------------------------------------------------------------
+
+
+NOTED_REPEATS = 10  # rows repeating an id, named one by one; the rest counted
 
 
 @cli.command("launch")

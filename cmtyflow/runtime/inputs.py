@@ -216,8 +216,25 @@ def _delimiter(fh: Any, path: str) -> str:
     )
 
 
-def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[str, Any]]:
-    """Members from a CSV or JSON-lines file, streamed; bad rows go to ``problems``."""
+def read_roster(
+    path: str | Path, problems: list[RowProblem], repeats: list[RowProblem] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Members from a CSV or JSON-lines file, streamed; bad rows go to ``problems``. With
+    ``repeats``, a row whose id an earlier row of the file had goes there too (it is
+    still read: its fields are merged over the earlier row's, as any update is)."""
+    rows = _roster_rows(path, problems)
+    if repeats is None:
+        yield from (member for _, member in rows)
+        return
+    seen: set[str] = set()
+    for line, member in rows:
+        if member["id"] in seen:
+            repeats.append(RowProblem(str(path), line, f"member {member['id']} again: this row's fields are merged over the earlier row's"))
+        seen.add(member["id"])
+        yield member
+
+
+def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     text_path = str(path)
     with open_text(path) as fh:
@@ -229,9 +246,11 @@ def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[s
                     raw = json.loads(line)
                     if not isinstance(raw, dict):
                         raise ValueError("a member must be a JSON object")
-                    yield _member(raw)
+                    member = _member(raw)
                 except (ValueError, TypeError) as exc:
                     problems.append(RowProblem(text_path, lineno, str(exc)))
+                    continue
+                yield lineno, member
             return
         # strict: a quote left open would otherwise take every later row into one cell.
         reader = csv.DictReader(fh, delimiter=_delimiter(fh, text_path), strict=True)
@@ -251,9 +270,11 @@ def read_roster(path: str | Path, problems: list[RowProblem]) -> Iterator[dict[s
                     'cell is written twice: "say ""hi"""); nothing from the file was used'
                 ) from None
             try:
-                yield _member(row)
+                member = _member(row)
             except ValueError as exc:
                 problems.append(RowProblem(text_path, start, str(exc)))
+                continue
+            yield start, member
 
 
 def _id_text(value: Any, what: str) -> str:

@@ -127,6 +127,19 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     assert code == 1 and "no state at" in err
 
 
+def test_a_roster_naming_a_member_twice_is_imported_with_a_note(tmp_path, capsys):
+    """A member in two rows of one file (exported from two groups) was merged without a
+    word, and the count said rows, not members."""
+    (tmp_path / "m.csv").write_text("id,name,tags\nu1,Ann,reading\nu2,Bob,\nu1,Ann L,fitness\n", encoding="utf-8")
+    state = str(tmp_path / "state.db")
+    code, out, err = cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)
+    assert code == 0 and out.startswith("imported 2 members (3 rows) into ")
+    assert err == f"note: {tmp_path / 'm.csv'}:4: member u1 again: this row's fields are merged over the earlier row's\n"
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
+    (ann,) = [m for m in json.loads(out) if m["id"] == "u1"]
+    assert ann["name"] == "Ann L"
+
+
 def test_reading_commands_refuse_a_missing_state(tmp_path, capsys):
     code, _, err = cli(capsys, "status", "--state", str(tmp_path / "none.db"))
     assert code == 1 and "no state at" in err
