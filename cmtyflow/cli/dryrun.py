@@ -13,9 +13,11 @@ import click
 from ..clock import SystemClock
 from ..errors import UserError
 from ..runtime.dryrun import build_dry_run
+from ..runtime.inputs import RowProblem
 from ..runtime.prepare import default_days, load_programs, parse_start
 from ..runtime.simulate import SimulationSpecError
 from . import EXIT_OK, cli
+from .state import note_repeats
 from .timeline import TextTimeline, print_summary
 
 
@@ -58,6 +60,7 @@ def dry_run(
     timeline = TextTimeline(sys.stdout) if fmt == "text" else None
 
     names: dict[str, str | None] = {}
+    repeats: list[RowProblem] = []
 
     def name_of(member: str) -> str | None:
         """The member's name as the roster has it, for the report's transcript."""
@@ -81,12 +84,13 @@ def dry_run(
     try:
         sim, problems = build_dry_run(
             programs, start=begin, days=span, roster=roster, events=events_file, simulate=simulate,
-            seed=seed, sink=sink, progress=progress,
+            seed=seed, sink=sink, progress=progress, repeats=repeats,
         )
     except SimulationSpecError as exc:
         raise UserError(f"--simulate: {exc}") from None
     for problem in problems:
         click.echo(f"{problem}: row skipped", err=True)
+    note_repeats(repeats)
     if bar is not None:
         with bar:
             sim.run()

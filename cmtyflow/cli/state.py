@@ -119,10 +119,7 @@ def members_import(file: str, state: str | None) -> int:
         store.close()
     for problem in problems:
         click.echo(f"{problem}: row skipped", err=True)
-    for repeat in repeats[:NOTED_REPEATS]:
-        click.echo(f"note: {repeat}", err=True)
-    if len(repeats) > NOTED_REPEATS:
-        click.echo(f"note: {len(repeats) - NOTED_REPEATS} more rows repeat an id of an earlier row", err=True)
+    note_repeats(repeats)
     if kept:
         click.echo(
             f"kept the opt-out of {len(kept)} member{'s' if len(kept) != 1 else ''} the file says have not opted out "
@@ -265,6 +262,14 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
 
 
 NOTED_REPEATS = 10  # rows repeating an id, named one by one; the rest counted
+
+
+def note_repeats(repeats: list[RowProblem]) -> None:
+    """Roster rows that name a member an earlier row named, on stderr (``read_roster``)."""
+    for repeat in repeats[:NOTED_REPEATS]:
+        click.echo(f"note: {repeat}", err=True)
+    if len(repeats) > NOTED_REPEATS:
+        click.echo(f"note: {len(repeats) - NOTED_REPEATS} more rows repeat an id of an earlier row", err=True)
 
 
 @cli.command("launch")

@@ -98,15 +98,17 @@ def build_dry_run(
     seed: int,
     sink: Callable[[dict[str, Any]], None],
     progress: Callable[[float], None] | None = None,
+    repeats: list[RowProblem] | None = None,
 ) -> tuple[DryRun, list[RowProblem]]:
     """A dry run with its roster, events and synthetic behaviour loaded, as both
     ``cmtyflow dry-run`` and ``cmtyflow test`` run it. Bad input rows are returned,
-    not raised; a bad ``simulate`` spec raises ``SimulationSpecError``."""
+    not raised; a bad ``simulate`` spec raises ``SimulationSpecError``. Roster rows
+    repeating an earlier row's member go to ``repeats`` when given (``read_roster``)."""
     tz_name = programs[0].playbook.timezone
     simulation = Simulation(parse_spec(simulate), seed=seed, default_tz=tz_name) if simulate else None
     sim = DryRun(programs, start=start, days=days, sink=sink, simulation=simulation, progress=progress)
     problems: list[RowProblem] = []
-    sim.load_roster(read_roster(roster, problems))
+    sim.load_roster(read_roster(roster, problems, repeats))
     if events:
         sim.load_events(read_events(events, problems, ZoneInfo(tz_name)))
     return sim, problems

@@ -92,6 +92,14 @@ def test_bad_playbook_refused_with_location(tmp_path, capsys):
     assert "hello.yaml:12:42: error: trigger starts flow 'mornin', which does not exist (did you mean 'morning'?)" in err
 
 
+def test_a_member_in_two_roster_rows_is_noted_as_members_import_notes_it(tmp_path, capsys):
+    args = _files(tmp_path)
+    (tmp_path / "m.csv").write_text(ROSTER + "u2,Bobby,Europe/Berlin\n", encoding="utf-8")
+    assert main(["dry-run", *args]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'm.csv'}:4: member u2 again: this row's fields are merged over the earlier row's" in err
+
+
 def test_bad_rows_reported_not_fatal(tmp_path, capsys):
     args = _files(tmp_path)
     (tmp_path / "m.csv").write_text(ROSTER + ",nobody,\n", encoding="utf-8")
