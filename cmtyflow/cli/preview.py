@@ -22,7 +22,9 @@ from . import EXIT_OK, cli
 @click.option("--member", "member_id", help="the member the message is for (omit for a channel post)")
 @click.option("--roster", type=click.Path(exists=True, dir_okay=False), help="members, CSV or JSON lines")
 @click.option("--at", "at", help="render as of this ISO 8601 time (default: now)")
-@click.option("--state", "state_json", help='member state to render with, JSON, e.g. \'{"streak": 7}\'')
+@click.option("--member-state", "--state", "state_json",
+              help='the member\'s playbook state to render with, JSON, e.g. \'{"streak": 7}\' (not a state file: '
+                   'preview reads no store)')
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def preview_cmd(
     playbook: str, step: str, member_id: str | None, roster: str | None, at: str | None,
@@ -48,9 +50,12 @@ def preview_cmd(
         try:
             state = json.loads(state_json)
         except json.JSONDecodeError as exc:
-            raise UserError(f"--state is not JSON: {exc.msg}") from None
+            hint = ""
+            if state_json.endswith(".db") or "/" in state_json or state_json.startswith("postgres"):
+                hint = " (it reads like a state file: preview reads no store; give the member's state as JSON)"
+            raise UserError(f"--member-state is not JSON: {exc.msg}{hint}") from None
         if not isinstance(state, dict):
-            raise UserError("--state must be a JSON object")
+            raise UserError("--member-state must be a JSON object")
     try:
         result = preview(programs, step, member_id, members, now, state)
     except RenderError as exc:

@@ -162,6 +162,11 @@ def test_preview_renders_literally_and_lists_steps(tmp_path, capsys):
     assert "no send step 'nope'; send steps are: again, brief, hi" in capsys.readouterr().err
     assert main(["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "zz", "--roster", str(tmp_path / "m.csv")]) == 1
     assert "member 'zz' is not in the roster" in capsys.readouterr().err
+    # --state (or --member-state) is the member's state as JSON, not a state file.
+    assert main([*args, "--state", '{"streak": 7}']) == 0
+    capsys.readouterr()
+    assert main([*args, "--state", ".cmtyflow/state.db"]) == 1
+    assert "--member-state is not JSON: Expecting value (it reads like a state file: preview reads no store" in capsys.readouterr().err
     # Without a roster the member has only an id: said, not rendered silently empty.
     assert main(["preview", str(tmp_path / "hello.yaml"), "hi", "--member", "u1"]) == 0
     out, err = capsys.readouterr()
