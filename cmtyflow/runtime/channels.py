@@ -10,6 +10,12 @@ Rules:
   (and so one rate limit), whichever playbooks name them; HTTP adapters share one
   aiohttp session.
 - ``adapter_for(playbook, channel)`` is how the dispatcher finds where a message goes.
+- Runs in flight on an older version of a playbook (live edits) send through the
+  channels of the current one; a channel the current version no longer has (renamed,
+  removed, or the playbook no longer loaded) is opened from the older version's
+  settings (``add_older``), so their messages still go. One that cannot be opened
+  (its environment variable is gone) is left out: its messages are dead-lettered
+  with "not configured", and the runner logs which.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class ChannelSet:
         self._by_config: dict[str, OpenChannel] = {}
         self._by_channel: dict[tuple[str, str], OpenChannel] = {}
         self._session: Any = None
+        self._environ = environ
+        self._overrides = overrides
         problems: list[str] = []
         for prog in programs:
             for name, channel in prog.playbook.channels.items():
@@ -85,6 +93,28 @@ class ChannelSet:
         opened = OpenChannel(name, adapter_name, adapter, cls.capabilities)
         self._by_config[key] = opened
         return opened
+
+    def add_older(self, programs: list[Program]) -> list[str]:
+        """The channels of older versions (``programs``) that no current one has, opened
+        from their own settings; returns why each one that could not be opened was not."""
+        problems: list[str] = []
+        for prog in programs:
+            for name, channel in prog.playbook.channels.items():
+                if (prog.name, name) in self._by_channel:
+                    continue  # the current version's channel of that name
+                if self._overrides and name in self._overrides:
+                    adapter = self._overrides[name]
+                    opened = self._by_config.setdefault(
+                        f"override:{name}", OpenChannel(name, channel.adapter, adapter, type(adapter).capabilities)
+                    )
+                else:
+                    try:
+                        opened = self._open(prog, name, channel.adapter, channel.settings(), self._environ)
+                    except _ChannelProblem as exc:
+                        problems.append(f"{exc} (an older version's channel, for its runs in flight)")
+                        continue
+                self._by_channel[(prog.name, name)] = opened
+        return problems
 
     def adapter_for(self, playbook: str, channel: str) -> OpenChannel | None:
         return self._by_channel.get((playbook, channel))

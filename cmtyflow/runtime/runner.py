@@ -250,6 +250,8 @@ def build_runner(
     for (playbook, version), n in sorted(missing.items()):
         log("version_unknown", playbook=playbook, version=version[:12], runs=n,
             detail="no copy of that version is kept; these runs continue on the current version")
+    for problem in channels.add_older(older):
+        log("channel_unavailable", detail=problem)
     return Runner(programs, store, channels, clock, log=log, older=older, loaded=result.playbooks, **options)
 
 

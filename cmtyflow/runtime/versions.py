@@ -64,7 +64,11 @@ def rebuild(snap: dict[str, Any], version: str, formats: dict[str, tuple[str, ..
     """The program of a stored version, or None if it no longer loads (a removed
     adapter, say)."""
     with tempfile.TemporaryDirectory(prefix="cmtyflow-version-") as tmp:
-        root = Path(tmp)
+        # One folder down in a private one: templates are also looked up in the
+        # playbook's parent folder (``../templates``), which is then ours and empty,
+        # not the system's temporary folder, where anyone may write.
+        root = Path(tmp) / "version"
+        root.mkdir()
         (root / snap["file"]).write_text(snap["text"], encoding="utf-8")
         if snap.get("defaults") is not None:
             (root / DEFAULTS_NAME).write_text(snap["defaults"], encoding="utf-8")
@@ -76,18 +80,24 @@ def rebuild(snap: dict[str, Any], version: str, formats: dict[str, tuple[str, ..
         result = load([root / snap["file"]])
         if not result.ok or not result.playbooks:
             return None
-        # The rebuilt copy hashes its temporary paths; it is the stored version.
-        return compile_program(replace(result.playbooks[0], version=version), formats)
+        from .prepare import adapter_formats
+
+        # The formats of its own channels' adapters (an edit may have changed them: its
+        # templates are the ones it was written with). The rebuilt copy hashes its
+        # temporary paths; it is the stored version.
+        own = {**formats, **adapter_formats(result)}
+        return compile_program(replace(result.playbooks[0], version=version), own)
 
 
 def recorded(store: Store) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """playbook -> [(version, snapshot)] in the order first run."""
-    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    """playbook -> [(version, snapshot)], the version run last at the end (a version run
+    again, an edit undone, moves to the end: it is the one running)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for entry in store.audit([KIND]):
-        versions = out.setdefault(entry["playbook"], [])
-        if all(v != entry["version"] for v, _ in versions):
-            versions.append((entry["version"], entry["snapshot"]))
-    return out
+        versions = out.setdefault(entry["playbook"], {})
+        versions.pop(entry["version"], None)
+        versions[entry["version"]] = entry["snapshot"]
+    return {name: list(versions.items()) for name, versions in out.items()}
 
 
 def playbook_zones(store: Store) -> dict[str, str]:
@@ -103,13 +113,15 @@ def playbook_zones(store: Store) -> dict[str, str]:
 
 
 def record(store: Store, loaded: Iterable[LoadedPlaybook], now: datetime) -> list[tuple[str, bool]]:
-    """Keep a snapshot of each version not kept yet; returns (playbook, first version
-    of it) for each one recorded."""
+    """Keep a snapshot of each version that is not the one run last (a new version, or
+    an older one run again: an edit undone), so that the last one recorded is the one
+    running; returns (playbook, first version of it) for each one recorded."""
     known = recorded(store)
     fresh = []
     for item in loaded:
         name = item.playbook.name
-        if any(v == item.version for v, _ in known.get(name, [])):
+        kept = known.get(name, [])
+        if kept and kept[-1][0] == item.version:
             continue
         store.record(now, KIND, playbook=name, version=item.version, snapshot=snapshot(item))
         fresh.append((name, name not in known))

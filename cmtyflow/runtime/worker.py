@@ -381,6 +381,8 @@ class Worker:
             for (playbook, version), n in sorted(missing.items()):
                 self.log("version_unknown", playbook=playbook, version=version[:12], runs=n,
                          detail="no copy of that version is kept; these runs continue on the current version")
+            for problem in self.channels.add_older(older):
+                self.log("channel_unavailable", detail=problem)
             now = self.clock.now()
             versions.record(presence, self.result.playbooks, now)
             presence.record(now, "worker_started", pid=os.getpid(), versions={p.name: p.version for p in self.programs})

@@ -74,6 +74,70 @@ async def test_a_run_finishes_on_its_version_and_plan_says_so(tmp_path, sink, ha
     assert "drip: unchanged" in capsys.readouterr().out
 
 
+async def test_runs_in_flight_still_send_when_an_edit_renames_their_channel(tmp_path, sink, harness):
+    """Channels were opened from the current version only: renaming `hook` to `main`
+    dead-lettered every remaining message of the runs in flight ("channel 'hook' is not
+    configured"), while plan said nothing was affected."""
+    path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
+    h = harness([path], T0)
+    await h.open()
+    await _join(h, "u1", T0)
+    await h.at(T0)
+    await h.close()
+    renamed = V1.replace("  hook: {{", "  main: {{").replace("channel: hook", "channel: main")
+    path.write_text(renamed.format(url=sink.url).lstrip("\n"), encoding="utf-8")
+    await h.open()
+    await _join(h, "u2", T0 + timedelta(hours=1))
+    await h.run_until(T0 + timedelta(days=3))
+    texts = sorted((r.body["member"], r.body["text"], r.body["channel"]) for r in sink.requests)
+    assert texts == [("u1", "first", "hook"), ("u1", "second v1", "hook"),
+                     ("u2", "first", "main"), ("u2", "second v1", "main")]
+    assert h.store.outbox_counts().get("dead", 0) == 0
+    await h.close()
+
+
+async def test_a_rebuilt_version_reads_only_its_own_templates(tmp_path, sink, harness, monkeypatch):
+    """An older version was rebuilt in the system's temporary folder, whose `templates/`
+    (anyone may write /tmp/templates) the template lookup searched too: text put there
+    reached the members of runs in flight."""
+    import tempfile
+
+    shared_tmp = tmp_path / "tmp"
+    (shared_tmp / "templates").mkdir(parents=True)
+    # A member's own locale is looked for first, in every template folder.
+    (shared_tmp / "templates" / "later.zh-CN.txt.j2").write_text("INJECTED", encoding="utf-8")
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))
+    v1 = V1.replace('text: "second v1"', "template: later")
+    path = write_playbook(tmp_path / "pb", v1.format(url=sink.url))
+    (tmp_path / "pb" / "templates").mkdir()
+    (tmp_path / "pb" / "templates" / "later.txt.j2").write_text("own later", encoding="utf-8")
+    h = harness([path], T0)
+    await h.open()
+    await _join(h, "u1", T0)
+    h.store.put_members([{"id": "u1", "name": "u1", "locale": "zh-CN"}])
+    await h.at(T0)
+    await h.close()
+    path.write_text(v1.replace('"first"', '"first v2"').format(url=sink.url).lstrip("\n"), encoding="utf-8")
+    await h.open()
+    await h.run_until(T0 + timedelta(days=2))
+    assert [r.body["text"] for r in sink.requests] == ["first", "own later"]
+    await h.close()
+
+
+async def test_an_edit_undone_is_the_version_running_for_plan(tmp_path, sink, harness, capsys):
+    """v1, then v2, then v1 again: the last version recorded was v2 (a version was kept
+    once, when first seen), so plan of the v1 running now showed a change to make."""
+    path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
+    h = harness([path], T0)
+    for text in (V1, V2, V1):
+        path.write_text(text.format(url=sink.url).lstrip("\n"), encoding="utf-8")
+        await h.open()
+        await h.at(T0)
+        await h.close()
+    assert main(["plan", str(path), "--state", str(h.state)]) == 0
+    assert "drip: unchanged" in capsys.readouterr().out
+
+
 async def test_plan_for_a_playbook_never_run(tmp_path, sink, capsys):
     path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
     state = tmp_path / "s.db"
