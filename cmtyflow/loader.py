@@ -264,7 +264,7 @@ class _Session:
         if playbook is None:
             return None
         return LoadedPlaybook(
-            path, text, playbook, smap, templates, _version(text, defaults, templates)
+            path, text, playbook, smap, templates, _version(Path(path), text, defaults, templates)
         )
 
     def _templates(self, data: dict[str, Any], dirs: list[Path]) -> dict[str, list[TemplateSource]]:
@@ -322,14 +322,21 @@ def _merge(data: dict[str, Any], smap: SourceMap, defaults: _Defaults) -> dict[s
 
 
 def _version(
-    text: str, defaults: _Defaults | None, templates: dict[str, list[TemplateSource]]
+    path: Path, text: str, defaults: _Defaults | None, templates: dict[str, list[TemplateSource]]
 ) -> str:
+    """The hash of what the playbook is made of. Templates count by their place beside the
+    playbook (``templates/x.j2``, ``../templates/x.j2``), not by the path the playbook was
+    given as: ``pb.yaml`` and ``/home/club/pb.yaml`` are one version."""
     digest = hashlib.sha256(text.encode("utf-8"))
     if defaults is not None:
         digest.update(b"\0defaults\0" + defaults.text.encode("utf-8"))
-    sources = sorted((str(s.path), s.source) for group in templates.values() for s in group)
-    for path, source in sources:
-        digest.update(b"\0template\0" + path.encode("utf-8") + b"\0" + source.encode("utf-8"))
+    here = path.resolve().parent
+    sources = sorted(
+        (Path(os.path.relpath(Path(s.path).resolve(), here)).as_posix(), s.source)
+        for group in templates.values() for s in group
+    )
+    for where, source in sources:
+        digest.update(b"\0template\0" + where.encode("utf-8") + b"\0" + source.encode("utf-8"))
     return digest.hexdigest()
 
 

@@ -380,3 +380,24 @@ def test_only_standard_tags_are_read(text, message):
     parsed = parse(text)
     assert [p.message for p in parsed.problems] == [message]
     assert not parsed.usable
+
+
+def test_a_playbooks_version_does_not_depend_on_how_its_path_is_written(tmp_path, monkeypatch):
+    """Templates counted in the version by the path as given: `pb.yaml` and its absolute
+    path were two versions, so a cron job and a person on one state saw an edit each
+    time the other had run."""
+    folder = tmp_path / "club"
+    (folder / "templates").mkdir(parents=True)
+    (folder / "templates" / "hi.txt.j2").write_text("hi {{ member.name }}", encoding="utf-8")
+    (folder / "pb.yaml").write_text(
+        "cmtyflow: 1\nname: pb\ntimezone: UTC\nchannels:\n  dm: {adapter: console}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: f}\nflows:\n  f:\n    - {id: hi, send: {template: hi}}\n",
+        encoding="utf-8",
+    )
+    absolute = load([folder / "pb.yaml"]).playbooks[0].version
+    monkeypatch.chdir(folder)
+    assert load(["pb.yaml"]).playbooks[0].version == absolute
+    monkeypatch.chdir(folder / "templates")
+    assert load(["../pb.yaml"]).playbooks[0].version == absolute
+    (folder / "templates" / "hi.txt.j2").write_text("hello {{ member.name }}", encoding="utf-8")
+    assert load([folder / "pb.yaml"]).playbooks[0].version != absolute  # a template's text still counts
