@@ -138,6 +138,30 @@ async def test_an_edit_undone_is_the_version_running_for_plan(tmp_path, sink, ha
     assert "drip: unchanged" in capsys.readouterr().out
 
 
+async def test_an_older_version_renders_with_its_own_adapters_formats(tmp_path, sink, harness):
+    """v1 sends an HTML-only template through a webhook; v2 moves the channel to the
+    console (plain, markdown) with a text template. The older version was rebuilt with
+    v2's formats, found no template for them, and failed its runs in flight."""
+    v1 = V1.replace('text: "second v1"', "template: later")
+    path = write_playbook(tmp_path / "pb", v1.format(url=sink.url))
+    (tmp_path / "pb" / "templates").mkdir()
+    (tmp_path / "pb" / "templates" / "later.html.j2").write_text("<b>later</b>", encoding="utf-8")
+    h = harness([path], T0)
+    await h.open()
+    await _join(h, "u1", T0)
+    await h.at(T0)
+    await h.close()
+    v2 = v1.replace('{{adapter: webhook, url: "{url}"}}', "{{adapter: console}}")
+    path.write_text(v2.format(url=sink.url).lstrip("\n"), encoding="utf-8")
+    (tmp_path / "pb" / "templates" / "later.txt.j2").write_text("later", encoding="utf-8")
+    await h.open()
+    await h.run_until(T0 + timedelta(days=2))
+    assert [n for n in h.store.notes() if n["kind"] == "run_failed"] == []
+    (later,) = [r for r in h.store.outbox() if r.message.step == "second"]
+    assert (later.message.format, later.message.text, later.status) == ("html", "<b>later</b>", "sent")
+    await h.close()
+
+
 async def test_plan_for_a_playbook_never_run(tmp_path, sink, capsys):
     path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
     state = tmp_path / "s.db"
