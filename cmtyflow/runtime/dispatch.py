@@ -258,7 +258,7 @@ class Dispatcher:
                     results.append((key, "sent", {"sent_at": now(), "attempts": row.attempts + 1, "platform_id": receipt.platform_id, "last_error": None}))
                     stats.sent += 1
                     if log_sent is not None:
-                        log_sent(row)
+                        log_sent(row, opened)
                     if len(results) >= COMMIT_EVERY:
                         self._flush(calls)
                         await calls.settle(BACKLOG)
@@ -379,9 +379,12 @@ class Dispatcher:
         else:
             self._retry(row, exc, error, stats)
 
-    def _log_sent(self, row: OutboxRow) -> None:
+    def _log_sent(self, row: OutboxRow, opened: OpenChannel) -> None:
+        # The adapter that sent it: a channel's adapter may have changed since the
+        # message was queued (an edit), and the row keeps the one it was queued for.
         m = row.message
-        self.log("sent", key=m.key, playbook=m.playbook, flow=m.flow, step=m.step, channel=m.channel, adapter=m.adapter, member=m.member, to=m.to)
+        self.log("sent", key=m.key, playbook=m.playbook, flow=m.flow, step=m.step, channel=m.channel,
+                 adapter=opened.adapter_name, member=m.member, to=m.to)
 
     def _retry(self, row: OutboxRow, exc: TransientDeliveryError, error: str, stats: DispatchStats) -> None:
         m = row.message

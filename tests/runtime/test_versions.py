@@ -146,7 +146,8 @@ async def test_an_older_version_renders_with_its_own_adapters_formats(tmp_path, 
     path = write_playbook(tmp_path / "pb", v1.format(url=sink.url))
     (tmp_path / "pb" / "templates").mkdir()
     (tmp_path / "pb" / "templates" / "later.html.j2").write_text("<b>later</b>", encoding="utf-8")
-    h = harness([path], T0)
+    lines: list[tuple[str, dict]] = []
+    h = harness([path], T0, log=lambda event, /, **fields: lines.append((event, fields)))
     await h.open()
     await _join(h, "u1", T0)
     await h.at(T0)
@@ -159,6 +160,8 @@ async def test_an_older_version_renders_with_its_own_adapters_formats(tmp_path, 
     assert [n for n in h.store.notes() if n["kind"] == "run_failed"] == []
     (later,) = [r for r in h.store.outbox() if r.message.step == "second"]
     assert (later.message.format, later.message.text, later.status) == ("html", "<b>later</b>", "sent")
+    # The log names the adapter that sent it, not the one it was queued for.
+    assert [f["adapter"] for e, f in lines if e == "sent" and f["step"] == "second"] == ["console"]
     await h.close()
 
 
