@@ -49,8 +49,10 @@ def plan(paths: tuple[str, ...], state: str | None, fmt: str) -> int:
             click.echo(f"  step {change.flow}/{change.step} {change.change}: {change.detail}")
         for line in p.triggers:
             click.echo(f"  {line}")
-        if p.old != p.new and not p.changes and not p.triggers:
-            click.echo("  no step or trigger changed (templates, defaults or comments did)")
+        for line in p.other:
+            click.echo(f"  {line}")
+        if p.old != p.new and not p.changes and not p.triggers and not p.other:
+            click.echo("  no step, trigger, setting, channel or template changed (comments or layout did)")
         if not p.runs and not p.unknown_versions:
             click.echo("  no runs in flight on an older version")
         for group in p.runs:

@@ -179,6 +179,7 @@ class PlaybookPlan:
     new: str
     changes: list[StepChange] = field(default_factory=list)
     triggers: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)  # what else changed: settings, channels, templates
     runs: list[RunGroup] = field(default_factory=list)
     unknown_versions: int = 0  # active runs on a version with no snapshot
 
@@ -256,6 +257,41 @@ def trigger_changes(old: Program, new: Program) -> list[str]:
     return out
 
 
+def other_changes(old: Program, new: Program) -> list[str]:
+    """What changed besides steps and triggers, each said once: a top-level setting (the
+    folder defaults' included), a channel (added, removed, its adapter or settings; the
+    runs in flight send through the current one of that name), a template's files."""
+    out: list[str] = []
+    a = old.playbook.model_dump(exclude={"flows", "triggers", "channels"})
+    b = new.playbook.model_dump(exclude={"flows", "triggers", "channels"})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            out.append(f"{key} changed")
+    for name in sorted(set(old.playbook.channels) | set(new.playbook.channels)):
+        was, now = old.playbook.channels.get(name), new.playbook.channels.get(name)
+        if was is None:
+            out.append(f"channel {name} added")
+        elif now is None:
+            out.append(f"channel {name} removed (runs in flight on the older version still send through it)")
+        elif was.adapter != now.adapter:
+            out.append(f"channel {name}: adapter {was.adapter} -> {now.adapter} (for runs in flight too)")
+        elif was.settings() != now.settings():
+            out.append(f"channel {name}: settings changed (for runs in flight too)")
+
+    def sources(prog: Program) -> dict[str, dict[Any, str]]:
+        return {name: {k: t.source for k, t in ts.files.items()} for name, ts in prog.templates.items()}
+
+    was_t, now_t = sources(old), sources(new)
+    for name in sorted(set(was_t) | set(now_t)):
+        if name not in now_t:
+            out.append(f"template {name} no longer used")
+        elif name not in was_t:
+            out.append(f"template {name} now used")
+        elif was_t[name] != now_t[name]:
+            out.append(f"template {name} changed")
+    return out
+
+
 def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...]]) -> list[PlaybookPlan]:
     known = recorded(store)
     active: dict[str, Counter[tuple[str, str, int]]] = {}
@@ -273,6 +309,7 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
             if old is not None:
                 result.changes = diff(old, prog)
                 result.triggers = trigger_changes(old, prog)
+                result.other = other_changes(old, prog)
         for (version, flow, pc), n in sorted(active.get(prog.name, Counter()).items()):
             if version == prog.version:
                 continue

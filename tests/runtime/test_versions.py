@@ -74,7 +74,7 @@ async def test_a_run_finishes_on_its_version_and_plan_says_so(tmp_path, sink, ha
     assert "drip: unchanged" in capsys.readouterr().out
 
 
-async def test_runs_in_flight_still_send_when_an_edit_renames_their_channel(tmp_path, sink, harness):
+async def test_runs_in_flight_still_send_when_an_edit_renames_their_channel(tmp_path, sink, harness, capsys):
     """Channels were opened from the current version only: renaming `hook` to `main`
     dead-lettered every remaining message of the runs in flight ("channel 'hook' is not
     configured"), while plan said nothing was affected."""
@@ -86,6 +86,11 @@ async def test_runs_in_flight_still_send_when_an_edit_renames_their_channel(tmp_
     await h.close()
     renamed = V1.replace("  hook: {{", "  main: {{").replace("channel: hook", "channel: main")
     path.write_text(renamed.format(url=sink.url).lstrip("\n"), encoding="utf-8")
+    # plan says what changed (it said "no step or trigger changed" and nothing else)
+    assert main(["plan", str(path), "--state", str(h.state)]) == 0
+    out = capsys.readouterr().out
+    assert "  channel hook removed (runs in flight on the older version still send through it)\n" in out
+    assert "  channel main added\n" in out
     await h.open()
     await _join(h, "u2", T0 + timedelta(hours=1))
     await h.run_until(T0 + timedelta(days=3))
