@@ -7,8 +7,13 @@ Rules:
   underscore, no mutation of lists or dicts, a misspelled name raises.
 - Rendering is bounded: output size (``MAX_OUTPUT``), ``range()`` and string or list
   repetition (``MAX_REPEAT``), total loop iterations through ``range`` per render
-  (``MAX_ITERATIONS``), and the exponent of ``**`` (``MAX_EXPONENT``). Over a bound the
-  render raises ``RenderError`` with a message in playbook terms.
+  (``MAX_ITERATIONS``), and the exponent of ``**`` (``MAX_EXPONENT``). Text built on the
+  way is bounded too (``MAX_TEXT``: ``~`` and ``+``, padding and widths in ``center``,
+  ``indent``, ``format``, ``%`` and the string methods, ``join`` and ``replace``),
+  checked before it is built, so that a loop doubling a string cannot take the
+  runner's memory before the output's size is seen; and a macro that calls itself
+  stops at Python's recursion limit. Over a bound the render raises ``RenderError``
+  with a message in playbook terms.
 - Member data is only ever *context*, never template source, so a member named
   ``{{ 7*7 }}`` prints as such.
 - ``static_problems`` finds what can be seen without running: syntax errors, names
@@ -19,14 +24,17 @@ Rules:
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes, pass_eval_context
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.filters import FILTERS as _jinja_filters
 from jinja2.lexer import describe_token
 from jinja2.parser import Parser
 from jinja2.runtime import new_context
@@ -36,6 +44,8 @@ MAX_OUTPUT = 64 * 1024
 MAX_REPEAT = 10_000
 MAX_ITERATIONS = 100_000
 MAX_EXPONENT = 256
+MAX_TEXT = 4 * MAX_OUTPUT  # characters in any text built while rendering
+MAX_INDENT = 256
 
 # Names SPEC 2 puts in scope. ``audience`` exists in campaign runs, ``checkin`` after a
 # checkin step, ``wait`` after a wait; they are all accepted statically and are
@@ -91,7 +101,118 @@ def _safe_pow(left: Any, right: Any) -> Any:
     return operator.pow(left, right)
 
 
-_BINOPS: dict[str, Callable[[Any, Any], Any]] = {"*": _safe_mul, "**": _safe_pow}
+def _too_long(size: int, what: str) -> None:
+    if size > MAX_TEXT:
+        raise SecurityError(f"{what} would make a text of {size} characters, over the limit of {MAX_TEXT}")
+
+
+def _safe_add(left: Any, right: Any) -> Any:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        _too_long(len(left) + len(right), "+")
+    return operator.add(left, right)
+
+
+_WIDTH = re.compile(r"%[-+ #0]*(\d+)?(?:\.(\d+))?|\{[^{}]*?:[^{}]*?(\d+)(?:\.(\d+))?[^{}]*\}")
+
+
+def _check_widths(fmt: Any, what: str) -> None:
+    """A format string whose widths or precisions would pad a text past ``MAX_TEXT``
+    (``'%1000000000s'``, ``'{:>1000000000}'``), or whose widths come from its arguments
+    (``'{:{w}}'``), is refused before it is formatted."""
+    if not isinstance(fmt, str):
+        return
+    if re.search(r"\{[^{}]*:[^{}]*\{", fmt) or re.search(r"%[-+ #0]*\*|%[-+ #0]*\d*\.\*", fmt):
+        raise SecurityError(f"{what}: widths taken from the arguments are not allowed")
+    for found in _WIDTH.finditer(fmt):
+        for number in found.groups():
+            if number is not None:
+                _too_long(int(number), what)
+
+
+def _safe_mod(left: Any, right: Any) -> Any:
+    _check_widths(left, "%")
+    result = operator.mod(left, right)
+    if isinstance(result, str):
+        _too_long(len(result), "%")
+    return result
+
+
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {"*": _safe_mul, "**": _safe_pow, "+": _safe_add, "%": _safe_mod}
+
+
+def _join_size(sep: str, items: list[Any]) -> int:
+    return len(sep) * max(len(items) - 1, 0) + sum(len(x) if isinstance(x, str) else 16 for x in items)
+
+
+def _replace_size(text: str, old: Any, new: Any) -> int:
+    if not isinstance(old, str) or not isinstance(new, str):
+        return len(text)
+    count = text.count(old) if old else len(text) + 1
+    return len(text) + count * max(len(new) - len(old), 0)
+
+
+def _check_str_call(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Refuse a string method call that would build a text past ``MAX_TEXT``; returns
+    the arguments to call it with (``join``'s items, read once)."""
+    if name in ("ljust", "rjust", "center", "zfill") and args and isinstance(args[0], int):
+        _too_long(args[0], f"{name}()")
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int):
+            _too_long(len(text) + text.count("\t") * size, "expandtabs()")
+    elif name == "replace" and len(args) >= 2:
+        _too_long(_replace_size(text, args[0], args[1]), "replace()")
+    elif name == "join" and args:
+        items = list(args[0])
+        _too_long(_join_size(text, items), "join()")
+        return (items, *args[1:])
+    elif name in ("format", "format_map"):
+        _check_widths(text, f"{name}()")
+    return args
+
+
+def _bounded_center(value: Any, width: int = 80) -> str:
+    if isinstance(width, int):
+        _too_long(width, "center")
+    return str(value).center(width)
+
+
+def _bounded_indent(value: Any, width: Any = 4, first: bool = False, blank: bool = False) -> Any:
+    size = len(width) if isinstance(width, str) else width
+    if isinstance(size, int) and size > MAX_INDENT:
+        raise SecurityError(f"an indent of {size} is over the limit of {MAX_INDENT}")
+    return _jinja_filters["indent"](value, width, first, blank)
+
+
+def _bounded_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+    _check_widths(value, "format")
+    return _jinja_filters["format"](value, *args, **kwargs)
+
+
+@pass_eval_context
+def _bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+    items = list(value)
+    if attribute is None:
+        _too_long(_join_size(str(d), items), "join")
+    result = _jinja_filters["join"](eval_ctx, items, d, attribute)
+    _too_long(len(result), "join")
+    return result
+
+
+@pass_eval_context
+def _bounded_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+    _too_long(_replace_size(str(s), old, new), "replace")
+    return _jinja_filters["replace"](eval_ctx, s, old, new, count)
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, with ``~`` (string concatenation) checked against
+    ``MAX_TEXT`` once joined: a loop doubling a string stops at the bound."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_text(")
+        super().visit_Concat(node, frame)
+        self.write(")")
 
 
 # Mapping types whose instances have no attributes beyond their class's (plain dicts,
@@ -114,9 +235,23 @@ def item_first(cls: type) -> type:
 
 class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(_BINOPS)
+    code_generator_class = _BoundedCodeGenerator
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         return _BINOPS[operator_](left, right)
+
+    @staticmethod
+    def bounded_text(value: Any) -> Any:
+        if isinstance(value, str):
+            _too_long(len(value), "~")
+        return value
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        target = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped by the sandbox
+        owner = getattr(target, "__self__", None)
+        if isinstance(owner, str):
+            args = _check_str_call(owner, getattr(target, "__name__", ""), args, kwargs)
+        return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         names = _ITEM_FIRST.get(type(obj))
@@ -150,6 +285,8 @@ def _make_env() -> CmtyflowEnvironment:
         lstrip_blocks=True,
     )
     env.globals["range"] = _bounded_range
+    env.filters.update(center=_bounded_center, indent=_bounded_indent, format=_bounded_format,
+                       join=_bounded_join, replace=_bounded_replace)
     # The attr filter reaches attributes by computed name; the sandbox guards it, but
     # there is nothing a playbook needs it for (SPEC 2: bounded, inert templates).
     env.filters.pop("attr", None)
@@ -207,6 +344,8 @@ class Expression:
             raise
         except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
             raise RenderError(f"expression `{self.source}`: {_describe(exc)}") from exc
+        except RecursionError:
+            raise RenderError(f"expression `{self.source}`: it calls itself too deeply") from None
 
 
 class Template:
@@ -236,6 +375,8 @@ class Template:
             raise
         except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
             raise RenderError(f"template {self.name}: {_describe(exc)}") from exc
+        except RecursionError:
+            raise RenderError(f"template {self.name}: a macro calls itself too deeply") from None
         finally:
             _iterations.reset(token)
 

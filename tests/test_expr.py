@@ -3,11 +3,14 @@ member data is never evaluated as template source."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cmtyflow.expr import (
     RenderError,
     compile_template,
+    scope,
     static_problems_expression,
     static_problems_template,
 )
@@ -96,6 +99,46 @@ def test_repetition_with_runtime_values_fails_that_render_only():
     assert template.render({"vars": {"n": 3}}) == "aaa"
     with pytest.raises(RenderError, match="over the limit"):
         template.render({"vars": {"n": 10**9}})
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # a loop doubling a string: reached 24 GB before the output's size was seen
+        ("{% set ns = namespace(a='x') %}{% for i in range(9999) %}{% set ns.a = ns.a ~ ns.a %}{% endfor %}{{ ns.a }}",
+         "~ would make a text of 524288 characters, over the limit of 262144"),
+        ("{% set ns = namespace(a='x') %}{% for i in range(9999) %}{% set ns.a = ns.a + ns.a %}{% endfor %}{{ ns.a }}",
+         "+ would make a text of 524288 characters, over the limit of 262144"),
+        # padding built in one call: gigabytes allocated, then refused by size
+        ("{{ 'x' | center(vars.n) }}", "center would make a text of 1000000000 characters"),
+        ("{{ 'x' | indent(vars.n) }}", "an indent of 1000000000 is over the limit of 256"),
+        ("{{ '%1000000000s' | format('x') }}", "format would make a text of 1000000000 characters"),
+        ("{{ '%1000000000s' % 'x' }}", "% would make a text of 1000000000 characters"),
+        ("{{ '{:>1000000000}'.format('x') }}", "format() would make a text of 1000000000 characters"),
+        ("{{ '{:{w}}'.format('x', w=vars.n) }}", "format(): widths taken from the arguments are not allowed"),
+        ("{{ 'x'.ljust(vars.n) }}", "ljust() would make a text of 1000000000 characters"),
+        ("{{ ('x' * 10000).replace('x', 'y' * 10000) }}", "replace() would make a text of 100000000 characters"),
+        ("{{ ('x' * 10000) | replace('x', 'y' * 10000) }}", "replace would make a text of 100000000 characters"),
+        ("{{ range(9999) | map('string') | join('x' * 10000) }}", "join would make a text of"),
+        # a macro calling itself: "internal error: RecursionError" before
+        ("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "a macro calls itself too deeply"),
+    ],
+    ids=["concat", "plus", "center", "indent", "format", "percent", "str-format", "dynamic-width", "ljust",
+         "str-replace", "replace", "join", "recursion"],
+)
+def test_text_built_while_rendering_is_bounded_before_it_is_built(source, message):
+    with pytest.raises(RenderError, match=re.escape(message)):
+        compile_template(source).render(scope({"vars": {"n": 10**9}}))
+
+
+def test_ordinary_text_operations_still_work():
+    cases = {
+        "{{ 'a' ~ 'b' }}": "ab", "{{ 1 + 2 }}": "3", "{{ [1] + [2] }}": "[1, 2]", "{{ 7 % 3 }}": "1",
+        "{{ '%5.2f' | format(3.14159) }}": " 3.14", "{{ '%s-%s' % ('a', 'b') }}": "a-b", "{{ 'x' | center(5) }}": "  x  ",
+        "{{ 'a b' | replace(' ', '-') }}": "a-b", "{{ ['a', 'b'] | join(', ') }}": "a, b", "{{ '{:>3}'.format('x') }}": "  x",
+        "{{ 'l1\nl2' | indent(2) }}": "l1\n  l2", "{{ '-'.join(['a', 'b']) }}": "a-b",
+    }
+    assert {src: compile_template(src).render(scope({})) for src in cases} == cases
 
 
 def test_unknown_name_has_a_did_you_mean():
