@@ -4,7 +4,8 @@
 Rules:
 - A folder argument means every ``*.yaml`` / ``*.yml`` below it, except folder
   defaults (``cmtyflow.yaml``), golden transcript specs (``*.test.yaml``), anything
-  under a ``templates`` folder and hidden folders (``.git``, ``.github``).
+  under a ``templates`` folder, hidden folders (``.git``, ``.github``) and hidden files
+  (``.pre-commit-config.yaml``, an editor's ``.#pb.yaml`` lock).
 - A folder's ``cmtyflow.yaml`` (policies, channels, roles) applies to the playbooks in
   that folder; the playbook's own keys win, merged per key (each policy key, each
   channel name, each role name). Problems inside it point into that file.
@@ -122,6 +123,8 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
             for folder, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if d != "templates" and not d.startswith("."))
                 for name in sorted(files):
+                    if name.startswith("."):
+                        continue  # hidden, as folders are (.pre-commit-config.yaml, an editor's lock file)
                     if name == DEFAULTS_NAME:
                         defaults.append(Path(folder) / name)
                     elif _is_playbook_file(name):

@@ -367,3 +367,44 @@ def test_a_template_file_that_is_not_text(write, tmp_path, monkeypatch):
         "pb.yaml:34:40: template 'welcome' not found: looked for templates/welcome.zh-CN.*.j2 and templates/welcome.*.j2",
         "templates/welcome.txt.j2:1:1: template not UTF-8 text",
     ]
+
+
+SMALL = """\
+cmtyflow: 1
+name: x
+timezone: Asia/Shanghai
+channels: {dm: {adapter: console}}
+triggers: [TRIGGER]
+flows:
+  f:
+    - STEP
+"""
+
+
+@pytest.mark.parametrize(
+    ("trigger", "step", "expected"),
+    [
+        # every run failed on these ("template '' has no file", 1,000 sends then "ran past max_loop")
+        (None, "send: {channel: dm, variants: {}}", "8:7: error: variants needs at least one variant"),
+        (None, "repeat: {times: 100000000, steps: [{send: {channel: dm, text: x}}]}",
+         "8:7: error: times must be between 0 and 10000, not 100000000"),
+        (None, "repeat: {times: -5, steps: [{send: {channel: dm, text: x}}]}", "8:7: error: times must be between 0 and 10000, not -5"),
+        # a launch then failed the run on the wrong type
+        ('{id: c, manual: {inputs: {n: {type: integer, default: "abc"}}}, flow: f}', "send: {channel: dm, text: x}",
+         '5:38: error: default "abc" is not an integer'),
+    ],
+    ids=["empty-variants", "repeat-over-limit", "repeat-negative", "manual-default"],
+)
+def test_what_would_fail_every_run_is_refused_at_validate(trigger, step, expected):
+    text = SMALL.replace("TRIGGER", trigger or '{id: c, cron: "0 9 * * *", for_each: audience, flow: f}').replace("STEP", step)
+    found = [f"{p.line}:{p.col}: {p.severity}: {p.message}" for p in load_text(text, "pb.yaml").problems]
+    assert expected in found, found
+
+
+def test_hidden_files_in_a_folder_are_not_playbooks(tmp_path):
+    """An editor's lock file (.#pb.yaml, a dangling link) failed the whole folder."""
+    (tmp_path / "pb.yaml").write_text(SMALL.replace("TRIGGER", '{id: c, cron: "0 9 * * *", flow: f}').replace("STEP", "send: {channel: dm, text: x}"), encoding="utf-8")
+    (tmp_path / ".#pb.yaml").symlink_to(tmp_path / "nowhere")
+    (tmp_path / ".draft.yaml").write_text("not: [a playbook", encoding="utf-8")
+    result = load([tmp_path])
+    assert result.problems == [] and [p.playbook.name for p in result.playbooks] == ["x"]

@@ -372,9 +372,14 @@ class Interpreter:
         state = self.txn.state(prog.name, run.member)
         spec = ins.step.award
         if spec.points:
-            state["points"] = state.get("points", 0) + spec.points
+            points = state.get("points", 0)
+            if not isinstance(points, (int, float)) or isinstance(points, bool):
+                raise RunFailed(f"state.points is {points!r}, not a number: a set step wrote it; award adds to it")
+            state["points"] = points + spec.points
         if spec.badge:
             badges = state.setdefault("badges", [])
+            if not isinstance(badges, list):
+                raise RunFailed(f"state.badges is {badges!r}, not a list: a set step wrote it; award adds to it")
             if spec.badge not in badges:
                 badges.append(spec.badge)
         return False

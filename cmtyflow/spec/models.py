@@ -13,6 +13,7 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -199,6 +200,21 @@ class ManualInput(Model):
     default: Any = None
     description: str | None = None
 
+    @model_validator(mode="after")
+    def _default_of_its_type(self) -> ManualInput:
+        value = self.default
+        ok = value is None or {
+            "string": isinstance(value, str),
+            "integer": isinstance(value, int) and not isinstance(value, bool),
+            "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "boolean": isinstance(value, bool),
+        }[self.type]
+        if not ok:
+            article = "an" if self.type == "integer" else "a"
+            shown = json.dumps(value, ensure_ascii=False, default=str).replace("{", "{{").replace("}", "}}")
+            raise PydanticCustomError("manual_default", f"default {shown} is not {article} {self.type}")
+        return self
+
 
 class ManualSpec(Model):
     inputs: dict[str, ManualInput] = Field(default_factory=dict)
@@ -267,6 +283,8 @@ class SendSpec(Model):
                 "a send needs exactly one of text, template or variants"
                 + (f" (it has {' and '.join(given)})" if given else ""),
             )
+        if self.variants is not None and not self.variants:
+            raise PydanticCustomError("send_body", "variants needs at least one variant")
         for name, variant in (self.variants or {}).items():
             if (variant.text is None) == (variant.template is None):
                 raise PydanticCustomError(
@@ -420,6 +438,12 @@ class RepeatSpec(Model):
     def _one(self) -> RepeatSpec:
         if (self.times is None) == (self.while_ is None):
             raise PydanticCustomError("repeat", "a repeat needs exactly one of times or while")
+        if isinstance(self.times, int) and not isinstance(self.times, bool) and not 0 <= self.times <= 10_000:
+            # policies.max_loop is at most 10,000: a larger count would send that many
+            # messages and then fail the run (checked against the playbook's own max_loop too)
+            raise PydanticCustomError(
+                "repeat", "times must be between 0 and 10000, not {times}", {"times": self.times}
+            )
         return self
 
 

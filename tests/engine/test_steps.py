@@ -269,6 +269,19 @@ flows:
 """
 
 
+def test_award_on_points_a_set_step_made_text_fails_the_run_with_a_reason(simulate, tmp_path):
+    """`set: {points: "'abc'"}` then `award`: the run failed with "internal error:
+    TypeError: can only concatenate str"; the reason is said in the playbook's terms."""
+    text = TEMPLATE_ERROR.replace(
+        "    - id: hello\n      send: {channel: dm, template: hello}\n",
+        "    - set: {points: \"'abc'\"}\n    - award: {points: 10}\n",
+    )
+    out, summary = simulate(text, [{"id": "a", "name": "Ana"}], [], "2026-12-01", 1, tmp_path)
+    assert out == []
+    (warning,) = [w for w in summary["warnings"] if "failed" in w]
+    assert warning.endswith("state.points is 'abc', not a number: a set step wrote it; award adds to it")
+
+
 def test_template_error_fails_only_that_members_run(simulate, tmp_path):
     roster = [
         {"id": "a", "name": "Ana", "city": "Hangzhou"},
