@@ -79,8 +79,7 @@ def _file_problem(path: Path, message: str, line: int = 1, col: int = 1) -> Prob
 
 def _decode(path: Path, raw: bytes) -> tuple[str | None, Problem | None]:
     if len(raw) > MAX_BYTES:
-        size = len(raw) / MAX_BYTES
-        return None, _file_problem(path, f"file is {size:.1f} MiB; a playbook may be at most 1 MiB")
+        return None, _file_problem(path, f"file is {len(raw):,} bytes; a playbook may be at most 1 MiB ({MAX_BYTES:,} bytes)")
     if b"\x00" in raw:
         return None, _file_problem(path, "not UTF-8 text (the file looks binary)")
     try:
@@ -96,7 +95,7 @@ def _read(path: Path) -> tuple[str | None, Problem | None]:
         size = path.stat().st_size
         if size > MAX_BYTES:
             return None, _file_problem(
-                path, f"file is {size / MAX_BYTES:.1f} MiB; a playbook may be at most 1 MiB"
+                path, f"file is {size:,} bytes; a playbook may be at most 1 MiB ({MAX_BYTES:,} bytes)"
             )
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)

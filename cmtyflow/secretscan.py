@@ -92,7 +92,7 @@ def literal_secret(name: str, value: Any) -> str | None:
         return None
     found = credential_in_url(value)
     if found is not None:
-        return f"is a URL with {found} in it"
+        return f"is a URL with {found}" if found.endswith("in its query") else f"is a URL with {found} in it"
     if secret_name(name) and "${env:" not in value:
         return "holds a literal secret"
     return None

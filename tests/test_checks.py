@@ -190,11 +190,11 @@ def test_adapter_setting_of_the_wrong_type():
         ),
         (
             "url: https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc",
-            "setting 'url' is a URL with a credential in its query in it",
+            "setting 'url' is a URL with a credential in its query",
         ),
         (
             "url: https://oapi.dingtalk.com/robot/send?access_token=abc",
-            "setting 'url' is a URL with a credential in its query in it",
+            "setting 'url' is a URL with a credential in its query",
         ),
     ],
 )

@@ -873,7 +873,7 @@ def test_five_megabyte_file_is_refused_before_parsing(write, tmp_path, monkeypat
         "pb.yaml", b"cmtyflow: 1\nname: big\nvars:\n" + b"  k: " + b"x" * (5 * 1024 * 1024) + b"\n"
     )
     assert problems_of("pb.yaml") == [
-        "pb.yaml:1:1: error: file is 5.0 MiB; a playbook may be at most 1 MiB"
+        "pb.yaml:1:1: error: file is 5,242,914 bytes; a playbook may be at most 1 MiB (1,048,576 bytes)"
     ]
 
 
