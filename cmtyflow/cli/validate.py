@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from ..loader import load
-from ..problems import format_json, format_text, summary
+from ..loader import discover, load
+from ..problems import ERROR, Problem, format_json, format_text, summary
 from . import EXIT_ERROR, EXIT_OK, cli
 
 
@@ -23,17 +23,31 @@ from . import EXIT_ERROR, EXIT_OK, cli
 )
 def validate(paths: tuple[str, ...], fmt: str) -> int:
     """Check playbooks (files or folders) without running them."""
-    result = load(paths)
+    # A path that names no playbook (missing, a golden spec, a device) is a problem of
+    # its own, reported with the others, and the other paths are still checked: a tool
+    # reading --format json gets JSON either way.
+    unusable: list[Problem] = []
+    usable: list[str] = []
+    for given in paths:
+        try:
+            discover([given])
+        except UserError as exc:
+            message = str(exc)
+            unusable.append(Problem(given, 1, 1, ERROR, message.removeprefix(f"{given}: ")))
+        else:
+            usable.append(given)
+    result = load(usable)
+    problems = unusable + result.problems
     files = len(result.files)
-    if not files and not result.problems:  # a mistyped folder must not pass a CI step
+    if not files and not problems:  # a mistyped folder must not pass a CI step
         raise UserError(f"no playbooks found in {', '.join(paths)}")
     if fmt == "json":
-        click.echo(format_json(result.problems, files=files))
+        click.echo(format_json(problems, files=files))
     else:
-        if result.problems:
-            click.echo(format_text(result.problems))
-        click.echo(summary(files, result.problems))
-    return EXIT_OK if result.ok else EXIT_ERROR
+        if problems:
+            click.echo(format_text(problems))
+        click.echo(summary(files, problems))
+    return EXIT_OK if result.ok and not unusable else EXIT_ERROR
 
 
 cli.add_command(validate)

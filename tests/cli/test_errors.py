@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -33,13 +34,22 @@ def test_help_exits_0(capsys):
     assert "validate" in out and "schema" in out
 
 
-def test_a_missing_file_is_a_user_error(tmp_path, capsys):
+def test_a_missing_file_is_a_problem_like_any_other(tmp_path, capsys):
+    """Reported in the problem list (JSON for tools), exit 1, and the other paths still
+    checked: a path error printed text on stderr only and stopped everything."""
     missing = tmp_path / "nope.yaml"
     assert run(capsys, "validate", str(missing)) == (
         1,
+        f"{missing}:1:1: error: no such file or folder\n0 files, 1 error, 0 warnings\n",
         "",
-        f"error: {missing}: no such file or folder\n",
     )
+    good = tmp_path / "pb.yaml"
+    good.write_text("cmtyflow: 1\nname: pb\nchannels: {dm: {adapter: console}}\n"
+                    "triggers: [{id: j, event: member.joined, flow: f}]\nflows: {f: [{send: {text: hi}}]}\n", encoding="utf-8")
+    code, out, _ = run(capsys, "validate", "--format", "json", str(missing), str(good))
+    doc = json.loads(out)
+    assert code == 1 and doc["files"] == 1 and doc["errors"] == 1
+    assert [(p["path"], p["message"]) for p in doc["problems"]] == [(str(missing), "no such file or folder")]
 
 
 def test_a_user_error_raised_anywhere_exits_1(monkeypatch, capsys):
