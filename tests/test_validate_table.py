@@ -578,6 +578,20 @@ CASES = [
         ],
         id="full_width_colon",
     ),
+    # Text pasted from a web page: U+2028 is a line break to YAML, not to an editor.
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: x # the club's \u2028 reading night
+        flows: {}
+        """,
+        {},
+        [
+            "pb.yaml:2:22: error: YAML syntax error: did not find expected key; the file holds U+2028 (LINE SEPARATOR) "
+            "here, which YAML reads as a line break (copied from a web page?): delete it",
+        ],
+        id="line_separator",
+    ),
     pytest.param(
         """\
         cmtyflow: 1

@@ -82,7 +82,27 @@ def _full_width_colon(origin: Origin, lines: list[int]) -> tuple[int, int, str] 
     return None
 
 
-def _syntax_problem(exc: YAMLError, origin: Origin) -> YamlProblem:
+# Characters YAML reads as line breaks where editors show none (text copied from a web
+# page or a word processor): a syntax error they cause points a line off.
+_ODD_BREAKS = {"\u2028": "U+2028 (LINE SEPARATOR)", "\u2029": "U+2029 (PARAGRAPH SEPARATOR)", "\x85": "U+0085 (NEXT LINE)"}
+
+
+def _odd_break(text: str) -> tuple[int, int, str] | None:
+    """(line, column, hint) of the first such character, as an editor counts them."""
+    found = [(i, name) for ch, name in _ODD_BREAKS.items() if (i := text.find(ch)) >= 0]
+    if not found:
+        return None
+    at, name = min(found)
+    line = text.count("\n", 0, at) + 1
+    col = at - (text.rfind("\n", 0, at) + 1) + 1
+    return line, col, f"; the file holds {name} here, which YAML reads as a line break (copied from a web page?): delete it"
+
+
+def _syntax_problem(exc: YAMLError, origin: Origin, text: str = "") -> YamlProblem:
+    odd = _odd_break(text) if isinstance(exc, MarkedYAMLError) else None
+    if odd is not None:
+        problem = exc.problem or exc.context or "invalid YAML"  # type: ignore[attr-defined]
+        return YamlProblem(odd[0], odd[1], f"YAML syntax error: {problem}{odd[2]}")
     if isinstance(exc, MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
@@ -126,7 +146,7 @@ def parse_yaml(text: str, origin: Origin) -> ParsedYaml:
     except _Refused as exc:
         return ParsedYaml(None, smap, [exc.problem], usable=False)
     except YAMLError as exc:
-        return ParsedYaml(None, smap, [_syntax_problem(exc, origin)], usable=False)
+        return ParsedYaml(None, smap, [_syntax_problem(exc, origin, text)], usable=False)
     if root is None:
         return ParsedYaml(None, smap)
     builder = _Builder(origin, smap)
