@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -99,9 +100,22 @@ def _settings(
     return found
 
 
+_REFERENCE_LIKE = re.compile(r"\$\{[^}]*\}")
+
+
 def _secrets(ctx: CheckContext, name: str, settings: dict[str, Any]) -> list[Problem]:
     found = []
     for key, value in settings.items():
+        # `${ENV:X}`, `${env:}`, `${X}`: meant as a reference, but none: the text itself
+        # would be sent as the setting (an error, not a literal secret's warning).
+        odd = [m.group(0) for m in _REFERENCE_LIKE.finditer(value) if not ENV_REF.fullmatch(m.group(0))] if isinstance(value, str) else []
+        if odd:
+            found.append(ctx.at(
+                ("channels", name, key),
+                f"channel '{name}' setting '{key}': {odd[0]} is not an environment reference; write ${{env:NAME}} "
+                "(lower-case env, a name of letters, digits and _)",
+            ))
+            continue
         why = literal_secret(str(key), value)
         if why:
             found.append(

@@ -408,3 +408,19 @@ def test_hidden_files_in_a_folder_are_not_playbooks(tmp_path):
     (tmp_path / ".draft.yaml").write_text("not: [a playbook", encoding="utf-8")
     result = load([tmp_path])
     assert result.problems == [] and [p.playbook.name for p in result.playbooks] == ["x"]
+
+
+@pytest.mark.parametrize("value", ["${ENV:TG_TOKEN}", "${env:}", "${TG_TOKEN}", "${env:TG-TOKEN}"])
+def test_a_reference_that_is_not_one_is_an_error_not_a_literal_secret(value):
+    """`${ENV:X}` was taken for a literal secret (a warning), and `${env:}` passed: the
+    text itself would have gone to the platform as the token."""
+    text = (
+        "cmtyflow: 1\nname: x\nchannels:\n"
+        f'  tg: {{adapter: telegram, token: "{value}", chat_id: "-100"}}\n'
+        "triggers: [{id: j, event: member.joined, flow: f}]\nflows: {f: [{send: {text: hi}}]}\n"
+    )
+    found = [f"{p.line}:{p.col}: {p.severity}: {p.message}" for p in load_text(text, "pb.yaml").problems]
+    assert found == [
+        f"4:34: error: channel 'tg' setting 'token': {value} is not an environment reference; "
+        "write ${env:NAME} (lower-case env, a name of letters, digits and _)"
+    ]
