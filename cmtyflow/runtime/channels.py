@@ -52,24 +52,32 @@ class ChannelSet:
         self._session: Any = None
         self._environ = environ
         self._overrides = overrides
+        problems = self._add(programs)
+        if problems:
+            raise UserError("cannot open the channels; nothing was run\n" + "\n".join(sorted(set(problems))))
+
+    def _add(self, programs: list[Program], *, keep: bool = False) -> list[str]:
+        """Open the channels of ``programs`` (an override by name instead, when given);
+        with ``keep``, only those no program added before has. Returns why each that
+        could not be opened was not."""
         problems: list[str] = []
         for prog in programs:
             for name, channel in prog.playbook.channels.items():
-                if overrides and name in overrides:
-                    adapter = overrides[name]
-                    key = f"override:{name}"
-                    if key not in self._by_config:
-                        self._by_config[key] = OpenChannel(name, channel.adapter, adapter, type(adapter).capabilities)
-                    self._by_channel[(prog.name, name)] = self._by_config[key]
+                if keep and (prog.name, name) in self._by_channel:
                     continue
-                try:
-                    opened = self._open(prog, name, channel.adapter, channel.settings(), environ)
-                except _ChannelProblem as exc:
-                    problems.append(str(exc))
-                    continue
+                if self._overrides and name in self._overrides:
+                    adapter = self._overrides[name]
+                    opened = self._by_config.setdefault(
+                        f"override:{name}", OpenChannel(name, channel.adapter, adapter, type(adapter).capabilities)
+                    )
+                else:
+                    try:
+                        opened = self._open(prog, name, channel.adapter, channel.settings(), self._environ)
+                    except _ChannelProblem as exc:
+                        problems.append(str(exc))
+                        continue
                 self._by_channel[(prog.name, name)] = opened
-        if problems:
-            raise UserError("cannot open the channels; nothing was run\n" + "\n".join(sorted(set(problems))))
+        return problems
 
     def _open(self, prog: Program, name: str, adapter_name: str, raw: dict[str, Any], environ: Mapping[str, str]) -> OpenChannel:
         where = f"playbook '{prog.name}', channel '{name}'"
@@ -97,24 +105,7 @@ class ChannelSet:
     def add_older(self, programs: list[Program]) -> list[str]:
         """The channels of older versions (``programs``) that no current one has, opened
         from their own settings; returns why each one that could not be opened was not."""
-        problems: list[str] = []
-        for prog in programs:
-            for name, channel in prog.playbook.channels.items():
-                if (prog.name, name) in self._by_channel:
-                    continue  # the current version's channel of that name
-                if self._overrides and name in self._overrides:
-                    adapter = self._overrides[name]
-                    opened = self._by_config.setdefault(
-                        f"override:{name}", OpenChannel(name, channel.adapter, adapter, type(adapter).capabilities)
-                    )
-                else:
-                    try:
-                        opened = self._open(prog, name, channel.adapter, channel.settings(), self._environ)
-                    except _ChannelProblem as exc:
-                        problems.append(f"{exc} (an older version's channel, for its runs in flight)")
-                        continue
-                self._by_channel[(prog.name, name)] = opened
-        return problems
+        return [f"{problem} (an older version's channel, for its runs in flight)" for problem in self._add(programs, keep=True)]
 
     def adapter_for(self, playbook: str, channel: str) -> OpenChannel | None:
         return self._by_channel.get((playbook, channel))
