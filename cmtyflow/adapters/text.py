@@ -235,6 +235,14 @@ def _without(stack: _Open, name: str) -> _Open:
     return stack
 
 
+def _open_fence(text: str, i: int) -> tuple[_Element, int]:
+    """The code block opened by the ``` at ``i`` (reopened with its language), and
+    where its content starts."""
+    found = _FENCE.match(text, i)
+    lang = found.group(1) if found else ""
+    return _Element("```", f"```{lang}\n", "\n```"), found.end() if found else i + 3
+
+
 def _fence_states(text: str) -> list[_Open | None]:
     """Code fences (```lang ... ```) of Discord, Slack and CommonMark markdown."""
     states: list[_Open | None] = [None] * (len(text) + 1)
@@ -249,10 +257,8 @@ def _fence_states(text: str) -> list[_Open | None]:
                 stack = ()
                 i += 3
             else:
-                found = _FENCE.match(text, i)
-                lang = found.group(1) if found else ""
-                stack = (_Element("```", f"```{lang}\n", "\n```"),)
-                i = found.end() if found else i + 3
+                fence, i = _open_fence(text, i)
+                stack = (fence,)
         else:
             i += 1
         states[i] = stack
@@ -307,10 +313,8 @@ def _markdown_v2_states(text: str) -> list[_Open | None]:
                 stack = stack[:-1]
             i += 1
         elif text.startswith("```", i):
-            found = _FENCE.match(text, i)
-            lang = found.group(1) if found else ""
-            stack = (*stack, _Element("```", f"```{lang}\n", "\n```"))
-            i = found.end() if found else i + 3
+            fence, i = _open_fence(text, i)
+            stack = (*stack, fence)
         elif ch == "`":
             stack = (*stack, _Element("`", "`", "`"))
             i += 1
