@@ -36,24 +36,33 @@ def test_crisis_transcript_says_what_a_manager_expects():
     assert any(s[0] == "23:20" and s[2] == "u001" for s in steps)
 
 
+def dry_run_deliveries(capsys: pytest.CaptureFixture[str], tmp_path: Path, playbook: str, events: str,
+                       start: str, days: int) -> list[dict]:
+    """The deliveries of a shipped playbook's dry run over the example roster, with
+    ``events`` (JSON lines) as its events."""
+    import json
+
+    from cmtyflow.cli import main
+
+    (tmp_path / "e.jsonl").write_text(events, encoding="utf-8")
+    args = ["dry-run", str(ROOT / "playbooks" / f"{playbook}.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
+            "--events", str(tmp_path / "e.jsonl"), "--start", start, "--days", str(days), "--format", "jsonl"]
+    assert main(args) == 0
+    return [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+
+
 def test_a_crisis_declared_while_another_is_open_still_pages_the_moderators(tmp_path, capsys):
     """A second crisis 8 hours into the first was dropped without a page (mode single:
     one response at a time). It is paged at once with its own summary; one declared
     after the first response has closed gets a response of its own."""
     import json
 
-    from cmtyflow.cli import main
-
     events = (ROOT / "examples" / "crisis-response.events.jsonl").read_text(encoding="utf-8")
     events += json.dumps({"id": "b", "type": "crisis.declared", "at": "2026-12-11T07:00:00+08:00",
                           "data": {"summary": "群被盗号刷屏", "severity": "critical"}}, ensure_ascii=False) + "\n"
     events += json.dumps({"id": "c", "type": "crisis.declared", "at": "2026-12-13T07:00:00+08:00",
                           "data": {"summary": "third", "severity": "low"}}) + "\n"
-    (tmp_path / "e.jsonl").write_text(events, encoding="utf-8")
-    args = ["dry-run", str(ROOT / "playbooks" / "crisis-response.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
-            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-10", "--days", "5", "--format", "jsonl"]
-    assert main(args) == 0
-    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    sent = dry_run_deliveries(capsys, tmp_path, "crisis-response", events, "2026-12-10", 5)
     again = [d for d in sent if d["step"] == "page-another"]
     assert [(d["at"][:16], d["member"]) for d in again] == [("2026-12-11T07:00", "u001"), ("2026-12-11T07:00", "u002")]
     assert "群被盗号刷屏" in again[0]["text"] and "critical" in again[0]["text"]
@@ -64,17 +73,8 @@ def test_a_crisis_declared_while_another_is_open_still_pages_the_moderators(tmp_
 def test_onboarding_does_not_report_an_opted_out_newcomer_as_silent(tmp_path, capsys):
     """u011 opted out: she gets no welcome, so the moderators were told, falsely, that
     she had had the welcome and reminders and was still silent a week later."""
-    import json
-
-    from cmtyflow.cli import main
-
-    (tmp_path / "e.jsonl").write_text(
-        '{"id": "j11", "type": "member.joined", "at": "2026-12-01T10:00:00+08:00", "member": "u011"}\n', encoding="utf-8"
-    )
-    args = ["dry-run", str(ROOT / "playbooks" / "onboarding.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
-            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "10", "--format", "jsonl"]
-    assert main(args) == 0
-    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    joined = '{"id": "j11", "type": "member.joined", "at": "2026-12-01T10:00:00+08:00", "member": "u011"}\n'
+    sent = dry_run_deliveries(capsys, tmp_path, "onboarding", joined, "2026-12-01", 10)
     assert not any(d["member"] == "u011" for d in sent)
     assert not any(d["step"] == "report-silent" for d in sent)
 
@@ -83,40 +83,22 @@ def test_a_survey_answer_after_the_results_went_out_is_not_counted_or_thanked(tm
     """The results go to the moderators at 18 Dec 20:00 Beijing time, but the window
     runs to the end of 18 Dec in each member's own date: u009 in New York answered at
     10:00 her time (23:00 Beijing), was thanked and rewarded, and never counted."""
-    import json
-
-    from cmtyflow.cli import main
-
-    (tmp_path / "e.jsonl").write_text(
+    answers = (
         '{"id": "late", "type": "poll.answered", "at": "2026-12-18T10:00:00-05:00", "member": "u009", '
         '"data": {"poll": "2026-q4", "choice": "x"}}\n'
         '{"id": "in-time", "type": "poll.answered", "at": "2026-12-18T19:00:00+08:00", "member": "u003", '
-        '"data": {"poll": "2026-q4", "choice": "y"}}\n',
-        encoding="utf-8",
+        '"data": {"poll": "2026-q4", "choice": "y"}}\n'
     )
-    args = ["dry-run", str(ROOT / "playbooks" / "feedback-survey.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
-            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-14", "--days", "6", "--format", "jsonl"]
-    assert main(args) == 0
-    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    sent = dry_run_deliveries(capsys, tmp_path, "feedback-survey", answers, "2026-12-14", 6)
     assert [d["member"] for d in sent if d["step"] == "thank-you-dm"] == ["u003"]
 
 
 def test_an_english_speaker_checks_in_with_an_english_word(tmp_path, capsys):
     """The English texts told members to post "打卡": they had to type Chinese to check in.
     "#checkin", in any case, counts as well."""
-    import json
-
-    from cmtyflow.cli import main
-
-    (tmp_path / "e.jsonl").write_text(
-        '{"id": "p1", "type": "message.posted", "at": "2026-12-02T09:00:00-05:00", "member": "u009", '
-        '"data": {"text": "#CheckIn day 1: finished chapter 2"}}\n',
-        encoding="utf-8",
-    )
-    args = ["dry-run", str(ROOT / "playbooks" / "checkin-challenge.yaml"), "--roster", str(ROOT / "examples" / "members.csv"),
-            "--events", str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "3", "--format", "jsonl"]
-    assert main(args) == 0
-    sent = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"delivery"' in x]
+    post = ('{"id": "p1", "type": "message.posted", "at": "2026-12-02T09:00:00-05:00", "member": "u009", '
+            '"data": {"text": "#CheckIn day 1: finished chapter 2"}}\n')
+    sent = dry_run_deliveries(capsys, tmp_path, "checkin-challenge", post, "2026-12-01", 3)
     done = [d for d in sent if d["step"] == "checkin-done"]
     assert [d["member"] for d in done] == ["u009"] and "#checkin" not in done[0]["text"]
     reminders = [d["text"] for d in sent if d["step"] == "nightly-reminder" and d["member"] == "u009"]
