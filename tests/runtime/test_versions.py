@@ -36,13 +36,21 @@ async def _join(h, member, at):
     h.store.add_event(event({"id": f"j-{member}", "type": "member.joined", "member": member, "at": at.isoformat()}))
 
 
+async def _first_run(h, locale=None):
+    """u1 joins at T0 and the runner takes it (u1's run then waits on its first
+    version); the runner is closed after."""
+    await h.open()
+    await _join(h, "u1", T0)
+    if locale is not None:
+        h.store.put_members([{"id": "u1", "name": "u1", "locale": locale}])
+    await h.at(T0)
+    await h.close()
+
+
 async def test_a_run_finishes_on_its_version_and_plan_says_so(tmp_path, sink, harness, capsys):
     path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
     h = harness([path], T0)
-    await h.open()
-    await _join(h, "u1", T0)
-    await h.at(T0)
-    await h.close()
+    await _first_run(h)
     assert [r.body["text"] for r in sink.requests] == ["first"]
 
     path.write_text(V2.format(url=sink.url).lstrip("\n"), encoding="utf-8")
@@ -80,10 +88,7 @@ async def test_runs_in_flight_still_send_when_an_edit_renames_their_channel(tmp_
     configured"), while plan said nothing was affected."""
     path = write_playbook(tmp_path / "pb", V1.format(url=sink.url))
     h = harness([path], T0)
-    await h.open()
-    await _join(h, "u1", T0)
-    await h.at(T0)
-    await h.close()
+    await _first_run(h)
     renamed = V1.replace("  hook: {{", "  main: {{").replace("channel: hook", "channel: main")
     path.write_text(renamed.format(url=sink.url).lstrip("\n"), encoding="utf-8")
     # plan says what changed (it said "no step or trigger changed" and nothing else)
@@ -117,11 +122,7 @@ async def test_a_rebuilt_version_reads_only_its_own_templates(tmp_path, sink, ha
     (tmp_path / "pb" / "templates").mkdir()
     (tmp_path / "pb" / "templates" / "later.txt.j2").write_text("own later", encoding="utf-8")
     h = harness([path], T0)
-    await h.open()
-    await _join(h, "u1", T0)
-    h.store.put_members([{"id": "u1", "name": "u1", "locale": "zh-CN"}])
-    await h.at(T0)
-    await h.close()
+    await _first_run(h, locale="zh-CN")
     path.write_text(v1.replace('"first"', '"first v2"').format(url=sink.url).lstrip("\n"), encoding="utf-8")
     await h.open()
     await h.run_until(T0 + timedelta(days=2))
@@ -153,10 +154,7 @@ async def test_an_older_version_renders_with_its_own_adapters_formats(tmp_path, 
     (tmp_path / "pb" / "templates" / "later.html.j2").write_text("<b>later</b>", encoding="utf-8")
     lines: list[tuple[str, dict]] = []
     h = harness([path], T0, log=lambda event, /, **fields: lines.append((event, fields)))
-    await h.open()
-    await _join(h, "u1", T0)
-    await h.at(T0)
-    await h.close()
+    await _first_run(h)
     v2 = v1.replace('{{adapter: webhook, url: "{url}"}}', "{{adapter: console}}")
     path.write_text(v2.format(url=sink.url).lstrip("\n"), encoding="utf-8")
     (tmp_path / "pb" / "templates" / "later.txt.j2").write_text("later", encoding="utf-8")
