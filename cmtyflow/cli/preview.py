@@ -45,6 +45,7 @@ def preview_cmd(
         if trigger is not None:
             click.echo(f"note: flow {flow} runs for no member (trigger {trigger} has no for_each), so --member "
                        f"{member_id} is not used: the step is rendered as its runs post it", err=True)
+            member_id = None  # rendered as its runs are, for no member
     state = None
     if state_json:
         try:

@@ -59,8 +59,6 @@ def preview(
     state: dict[str, Any] | None = None,
 ) -> Preview:
     prog, flow, ins = find_step(programs, step)
-    if member_id is not None and campaign_only(prog, flow) is not None:
-        member_id = None  # rendered as its runs are, for no member (``cli.preview`` says so)
     store = MemoryStore()
     store.put_members(members)
     member = store.get_member(member_id) if member_id else None
