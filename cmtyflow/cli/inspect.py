@@ -422,17 +422,14 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
                 timeouts[label] += 1
         runs: Counter[str] = Counter(run.status for run in store.runs(status=None, playbook=name))
         if not (per_step or undelivered or goals or participants or acks or timeouts or runs):
-            from ..runtime.versions import recorded
+            from ..runtime.versions import not_in_state, recorded
 
-            known = sorted(recorded(store))
+            known = recorded(store)
             if name not in known:
                 # A typo, or a file that is not there, would otherwise read as a campaign
                 # that did nothing.
                 missing = " (no such file)" if Path(playbook).suffix in (".yaml", ".yml") or "/" in playbook else ""
-                raise UserError(
-                    f"no playbook '{name}'{missing} in this state; "
-                    + (f"it knows: {', '.join(known)}" if known else "the runner has not run any playbook on it yet")
-                )
+                raise UserError(not_in_state(name, known, missing))
     finally:
         store.close()
     ack_doc = {

@@ -325,7 +325,7 @@ def _launch_program(playbook: str, state: str | None) -> Program:
         return load_programs([Path(playbook)])[1][0]
     if Path(playbook).suffix in (".yaml", ".yml") or "/" in playbook or "\\" in playbook:
         raise UserError(f"{playbook}: no such file")
-    from ..runtime.versions import rebuild, recorded
+    from ..runtime.versions import not_in_state, rebuild, recorded
 
     store, _ = store_at(state, must_exist=True)
     try:
@@ -333,11 +333,7 @@ def _launch_program(playbook: str, state: str | None) -> Program:
     finally:
         store.close()
     if playbook not in known:
-        raise UserError(
-            f"no playbook '{playbook}' in this state; "
-            + (f"it knows: {', '.join(sorted(known))}" if known else "the runner has not run any playbook on it yet")
-            + "; or give the playbook's file"
-        )
+        raise UserError(not_in_state(playbook, known) + "; or give the playbook's file")
     version, snap = known[playbook][-1]
     program = rebuild(snap, version, {})
     if program is None:

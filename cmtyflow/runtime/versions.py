@@ -100,6 +100,15 @@ def recorded(store: Store) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     return {name: list(versions.items()) for name, versions in out.items()}
 
 
+def not_in_state(name: str, known: Iterable[str], detail: str = "") -> str:
+    """What ``report`` and ``launch`` say of a playbook name the state has not run
+    (``detail`` after the name: " (no such file)")."""
+    names = sorted(known)
+    return f"no playbook '{name}'{detail} in this state; " + (
+        f"it knows: {', '.join(names)}" if names else "the runner has not run any playbook on it yet"
+    )
+
+
 def playbook_zones(store: Store) -> dict[str, str]:
     """playbook -> its timezone, for the playbooks the runner has run on ``store`` (each
     one's last version): what a time written without an offset means to it (SPEC 2)."""
