@@ -33,7 +33,7 @@ from .checkbase import (
     sends,
     template_names,
 )
-from .engine.core import EVENT_TYPE, STANDARD_EVENTS
+from .engine.core import STANDARD_EVENTS, event_type_fault
 from .problems import WARNING, Problem
 from .secretscan import credential_in_url
 from .spec.errors import did_you_mean
@@ -231,8 +231,7 @@ def _check_event_types(ctx: CheckContext) -> list[Problem]:
     for loc, name in _event_types(ctx):
         if "*" in name:
             found.append(ctx.at(loc, f"event type '{name}': types are matched exactly, '*' is not a wildcard; name one type per trigger"))
-        elif not EVENT_TYPE.fullmatch(name):
-            why = "a space" if any(c.isspace() for c in name) else "an empty part between dots"
+        elif (why := event_type_fault(name)) is not None:
             found.append(ctx.at(loc, f"event type {name!r} has {why}; write a dotted name such as message.posted"))
         elif name not in _KNOWN_EVENTS:
             # Close enough to be a typo (member.joind), not a custom type of the same

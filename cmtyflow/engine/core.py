@@ -47,6 +47,14 @@ from .txn import Txn
 # An event type: dotted parts, none empty, no spaces (a trailing space made a trigger
 # that never fired). ``validate`` holds playbooks to it, the intake events.
 EVENT_TYPE = re.compile(r"[^\s.]+(\.[^\s.]+)*")
+
+
+def event_type_fault(name: str) -> str | None:
+    """Why ``name`` is not an ``EVENT_TYPE`` ("a space", "an empty part between dots"),
+    or None when it is one."""
+    if EVENT_TYPE.fullmatch(name):
+        return None
+    return "a space" if any(c.isspace() for c in name) else "an empty part between dots"
 STANDARD_EVENTS = frozenset(
     {
         "member.joined", "member.left", "message.posted", "reaction.added", "report.filed",

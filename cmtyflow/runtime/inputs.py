@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..engine.core import EVENT_TYPE
+from ..engine.core import event_type_fault
 from ..engine.model import Event
 from ..errors import UserError
 from ..spec.duration import FIRST_YEAR, LAST_YEAR, localize
@@ -299,8 +299,8 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
         raise ValueError("missing type")
     if etype.startswith(RESERVED_PREFIX):
         raise ValueError(f"event types starting with '{RESERVED_PREFIX}' are cmtyflow's own (use cmtyflow launch)")
-    if not EVENT_TYPE.fullmatch(etype):
-        why = "a space" if any(c.isspace() for c in etype) else "an empty part between dots"
+    why = event_type_fault(etype)
+    if why is not None:
         raise ValueError(f"type {json.dumps(etype, ensure_ascii=False)} has {why}; write a dotted name such as message.posted")
     at_text = raw.get("at")
     if not isinstance(at_text, str):
