@@ -343,7 +343,8 @@ class Interpreter:
             if ins.timeout is not None:
                 d.timers.append(Timer(timer_id, run.id, ins.timeout.add_to(self.now, tz), "timeout", self.now))
                 run.waiting["timer"] = timer_id
-        run.wait = None
+        # ``wait`` stays the last event wait's result (SPEC 2) until another event wait
+        # ends: a timed wait after it does not take it away.
         d.runs[run.id] = run
         return True
 

@@ -67,6 +67,27 @@ def test_event_wait_times_out_and_one_that_does_not(simulate, tmp_path):
     assert summary["runs"]["active_at_end"] == 0
 
 
+def test_wait_reads_the_last_event_wait_after_a_later_timed_wait(simulate, tmp_path):
+    """SPEC 2: ``wait`` is the result of the last event wait; a ``wait: 1h`` or
+    ``wait: {until}`` after it does not take it away."""
+    pb = EVENT_WAIT.replace(
+        "    - choose:\n",
+        "    - wait: 1h\n    - wait: {until: \"20:00\"}\n    - choose:\n",
+    )
+    roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}]
+    events = [
+        ev("j1", "member.joined", "2026-12-01T10:00:00+08:00", "a"),
+        ev("j2", "member.joined", "2026-12-01T10:00:00+08:00", "b"),
+        ev("p1", "message.posted", "2026-12-01T11:00:00+08:00", "a", {"text": "hi"}),
+    ]
+    out, summary = simulate(pb, roster, events, "2026-12-01", 4, tmp_path)
+    assert [(d["at"], d["member"], d["text"]) for d in out] == [
+        ("2026-12-01T20:00:00+08:00", "a", "timed_out=False said hi"),
+        ("2026-12-03T20:00:00+08:00", "b", "timed_out=True event="),
+    ]
+    assert summary["runs"]["done"] == 2
+
+
 def test_event_wait_at_the_timeout_instant_times_out(simulate, tmp_path):
     """SPEC 5.6: due waits go before events at the same instant."""
     roster = [{"id": "a", "name": "Ana"}]
