@@ -50,16 +50,24 @@ class RawStep:
     body: dict[str, Any]
 
 
+def step_kind(step: dict[str, Any]) -> str | None:
+    """A raw step's one kind key, or None for none or several."""
+    kinds = [k for k in STEP_KINDS if k in step]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def raw_steps(steps: Any, loc: Loc) -> Iterator[RawStep]:
+    """The steps of one list (not the ones inside them), with their data paths."""
+    if isinstance(steps, list):
+        for index, step in enumerate(steps):
+            if isinstance(step, dict):
+                yield RawStep((*loc, index), step_kind(step), step)
+
+
 def _steps(steps: Any, loc: Loc) -> Iterator[RawStep]:
-    if not isinstance(steps, list):
-        return
-    for index, step in enumerate(steps):
-        if not isinstance(step, dict):
-            continue
-        here = (*loc, index)
-        kinds = [k for k in STEP_KINDS if k in step]
-        kind = kinds[0] if len(kinds) == 1 else None
-        yield RawStep(here, kind, step)
+    for raw in raw_steps(steps, loc):
+        yield raw
+        here, kind, step = raw.loc, raw.kind, raw.body
         if kind == "choose" and isinstance(step["choose"], list):
             for b, branch in enumerate(step["choose"]):
                 if isinstance(branch, dict):

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, croniter
 
-from . import channelchecks, textchecks
+from . import channelchecks, scopechecks, textchecks
 from .checkbase import (
     CheckContext,
     iter_steps,
@@ -61,6 +61,7 @@ def check_playbook(ctx: CheckContext) -> list[Problem]:
     found += _check_credential_urls(ctx)
     found += textchecks.check_expressions(ctx)
     found += textchecks.check_templates(ctx)
+    found += scopechecks.check_scope(ctx)
     return found
 
 

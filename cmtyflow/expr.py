@@ -48,8 +48,8 @@ MAX_TEXT = 4 * MAX_OUTPUT  # characters in any text built while rendering
 MAX_INDENT = 256
 
 # Names SPEC 2 puts in scope. ``audience`` exists in campaign runs, ``checkin`` after a
-# checkin step, ``wait`` after a wait; they are all accepted statically and are
-# undefined (strict) where they do not apply.
+# checkin step, ``wait`` after an event wait; they are undefined (strict) where they do
+# not apply, which ``scopechecks`` reports where it can be seen (``names_out_of_scope``).
 SCOPE_NAMES = frozenset(
     {"member", "state", "vars", "roles", "event", "now", "today", "run", "wait", "audience", "checkin"}
 )
@@ -543,4 +543,48 @@ def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
                 f"unknown {what} '{key}'{_near(key, options)}; {base.name} are {', '.join(options) or 'none'}",
                 node.lineno,
             ))
+    return found
+
+
+def names_out_of_scope(
+    source: str, template: bool, undefined: Mapping[str, str], none: Mapping[str, str]
+) -> list[StaticProblem]:
+    """Uses of names that cannot hold a value where ``source`` runs, one problem per
+    name: ``undefined`` (name -> why) fail wherever they are read, unless the source
+    tests them (``wait is defined``); ``none`` (name -> why) hold none, so reading a key
+    of them fails, unless the source also reads the name alone (``if member``, ``member
+    or ...``), which guards it. A source that does not parse is left to the other
+    checks."""
+    try:
+        if template:
+            tree: nodes.Node = ENV.parse(source)
+        else:
+            parser = Parser(ENV, source, state="variable")
+            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
+    except TemplateSyntaxError:
+        return []
+    assigned = _assigned_names(tree)
+    tested = {
+        t.node.name for t in tree.find_all((nodes.Test,))
+        if isinstance(t, nodes.Test) and t.name in ("defined", "undefined") and isinstance(t.node, nodes.Name)
+    }
+    keyed = {
+        id(n.node) for n in tree.find_all((nodes.Getattr, nodes.Getitem))
+        if isinstance(n, (nodes.Getattr, nodes.Getitem)) and isinstance(n.node, nodes.Name)
+    }
+    loads = [n for n in tree.find_all((nodes.Name,)) if n.ctx == "load" and n.name not in assigned and n.name not in tested]
+    alone = {n.name for n in loads if id(n) not in keyed}
+    found: list[StaticProblem] = []
+    reported: set[str] = set()
+    for name in loads:
+        if name.name in reported:
+            continue
+        if name.name in undefined:
+            why = undefined[name.name]
+        elif name.name in none and id(name) in keyed and name.name not in alone:
+            why = none[name.name]
+        else:
+            continue
+        reported.add(name.name)
+        found.append(StaticProblem(why, name.lineno))
     return found

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from .adapters.base import FORMATS
-from .checkbase import CheckContext, iter_steps, iter_triggers, problem, sends
+from .checkbase import CheckContext, RawStep, iter_steps, iter_triggers, problem, sends
 from .expr import StaticProblem, static_problems_expression, static_problems_template
 from .problems import ERROR, Problem
 from .spec.sourcemap import Loc, first_non_blank
@@ -39,29 +39,55 @@ def _expressions(ctx: CheckContext) -> Iterator[tuple[Loc, Any]]:
         if isinstance(goal, dict):
             yield ("goals", name, "where"), goal.get("where")
     for step in iter_steps(data):
-        yield (*step.loc, "if"), step.body.get("if")
-        kind = step.kind
-        body = step.body.get(kind) if kind else None
-        if kind is None or not isinstance(body, (dict, list)):
-            continue
-        here = (*step.loc, kind)
-        if kind == "wait" and isinstance(body, dict):
-            yield (*here, "where"), body.get("where")
-        elif kind == "repeat" and isinstance(body, dict):
-            yield (*here, "while"), body.get("while")
-            yield (*here, "times"), body.get("times")
-        elif kind == "set" and isinstance(body, dict):
-            for key, value in body.items():
-                yield (*here, key), value
-        elif kind == "emit" and isinstance(body, dict):
-            yield (*here, "member"), body.get("member")
-            if isinstance(body.get("data"), dict):
-                for key, value in body["data"].items():
-                    yield (*here, "data", key), value
-        elif kind == "choose" and isinstance(body, list):
-            for index, branch in enumerate(body):
-                if isinstance(branch, dict):
-                    yield (*here, index, "if"), branch.get("if")
+        yield from step_expressions(step)
+
+
+def step_expressions(step: RawStep) -> Iterator[tuple[Loc, Any]]:
+    """The expressions of one step (its ``if`` and its kind's), with their data paths."""
+    yield (*step.loc, "if"), step.body.get("if")
+    kind = step.kind
+    body = step.body.get(kind) if kind else None
+    if kind is None or not isinstance(body, (dict, list)):
+        return
+    here = (*step.loc, kind)
+    if kind == "wait" and isinstance(body, dict):
+        yield (*here, "where"), body.get("where")
+    elif kind == "repeat" and isinstance(body, dict):
+        yield (*here, "while"), body.get("while")
+        yield (*here, "times"), body.get("times")
+    elif kind == "set" and isinstance(body, dict):
+        for key, value in body.items():
+            yield (*here, key), value
+    elif kind == "emit" and isinstance(body, dict):
+        yield (*here, "member"), body.get("member")
+        if isinstance(body.get("data"), dict):
+            for key, value in body["data"].items():
+                yield (*here, "data", key), value
+    elif kind == "choose" and isinstance(body, list):
+        for index, branch in enumerate(body):
+            if isinstance(branch, dict):
+                yield (*here, index, "if"), branch.get("if")
+
+
+def send_texts(loc: Loc, send: dict[str, Any]) -> Iterator[tuple[Loc, Any]]:
+    """A send's inline templates: its ``text`` and its variants'."""
+    yield (*loc, "text"), send.get("text")
+    variants = send.get("variants")
+    if isinstance(variants, dict):
+        for name, variant in variants.items():
+            if isinstance(variant, dict):
+                yield (*loc, "variants", name, "text"), variant.get("text")
+
+
+def send_template_refs(loc: Loc, send: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
+    """The template names a send refers to: its ``template`` and its variants'."""
+    if isinstance(send.get("template"), str):
+        yield (*loc, "template"), send["template"]
+    variants = send.get("variants")
+    if isinstance(variants, dict):
+        for name, variant in variants.items():
+            if isinstance(variant, dict) and isinstance(variant.get("template"), str):
+                yield (*loc, "variants", name, "template"), variant["template"]
 
 
 def _known(ctx: CheckContext) -> dict[str, list[str]]:
@@ -82,23 +108,12 @@ def check_expressions(ctx: CheckContext) -> list[Problem]:
 
 def _inline_templates(ctx: CheckContext) -> Iterator[tuple[Loc, Any]]:
     for loc, send in sends(ctx.data):
-        yield (*loc, "text"), send.get("text")
-        variants = send.get("variants")
-        if isinstance(variants, dict):
-            for name, variant in variants.items():
-                if isinstance(variant, dict):
-                    yield (*loc, "variants", name, "text"), variant.get("text")
+        yield from send_texts(loc, send)
 
 
 def _template_refs(ctx: CheckContext) -> Iterator[tuple[Loc, str]]:
     for loc, send in sends(ctx.data):
-        if isinstance(send.get("template"), str):
-            yield (*loc, "template"), send["template"]
-        variants = send.get("variants")
-        if isinstance(variants, dict):
-            for name, variant in variants.items():
-                if isinstance(variant, dict) and isinstance(variant.get("template"), str):
-                    yield (*loc, "variants", name, "template"), variant["template"]
+        yield from send_template_refs(loc, send)
 
 
 def check_templates(ctx: CheckContext) -> list[Problem]:
@@ -135,7 +150,7 @@ def check_templates(ctx: CheckContext) -> list[Problem]:
                     # This playbook's vars and roles: a shared file is checked against
                     # each playbook that uses it.
                     keys = static_problems_template(source.source, TEMPLATE_NAMES, known)
-                    found += _in_file(str(source.path), source.source, keys, f" (in playbook {ctx.path.name})")
+                    found += problems_in_file(str(source.path), source.source, keys, f" (in playbook {ctx.path.name})")
     return found
 
 
@@ -146,10 +161,10 @@ def template_file_problems(source: TemplateSource) -> list[Problem]:
 @lru_cache(maxsize=1024)
 def _file_problems(path: str, text: str) -> tuple[Problem, ...]:
     # A shared templates folder serves many playbooks: check each file once.
-    return tuple(_in_file(path, text, static_problems_template(text, TEMPLATE_NAMES)))
+    return tuple(problems_in_file(path, text, static_problems_template(text, TEMPLATE_NAMES)))
 
 
-def _in_file(path: str, text: str, problems: Iterable[StaticProblem], suffix: str = "") -> list[Problem]:
+def problems_in_file(path: str, text: str, problems: Iterable[StaticProblem], suffix: str = "") -> list[Problem]:
     """``problems`` of the template file ``path`` (its ``text``), at their lines."""
     lines = text.splitlines()
     found = []
