@@ -14,12 +14,11 @@ import click
 from ..clock import Clock, SystemClock, VirtualClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
-from ..runtime.inputs import RowProblem, read_roster
 from ..runtime.prepare import load_programs, parse_now
 from ..runtime.runner import Runner, StateLock, build_runner, json_log, text_log
 from ..store.open import is_postgres
 from . import EXIT_OK, cli
-from .state import state_option, store_at
+from .state import import_roster, state_option, store_at
 
 
 @click.command("run")
@@ -65,11 +64,8 @@ def run(
         if lock is not None:
             lock.acquire()
         if roster:
-            problems: list[RowProblem] = []
-            n = store.put_members(read_roster(roster, problems))
-            for problem in problems:
-                click.echo(f"{problem}: row skipped", err=True)
-            click.echo(f"imported {n} members from {roster}", err=True)
+            done = import_roster(store, roster)
+            click.echo(f"imported {done.members} members from {roster}", err=True)
         tz = programs[0].tz
         log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
         runner = build_runner(

@@ -16,6 +16,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ state_option = click.option(
     help="the store: an SQLite file or a postgresql:// URL (default: CMTYFLOW_STATE, else .cmtyflow/state.db)",
 )
 format_option = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-IMPORT_BATCH = 5000
+IMPORT_BATCH = 5000  # rows (events or members) per transaction of an import
+PROGRESS_EVERY = 100_000  # rows between an import's progress lines
 
 
 def store_at(state: str | None, *, must_exist: bool = False) -> tuple[Store, str]:
@@ -98,28 +100,70 @@ def members_import(file: str, state: str | None) -> int:
     Existing members are updated field by field; nobody is removed. Bad rows are
     reported with their line and skipped (exit 1 when there were any).
     """
-    problems: list[RowProblem] = []
-    repeats: list[RowProblem] = []
     store, location = store_at(state)
-    kept: list[str] = []  # opted out in the state, opted_out false in the file
     try:
-        opted_out = {m["id"] for m in store.iter_members() if m.get("opted_out")}
-
-        def rows() -> Any:
-            # SPEC 5.2: nothing goes out after a recorded opt-out. An older export of
-            # the roster must not undo it: the member opts back in by an event.
-            for row in read_roster(file, problems, repeats):
-                if row.get("opted_out") is False and row["id"] in opted_out:
-                    row = {k: v for k, v in row.items() if k != "opted_out"}
-                    kept.append(row["id"])
-                yield row
-
-        n = store.put_members(rows())
+        done = import_roster(store, file)
     finally:
         store.close()
-    for problem in problems:
+    members_text = f"{done.members} members ({done.rows} rows)" if done.repeats else f"{done.members} members"
+    click.echo(f"imported {members_text} into {shown(location)}" + (f"; {len(done.problems)} rows skipped" if done.problems else ""))
+    return EXIT_ERROR if done.problems else EXIT_OK
+
+
+@dataclass
+class RosterImport:
+    rows: int = 0  # rows imported (a member's repeated rows counted each)
+    problems: list[RowProblem] = field(default_factory=list)  # rows skipped
+    repeats: list[RowProblem] = field(default_factory=list)  # rows naming a member an earlier row named
+    kept: list[str] = field(default_factory=list)  # opted out in the state, opted_out false in the file
+
+    @property
+    def members(self) -> int:
+        return self.rows - len(self.repeats)
+
+
+def import_roster(store: Store, file: str) -> RosterImport:
+    """``members import`` and ``run --roster``: the rows of ``file`` into the roster,
+    ``IMPORT_BATCH`` at a time, each batch its own transaction, so that a runner (or an
+    ``emit``) beside it waits a moment at most, never for the whole import. A row saying
+    ``opted_out: false`` for a member who opted out keeps the opt-out (SPEC 5.2: an
+    older export of the roster must not undo it; the member opts back in by a
+    ``member.opted_in`` event). Rows skipped, repeated and kept from undoing an opt-out
+    are said on stderr. Stopped part way (Ctrl-C, a broken file), it says how far it
+    got: importing the file again finishes it, since a row updates its member."""
+    done = RosterImport()
+    opted_out = {m["id"] for m in store.iter_members() if m.get("opted_out")}
+    batch: list[dict[str, Any]] = []
+    try:
+        for row in read_roster(file, done.problems, done.repeats):
+            if row.get("opted_out") is False and row["id"] in opted_out:
+                row = {k: v for k, v in row.items() if k != "opted_out"}
+                done.kept.append(row["id"])
+            batch.append(row)
+            if len(batch) >= IMPORT_BATCH:
+                done.rows += store.put_members(batch)
+                batch = []
+                if done.rows % PROGRESS_EVERY == 0:
+                    click.echo(f"... {done.rows} rows imported", err=True)
+        if batch:
+            done.rows += store.put_members(batch)
+    except (UserError, KeyboardInterrupt) as exc:
+        if done.rows:
+            so_far = (f"the {done.rows} rows before it were imported" if isinstance(exc, UserError)
+                      else f"stopped after importing {done.rows} rows")
+            click.echo(f"note: {so_far}; import the file again to finish (a row updates its member, "
+                       "it never adds one twice)", err=True)
+        raise
+    finally:
+        _said(done)
+    return done
+
+
+def _said(done: RosterImport) -> None:
+    for problem in done.problems:
         click.echo(f"{problem}: row skipped", err=True)
-    note_repeats(repeats)
+    note_repeats(done.repeats)
+    kept = done.kept
     if kept:
         click.echo(
             f"kept the opt-out of {len(kept)} member{'s' if len(kept) != 1 else ''} the file says have not opted out "
@@ -127,9 +171,6 @@ def members_import(file: str, state: str | None) -> int:
             "member.opted_in event (cmtyflow emit member.opted_in --member ID)",
             err=True,
         )
-    members_text = f"{n - len(repeats)} members ({n} rows)" if repeats else f"{n} members"
-    click.echo(f"imported {members_text} into {shown(location)}" + (f"; {len(problems)} rows skipped" if problems else ""))
-    return EXIT_ERROR if problems else EXIT_OK
 
 
 @members.command("list")
@@ -250,6 +291,11 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
         if batch:
             a, d = store.add_events(batch)
             accepted, duplicates = accepted + a, duplicates + d
+    except (UserError, KeyboardInterrupt):
+        if accepted + duplicates:
+            click.echo(f"note: stopped after queuing {accepted} events ({duplicates} seen before); import the file "
+                       "again to finish (events queued before are seen, not queued twice)", err=True)
+        raise
     finally:
         store.close()
     for problem in problems:

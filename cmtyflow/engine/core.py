@@ -460,7 +460,13 @@ class Engine:
             return
         if event.member_update:
             rec = txn.member_for_write(event.member)
-            rec.update({k: v for k, v in event.member_update.items() if k != "id"})
+            update = {k: v for k, v in event.member_update.items() if k != "id"}
+            if rec.get("opted_out") and not update.get("opted_out", True) and event.type != "member.opted_in":
+                # SPEC 5.2: a recorded opt-out is undone by a member.opted_in event only,
+                # not by member data an event carries (a platform's stale profile).
+                del update["opted_out"]
+                txn.decision.note("opt_out_kept", member=event.member, event=event.id, type=event.type)
+            rec.update(update)
         if event.type == "member.joined":
             rec = txn.member_for_write(event.member)
             rec.pop("left", None)

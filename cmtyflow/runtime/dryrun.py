@@ -40,7 +40,7 @@ DELIVERY_BATCH = 5000
 # is cyclic garbage, so the collector has nothing to find meanwhile; what it would
 # find (a failing template's traceback) waits at most a million objects.
 GC_THRESHOLDS = (1_000_000, 20, 10)
-SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member", "emit_chain_cut")  # the notes ``summary`` reads
+SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member", "emit_chain_cut", "opt_out_kept")  # the notes ``summary`` reads
 
 
 def delivery_record(message: QueuedMessage, at: str) -> dict[str, Any]:
@@ -303,6 +303,12 @@ class DryRun:
         unknown = [n for n in notes if n["kind"] == "unknown_member"]
         if unknown:
             warnings.append(f"{len(unknown)} references to members not in the roster (first: {unknown[0]['member']})")
+        kept = [n for n in notes if n["kind"] == "opt_out_kept"]
+        if kept:
+            warnings.append(
+                f"{len(kept)} event{'s' if len(kept) != 1 else ''} carried opted_out false for a member who had opted out; "
+                f"the opt-out was kept (first: {kept[0]['member']}, event {kept[0]['event']}; only member.opted_in undoes one)"
+            )
         goals: dict[str, Any] = {}
         for (playbook, goal, step, variant), (exposed, converted) in sorted(self.store.goal_stats().items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "")):
             label = f"{playbook}/{goal}" + (f" after {step}" if step else " per run") + (f" [{variant}]" if variant else "")

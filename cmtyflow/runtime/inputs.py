@@ -267,7 +267,7 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
             except csv.Error as exc:
                 raise UserError(
                     f"{text_path}:{start}: {exc} (a quote opened in a cell must be closed, and a quote inside a quoted "
-                    'cell is written twice: "say ""hi"""); nothing from the file was used'
+                    'cell is written twice: "say ""hi""")'
                 ) from None
             try:
                 member = _member(row)

@@ -54,6 +54,7 @@ LOGGED_NOTES = {
     "trigger_failed": "a trigger failed",
     "audience_failed": "an audience check failed",
     "emit_chain_cut": "dropped an emitted event: a chain of emits went too far (does a flow emit the event that starts it?)",
+    "opt_out_kept": "kept a recorded opt-out: the event's member data said opted_out false (only a member.opted_in event undoes one)",
     "input_failed": "set an input aside (it broke on a fault of cmtyflow's own; see docs/semantics.md, Runs)",
 }
 

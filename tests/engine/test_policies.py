@@ -138,6 +138,23 @@ def test_opt_in_again_receives_later_sends(simulate, tmp_path):
     assert trio(out) == [("2026-12-01T12:00:00+08:00", "a", "hello")]
 
 
+def test_member_data_in_an_event_does_not_undo_a_recorded_opt_out(simulate, tmp_path):
+    """SPEC 5.2: only member.opted_in undoes an opt-out; an event's member object saying
+    opted_out false (a platform's stale profile) is kept from doing so, and said."""
+    roster = [{"id": "a", "name": "Ana", "opted_out": True}, {"id": "b", "name": "Bo"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T10:00:00+08:00", "member": {"id": "a", "name": "Ana", "opted_out": False}},
+        {"id": "e2", "type": "ping", "at": "2026-12-01T11:00:00+08:00", "member": "a"},
+        {"id": "e3", "type": "member.opted_out", "at": "2026-12-01T12:00:00+08:00", "member": "b"},
+        {"id": "e4", "type": "ping", "at": "2026-12-01T13:00:00+08:00", "member": {"id": "b", "opted_out": False}},
+        {"id": "e5", "type": "member.opted_in", "at": "2026-12-01T14:00:00+08:00", "member": {"id": "a", "opted_out": False}},
+        {"id": "e6", "type": "ping", "at": "2026-12-01T15:00:00+08:00", "member": "a"},
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 2, tmp_path)
+    assert trio(out) == [("2026-12-01T15:00:00+08:00", "a", "hello")]
+    assert any("2 events carried opted_out false for a member who had opted out" in w for w in summary["warnings"])
+
+
 CAPPED = """
 cmtyflow: 1
 name: {name}

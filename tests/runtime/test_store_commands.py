@@ -255,6 +255,46 @@ def test_an_older_roster_export_does_not_undo_a_recorded_opt_out(tmp_path, club,
     assert {m["id"]: m.get("opted_out") for m in json.loads(out)}["u1"] is False
 
 
+def test_run_roster_does_not_undo_a_recorded_opt_out_either(tmp_path, club, capsys):
+    """``run --roster`` imports as ``members import`` does (it cleared the opt-out)."""
+    path, state = club
+    roster = tmp_path / "roster.csv"
+    roster.write_text("id,name,opted_out\nu1,阿明,false\n", encoding="utf-8")
+    assert cli(capsys, "members", "import", str(roster), "--state", state)[0] == 0
+    assert cli(capsys, "emit", "member.opted_out", "--member", "u1", "--id", "o1", "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    code, _, err = cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:01:00+08:00",
+                       "--roster", str(roster))
+    assert code == 0 and "kept the opt-out of 1 member the file says have not opted out (u1)" in err
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
+    assert {m["id"]: m.get("opted_out") for m in json.loads(out)} == {"u1": True}
+
+
+def test_members_import_commits_as_it_goes_and_says_how_far_it_got(tmp_path, club, capsys, monkeypatch):
+    """Each batch is its own transaction, so a runner beside a large import never waits
+    for all of it (one transaction of 400,000 rows outlasted the runner's 10 s wait for
+    the lock, and the runner stopped). A file that breaks part way leaves the rows
+    before it imported, and says so."""
+    import cmtyflow.cli.state as state_cli
+
+    monkeypatch.setattr(state_cli, "IMPORT_BATCH", 2)
+    path, state = club
+    roster = tmp_path / "roster.csv"
+    roster.write_text('id,name\nu1,A\nu2,B\nu3,C\nu4,D\nu5,"E\n', encoding="utf-8")
+    commits: list[int] = []
+    from cmtyflow.store.sqlite import SqliteStore
+
+    real = SqliteStore.put_members
+    monkeypatch.setattr(SqliteStore, "put_members", lambda self, rows: commits.append(len(list(rows))) or real(self, rows))
+    code, _, err = cli(capsys, "members", "import", str(roster), "--state", state)
+    assert code == 1
+    assert "note: the 4 rows before it were imported; import the file again to finish" in err
+    assert "roster.csv:6: unexpected end of data" in err
+    assert commits == [2, 2]
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json")
+    assert [m["id"] for m in json.loads(out)] == ["u1", "u2", "u3", "u4"]
+
+
 def test_report_median_answer_time_of_an_even_count_is_the_middle(tmp_path, club, capsys):
     path, state = club
     assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
