@@ -33,7 +33,7 @@ from .checkbase import (
     sends,
     template_names,
 )
-from .engine.core import STANDARD_EVENTS, event_type_fault
+from .engine.core import RESERVED_PREFIX, STANDARD_EVENTS, event_type_fault
 from .problems import WARNING, Problem
 from .secretscan import credential_in_url
 from .spec.errors import did_you_mean
@@ -232,6 +232,9 @@ def _check_event_types(ctx: CheckContext) -> list[Problem]:
     for loc, name in _event_types(ctx):
         if "*" in name:
             found.append(ctx.at(loc, f"event type '{name}': types are matched exactly, '*' is not a wildcard; name one type per trigger"))
+        elif name.startswith(RESERVED_PREFIX):
+            found.append(ctx.at(loc, f"event type '{name}': types starting with '{RESERVED_PREFIX}' are cmtyflow's own "
+                                     "(a launch travels as one); name a type of your own, such as club.restart"))
         elif (why := event_type_fault(name)) is not None:
             found.append(ctx.at(loc, f"event type {name!r} has {why}; write a dotted name such as message.posted"))
         elif name not in _KNOWN_EVENTS:

@@ -210,10 +210,12 @@ CASES = [
           - {id: a, event: member.joind, flow: onboard}
           - {id: b, event: "member.*", flow: onboard}
           - {id: c, event: custom.thing, flow: onboard}
+          - {id: d, event: cmtyflow.launch, flow: onboard}
         flows:
           onboard:
             - wait: {event: "a..b", timeout: 1d}
             - emit: {event: "打卡.完成"}
+            - emit: {event: cmtyflow.launch, data: {playbook: "'demo'", trigger: "'m'"}}
             - send: {text: hi}
         """,
         {},
@@ -221,7 +223,11 @@ CASES = [
             "pb.yaml:6:19: error: event type 'message.posted ' has a space; write a dotted name such as message.posted",
             "pb.yaml:8:20: warning: event type 'member.joind' is not a standard one (did you mean 'member.joined'?)",
             "pb.yaml:9:20: error: event type 'member.*': types are matched exactly, '*' is not a wildcard; name one type per trigger",
-            "pb.yaml:13:21: error: event type 'a..b' has an empty part between dots; write a dotted name such as message.posted",
+            "pb.yaml:11:20: error: event type 'cmtyflow.launch': types starting with 'cmtyflow.' are cmtyflow's own "
+            "(a launch travels as one); name a type of your own, such as club.restart",
+            "pb.yaml:14:21: error: event type 'a..b' has an empty part between dots; write a dotted name such as message.posted",
+            "pb.yaml:16:21: error: event type 'cmtyflow.launch': types starting with 'cmtyflow.' are cmtyflow's own "
+            "(a launch travels as one); name a type of your own, such as club.restart",
         ],
         id="event_types",
     ),

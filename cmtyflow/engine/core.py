@@ -55,6 +55,12 @@ def event_type_fault(name: str) -> str | None:
     if EVENT_TYPE.fullmatch(name):
         return None
     return "a space" if any(c.isspace() for c in name) else "an empty part between dots"
+
+
+# Event types of cmtyflow's own (a launch travels as ``cmtyflow.launch``): refused from
+# outside (the intake, imports) and in playbooks (an emit would pose as a launch).
+RESERVED_PREFIX = "cmtyflow."
+
 STANDARD_EVENTS = frozenset(
     {
         "member.joined", "member.left", "message.posted", "reaction.added", "report.filed",

@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..engine.core import event_type_fault
+from ..engine.core import RESERVED_PREFIX, event_type_fault
 from ..engine.model import Event
 from ..errors import UserError
 from ..spec.duration import FIRST_YEAR, LAST_YEAR, localize
 
-RESERVED_PREFIX = "cmtyflow."
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n", ""}
 
