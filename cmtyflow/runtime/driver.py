@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..engine.core import Engine
@@ -95,7 +95,9 @@ class Driver:
 
                 at = parse_at(trigger.at, _zone(zone))
             return at
-        return next_cron(trigger.cron, after, zone)
+        # A firing at the very instant the schedule starts is its first (SPEC 6: a dry
+        # run covers [start, start + days), and a window's first midnight is in it).
+        return next_cron(trigger.cron, after - timedelta(microseconds=1), zone)
 
     def positions(self) -> dict[tuple[str, str, str], datetime | None]:
         if self._positions is None:

@@ -156,6 +156,18 @@ def test_window_edges(simulate, tmp_path):
     assert summary["runs"]["started"] == 6
 
 
+def test_a_firing_at_the_start_instant_is_the_first(simulate, tmp_path):
+    """SPEC 6: a dry run covers [start, start + days); a daily midnight firing at the
+    start instant (a window's first midnight) was dropped, while an ``at`` there fired."""
+    pb = WINDOW.replace('cron: "0 9 * * *"', 'cron: "0 0 * * *"')
+    out, _ = simulate(pb, [{"id": "m", "name": "Mo"}], [], "2026-12-01", 3, tmp_path)
+    assert trio(out) == [
+        ("2026-12-01T00:00:00+08:00", None, "morning"),
+        ("2026-12-02T00:00:00+08:00", None, "morning"),
+        ("2026-12-03T00:00:00+08:00", None, "morning"),
+    ]
+
+
 MEMBER_CRON = """
 cmtyflow: 1
 name: evening
