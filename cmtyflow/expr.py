@@ -7,7 +7,8 @@ Rules:
   underscore, no mutation of lists or dicts, a misspelled name raises.
 - Rendering is bounded: output size (``MAX_OUTPUT``), ``range()`` and string or list
   repetition (``MAX_REPEAT``), total loop iterations through ``range`` per render
-  (``MAX_ITERATIONS``), and the exponent of ``**`` (``MAX_EXPONENT``). Text built on the
+  (``MAX_ITERATIONS``), the exponent of ``**`` (``MAX_EXPONENT``), whole numbers made by
+  ``*`` and ``**`` (``MAX_INT_DIGITS``) and ``lipsum`` (``MAX_LIPSUM``). Text built on the
   way is bounded too (``MAX_TEXT``: ``~`` and ``+``, padding and widths in ``center``,
   ``indent``, ``format``, ``%`` and the string methods, ``join`` and ``replace``),
   checked before it is built, so that a loop doubling a string cannot take the
@@ -44,6 +45,9 @@ MAX_OUTPUT = 64 * 1024
 MAX_REPEAT = 10_000
 MAX_ITERATIONS = 100_000
 MAX_EXPONENT = 256
+MAX_INT_DIGITS = 4000  # a whole number made by * or ** (squaring in a loop grew without end)
+MAX_INT_BITS = MAX_INT_DIGITS * 3322 // 1000
+MAX_LIPSUM = 100  # paragraphs, and words per paragraph, of lipsum()
 MAX_TEXT = 4 * MAX_OUTPUT  # characters in any text built while rendering
 MAX_INDENT = 256
 
@@ -82,22 +86,38 @@ def _bounded_range(*args: int) -> Iterator[int]:
 
 
 def _check_repeat(count: Any, other: Any) -> None:
-    if (
-        isinstance(other, (str, list, tuple)) and isinstance(count, int) and not isinstance(count, bool)
-        and (count * max(len(other), 1) > MAX_REPEAT * 10 or count > MAX_REPEAT)
-    ):
-        raise SecurityError(f"repeating {count} times is over the limit of {MAX_REPEAT}")
+    if isinstance(other, (str, list, tuple)) and isinstance(count, int) and not isinstance(count, bool):
+        if count > MAX_REPEAT:
+            raise SecurityError(f"repeating {count} times is over the limit of {MAX_REPEAT}")
+        if count * max(len(other), 1) > MAX_REPEAT * 10:
+            unit = "characters" if isinstance(other, str) else "items"
+            what = "a text" if isinstance(other, str) else "a list"
+            raise SecurityError(f"{what} of {len(other)} {unit} repeated {count} times would make "
+                                f"{count * len(other)} {unit}, over the limit of {MAX_REPEAT * 10}")
+
+
+def _check_bits(bits: int, what: str) -> None:
+    if bits > MAX_INT_BITS:
+        raise SecurityError(f"{what} would make a number of more than {MAX_INT_DIGITS} digits")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _safe_mul(left: Any, right: Any) -> Any:
     _check_repeat(right, left)
     _check_repeat(left, right)
+    if _whole(left) and _whole(right):
+        _check_bits(left.bit_length() + right.bit_length(), "*")
     return operator.mul(left, right)
 
 
 def _safe_pow(left: Any, right: Any) -> Any:
     if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
         raise SecurityError(f"an exponent of {right} is over the limit of {MAX_EXPONENT}")
+    if _whole(left) and _whole(right) and right > 0:
+        _check_bits(left.bit_length() * right, "**")
     return operator.pow(left, right)
 
 
@@ -169,6 +189,17 @@ def _check_str_call(text: str, name: str, args: tuple[Any, ...], kwargs: dict[st
     elif name in ("format", "format_map"):
         _check_widths(text, f"{name}()")
     return args
+
+
+def _bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002 - Jinja's names
+    """Jinja's ``lipsum`` (placeholder text in a draft), at most ``MAX_LIPSUM`` paragraphs
+    of at most ``MAX_LIPSUM`` words (``lipsum(n=100000)`` made 44 million characters)."""
+    from jinja2.utils import generate_lorem_ipsum
+
+    for name, value in (("n", n), ("max", max), ("min", min)):
+        if not isinstance(value, int) or value > MAX_LIPSUM:
+            raise SecurityError(f"lipsum({name}={value!r}) is over the limit of {MAX_LIPSUM}")
+    return str(generate_lorem_ipsum(n=n, html=html, min=min, max=max))
 
 
 def _bounded_center(value: Any, width: int = 80) -> str:
@@ -285,6 +316,7 @@ def _make_env() -> CmtyflowEnvironment:
         lstrip_blocks=True,
     )
     env.globals["range"] = _bounded_range
+    env.globals["lipsum"] = _bounded_lipsum
     env.filters.update(center=_bounded_center, indent=_bounded_indent, format=_bounded_format,
                        join=_bounded_join, replace=_bounded_replace)
     # The attr filter reaches attributes by computed name; the sandbox guards it, but

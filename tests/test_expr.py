@@ -122,9 +122,19 @@ def test_repetition_with_runtime_values_fails_that_render_only():
         ("{{ range(9999) | map('string') | join('x' * 10000) }}", "join would make a text of"),
         # a macro calling itself: "internal error: RecursionError" before
         ("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}", "a macro calls itself too deeply"),
+        # a number squared in a loop: ran for minutes with no end in sight
+        ("{% set ns = namespace(x=10**256) %}{% for i in range(22) %}{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x }}",
+         "* would make a number of more than 4000 digits"),
+        ("{{ (10 ** 200) ** 200 }}", "** would make a number of more than 4000 digits"),
+        # 44 million characters from one call
+        ("{{ lipsum(n=100000) }}", "lipsum(n=100000) is over the limit of 100"),
+        ("{{ lipsum(2, max=vars.n) }}", "lipsum(max=1000000000) is over the limit of 100"),
+        # the size, not the count, is over: said as such
+        ("{{ ('x' * 60) * 2000 }}", "a text of 60 characters repeated 2000 times would make 120000 characters"),
     ],
     ids=["concat", "plus", "center", "indent", "format", "percent", "str-format", "dynamic-width", "ljust",
-         "str-replace", "replace", "join", "recursion"],
+         "str-replace", "replace", "join", "recursion", "int-square", "int-pow", "lipsum-n", "lipsum-max",
+         "repeat-size"],
 )
 def test_text_built_while_rendering_is_bounded_before_it_is_built(source, message):
     with pytest.raises(RenderError, match=re.escape(message)):
@@ -137,6 +147,8 @@ def test_ordinary_text_operations_still_work():
         "{{ '%5.2f' | format(3.14159) }}": " 3.14", "{{ '%s-%s' % ('a', 'b') }}": "a-b", "{{ 'x' | center(5) }}": "  x  ",
         "{{ 'a b' | replace(' ', '-') }}": "a-b", "{{ ['a', 'b'] | join(', ') }}": "a, b", "{{ '{:>3}'.format('x') }}": "  x",
         "{{ 'l1\nl2' | indent(2) }}": "l1\n  l2", "{{ '-'.join(['a', 'b']) }}": "a-b",
+        "{{ 2 ** 64 }}": "18446744073709551616", "{{ (10 ** 100) * (10 ** 100) > 0 }}": "True",
+        "{{ lipsum(1, html=false, min=3, max=4) | wordcount }}": "3",
     }
     assert {src: compile_template(src).render(scope({})) for src in cases} == cases
 
