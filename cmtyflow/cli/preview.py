@@ -10,7 +10,7 @@ import click
 from ..clock import SystemClock
 from ..errors import UserError
 from ..expr import RenderError
-from ..runtime.inputs import RowProblem, read_roster
+from ..runtime.inputs import RowProblem, json_value, read_roster
 from ..runtime.prepare import load_programs, parse_start
 from ..runtime.preview import campaign_only, find_step, preview
 from . import EXIT_OK, cli
@@ -23,8 +23,9 @@ from . import EXIT_OK, cli
 @click.option("--roster", type=click.Path(exists=True, dir_okay=False), help="members, CSV or JSON lines")
 @click.option("--at", "at", help="render as of this ISO 8601 time (default: now)")
 @click.option("--member-state", "--state", "state_json",
-              help='the member\'s playbook state to render with, JSON, e.g. \'{"streak": 7}\' (not a state file: '
-                   'preview reads no store)')
+              help='the member\'s playbook state to render with, JSON, e.g. \'{"streak": 7, "points": 30}\' (a '
+                   'streak without last_checkin is read as current: the last check-in today). Not a state file: '
+                   'preview reads no store')
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def preview_cmd(
     playbook: str, step: str, member_id: str | None, roster: str | None, at: str | None,
@@ -49,12 +50,13 @@ def preview_cmd(
     state = None
     if state_json:
         try:
-            state = json.loads(state_json)
-        except json.JSONDecodeError as exc:
+            state = json_value(state_json)
+        except ValueError as exc:
             hint = ""
             if state_json.endswith(".db") or "/" in state_json or state_json.startswith("postgres"):
                 hint = " (it reads like a state file: preview reads no store; give the member's state as JSON)"
-            raise UserError(f"--member-state is not JSON: {exc.msg}{hint}") from None
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise UserError(f"--member-state is not JSON: {reason}{hint}") from None
         if not isinstance(state, dict):
             raise UserError("--member-state must be a JSON object")
     try:

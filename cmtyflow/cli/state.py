@@ -29,7 +29,7 @@ from ..engine.model import Launch
 from ..engine.program import Program
 from ..errors import UserError
 from ..runtime.driver import launch_event
-from ..runtime.inputs import RowProblem, parse_event, read_events, read_roster
+from ..runtime.inputs import RowProblem, json_value, parse_event, read_events, read_roster
 from ..store.base import Store
 from ..store.open import open_store, shown, state_location
 from . import EXIT_ERROR, EXIT_OK, cli
@@ -240,7 +240,7 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
     data: Any = {}
     if data_text:
         try:
-            data = json.loads(data_text)
+            data = json_value(data_text)
         except ValueError as exc:
             raise UserError(f"--data is not JSON: {exc}") from None
     raw: dict[str, Any] = {"type": event_type, "at": at_text or SystemClock().now().isoformat(), "data": data}

@@ -215,6 +215,29 @@ def _delimiter(fh: Any, path: str) -> str:
     )
 
 
+def json_value(text: str, *, strict: bool = False) -> Any:
+    """``json.loads`` for input from outside (a file's line, a request's body, an option),
+    with Python's own limits said in the sender's terms as ValueError: a value nested too
+    deeply (a RecursionError stopped the command as a fault of its own), a number past
+    4,300 digits. ``json.JSONDecodeError`` (a ValueError too) is raised as it is. NaN and
+    Infinity are read, for ``parse_event`` to name the field that holds one, or with
+    ``strict`` refused (they are not JSON)."""
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        return json.loads(text, parse_constant=no_constant) if strict else json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        if "int_max_str_digits" in str(exc):  # Python's advice, not the sender's
+            raise ValueError("a number has more than 4300 digits") from None
+        raise
+
+
 def read_roster(
     path: str | Path, problems: list[RowProblem], repeats: list[RowProblem] | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -242,7 +265,7 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
                 if not line.strip():
                     continue
                 try:
-                    raw = json.loads(line)
+                    raw = json_value(line)
                     if not isinstance(raw, dict):
                         raise ValueError("a member must be a JSON object")
                     member = _member(raw)
@@ -347,7 +370,7 @@ def _events_from_lines(fh: Any, name: str, problems: list[RowProblem], default_t
         if not line.strip():
             continue
         try:
-            yield parse_event(json.loads(line), default_tz)
+            yield parse_event(json_value(line), default_tz)
         except json.JSONDecodeError as exc:
             problems.append(RowProblem(name, lineno, f"not JSON: {exc.msg}"))
         except ValueError as exc:

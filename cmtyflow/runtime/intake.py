@@ -50,7 +50,7 @@ from ..adapters.base import one_line
 from ..adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from ..engine.model import Event
 from ..errors import UserError
-from .inputs import parse_event
+from .inputs import json_value, parse_event
 
 log = logging.getLogger("cmtyflow.intake")
 
@@ -242,21 +242,13 @@ class _Intake:
         except UnicodeDecodeError:
             raise _Refused(_error(400, "the body is not valid UTF-8")) from None
 
-        def no_constant(name: str) -> Any:
-            raise ValueError(f"{name} is not a JSON value")
-
         try:
-            value = json.loads(text, parse_constant=no_constant)
+            value = json_value(text, strict=True)
         except json.JSONDecodeError as exc:
             message = f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
             raise _Refused(_error(400, message)) from None
         except ValueError as exc:
-            reason = str(exc)
-            if "int_max_str_digits" in reason:  # Python's advice, not the client's
-                reason = "a number has more than 4300 digits"
-            raise _Refused(_error(400, f"the body is not JSON: {reason}")) from None
-        except RecursionError:
-            raise _Refused(_error(400, "the body is not JSON: nested too deeply")) from None
+            raise _Refused(_error(400, f"the body is not JSON: {exc}")) from None
         if isinstance(value, dict) and "events" in value:
             if set(value) != {"events"} or not isinstance(value["events"], list):
                 message = 'a batch object must be {"events": [...]} and nothing else'

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..engine.core import Engine
-from ..engine.interp import Interpreter, variant_for
+from ..engine.interp import Interpreter, variant_for, zone
 from ..engine.model import Decision, Run
 from ..engine.program import Program
 from ..engine.txn import Txn
@@ -67,14 +67,18 @@ def preview(
     engine = Engine(programs)
     decision = Decision()
     txn = Txn(store, decision)
-    if state:
-        txn.state(prog.name, member_id).update(state)
     interp = Interpreter(engine, txn, now)
     run = Run(
         id="preview", playbook=prog.name, version=prog.version, flow=flow, member=member_id,
         trigger="preview", mode="single", started_at=now,
         timezone=(member or {}).get("timezone") or prog.playbook.timezone,
     )
+    if state:
+        if state.get("streak") and "last_checkin" not in state:
+            # A streak given alone is the member's current one (SPEC 2 reads a streak as 0
+            # once a day has passed without a check-in): the last check-in was today.
+            state = {**state, "last_checkin": interp.local(zone(run.timezone, prog.tz))[1].isoformat()}
+        txn.state(prog.name, member_id).update(state)
     ctx = interp.context(prog, run)
     spec = ins.step.send
     channel = spec.channel or prog.default_channel or ""

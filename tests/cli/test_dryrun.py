@@ -173,6 +173,26 @@ def test_preview_renders_literally_and_lists_steps(tmp_path, capsys):
     assert out.splitlines()[1] == "你好 " and "no --roster, so u1 has an id and nothing else" in err
 
 
+def test_preview_of_a_streak_given_alone_reads_it_as_current(tmp_path, capsys):
+    """``--member-state '{"streak": 7}'`` (the help's own example) rendered a streak of 0:
+    SPEC 2 reads a streak as 0 a day after the last check-in, and none was given."""
+    (tmp_path / "s.yaml").write_text(
+        "cmtyflow: 1\nname: s\ntimezone: Asia/Shanghai\nchannels:\n  dm: {adapter: console}\n"
+        "triggers:\n  - {id: c, event: checkin.posted, flow: f}\n"
+        "flows:\n  f:\n    - id: s\n      send: {text: \"streak {{ state.streak }} points {{ state.points }}\"}\n",
+        encoding="utf-8",
+    )
+    args = ["preview", str(tmp_path / "s.yaml"), "s", "--member", "u1", "--at", "2026-12-05T21:00:00+08:00"]
+    assert main([*args, "--member-state", '{"streak": 7, "points": 30}']) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "streak 7 points 30"
+    # With its last check-in, as SPEC 2 reads it: two days ago is a lapsed streak.
+    assert main([*args, "--member-state", '{"streak": 7, "last_checkin": "2026-12-03"}']) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "streak 0 points 0"
+    # Nested past Python's limit: said as such, not a crash.
+    assert main([*args, "--member-state", "[" * 100_000 + "]" * 100_000]) == 1
+    assert "--member-state is not JSON: nested too deeply" in capsys.readouterr().err
+
+
 def test_preview_of_a_campaign_step_with_a_member_renders_the_campaign_post(tmp_path, capsys):
     """A leaderboard's flow runs for no member (a schedule without for_each): its template
     reads ``audience``. With --member it failed ('audience' is undefined); it is rendered

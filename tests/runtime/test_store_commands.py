@@ -295,6 +295,23 @@ def test_members_import_commits_as_it_goes_and_says_how_far_it_got(tmp_path, clu
     assert [m["id"] for m in json.loads(out)] == ["u1", "u2", "u3", "u4"]
 
 
+def test_json_nested_past_pythons_limit_is_bad_input_not_a_crash(tmp_path, club, capsys):
+    """A RecursionError from json.loads stopped these commands as a fault of their own
+    (exit 3, a crash log); the intake already answered 400 "nested too deeply"."""
+    _, state = club
+    deep = "[" * 100_000 + "]" * 100_000
+    events = tmp_path / "deep.jsonl"
+    events.write_text('{"type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"x": ' + deep + '}}\n', encoding="utf-8")
+    code, _, err = cli(capsys, "events", "import", str(events), "--state", state)
+    assert code == 1 and "deep.jsonl:1: nested too deeply: line skipped" in err
+    roster = tmp_path / "deep_m.jsonl"
+    roster.write_text('{"id": "a", "x": ' + deep + '}\n{"id": "b"}\n', encoding="utf-8")
+    code, out, err = cli(capsys, "members", "import", str(roster), "--state", state)
+    assert code == 1 and "deep_m.jsonl:1: nested too deeply: row skipped" in err and "imported 1 members" in out
+    code, _, err = cli(capsys, "emit", "a.b", "--data", '{"x": ' + deep + "}", "--state", state)
+    assert code == 1 and "error: --data is not JSON: nested too deeply" in err
+
+
 def test_report_median_answer_time_of_an_even_count_is_the_middle(tmp_path, club, capsys):
     path, state = club
     assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
