@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
+from ..errors import UserError
 from .base import Store
 from .sqlite import SqliteStore
 
@@ -15,10 +17,26 @@ ENV_VAR = "CMTYFLOW_STATE"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def state_location(option: str | None, environ: Mapping[str, str]) -> str:
-    if option:
-        return option
-    return environ.get(ENV_VAR) or DEFAULT_STATE
+    """The state's location: ``option``, else ``CMTYFLOW_STATE``, else the default. A URL
+    of any other kind than ``postgresql://`` is refused: it was taken for a relative
+    file path (``sqlite:///x.db`` made a folder ``sqlite:``, an empty state, and said
+    nothing), and its password was printed."""
+    location = option or environ.get(ENV_VAR) or DEFAULT_STATE
+    if _URL.match(location) and not is_postgres(location):
+        from .pg_connect import mask_url
+
+        scheme = location.split("://", 1)[0]
+        hint = (
+            "write postgresql://... (the driver is chosen by cmtyflow)" if scheme.lower().startswith("postgres")
+            else "give an SQLite file as a path, e.g. .cmtyflow/state.db" if scheme.lower().startswith("sqlite")
+            else "give an SQLite file as a path, or a postgresql:// URL"
+        )
+        raise UserError(f"the state {mask_url(location)} is a {scheme}:// URL, which cmtyflow does not open: {hint}")
+    return location
 
 
 def is_postgres(location: str) -> bool:

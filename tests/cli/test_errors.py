@@ -246,3 +246,25 @@ def test_python_dash_m_exits_with_the_commands_code(tmp_path):
     bad.write_text("cmtyflow: 1\nname: x\nflows: []\n", encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "cmtyflow", "validate", str(bad)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql+psycopg://u:s3cretpw@db.example/community",
+         "the state postgresql+psycopg://u:***@db.example/community is a postgresql+psycopg:// URL, which cmtyflow "
+         "does not open: write postgresql://..."),
+        ("sqlite:///tmp/e.db", "is a sqlite:// URL, which cmtyflow does not open: give an SQLite file as a path"),
+    ],
+)
+def test_a_state_url_of_another_kind_is_refused_not_made_a_folder(url, said, tmp_path, monkeypatch, capsys):
+    """It was taken for a relative SQLite path: `status` made folders named after the
+    URL, reported an empty state and printed the password."""
+    monkeypatch.chdir(tmp_path)
+    for args in (("status", "--state", url), ("members", "list", "--state", url)):
+        code, out, err = run(capsys, *args)
+        assert code == 1 and said in err and "s3cretpw" not in out + err
+    monkeypatch.setenv("CMTYFLOW_STATE", url)
+    code, _, err = run(capsys, "outbox")
+    assert code == 1 and said in err
+    assert list(tmp_path.iterdir()) == []
