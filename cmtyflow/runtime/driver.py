@@ -14,7 +14,19 @@ Rules:
   or has fully applied it.
 - Catch-up (SPEC 5.3): when a schedule's due firings lie in the past, the latest is
   fired late if it is within ``catch_up.grace`` and the others are coalesced into it;
-  firings older than the grace are skipped. Both are reported.
+  firings older than the grace are skipped. Both are reported. A firing taken late is
+  handled as of its due time (``now``, ``today``), as a wait is; what it sends is
+  planned from now.
+- A schedule's position (its next due time) is kept per (playbook, trigger, zone) under
+  the key ``schedule_key``: the zone, and a digest of what decides the firings (the
+  cron or ``at``, the trigger's and the playbook's timezone, the window). An edit to
+  any of them gives the schedule a new position, from the moment it is loaded, instead
+  of the one the old definition computed (a moved ``at`` fired at its old time, a new
+  window after an ended one fired nothing, a changed timezone fired in both zones).
+  Only the positions of the loaded playbooks' current schedules are taken; the others
+  stay in the state, untouched, for a runner that loads them (a position the runner
+  could not fire kept its loop turning for good). A position kept under the zone alone
+  (written before keys had a digest) is taken over once.
 - A manual launch (``cmtyflow launch``) travels as a queued event of type
   ``LAUNCH_EVENT`` so that it is taken by the runner in arrival order, durably and
   once (its id is the launch id); it never reaches event triggers.
@@ -24,6 +36,8 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +58,17 @@ LAUNCH_EVENT = "cmtyflow.launch"
 NOTED_FIRINGS = 10  # missed firings noted one by one; the rest in one note with their count
 MAX_EMIT_DEPTH = 100  # events emitted one by the other, from one input
 MAX_EMITTED = 10_000  # events emitted from one input, in all
+
+
+def schedule_key(prog: Program, trigger: Any, zone: str) -> str:
+    """The zone part of a schedule's position key: the zone and a digest of what decides
+    its firings, so that an edit to any of them starts a new position (rules above)."""
+    window = prog.playbook.window
+    what = [trigger.kind, getattr(trigger, "cron", None), getattr(trigger, "at", None),
+            getattr(trigger, "timezone", None), prog.playbook.timezone,
+            None if window is None else window.model_dump(mode="json")]
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{zone}#{digest}"
 
 
 def launch_event(launch: Launch) -> Event:
@@ -75,6 +100,9 @@ class Driver:
         self._order = [
             (prog, t) for prog in engine.programs.values() for t in prog.playbook.triggers if t.kind in ("cron", "at")
         ]
+        # The schedules this driver fires, in trigger order: (program, trigger, zone,
+        # position key); set by ``init_schedules``.
+        self._live: list[tuple[Program, Any, str, tuple[str, str, str]]] = []
 
     @property
     def programs(self) -> dict[str, Program]:
@@ -114,7 +142,8 @@ class Driver:
     def _soonest_position(self) -> datetime | None:
         # Asked once or more per instant; the positions change only when a schedule fires.
         if not self._soonest_known:
-            due = [d for d in self.positions().values() if d is not None]
+            positions = self.positions()
+            due = [d for *_, key in self._live if (d := positions.get(key)) is not None]
             self._soonest = min(due) if due else None
             self._soonest_known = True
         return self._soonest
@@ -127,10 +156,18 @@ class Driver:
         self._zone_count = len(zones)
         positions = self.positions()
         updates = []
+        live = []
         for prog, trigger in self._order:
             for zone in self._zones(prog, trigger, zones):
-                if (prog.name, trigger.id, zone) not in positions:
-                    updates.append(ScheduleUpdate(prog.name, trigger.id, zone, self._first_due(prog, trigger, zone, now)))
+                key = (prog.name, trigger.id, schedule_key(prog, trigger, zone))
+                live.append((prog, trigger, zone, key))
+                if key in positions:
+                    continue
+                legacy = (prog.name, trigger.id, zone)
+                due = positions[legacy] if legacy in positions else self._first_due(prog, trigger, zone, now)
+                updates.append(ScheduleUpdate(*key, due))
+        self._live = live
+        self._soonest_known = False
         if updates:
             self.store.set_schedules(updates)
             self._set_positions(updates)
@@ -190,11 +227,10 @@ class Driver:
         soonest = self._soonest_position()
         if soonest is not None and soonest <= instant:
             positions = self.positions()
-            for prog, trigger in self._order:
-                for (pb, tid, zone), due in list(positions.items()):
-                    if pb != prog.name or tid != trigger.id or due is None or due > instant:
-                        continue
-                    handled += self._fire(prog, trigger, zone, due, now)
+            for prog, trigger, zone, key in self._live:
+                due = positions.get(key)
+                if due is not None and due <= instant:
+                    handled += self._fire(prog, trigger, zone, key, due, now)
         # 3. events, in arrival order
         for event in self.store.pending_events(instant, MAX_BATCH):
             decision = self._handle_event(event, now)
@@ -226,7 +262,7 @@ class Driver:
         if self.observe is not None:
             self.observe(decision)
 
-    def _fire(self, prog: Program, trigger: Any, zone: str, due: datetime, now: datetime) -> int:
+    def _fire(self, prog: Program, trigger: Any, zone: str, key: tuple[str, str, str], due: datetime, now: datetime) -> int:
         grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
         missed: list[datetime] = []
         latest = due
@@ -236,7 +272,7 @@ class Driver:
             latest = nxt
             nxt = self._next_after(prog, trigger, zone, latest)
         late = (now - latest).total_seconds()
-        update = ScheduleUpdate(prog.name, trigger.id, zone, nxt)
+        update = ScheduleUpdate(*key, nxt)
         member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         if late > grace:
             skipped = Decision()
@@ -246,8 +282,11 @@ class Driver:
             self._observe(skipped)
             self._set_positions([update])
             return 1
+        # As of its due time, as a wait taken late is (a reminder caught up after
+        # midnight read the next day as its today); what it sends goes from now.
         decision = self.engine.handle(
-            self.store, now, Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0)
+            self.store, min(latest, now), Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0),
+            earliest=now,
         )
         _note_firings(decision, "coalesced_firing", missed, None, playbook=prog.name, trigger=trigger.id, zone=zone)
         if missed:

@@ -438,6 +438,84 @@ async def test_a_runner_stopped_across_three_firings_sends_one_late_and_reports_
     await h.close()
 
 
+def _texts(sink) -> list[str]:
+    return [r.body["text"] for r in sink.requests]
+
+
+async def test_a_schedule_the_runner_has_not_loaded_does_not_hold_it(tmp_path, sink, harness):
+    """The state held a position for a playbook run before and not loaded now (or a
+    trigger since renamed). The runner's loop took it as due, fired nothing, and turned
+    for good, deaf to SIGTERM. It is left alone now, for a runner that loads it."""
+    other = DAILY_PLAYBOOK.replace("name: daily", "name: other")
+    paths = [write_playbook(tmp_path / "pb", DAILY_PLAYBOOK.format(url=sink.url)),
+             write_playbook(tmp_path / "pb", other.format(url=sink.url), "other.yaml")]
+    h = harness(paths, datetime(2026, 12, 1, 19, 0, tzinfo=UTC))
+    await h.open()
+    await h.close()
+    only = harness(paths[:1], datetime(2026, 12, 1, 19, 0, tzinfo=UTC))
+    await only.open()
+    assert await asyncio.wait_for(only.at(datetime(2026, 12, 1, 20, 0, 5, tzinfo=UTC)), 10) is not None
+    assert _texts(sink) == ["今晚打卡 2026-12-01"]
+    await only.close()
+    # Loaded again, the other playbook catches up on its own position (SPEC 5.3).
+    both = harness(paths, datetime(2026, 12, 1, 20, 10, tzinfo=UTC))
+    await both.open()
+    await both.at(datetime(2026, 12, 1, 20, 10, tzinfo=UTC))
+    assert _texts(sink) == ["今晚打卡 2026-12-01"] * 2
+    await both.close()
+
+
+async def test_an_edited_schedule_fires_as_edited_not_as_it_was(tmp_path, sink, harness):
+    """A changed timezone fired in both zones every day; a moved cron fired once more at
+    its old time; a new window after an ended one fired nothing (docs/playbooks.md tells
+    users to change the window to run a challenge again)."""
+    text = DAILY_PLAYBOOK.format(url=sink.url)
+    path = write_playbook(tmp_path / "pb", text.replace("timezone: UTC", "timezone: UTC\nwindow: {start: 2026-12-01, days: 1}"))
+    h = harness([path], datetime(2026, 12, 1, 19, 0, tzinfo=UTC))
+    await h.open()
+    await h.run_until(datetime(2026, 12, 3, tzinfo=UTC))
+    assert _texts(sink) == ["今晚打卡 2026-12-01"]
+    await h.close()
+    # The same challenge again in January, and at 21:00 Berlin time.
+    write_playbook(tmp_path / "pb", text.replace("timezone: UTC", "timezone: Europe/Berlin\nwindow: {start: 2027-01-04, days: 2}")
+                   .replace('cron: "0 20 * * *"', 'cron: "0 21 * * *"').replace("{{ today }}", "{{ today }} {{ now.strftime('%H:%M') }}"))
+    again = harness([path], datetime(2026, 12, 3, tzinfo=UTC))
+    await again.open()
+    await again.run_until(datetime(2027, 1, 7, tzinfo=UTC))
+    assert _texts(sink) == ["今晚打卡 2026-12-01", "今晚打卡 2027-01-04 21:00", "今晚打卡 2027-01-05 21:00"]
+    await again.close()
+
+
+async def test_a_firing_caught_up_after_midnight_is_handled_as_of_its_own_day(tmp_path, sink, harness):
+    """A 23:30 reminder caught up at 00:10 (within the grace) read the next day as
+    ``today``; as a wait taken late, it is handled as of its due time, and sent now."""
+    text = DAILY_PLAYBOOK.format(url=sink.url).replace('cron: "0 20 * * *"', 'cron: "30 23 * * *"')
+    h = harness([write_playbook(tmp_path / "pb", text)], datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+    await h.open()
+    await h.close()
+    await h.open()
+    await h.at(datetime(2026, 12, 2, 0, 10, tzinfo=UTC))
+    assert _texts(sink) == ["今晚打卡 2026-12-01"]
+    assert [row.sent_at for row in h.store.outbox(["sent"])] == [datetime(2026, 12, 2, 0, 10, tzinfo=UTC)]
+    await h.close()
+
+
+async def test_a_position_kept_under_the_zone_alone_is_taken_over(tmp_path, sink, harness):
+    """Positions written before keys had a digest: a missed firing is still caught up."""
+    from cmtyflow.store.base import ScheduleUpdate
+    from cmtyflow.store.sqlite import SqliteStore
+
+    path = write_playbook(tmp_path / "pb", DAILY_PLAYBOOK.format(url=sink.url))
+    store = SqliteStore(tmp_path / "state.db")
+    store.set_schedules([ScheduleUpdate("daily", "nightly", "UTC", datetime(2026, 12, 1, 20, 0, tzinfo=UTC))])
+    store.close()
+    h = harness([path], datetime(2026, 12, 1, 20, 30, tzinfo=UTC))
+    await h.open()
+    await h.at(datetime(2026, 12, 1, 20, 30, tzinfo=UTC))
+    assert _texts(sink) == ["今晚打卡 2026-12-01"]
+    await h.close()
+
+
 WAITS_PLAYBOOK = """
 cmtyflow: 1
 name: waits
