@@ -54,12 +54,16 @@ class RowProblem:
 
 def check_values(value: Any, where: str = "") -> None:
     """Refuse what JSON reads but the state cannot keep as text: a lone surrogate
-    (``"\\ud800"``) and a number that is not finite (``NaN``, ``Infinity``, ``1e999``)."""
+    (``"\\ud800"``), a NUL character (``"\\u0000"``: PostgreSQL refuses it in text, and
+    a message quoting it stopped the runner at every start) and a number that is not
+    finite (``NaN``, ``Infinity``, ``1e999``)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ValueError(f"{where or 'a value'} holds {value[exc.start]!r}, a lone surrogate, not text") from None
+        if "\x00" in value:
+            raise ValueError(f"{where or 'a value'} holds a NUL character (\\u0000), which is not text")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where or 'a value'} is {value}, not a finite number")

@@ -178,7 +178,8 @@ class Worker:
         from procrastinate.manager import JobManager
 
         libpq_url, schema = split_schema(self.url, self.schema)
-        pool_args = {"options": f"-c search_path={schema} -c TimeZone=UTC"}
+        # Quoted: the server folds an unquoted name to lower case (Team_A is not team_a).
+        pool_args = self.pool_args = {"options": f"-c search_path=\"{schema}\" -c TimeZone=UTC"}
         connector = procrastinate.PsycopgConnector(
             conninfo=libpq_url, kwargs=pool_args, min_size=1, max_size=max(4, self.jobs + 2)
         )

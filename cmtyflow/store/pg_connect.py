@@ -31,10 +31,26 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s,]+)")
 
 
+_RAW_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#\s]*:)(\S*)@")
+
+
+def _raw_password(url: str) -> str | None:
+    """What stands between the user's ':' and the last '@' of ``url``, when that is a
+    password (not a host's port followed by a path or query holding an '@')."""
+    found = _RAW_PASSWORD.match(url)
+    if found is None or re.match(r"\d*(?:[/?#]|$)", found.group(2)):
+        return None
+    return found.group(2)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password (in the user part or a ``password=`` parameter) as ***."""
     if "://" not in url:  # a "key=value ..." connection string
         return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    # A password written raw with '/', '?', '#' or '@' in it (a generated one) is not
+    # where a URL's parts say: everything from the user's ':' to the last '@' goes.
+    if _raw_password(url) is not None:
+        url = _RAW_PASSWORD.sub(r"\1***@", url)
     try:
         parts = urlsplit(url)
     except ValueError:  # not a URL Python can split (a broken [IPv6] host): by pattern
@@ -79,6 +95,13 @@ def split_schema(url: str, schema: str | None = None) -> tuple[str, str]:
     """(the URL libpq is given, without ``schema=``; the schema to use)."""
     chosen = schema
     if "://" in url:
+        raw_password = _raw_password(url)
+        if raw_password is not None and re.search(r"[/?#@]", raw_password):
+            # libpq would read part of it as the host or the port, and print it back.
+            raise UserError(
+                f"{mask_url(url)}: the password holds '/', '?', '#' or '@' as it is; write them percent-encoded "
+                "(%2F, %3F, %23, %40), or give the password in PGPASSWORD or ~/.pgpass"
+            )
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - read for its check: a port that is not a number

@@ -183,6 +183,26 @@ def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path
         assert strategy.get_retry_decision(exception=psycopg.OperationalError("server closed the connection"), job=job), name
         assert strategy.get_retry_decision(exception=ValueError("a bug"), job=job) is None, name
 
+def test_a_schema_named_in_mixed_case_is_the_one_the_workers_connections_use(cluster: pg_server.Cluster, tmp_path: Path) -> None:
+    """`run` quoted the schema's name and `worker` did not: the server folded Team_A to
+    team_a, and the worker retried "Database error." for good."""
+    import psycopg
+
+    from cmtyflow.clock import SystemClock
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import Worker
+    from cmtyflow.store.open import open_store
+    from cmtyflow.store.pg_connect import split_schema
+
+    state = pg_server.with_schema(cluster.url, "W_Mixed_Case")
+    open_store(state).close()  # the state, in the schema as named
+    result, programs = load_programs([wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")])
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
+    with psycopg.connect(split_schema(state)[0], **w.pool_args) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
 def test_the_tick_runs_every_second_and_the_recovery_every_five_seconds(state: str, tmp_path: Path) -> None:
     """As procrastinate's periodic deferrer reads its crons (a 6th column is seconds).
     "*/5 * * * * *" was every second of every fifth minute: a dead worker's jobs waited

@@ -67,6 +67,21 @@ def test_urls_are_shown_without_passwords() -> None:
     assert mask_url("host=db password='s3 cret' dbname=x") == "host=db password=*** dbname=x"
     assert shown("postgres://u:s3cret@db/x") == "postgres://u:***@db/x"  # for commands that print --state
     assert shown(".cmtyflow/state.db") == ".cmtyflow/state.db"
+    # A generated password written raw: '/', '#', '?' or '@' in it put part of it where
+    # a URL's host goes, and it was printed whole (or its end, in libpq's own error).
+    for raw in ("Pa/ss9word", "Pa#ss9word", "Pa?ss9word", "Pa@ss9word"):
+        assert mask_url(f"postgresql://cm:{raw}@127.0.0.1:5432/community") == "postgresql://cm:***@127.0.0.1:5432/community"
+
+
+def test_a_password_written_raw_with_url_characters_is_refused_before_libpq_reads_it() -> None:
+    """libpq split such a password at its '/' or '@' and printed part of it back as a
+    host or port it could not use."""
+    for raw in ("Pa/ss9word", "Pa#ss9word", "Pa?ss9word", "Pa@ss9word"):
+        with pytest.raises(UserError, match=r"cm:\*\*\*@db/x: the password holds '/', '\?', '#' or '@' as it is") as caught:
+            split_schema(f"postgresql://cm:{raw}@db/x")
+        assert "ss9word" not in str(caught.value)
+    assert split_schema("postgresql://cm:Pa%40ss@db/x")[0] == "postgresql://cm:Pa%40ss@db/x"
+    assert split_schema("postgresql://db:5432/x?application_name=a@b")[0] == "postgresql://db:5432/x?application_name=a@b"
 
 
 def test_the_schema_comes_from_the_argument_the_url_or_its_options() -> None:
