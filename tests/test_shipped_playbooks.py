@@ -105,6 +105,20 @@ def test_an_english_speaker_checks_in_with_an_english_word(tmp_path, capsys):
     assert reminders and all('"#checkin"' in t for t in reminders)
 
 
+def test_a_member_without_a_name_is_called_by_their_id_on_the_leaderboard(tmp_path, capsys):
+    """docs/playbooks.md: templates call a member without a name by their id. The
+    leaderboard and the summary printed a blank ("1.  — 20 分")."""
+    events = (
+        '{"id": "j1", "type": "member.joined", "at": "2026-12-01T09:00:00+08:00", '
+        '"member": {"id": "n1", "tags": ["reading"]}}\n'
+        '{"id": "p1", "type": "message.posted", "at": "2026-12-02T09:00:00+08:00", "member": "n1", '
+        '"data": {"text": "打卡 第一天"}}\n'
+    )
+    sent = dry_run_deliveries(capsys, tmp_path, "checkin-challenge", events, "2026-12-01", 7)
+    board = [d["text"] for d in sent if d["step"] == "weekly-leaderboard"]
+    assert board and all("1. n1 — " in text for text in board)
+
+
 PLAYBOOK_FILES = sorted(
     p for p in (ROOT / "playbooks").glob("*.yaml") if p.name != "cmtyflow.yaml" and not p.name.endswith(".test.yaml")
 )
