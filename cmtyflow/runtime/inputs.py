@@ -123,9 +123,9 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             except (ValueError, LookupError):
                 raise ValueError(f"unknown timezone '{value}'") from None
         member[key] = value
-    if not member.get("id"):
+    if "id" not in member:
         raise ValueError("missing id")
-    member["id"] = str(member["id"])
+    member["id"] = _id_text(member["id"], "id")  # as an event's: 0 is an id, true and 1.0 are not
     return member
 
 
@@ -284,6 +284,11 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
         twice = sorted({n for n in names if n and names.count(n) > 1})
         if twice:
             raise UserError(f"{text_path}:1: the header names {', '.join(repr(n) for n in twice)} more than once; each column needs a name of its own")
+        # A column without a name (Excel's trailing commas) is left out while its cells
+        # are empty; a value in one is a bad row (it was lost, or kept under the name "").
+        unnamed = {f"\x00{i}": i for i, n in enumerate(names, 1) if not n}
+        if unnamed:
+            reader.fieldnames = [f"\x00{i}" if not n else raw for i, (n, raw) in enumerate(zip(names, reader.fieldnames or [], strict=True), 1)]
         while True:
             start = reader.line_num + 1
             try:
@@ -295,6 +300,11 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
                     f"{text_path}:{start}: {exc} (a quote opened in a cell must be closed, and a quote inside a quoted "
                     'cell is written twice: "say ""hi""")'
                 ) from None
+            filled = [i for key, i in unnamed.items() if (row.pop(key, None) or "").strip()]
+            if filled:
+                problems.append(RowProblem(text_path, start, f"a value in column {filled[0]}, which has no name in the "
+                                                              "header row; name the column, or leave its cells empty"))
+                continue
             try:
                 member = _member(row)
             except ValueError as exc:

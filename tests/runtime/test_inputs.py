@@ -28,19 +28,38 @@ def test_roster_csv_fields_and_bad_rows_are_reported_and_skipped(tmp_path):
         {"id": "u6", "name": "Di"},
     ]
     assert [str(p) for p in problems] == [
-        f"{path}:3: missing id",
+        f"{path}:3: id is empty",
         f"{path}:4: opted_out must be true or false, not 'maybe'",
         f"{path}:5: joined_at '2025-13-01' is not an ISO date or datetime",
         f"{path}:6: unknown timezone 'Mars/Base'",
     ]
 
 
+def test_a_csv_column_without_a_name_is_left_out_while_its_cells_are_empty(tmp_path):
+    """Excel's trailing commas: the first unnamed column's values were lost, a second's
+    kept under the field name ""."""
+    path = tmp_path / "m.csv"
+    path.write_text("id,name,,\nu1,A,,\nu2,B,x,\nu3,C,,y\nu4,D,,\n", encoding="utf-8")
+    problems: list[RowProblem] = []
+    assert list(read_roster(path, problems)) == [{"id": "u1", "name": "A"}, {"id": "u4", "name": "D"}]
+    assert [(p.line, p.message.split(",")[0]) for p in problems] == [
+        (3, "a value in column 3"), (4, "a value in column 4"),
+    ]
+
+
 def test_roster_jsonl(tmp_path):
     path = tmp_path / "members.jsonl"
-    path.write_text('{"id": 7, "name": "A", "tags": ["x"]}\n[1]\n\n{"name": "no id"}\n', encoding="utf-8")
+    path.write_text(
+        '{"id": 7, "name": "A", "tags": ["x"]}\n[1]\n\n{"name": "no id"}\n{"id": 0}\n{"id": true}\n{"id": 1.0}\n{"id": " "}\n',
+        encoding="utf-8",
+    )
     problems: list[RowProblem] = []
-    assert list(read_roster(path, problems)) == [{"id": "7", "name": "A", "tags": ["x"]}]
-    assert [(p.line, p.message) for p in problems] == [(2, "a member must be a JSON object"), (4, "missing id")]
+    # Ids as an event's are: 0 is one (it was "missing"), true and 1.0 are not (they became "True" and "1.0").
+    assert list(read_roster(path, problems)) == [{"id": "7", "name": "A", "tags": ["x"]}, {"id": "0"}]
+    assert [(p.line, p.message) for p in problems] == [
+        (2, "a member must be a JSON object"), (4, "missing id"), (6, "id must be text or an integer, not true"),
+        (7, "id must be text or an integer, not 1.0"), (8, "id is empty"),
+    ]
 
 
 def test_a_roster_without_an_id_column_or_without_a_header_is_refused(tmp_path):
