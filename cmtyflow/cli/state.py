@@ -339,7 +339,8 @@ def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, .
         raise UserError(f"{playbook}: no trigger '{trigger}' (manual triggers: {names})")
     spec = found[0]
     if spec.kind != "manual":
-        raise UserError(f"{playbook}: trigger '{trigger}' is a {spec.kind} trigger; only manual triggers can be launched")
+        kind = {"event": "an event", "at": "an at"}.get(spec.kind, f"a {spec.kind}")
+        raise UserError(f"{playbook}: trigger '{trigger}' is {kind} trigger; only manual triggers can be launched")
     values = _inputs(inputs, spec.manual.inputs)  # type: ignore[union-attr]  # kind checked above
     store, _ = store_at(state)
     try:
@@ -409,5 +410,5 @@ def _inputs(pairs: tuple[str, ...], specs: dict[str, Any]) -> dict[str, Any]:
             else:
                 values[name] = text
         except ValueError:
-            raise UserError(f"--input '{name}': '{text}' is not a {kind}") from None
+            raise UserError(f"--input '{name}': '{text}' is not {'an' if kind == 'integer' else 'a'} {kind}") from None
     return values

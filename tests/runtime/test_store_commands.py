@@ -84,7 +84,7 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     assert (code, out.strip()) == (0, "queued event c5")
 
     code, _, err = cli(capsys, "launch", str(path), "poke", "--input", "times=x", "--state", state)
-    assert code == 1 and "'x' is not a integer" in err
+    assert code == 1 and "'x' is not an integer" in err
     code, _, err = cli(capsys, "launch", str(path), "ck", "--state", state)
     assert code == 1 and "only manual triggers can be launched" in err
     code, out, _ = cli(capsys, "launch", str(path), "poke", "--input", "times=3", "--id", "L1", "--state", state)
