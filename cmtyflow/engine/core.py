@@ -445,15 +445,18 @@ class Engine:
             wanted = {g for g, spec in goals.items() if spec.event == event.type}
             if not wanted:
                 continue
+            record = interp.txn.member(event.member)
+            # Days and weeks are calendar days in the member run's timezone (SPEC 2).
+            tz = zone(record.get("timezone") if record else None, prog.tz)
             for goal, step, variant, at in interp.txn.store.exposures(prog.name, event.member):
                 if goal not in wanted or at > event.at:
                     continue
                 within = prog.goal_within[goal]
-                if event.at > within.add_to(at, prog.tz):
+                if event.at > within.add_to(at, tz):
                     continue
                 where = prog.goal_where.get(goal)
                 if where is not None:
-                    member = interp.txn.member(event.member) or {"id": event.member}
+                    member = record or {"id": event.member}
                     try:
                         if not where.evaluate({"member": MemberView(member), "event": event.as_context(), "vars": prog.playbook.vars}):
                             continue

@@ -269,6 +269,20 @@ def test_a_send_to_a_role_exposes_no_one_to_the_goal(simulate, tmp_path):
     assert summary["goals"]["onboard/first_post per run"] == {"reached": 0, "of": 1}
 
 
+def test_a_goals_days_are_the_members_calendar_days(simulate, tmp_path):
+    """SPEC 2: days are calendar days in the run's timezone, a member's own. Seven days
+    from 12:00 on 5 March in New York end at 12:00 EDT on 12 March (DST began on the 8th);
+    they were read in the playbook's Shanghai time, which gave the New Yorker an hour more."""
+    roster = [{"id": "ny", "timezone": "America/New_York"}]
+    events = [ev("j", "member.joined", "2026-03-05T12:00:00-05:00", "ny"),
+              ev("p", "message.posted", "2026-03-12T12:30:00-04:00", "ny")]
+    _, summary = simulate(GOALS, roster, events, "2026-03-05", 10, tmp_path)
+    assert summary["goals"]["onboard/first_post per run"] == {"reached": 0, "of": 1}
+    events[1] = ev("p", "message.posted", "2026-03-12T11:30:00-04:00", "ny")
+    _, summary = simulate(GOALS, roster, events, "2026-03-05", 10, tmp_path / "again")
+    assert summary["goals"]["onboard/first_post per run"] == {"reached": 1, "of": 1}
+
+
 TEMPLATE_ERROR = """
 cmtyflow: 1
 name: greet
