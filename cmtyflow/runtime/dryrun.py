@@ -26,6 +26,7 @@ from ..clock import VirtualClock
 from ..engine.core import Engine
 from ..engine.model import Event, QueuedMessage
 from ..engine.program import Program
+from ..spec.duration import localize
 from ..store.base import Store
 from ..store.memory import MemoryStore
 from . import notes as notes_text
@@ -132,11 +133,16 @@ class DryRun:
         self.driver = Driver(self.engine, self.store)
         self.clock = VirtualClock(start)
         self.start = start
-        self.end = start + timedelta(days=days)
+        self.tz = programs[0].tz if programs else None
+        # Calendar days in the (first) playbook's timezone (SPEC 2), however --start
+        # was written: a week across a DST change ends at the same local time.
+        self.end = (
+            start + timedelta(days=days) if self.tz is None
+            else localize(start.astimezone(self.tz).replace(tzinfo=None) + timedelta(days=days), self.tz)
+        )
         self.sink = sink
         self.simulation = simulation
         self.progress = progress
-        self.tz = programs[0].tz if programs else None
         self.stats = DryRunStats(start, self.end, days)
         self._zones: dict[str, Any] = {}  # playbook -> the zone its delivery times are shown in
         self._steps: dict[tuple[str, str], str] = {}  # (playbook, step) -> "playbook/step"

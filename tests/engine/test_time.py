@@ -168,6 +168,17 @@ def test_a_firing_at_the_start_instant_is_the_first(simulate, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("start", ["2026-11-01", "2026-11-01T00:00:00-04:00"])
+def test_a_dry_runs_days_are_calendar_days_however_start_is_written(simulate, tmp_path, start):
+    """A day across the fall-back change is 25 hours; with --start written with an
+    offset the span was 24 hours elapsed, and the evening's firing fell outside it."""
+    pb = WINDOW.replace("timezone: Asia/Shanghai", "timezone: America/New_York").replace(
+        "window: {start: 2026-12-01, days: 3}\n", "").replace('cron: "0 9 * * *"', 'cron: "30 23 * * *"')
+    out, summary = simulate(pb, [{"id": "m", "name": "Mo"}], [], start, 1, tmp_path)
+    assert summary["end"] == "2026-11-02T00:00:00-05:00"
+    assert trio(out) == [("2026-11-01T23:30:00-05:00", None, "morning")]
+
+
 MEMBER_CRON = """
 cmtyflow: 1
 name: evening
