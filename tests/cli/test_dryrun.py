@@ -105,7 +105,7 @@ def test_bad_rows_reported_not_fatal(tmp_path, capsys):
     (tmp_path / "m.csv").write_text(ROSTER + ",nobody,\n", encoding="utf-8")
     assert main(["dry-run", *args, "--format", "jsonl"]) == 0
     out, err = capsys.readouterr()
-    assert f"{tmp_path / 'm.csv'}:4: missing id: row skipped" in err
+    assert f"{tmp_path / 'm.csv'}:4: id is empty: row skipped" in err
     assert json.loads(out.splitlines()[-1])["input_problems"] == 1
     # The text summary says so too, at its end, where a long timeline does not hide it.
     assert main(["dry-run", *args]) == 0
