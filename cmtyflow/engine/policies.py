@@ -1,7 +1,9 @@
 """Delivery-time policies: quiet hours and the per-member daily cap (SPEC 1, 5.6).
 
 Rules:
-- Quiet hours are read in the run's timezone; a send inside them moves to their end.
+- Quiet hours are read in the run's timezone; a send inside them moves to their end
+  (never before the send: an end in the hour a fall-back change repeats is its second
+  occurrence for a send in that second hour).
   ``start`` after ``end`` wraps midnight (22:00-08:00); ``start == end`` means none.
 - The daily cap counts non-urgent messages planned for a member on the member's
   local date, across every loaded playbook. Over it, the message moves to the next
@@ -45,7 +47,12 @@ def after_quiet(moment: datetime, quiet: tuple[time, time] | None, tz: ZoneInfo)
     day = local.date()
     if start > end and local.time() >= start:
         day += timedelta(days=1)
-    return at_local(day, end, tz)
+    found = at_local(day, end, tz)
+    if found <= moment:
+        # The end falls in the hour a fall-back change repeats, and ``moment`` is in its
+        # second pass: the quiet hours end at the end's second occurrence, not before it.
+        found = datetime.combine(day, end, tzinfo=tz).replace(fold=1)
+    return found
 
 
 def delivery_plan(

@@ -285,3 +285,20 @@ def test_message_deferred_past_the_span_is_pending(simulate, tmp_path):
     assert out == []
     assert summary["pending"] == 1
     assert summary["deferred"]["quiet_hours"] == 1
+
+
+def test_quiet_hours_ending_in_the_repeated_hour_end_after_the_send():
+    """Quiet 22:00-01:30 in New York, a send at 01:15 in the second pass of the
+    fall-back hour (EST): it was moved to 01:30 EDT, 45 minutes before the send, and a
+    runner sent it at once, inside the quiet hours. Both passes now end at an 01:30
+    after the send."""
+    from datetime import time
+
+    from cmtyflow.engine.policies import after_quiet
+
+    quiet, ny = (time(22), time(1, 30)), ZoneInfo("America/New_York")
+    for sent, ends in [("2026-11-01T01:15:00-04:00", "2026-11-01T01:30:00-04:00"),
+                       ("2026-11-01T01:15:00-05:00", "2026-11-01T01:30:00-05:00"),
+                       ("2026-10-31T23:00:00-04:00", "2026-11-01T01:30:00-04:00")]:
+        moved = after_quiet(datetime.fromisoformat(sent), quiet, ny)
+        assert moved.isoformat() == ends and moved > datetime.fromisoformat(sent)
