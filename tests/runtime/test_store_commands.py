@@ -312,6 +312,24 @@ def test_json_nested_past_pythons_limit_is_bad_input_not_a_crash(tmp_path, club,
     assert code == 1 and "error: --data is not JSON: nested too deeply" in err
 
 
+def test_members_list_streams_the_roster_and_keeps_a_row_to_a_line(tmp_path, capsys):
+    """Listed from the store as it is read (200,000 members held whole took 790 MB for
+    JSON); a name with a line break in it broke the table's lines."""
+    state = str(tmp_path / "s.db")
+    roster = tmp_path / "m.csv"
+    roster.write_text('id,name,tags\nu1,"A\nB",x;y\nu2,王小明,\nu3,C,x\n', encoding="utf-8")
+    assert cli(capsys, "members", "import", str(roster), "--state", state)[0] == 0
+    code, out, _ = cli(capsys, "members", "list", "--state", state)
+    assert code == 0 and out.splitlines() == [
+        "id  name    timezone  tags  opted out", "u1  A B               x;y", "u2  王小明", "u3  C                 x",
+    ]
+    code, out, _ = cli(capsys, "members", "list", "--state", state, "--format", "json", "--tag", "x")
+    expected = [{"id": "u1", "name": "A\nB", "tags": ["x", "y"]}, {"id": "u3", "name": "C", "tags": ["x"]}]
+    assert out == json.dumps(expected, ensure_ascii=False, indent=2) + "\n"
+    assert cli(capsys, "members", "list", "--state", state, "--format", "json", "--tag", "none")[1] == "[]\n"
+    assert cli(capsys, "members", "list", "--state", state, "--limit", "1")[1].splitlines()[1:] == ["u1  A B             x;y"]
+
+
 def test_report_median_answer_time_of_an_even_count_is_the_middle(tmp_path, club, capsys):
     path, state = club
     assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
