@@ -25,8 +25,9 @@ from ..clock import SystemClock
 from ..engine.interp import zone as member_zone
 from ..errors import UserError
 from ..runtime import notes
+from ..runtime.runner import StateLock
 from ..store.base import REQUEUEABLE, OutboxRow, Store
-from ..store.open import shown
+from ..store.open import is_postgres, shown
 from . import EXIT_OK, cli
 from .state import format_option, print_table, state_option, store_at
 
@@ -190,7 +191,7 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
             )
         ctx.obj = {"state": state}
         return EXIT_OK
-    store, _ = store_at(state, must_exist=True)
+    store, location = store_at(state, must_exist=True)
     try:
         wanted = list(statuses or PROBLEM_STATUSES)
         rows: list[OutboxRow] = list(itertools.islice(store.outbox(wanted), limit))
@@ -201,6 +202,16 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
         store.close()
     if more:
         click.echo(f"showing the first {limit}; {more} more (raise --limit to see them)", err=True)
+    stranded = counts.get("inflight", 0)
+    if stranded and not statuses and not is_postgres(location) and not StateLock.held(location):
+        # Left by a runner that stopped while sending (killed): in doubt, but marked so
+        # only when the next runner starts (SPEC 5.2), so they were not listed at all.
+        click.echo(
+            f"note: {stranded} message{'s were' if stranded != 1 else ' was'} being sent when the runner stopped; "
+            "the next `cmtyflow run` settles them (resent with the same key where the platform deduplicates, "
+            "else held here as in doubt). `--status inflight` lists them now",
+            err=True,
+        )
     if fmt == "json":
         _echo_json([_row_doc(r) for r in rows])
         return EXIT_OK

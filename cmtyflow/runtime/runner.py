@@ -288,6 +288,24 @@ class StateLock:
         fh.flush()
         self._fh = fh
 
+    @staticmethod
+    def held(state_path: str | Path) -> bool:
+        """Whether a runner holds the state at ``state_path`` now (its lock file is
+        locked); read without creating anything."""
+        import fcntl
+
+        try:
+            fd = os.open(f"{state_path}.lock", os.O_RDONLY)
+        except OSError:
+            return False  # no runner has run on it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing it lets go of a lock taken here
+        return False
+
     def release(self) -> None:
         if self._fh is not None:
             import fcntl

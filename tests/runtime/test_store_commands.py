@@ -371,6 +371,34 @@ def test_retrying_an_in_doubt_message_on_a_platform_that_cannot_drop_repeats_war
     assert "bbbb" not in err  # the webhook sends an Idempotency-Key
 
 
+def test_outbox_says_what_a_killed_runner_left_being_sent(tmp_path, capsys):
+    """After kill -9 the rows being sent stay inflight until the next start marks them in
+    doubt; `outbox` said "nothing failed, dead or in doubt" meanwhile."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.runtime.runner import StateLock
+    from cmtyflow.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("UTC"))
+    with SqliteStore(state) as store:
+        store.apply(Decision(messages=[
+            QueuedMessage("a" * 32, "pb", "r", "f", "s", 1, "ch", "telegram", None, "channel", "hi", "plain", None, False, at, at)
+        ]))
+        store.claim_due_messages(at)
+    code, _, err = cli(capsys, "outbox", "--state", state)
+    assert code == 0 and "note: 1 message was being sent when the runner stopped; the next `cmtyflow run` settles" in err
+    lock = StateLock(state)
+    lock.acquire()  # a runner holds the state: it is sending them now
+    try:
+        assert "being sent" not in cli(capsys, "outbox", "--state", state)[2]
+    finally:
+        lock.release()
+    assert not StateLock.held(tmp_path / "never-run.db") and not (tmp_path / "never-run.db.lock").exists()
+
+
 def test_a_launch_refused_by_a_runner_without_its_playbook_says_so_when_launched_again(tmp_path, club, capsys):
     path, state = club
     assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
