@@ -38,6 +38,13 @@ def state() -> None:
     """The store itself: move it from SQLite to PostgreSQL, prune what is old."""
 
 
+# The JSON names of what ``prune`` counts (the text output says them as the store does).
+_COUNT_KEYS = {
+    "deliveries": "deliveries", "messages sent or cancelled": "messages", "finished runs": "runs",
+    "events taken (data dropped, ids kept)": "events", "audit entries": "audit", "daily cap counts": "day_counts",
+}
+
+
 def _lock(source: str, why: str = "before migrating, so that nothing changes during the copy") -> StateLock:
     lock = StateLock(source)
     try:
@@ -156,7 +163,9 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
         if lock is not None:
             lock.release()
     if fmt == "json":
-        click.echo(json.dumps({"before": before.isoformat(), "dry_run": dry_run, "counts": counts, "bytes_freed": freed}))
+        counted = {_COUNT_KEYS.get(name, name.replace(" ", "_")): n for name, n in counts.items()}
+        click.echo(json.dumps({"before": before.isoformat(), "dry_run": dry_run, "counts": counted, "bytes_freed": freed},
+                              indent=2))
         return EXIT_OK
     verb = "would forget" if dry_run else "forgot"
     click.echo(f"{verb} what was over before {before.isoformat(timespec='seconds')} in {shown(location)}:")
