@@ -37,6 +37,7 @@ from .base import (
     PermanentDeliveryError,
     Receipt,
     TransientDeliveryError,
+    about_to_write,
     masked,
     one_line,
     redact,
@@ -147,6 +148,7 @@ class HttpAdapter:
     description: ClassVar[str]
     Settings: ClassVar[type[BaseModel]]
     capabilities: ClassVar[Capabilities]
+    marks_writes: ClassVar[bool] = True  # ``request`` awaits ``about_to_write``
 
     def __init__(
         self,
@@ -215,6 +217,7 @@ class HttpAdapter:
         assert session is not None
         if buckets:
             await self.limiter.acquire(*buckets)
+        await about_to_write()
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": JSON_TYPE} if headers else {"Content-Type": JSON_TYPE}
         try:

@@ -7,6 +7,12 @@ Rules:
   raises ``TransientDeliveryError`` (retry later, optionally after ``retry_after`` seconds) or
   ``PermanentDeliveryError`` (dead-letter now). It never returns False.
 - ``describe()`` never shows a secret.
+- An adapter that sends to a platform awaits ``about_to_write()`` just before the
+  platform can first see the message (after any wait for a rate limit), and says so
+  with ``marks_writes = True``; the dispatcher then records, durably, that the call
+  began (SPEC 5.2: only such a message is in doubt after a crash), and may cancel the
+  message there (``SendCancelled``: its member opted out while it waited). For an
+  adapter without it, the dispatcher records that before calling ``send``.
 - Optionally, ``escape(value, format)`` (a classmethod) makes member data inert in
   that format's markup on this platform; the renderer uses it as the autoescape for
   member values (``escape_value`` falls back to a generic escaper).
@@ -18,7 +24,8 @@ Rules:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -60,6 +67,21 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """This message will never go through as it is (bad request, forbidden, unknown chat)."""
+
+
+class SendCancelled(Exception):
+    """Raised by ``about_to_write()``: the message must not go (its member opted out)."""
+
+
+# What ``about_to_write`` runs: set by the dispatcher around one ``send`` (its task's own).
+BEFORE_WRITE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("cmtyflow_before_write", default=None)
+
+
+async def about_to_write() -> None:
+    """The platform is about to see the message (see the rules above)."""
+    hook = BEFORE_WRITE.get()
+    if hook is not None:
+        await hook()
 
 
 class MissingSecretError(Exception):

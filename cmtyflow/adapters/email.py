@@ -43,6 +43,7 @@ from .base import (
     PermanentDeliveryError,
     Receipt,
     TransientDeliveryError,
+    about_to_write,
     masked,
     redact,
     secret_values,
@@ -140,6 +141,7 @@ class EmailAdapter:
     capabilities: ClassVar[Capabilities] = Capabilities(
         formats=("html", "plain"), needs_handle="email"
     )
+    marks_writes: ClassVar[bool] = True  # ``send`` awaits ``about_to_write``
 
     def __init__(
         self,
@@ -180,6 +182,7 @@ class EmailAdapter:
             mail = self.build(message, address)
         except (ValueError, TypeError) as exc:
             raise PermanentDeliveryError(f"email: cannot build the message: {exc}") from exc
+        await about_to_write()
         await asyncio.to_thread(self._deliver, mail, address)
         return Receipt(platform_id=str(mail["Message-ID"]))
 

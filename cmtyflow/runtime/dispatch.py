@@ -24,7 +24,12 @@ Rules:
   sooner than a ``Retry-After`` the platform gave.
 - In doubt (a row left inflight by a process that died): resent with the same key
   when the adapter deduplicates by key, when the send is urgent, or when the
-  playbook says ``policies.in_doubt: resend``; otherwise held for ``cmtyflow outbox``.
+  playbook says ``policies.in_doubt: resend``; otherwise held for ``cmtyflow outbox``
+  if its call to the platform had begun (``Store.mark_sending``, recorded just before
+  the platform can see it, for adapters that do not deduplicate), and back to the
+  queue if it had not (claimed, then the process died: the platform never saw it).
+  Recording it is also where an opt-out made while the message waited (for a rate
+  limit) cancels it.
 - On stop, unstarted rows go back to the queue; sends in flight get ``drain`` seconds
   to finish and are then abandoned (their rows stay inflight: in doubt next start).
 - With a ``budget`` (seconds), a call starts no send after that long: unstarted rows go
@@ -46,9 +51,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..adapters.base import (
+    BEFORE_WRITE,
     OutboundMessage,
     PermanentDeliveryError,
+    Receipt,
     Recipient,
+    SendCancelled,
     TransientDeliveryError,
     one_line,
 )
@@ -183,6 +191,11 @@ class Dispatcher:
             self.store.finish_messages([(key, "queued", {}) for key in resend])
             for key in resend:
                 self.log("in_doubt_resent", key=key)
+        # Claimed and never started (the platform never saw them): back to the queue,
+        # not held; then the rest, whose call had begun, are in doubt.
+        unstarted = self.store.requeue_unstarted()
+        if unstarted:
+            self.log("unsent_requeued", count=unstarted)
         held = self.store.mark_in_doubt()
         for row in held:
             m = row.message
@@ -247,8 +260,16 @@ class Dispatcher:
                         hungry.set()
                     outbound = outbound_of(row, member)
                     inflight.add(key)
+                    adapter = opened.adapter
                     try:
-                        receipt = await opened.adapter.send(outbound)
+                        if adapter.capabilities.idempotent:  # resent under its key if in doubt: nothing to record
+                            receipt = await adapter.send(outbound)
+                        else:
+                            receipt = await self._send_recorded(adapter, outbound, row, calls)
+                    except SendCancelled:
+                        inflight.discard(key)
+                        self._cancelled(row, stats)
+                        continue
                     except Exception as exc:  # noqa: BLE001 - an adapter bug fails this message, not the runner
                         inflight.discard(key)
                         self._failed(row, opened, exc, stats)
@@ -352,6 +373,37 @@ class Dispatcher:
             out.append((row, member, opened))
         return out
 
+    async def _send_recorded(self, adapter: Any, outbound: OutboundMessage, row: OutboxRow, calls: _StoreCalls) -> Receipt:
+        """``adapter.send``, with the moment the platform can first see the message
+        recorded before it (``Store.mark_sending``): after a crash only such a message
+        is in doubt (SPEC 5.2); one claimed and never started goes back to the queue.
+        An adapter that waits for a rate limit records it after the wait
+        (``about_to_write``), and a member who opted out meanwhile gets nothing."""
+        m = row.message
+        recorded = False
+
+        async def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                if not await calls.mark_sending(m.key, m.member, m.urgent):
+                    raise SendCancelled
+                recorded = True
+
+        token = BEFORE_WRITE.set(record)
+        try:
+            if not getattr(adapter, "marks_writes", False):
+                await record()
+            receipt: Receipt = await adapter.send(outbound)
+            return receipt
+        finally:
+            BEFORE_WRITE.reset(token)
+
+    def _cancelled(self, row: OutboxRow, stats: DispatchStats) -> None:
+        m = row.message
+        self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
+        stats.cancelled += 1
+        self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
+
     def _outbound(self, row: OutboxRow, member: Member) -> OutboundMessage:
         m = row.message
         member_id = m.member
@@ -444,6 +496,11 @@ class _StoreCalls:
         if self._pool is None:
             return self.store.claim_due_messages_with_members(until, limit)
         return await asyncio.wrap_future(self._pool.submit(self.store.claim_due_messages_with_members, until, limit))
+
+    async def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
+        if self._pool is None:
+            return self.store.mark_sending(key, member, urgent)
+        return await asyncio.wrap_future(self._pool.submit(self.store.mark_sending, key, member, urgent))
 
     def commit(self, results: list[tuple[str, str, dict[str, Any]]]) -> None:
         if self._pool is None:

@@ -261,10 +261,12 @@ def build_runner(
 
 class StateLock:
     """An exclusive lock on ``<state>.lock`` held for the runner's life (POSIX flock;
-    released by the OS if the process dies)."""
+    released by the OS if the process dies). The state's real path names it: a second
+    runner given the file through a symbolic link is refused too (it started, and its
+    start-up took the first runner's messages in flight as in doubt and sent them again)."""
 
     def __init__(self, state_path: str | Path) -> None:
-        self.path = Path(f"{state_path}.lock")
+        self.path = Path(f"{os.path.realpath(state_path)}.lock")
         self._fh: Any = None
 
     def acquire(self) -> None:
@@ -295,7 +297,7 @@ class StateLock:
         import fcntl
 
         try:
-            fd = os.open(f"{state_path}.lock", os.O_RDONLY)
+            fd = os.open(f"{os.path.realpath(state_path)}.lock", os.O_RDONLY)
         except OSError:
             return False  # no runner has run on it
         try:

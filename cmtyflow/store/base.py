@@ -9,7 +9,9 @@ Rules:
 - Outbox states: ``queued`` (waiting for deliver_at), ``inflight`` (claimed by a
   dispatcher), ``sent``, ``failed`` (will retry at ``next_attempt``), ``dead``
   (attempts exhausted or permanent error), ``in_doubt`` (was in flight when the
-  process died; SPEC 5.2), ``cancelled`` (opted out or superseded).
+  process died; SPEC 5.2), ``cancelled`` (opted out or superseded). An ``inflight``
+  row whose call to the platform began is also in ``sending`` (``mark_sending``), until
+  it is finished; a row left inflight without it was never sent.
 - ``finish_messages`` with status ``sent`` also records the delivery (``deliveries``)
   in the same transaction; several results are committed together (group commit).
 - Ids and keys are text; a campaign's member is None in the API (stores may keep it
@@ -127,6 +129,19 @@ class Store(StateReader, Protocol):
     # the runner ---------------------------------------------------------------------------------
     def add_events(self, events: Iterable[Event]) -> tuple[int, int]:
         """Queue several events in one transaction: (accepted, duplicates by id)."""
+        ...
+
+    def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
+        """Record, durably, that the call to the platform for the ``inflight`` row ``key``
+        begins now (SPEC 5.2: only such a row is in doubt after a crash). False, and
+        nothing recorded, when the message is not urgent and ``member`` has opted out
+        meanwhile: it must not go (the caller cancels it)."""
+        ...
+
+    def requeue_unstarted(self) -> int:
+        """Rows left ``inflight`` whose sending never began (claimed, then the process
+        stopped) go back to ``queued``; returns how many. Called once at start-up, before
+        ``mark_in_doubt``."""
         ...
 
     def mark_in_doubt(self) -> list[OutboxRow]:

@@ -61,6 +61,7 @@ class MemoryStore:
         # Keys whose due time was moved by ``requeue``: their latest heap entry's seq;
         # their older entries are stale. Empty in dry runs, so checked only when not.
         self._moved: dict[str, int] = {}
+        self._sending: set[str] = set()  # inflight rows whose call to the platform began
         # The last datetime turned into a timestamp, and its timestamp: timestamp() of an
         # aware datetime costs about a microsecond, and one instant's datetime object is
         # asked for again and again (the events due, the messages its inputs queue, the
@@ -367,6 +368,8 @@ class MemoryStore:
             for key, status, fields in results:
                 row = outbox[key]
                 row.status = status
+                if self._sending:
+                    self._sending.discard(key)
                 for name, value in fields.items():
                     setattr(row, name, value)
                 if status == "sent":
@@ -419,12 +422,24 @@ class MemoryStore:
                 duplicates += 1
         return accepted, duplicates
 
+    def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
+        if member is not None and not urgent and (self._members.get(member) or {}).get("opted_out"):
+            return False
+        self._sending.add(key)
+        return True
+
+    def requeue_unstarted(self) -> int:
+        unstarted = [k for k, row in self._outbox.items() if row.status == "inflight" and k not in self._sending]
+        self.finish_messages([(k, "queued", {}) for k in unstarted])
+        return len(unstarted)
+
     def mark_in_doubt(self) -> list[OutboxRow]:
         found = []
         for row in self._outbox.values():
             if row.status == "inflight":
                 row.status = "in_doubt"
                 found.append(replace(row))
+        self._sending.clear()
         return found
 
     def requeue(self, keys: Iterable[str], at: datetime, *, reset_attempts: bool = False) -> int:

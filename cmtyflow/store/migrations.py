@@ -147,7 +147,15 @@ DROP INDEX outbox_due;
 CREATE INDEX outbox_due ON outbox (status, due_ts, seq, urgent);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# The messages whose call to the platform began (SPEC 5.2): after a crash only these
+# are in doubt; a row claimed and never started goes back to the queue. The rows in
+# flight when this step runs were claimed by a version that did not say: started.
+_V4 = """
+CREATE TABLE sending (key TEXT PRIMARY KEY) WITHOUT ROWID;
+INSERT INTO sending (key) SELECT key FROM outbox WHERE status = 'inflight';
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 LATEST = len(MIGRATIONS)
 
 

@@ -29,7 +29,7 @@ from .sqlite import SqliteStore
 # Columns only PostgreSQL has: a hand-over to a worker's job (``pg_shared``), empty in a copy.
 PG_ONLY = {"timers": {"job"}, "outbox": {"job"}}
 TABLES = ("meta", "members", "zones", "states", "runs", "timers", "waits", "day_counts", "events", "schedules",
-          "outbox", "deliveries", "queued_starts", "exposures", "conversions", "counters", "audit")
+          "outbox", "sending", "deliveries", "queued_starts", "exposures", "conversions", "counters", "audit")
 STATE_TABLES = TABLES[1:]
 
 

@@ -162,7 +162,13 @@ _V4 = """
 CREATE INDEX outbox_urgent ON outbox (due_ts, seq) WHERE urgent AND status IN ('queued', 'failed');
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+# As SQLite's step 4: the messages whose call to the platform began.
+_V5 = """
+CREATE TABLE sending (key text COLLATE "C" PRIMARY KEY);
+INSERT INTO sending (key) SELECT key FROM outbox WHERE status = 'inflight';
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 LATEST = len(MIGRATIONS)
 
 # Tables with a ``seq`` identity: their sequences follow copied rows (``pg_copy``).

@@ -297,6 +297,7 @@ class PostgresStore(SqlStore):
                 # Each delivery from its outbox row just updated, in the order of the results.
                 cur.execute(pg_rows.PUT_DELIVERIES, [list(col) for col in zip(*sent, strict=True)])
                 self._add_counter(cur, "messages_sent", len(sent))
+            self._forget_sending(cur, (p[1][-1] for p in plan))
 
     def _hold_runner_lock(self) -> None:
         row = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.schema, "runner"),)).fetchone()
@@ -307,11 +308,19 @@ class PostgresStore(SqlStore):
             )
         self._runner = True
 
+    def requeue_unstarted(self) -> int:
+        # The runner's: no worker may be sending (its rows wait for their start) meanwhile.
+        with self._write(runner=True) as cur:
+            return self._run(
+                cur, "UPDATE outbox SET status = 'queued' WHERE status = 'inflight' AND key NOT IN (SELECT key FROM sending)"
+            )
+
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write(runner=True) as cur:
             found = cur.execute(
                 f"UPDATE outbox SET status = 'in_doubt' WHERE status = 'inflight' RETURNING seq, {rows.OUTBOX_COLS}"
             ).fetchall()
+            cur.execute("DELETE FROM sending")
         found.sort(key=lambda r: r[0])
         return [rows.outbox_row(r[1:]) for r in found]
 

@@ -202,6 +202,31 @@ class SqlStore(ABC):
             self._put_zones(tx, zones)
         return n
 
+    # sending (SPEC 5.2) ---------------------------------------------------------------------------
+    _sending = False  # this store has marked a row sending since it opened (finish then forgets it)
+
+    def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
+        if member is not None and not urgent:
+            record = self.get_member(member)
+            if record is not None and record.get("opted_out"):
+                return False
+        with self._write() as tx:
+            self._run(tx, "INSERT INTO sending (key) VALUES (?) ON CONFLICT DO NOTHING", (key,))
+        self._sending = True
+        return True
+
+    def _forget_sending(self, tx: Any, keys: Iterable[str]) -> None:
+        """Finished rows leave ``sending`` (only ever filled by ``mark_sending``)."""
+        if self._sending:
+            condition, params = self._in("key", list(keys))
+            self._run(tx, f"DELETE FROM sending WHERE {condition}", params)
+
+    def requeue_unstarted(self) -> int:
+        with self._write() as tx:
+            return self._run(
+                tx, "UPDATE outbox SET status = 'queued' WHERE status = 'inflight' AND key NOT IN (SELECT key FROM sending)"
+            )
+
     def member_timezones(self) -> set[str]:
         return {r[0] for r in self._all("SELECT timezone FROM zones")}
 

@@ -429,6 +429,7 @@ class SqliteStore(SqlStore):
                     raise _missing_key(db, [k for k, _, _ in results])
                 db.execute(_PUT_SENT_DELIVERIES, (sent,))
                 self._add_counter(db, "messages_sent", len(results))
+                self._forget_sending(db, (k for k, _, _ in results))
             return
         plan = [finish_params(key, status, fields, dt_cols) for key, status, fields in results]
         if not plan:
@@ -457,11 +458,13 @@ class SqliteStore(SqlStore):
                 else:
                     db.executemany(rows.PUT_DELIVERY, delivered)
                 self._add_counter(db, "messages_sent", len(delivered))
+            self._forget_sending(db, (k for k, _, _ in results))
 
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write() as db:
             seqs = [r[0] for r in db.execute("SELECT seq FROM outbox WHERE status = 'inflight' ORDER BY seq")]
             db.executemany("UPDATE outbox SET status = 'in_doubt' WHERE seq = ?", [(s,) for s in seqs])
+            db.execute("DELETE FROM sending")
             return [rows.outbox_row(db.execute(f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE seq = ?", (s,)).fetchone()) for s in seqs]
 
     def requeue(self, keys: Iterable[str], at: datetime, *, reset_attempts: bool = False) -> int:

@@ -581,13 +581,16 @@ async def test_a_minutely_schedule_down_for_a_day_is_reported_in_a_few_notes(tmp
     await h.close()
 
 
-async def _leave_inflight(h: Any, overrides: dict[str, Any] | None = None) -> str:
-    """Queue a message and claim it, as a runner does just before it sends, then
-    'crash' (stop without finishing it); restart. Returns the message's key."""
+async def _leave_inflight(h: Any, overrides: dict[str, Any] | None = None, *, started: bool = True) -> str:
+    """Queue a message and claim it, as a runner does, and (``started``) record that its
+    call to the platform began, then 'crash' (stop without finishing it); restart.
+    Returns the message's key."""
     await h.open(overrides)
     await joined(h)
     h.runner.driver.process_until(T0)
     (row,) = h.store.claim_due_messages(T0, 10)
+    if started:
+        assert h.store.mark_sending(row.message.key, row.message.member, row.message.urgent)
     await h.crash()
     await h.open(overrides)
     return row.message.key
@@ -632,6 +635,53 @@ async def test_in_doubt_on_a_plain_adapter_is_held_and_listed(tmp_path, sink, ha
     assert main(["outbox", "--state", str(h.state), "--format", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(r["key"], r["status"]) for r in listed] == [(key, "in_doubt")]
+
+
+async def test_a_message_claimed_and_never_started_is_sent_after_a_crash_not_held(tmp_path, sink, harness):
+    """SPEC 5.2: only a message whose call was in flight is in doubt. A runner claims up to
+    1,000 rows at a time; killed during a rate-limited send, it left every one of them in
+    doubt, and the platform had seen a few: held, the others never went."""
+    h = harness(hooks(tmp_path, sink.url), T0)
+    adapter = Recording()
+    key = await _leave_inflight(h, {"hook": adapter}, started=False)
+    await h.at(T0)
+    assert adapter.sent == [key]
+    assert rows(h)[0].status == "sent"
+    await h.close()
+
+
+async def test_a_member_who_opts_out_while_a_message_waits_for_its_rate_limit_gets_nothing(tmp_path, sink, harness):
+    """The opt-out was read when the row was claimed; a message then waiting in the adapter
+    for its chat's rate limit went out after the opt-out was recorded (SPEC 5.2)."""
+    from cmtyflow.adapters.base import about_to_write
+
+    class Waiting(Recording):
+        marks_writes = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = asyncio.Event()
+
+        async def send(self, message: Any) -> Any:
+            await self.go.wait()  # a rate limit's token
+            await about_to_write()
+            return await super().send(message)
+
+    h = harness(hooks(tmp_path, sink.url), T0)
+    adapter = Waiting()
+    await h.open({"hook": adapter})
+    await joined(h)
+    tick = asyncio.ensure_future(h.at(T0))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if rows(h)[0].status == "inflight":
+            break
+    h.store.put_members([{"id": rows(h)[0].message.member, "opted_out": True}])
+    adapter.go.set()
+    await tick
+    assert adapter.sent == []
+    assert [(r.status, r.last_error) for r in rows(h)] == [("cancelled", "member opted out")]
+    await h.close()
 
 
 async def test_in_doubt_is_resent_when_urgent_or_when_the_policy_says_resend(tmp_path, sink, harness):
@@ -706,6 +756,10 @@ def test_a_second_runner_on_the_same_state_is_refused(tmp_path, capsys):
     try:
         path = hooks(tmp_path, "http://127.0.0.1:9/hook")[0]
         assert main(["run", str(path), "--state", str(state), "--once"]) == 1
+        assert "another runner is using" in capsys.readouterr().err
+        # The same file through a symbolic link is the same state.
+        (tmp_path / "link.db").symlink_to(state)
+        assert main(["run", str(path), "--state", str(tmp_path / "link.db"), "--once"]) == 1
         assert "another runner is using" in capsys.readouterr().err
     finally:
         held.release()
