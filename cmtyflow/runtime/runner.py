@@ -148,6 +148,9 @@ class Runner:
         send (a large audience on a rate-limited platform) is too, so that an input
         that comes meanwhile (a crisis) is handled within a pass, not after it."""
         now = self.clock.now()
+        check_file = getattr(self.store, "check_file", None)
+        if check_file is not None:
+            check_file()  # an SQLite state deleted or replaced meanwhile stops the runner
         if not self._stop:
             handled = await self._take_inputs(now)
             self.inputs += handled

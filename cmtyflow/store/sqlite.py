@@ -193,6 +193,14 @@ def _finish_many_sql(fields: tuple[str, ...], moves_due: bool) -> str:
     return f"UPDATE outbox SET {sets} FROM json_each(?) AS v WHERE outbox.key = v.value ->> {len(names)}"
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class SqliteStore(SqlStore):
     MEMBER_BATCH = 500  # ids per ``IN (...)`` when merging member records
     thread_safe = True  # calls may come from any thread; ``_lock`` makes them one at a time
@@ -201,6 +209,17 @@ class SqliteStore(SqlStore):
         self.path = str(path)
         self._lock = threading.RLock()  # held by each call: one thread at a time on the connection
         self._db: sqlite3.Connection | None = _open(self.path)
+        self._file = _identity(self.path)
+
+    def check_file(self) -> None:
+        """Raise ``UserError`` when the file at ``path`` is no longer the one opened
+        (deleted, or replaced by a restore or a copy): writes would go to a file no one
+        else reads, and be lost with the process. The runner checks at every pass."""
+        if _identity(self.path) != self._file:
+            raise UserError(
+                f"{self.path}: the state file was deleted or replaced while the runner had it open; stopped, so that "
+                "nothing more is written to the old one. Restore the file and start the runner again"
+            )
 
     @property
     def db(self) -> sqlite3.Connection:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from runner_harness import UTC, event, write_playbook
 
 from cmtyflow.adapters.base import Capabilities, Receipt
@@ -745,6 +746,23 @@ def test_listen_needs_a_token_or_a_secret(tmp_path, monkeypatch, capsys):
     path = hooks(tmp_path, "http://127.0.0.1:9/hook")[0]
     assert main(["run", str(path), "--state", str(tmp_path / "s.db"), "--listen", "127.0.0.1:8765"]) == 1
     assert "CMTYFLOW_INTAKE_TOKEN" in capsys.readouterr().err
+
+
+async def test_a_state_file_deleted_under_the_runner_stops_it(tmp_path, sink, harness):
+    """The runner went on writing to the deleted file: the intake answered 202, a message
+    was sent, and all of it was gone when it stopped, while `emit` made a new, empty
+    state at the path that the runner never read."""
+    from cmtyflow.errors import UserError
+
+    h = harness([write_playbook(tmp_path / "pb", DAILY_PLAYBOOK.format(url=sink.url))], datetime(2026, 12, 1, 19, 0, tzinfo=UTC))
+    await h.open()
+    await h.at(datetime(2026, 12, 1, 19, 30, tzinfo=UTC))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{h.state}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="the state file was deleted or replaced while the runner had it open"):
+        await h.at(datetime(2026, 12, 1, 20, 0, tzinfo=UTC))
+    assert sink.requests == []
+    await h.crash()
 
 
 def test_a_second_runner_on_the_same_state_is_refused(tmp_path, capsys):
