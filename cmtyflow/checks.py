@@ -15,8 +15,9 @@ Rules:
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -183,7 +184,10 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
             why = cron_problem(trigger["cron"])
             if why:
                 found.append(ctx.at((*loc, "cron"), why))
-        if kind == "at" and isinstance(trigger["at"], str):
+        if kind == "at" and not isinstance(trigger["at"], (str, date)):  # a datetime is a date
+            shown = json.dumps(trigger["at"], ensure_ascii=False, default=str)
+            found.append(ctx.at((*loc, "at"), f"'at' should be an ISO 8601 date and time such as 2026-12-24T20:00, not {shown}"))
+        elif kind == "at" and isinstance(trigger["at"], str):
             try:
                 datetime.fromisoformat(trigger["at"].strip())
             except ValueError:
@@ -247,7 +251,7 @@ def _check_event_types(ctx: CheckContext) -> list[Problem]:
 
 
 def _check_flows_used(ctx: CheckContext) -> list[Problem]:
-    started = {t.get("flow") for _loc, _kind, t in iter_triggers(ctx.data)}
+    started = {t.get("flow") for _loc, _kind, t in iter_triggers(ctx.data) if isinstance(t.get("flow"), str)}
     return [
         ctx.at(
             ("flows", name),

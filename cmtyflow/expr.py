@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes, pass_eval_context
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes, pass_eval_context
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.filters import FILTERS as _jinja_filters
@@ -354,7 +354,17 @@ def _describe(exc: BaseException) -> str:
         return f"undefined name or key: {exc.message}"
     if isinstance(exc, SecurityError):
         return f"not allowed: {exc}"
+    if isinstance(exc, NameError):
+        # Jinja folds a constant such as 1e999 into its code as ``inf``, which is no name.
+        return "a number too large to be one (infinite, or not a number)"
+    if isinstance(exc, AssertionError):  # a filter's own check (truncate(2): "expected length >= 3")
+        return f"a filter's argument is out of its range: {exc}" if str(exc) else "a filter's argument is out of its range"
     return str(exc) or type(exc).__name__
+
+
+# What a run's expression or template may fail with, said in its terms (RenderError).
+_FAILURES = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError, NameError,
+             AssertionError)
 
 
 class Expression:
@@ -371,13 +381,41 @@ class Expression:
             ctx = _context(self._tmpl, context)
             for _ in self._tmpl.root_render_func(ctx):
                 pass
-            return ctx.vars["result"]
+            return _held(ctx.vars["result"])
         except RenderError:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+        except _FAILURES as exc:
             raise RenderError(f"expression `{self.source}`: {_describe(exc)}") from exc
         except RecursionError:
             raise RenderError(f"expression `{self.source}`: it calls itself too deeply") from None
+
+
+def _held(value: Any) -> Any:
+    """``value`` as an expression's result may be used: not undefined (a missing roster
+    column read bare, ``event.data.nope``; strict undefined fails only when it is used,
+    which was outside any run's care, as a fault of cmtyflow's own), and its text valid
+    (a lone surrogate made at run time, ``'\\ud800'``, cannot be stored or printed)."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    elif isinstance(value, str):
+        if not value.isascii():
+            _text(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _held(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _held(key)
+            _held(item)
+    return value
+
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text holds {value[exc.start]!r}, a lone surrogate, not a character") from None
+    return value
 
 
 class Template:
@@ -402,10 +440,11 @@ class Template:
                         f"template {self.name}: output is over the limit of {MAX_OUTPUT} characters"
                     )
                 parts.append(chunk)
-            return "".join(parts)
+            out = "".join(parts)
+            return out if out.isascii() else _text(out)
         except RenderError:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+        except _FAILURES as exc:
             raise RenderError(f"template {self.name}: {_describe(exc)}") from exc
         except RecursionError:
             raise RenderError(f"template {self.name}: a macro calls itself too deeply") from None

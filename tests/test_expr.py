@@ -9,6 +9,7 @@ import pytest
 
 from cmtyflow.expr import (
     RenderError,
+    compile_expression,
     compile_template,
     scope,
     static_problems_expression,
@@ -200,3 +201,36 @@ def test_a_template_that_loads_another_is_refused_at_its_line():
         (2, "{% include %}"), (3, "{% import %}"), (4, "{% from ... import %}"),
     ]
     assert found[0].message.endswith("a template cannot load another; use a macro in the same template, or a var for shared text")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # an undefined value returned bare: strict undefined failed later, where it was used
+        # (a condition, a stored value), as "cmtyflow hit a bug"
+        ("event.data.nope", "undefined name or key: 'dict object' has no attribute 'nope'"),
+        ("[1, event.data.nope]", "undefined name or key"),
+        ("{'a': event.data.nope}", "undefined name or key"),
+        ("'\\ud800'", "the text holds '\\ud800', a lone surrogate, not a character"),
+        ("1e999", "a number too large to be one (infinite, or not a number)"),
+    ],
+)
+def test_an_expression_whose_value_cannot_be_used_fails_where_it_is_evaluated(source, message):
+    with pytest.raises(RenderError, match=re.escape(message)):
+        compile_expression(source).evaluate(scope({"event": {"data": {}}}))
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ '\\ud800' }}", "the text holds '\\ud800', a lone surrogate, not a character"),
+        ("{{ '%c' % 55296 }}", "a lone surrogate"),
+        ("{{ 1e999 | int }}", "a number too large to be one"),
+        ("{{ 'abc' | truncate(2) }}", "a filter's argument is out of its range: expected length >= 3, got 2"),
+    ],
+)
+def test_a_template_whose_text_cannot_be_sent_fails_its_render(source, message):
+    """Each stopped the dry run or the runner with exit 3 (UnicodeEncodeError at the
+    output or the store, NameError from Jinja's folded constant, AssertionError)."""
+    with pytest.raises(RenderError, match=re.escape(message)):
+        compile_template(source).render(scope({}))

@@ -827,6 +827,27 @@ def test_invalid_playbook(text, files, expected, write, tmp_path, monkeypatch):
     assert not load(["pb.yaml"]).ok
 
 
+def test_a_trigger_at_or_flow_of_the_wrong_type_is_an_error_not_a_crash(write, tmp_path, monkeypatch):
+    """`at: 5` passed validate and stopped the dry run (exit 3); `flow: [f]` stopped
+    validate itself (TypeError: unhashable type)."""
+    monkeypatch.chdir(tmp_path)
+    write("pb.yaml", """\
+        cmtyflow: 1
+        name: demo
+        channels: {dm: {adapter: console}}
+        triggers:
+          - {id: t, at: 5, flow: f}
+          - {id: u, event: a.b, flow: [f]}
+        flows:
+          f:
+            - send: {text: hi}
+        """)
+    assert problems_of("pb.yaml") == [
+        "pb.yaml:5:17: error: 'at' should be an ISO 8601 date and time such as 2026-12-24T20:00, not 5",
+        "pb.yaml:6:25: error: 'flow' should be text, not a list",
+    ]
+
+
 def test_three_errors_in_one_file_are_all_reported(write, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(

@@ -20,7 +20,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import date, datetime
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -351,7 +351,10 @@ class Interpreter:
     def _set(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
         state = self.txn.state(prog.name, run.member)
         for key, value in ins.values.items():
-            state[key] = _plain(value.evaluate(ctx) if hasattr(value, "evaluate") else value)
+            plain = _plain(value.evaluate(ctx) if hasattr(value, "evaluate") else value)
+            if key in _BUILTIN_KINDS:
+                _check_builtin(key, plain)
+            state[key] = plain
         return False
 
     def _tag(self, prog: Program, run: Run, ins: Instr, ctx: dict[str, Any], occ: int) -> bool:
@@ -415,6 +418,9 @@ class Interpreter:
         done = run.loops.get(at, 0)
         if ins.times is not None:
             limit = ins.times.evaluate(ctx) if hasattr(ins.times, "evaluate") else ins.times
+            whole = isinstance(limit, int) or (isinstance(limit, float) and limit.is_integer())
+            if isinstance(limit, bool) or not whole or limit < 0:
+                raise RunFailed(f"repeat times is {limit!r}, not a whole number of 0 or more")
             go = done < int(limit)
         else:
             assert ins.while_ is not None
@@ -455,6 +461,35 @@ def _locales(prog: Program, rec_locale: Any, member_locale: Any) -> list[Any]:
         locales.append(member_locale)
     locales.extend([prog.playbook.locale, None])
     return locales
+
+
+# The built-in state keys a set step may write (SPEC 2), and what each must hold: a
+# check-in or an award reads them so, and failed later (an internal TypeError) on
+# anything else.
+_BUILTIN_KINDS = {
+    "points": "a number", "checkins": "a whole number of 0 or more", "streak": "a whole number of 0 or more",
+    "best_streak": "a whole number of 0 or more", "last_checkin": "a date (YYYY-MM-DD) or none",
+    "badges": "a list of texts",
+}
+
+
+def _check_builtin(key: str, value: Any) -> None:
+    if key == "points":
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif key == "last_checkin":
+        fits = value is None
+        if isinstance(value, str):
+            try:
+                date.fromisoformat(value)
+                fits = len(value) == 10
+            except ValueError:
+                fits = False
+    elif key == "badges":
+        fits = isinstance(value, list) and all(isinstance(b, str) for b in value)
+    else:
+        fits = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if not fits:
+        raise RunFailed(f"state.{key} must be {_BUILTIN_KINDS[key]}, not {value!r}")
 
 
 def _no_count(day: str) -> int:

@@ -314,7 +314,30 @@ def test_award_on_points_a_set_step_made_text_fails_the_run_with_a_reason(simula
     out, summary = simulate(text, [{"id": "a", "name": "Ana"}], [], "2026-12-01", 1, tmp_path)
     assert out == []
     (warning,) = [w for w in summary["warnings"] if "failed" in w]
-    assert warning.endswith("state.points is 'abc', not a number: a set step wrote it; award adds to it")
+    # At the set step itself, which wrote it (it failed at the award before).
+    assert warning.endswith("failed at f[0]: state.points must be a number, not 'abc'")
+
+
+@pytest.mark.parametrize(
+    ("step", "reason"),
+    [
+        ("set: {last_checkin: \"'notadate'\"}", "state.last_checkin must be a date (YYYY-MM-DD) or none, not 'notadate'"),
+        ("set: {streak: \"'abc'\"}", "state.streak must be a whole number of 0 or more, not 'abc'"),
+        ("set: {checkins: \"none\"}", "state.checkins must be a whole number of 0 or more, not None"),
+        ("set: {badges: 5}", "state.badges must be a list of texts, not 5"),
+        ("repeat: {times: \"now\", steps: [{send: {channel: dm, text: x}}]}", "repeat times is datetime.datetime("),
+        ("repeat: {times: \"vars.get('n', 1.5)\", steps: [{send: {channel: dm, text: x}}]}", "repeat times is 1.5, not a whole number of 0 or more"),
+    ],
+)
+def test_a_built_in_state_key_or_a_repeat_count_of_the_wrong_kind_fails_with_a_reason(simulate, tmp_path, step, reason):
+    """They failed later as "internal error: TypeError" (or ValueError), and `set: {badges: 5}`
+    failed every later run of the member at its first step."""
+    text = TEMPLATE_ERROR.replace(
+        "    - id: hello\n      send: {channel: dm, template: hello}\n", f"    - {step}\n    - checkin: {{}}\n",
+    )
+    out, summary = simulate(text, [{"id": "a", "name": "Ana"}], [], "2026-12-01", 1, tmp_path)
+    (warning,) = [w for w in summary["warnings"] if "failed" in w]
+    assert "internal error" not in warning and reason in warning, warning
 
 
 def test_template_error_fails_only_that_members_run(simulate, tmp_path):
