@@ -391,12 +391,17 @@ class Expression:
 
 
 def _held(value: Any) -> Any:
-    """``value`` as an expression's result may be used: not undefined (a missing roster
+    """``value`` as an expression's result may be used (an iterator read into a list):
+    not undefined (a missing roster
     column read bare, ``event.data.nope``; strict undefined fails only when it is used,
     which was outside any run's care, as a fault of cmtyflow's own), and its text valid
     (a lone surrogate made at run time, ``'\\ud800'``, cannot be stored or printed)."""
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
+    elif isinstance(value, Iterator) and not isinstance(value, (str, bytes)):
+        # A sequence Jinja hands over unfinished (``| reverse``, ``| map``): a list,
+        # read here, where its failures are the run's (kept, it was the text of its address).
+        return [_held(item) for item in value]
     elif isinstance(value, str):
         if not value.isascii():
             _text(value)

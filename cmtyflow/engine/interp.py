@@ -497,9 +497,22 @@ def _no_count(day: str) -> int:
 
 
 def _plain(value: Any) -> Any:
-    """State holds JSON-able values; dates as ISO text, other objects as text."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """State holds JSON-able values; dates as ISO text, other objects as text. Exactly
+    the types a store gives back: a subclass of text (Jinja's ``Markup``, made by
+    ``| e``, whose ``+`` escapes the other side) is plain text, as it comes back from
+    SQLite, so that a dry run (which keeps the object) and the runner agree. (An
+    expression's iterator, ``| reverse``, is a list already: ``expr.Expression``.)"""
+    cls = value.__class__
+    if value is None or cls is str or cls is int or cls is float or cls is bool:
         return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

@@ -669,3 +669,27 @@ def test_a_store_error_in_a_step_is_not_taken_for_a_fault(simulate, tmp_path, mo
     roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}]
     with pytest.raises(sqlite3.OperationalError):
         simulate(TEMPLATE_ERROR, roster, [], "2026-12-01", 1, tmp_path, templates={"hello.txt.j2": "Hi"})
+
+
+def test_values_a_set_step_keeps_are_what_a_store_gives_back(simulate, tmp_path):
+    """SPEC 5.5: the dry run kept Jinja's Markup (from `| e`), whose `+` escapes the other
+    side, where the runner's SQLite gives back plain text; and `| reverse` kept the text
+    of an iterator's address, different on every run."""
+    text = """
+cmtyflow: 1
+name: keep
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: console}
+triggers:
+  - {id: p, event: message.posted, flow: f}
+flows:
+  f:
+    - set: {x: "event.data.text | e", order: "[1, 2, 3] | reverse"}
+    - wait: 1m
+    - id: said
+      send: {channel: dm, text: "{{ state.x + '!' + event.data.text }} {{ state.order }}"}
+"""
+    events = [ev("p1", "message.posted", "2026-12-01T10:00:00+08:00", "a", {"text": "Tom & <Jerry>"})]
+    out, _ = simulate(text, [{"id": "a", "name": "Ana"}], events, "2026-12-01", 1, tmp_path)
+    assert [d["text"] for d in out] == ["Tom &amp; &lt;Jerry&gt;!Tom & <Jerry> [3, 2, 1]"]
