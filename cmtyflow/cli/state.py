@@ -67,20 +67,25 @@ def _zone(name: str | None) -> ZoneInfo:
 timezone_option = click.option(
     "--timezone", "tz_name", metavar="IANA",
     help="timezone of times written without an offset (default: the playbooks' own, when the runner's "
-         "playbooks share one, as SPEC 2 reads them; else TZ, else UTC)",
+         "playbooks share one, as SPEC 2 reads them; else TZ; else such a time is refused)",
 )
 
 
-def _event_zone(store: Store, tz_name: str | None) -> ZoneInfo:
+def _event_zone(store: Store, tz_name: str | None) -> ZoneInfo | None:
     """What an event's time without an offset is in: --timezone; else the playbooks'
     timezone when every playbook run on this state has the same one (the intake reads
-    it so, in the runner's playbooks); else TZ, else UTC."""
+    it so, in the runner's playbooks); else TZ. None when none of them says (a state no
+    runner has run on, without TZ): such a time is refused, not read as UTC (an import
+    before the first run put every event 8 hours off for a Shanghai playbook, silently,
+    where the dry run read them in the playbook's timezone)."""
     if tz_name:
         return _zone(tz_name)
     from ..runtime.versions import playbook_zones
 
     zones = set(playbook_zones(store).values())
-    return _zone(zones.pop()) if len(zones) == 1 else _zone(None)
+    if len(zones) == 1:
+        return _zone(zones.pop())
+    return _zone(None) if os.environ.get("TZ") else None
 
 
 # members ----------------------------------------------------------------------------------------
@@ -277,7 +282,10 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
     store, _ = store_at(state)
     try:
         if at_text is not None and datetime.fromisoformat(at_text).tzinfo is None:
-            event = parse_event(raw, _event_zone(store, tz_name))  # in the playbooks' timezone
+            try:
+                event = parse_event(raw, _event_zone(store, tz_name))  # in the playbooks' timezone
+            except ValueError as exc:
+                raise UserError(f"event: {exc}") from None
         fresh = store.add_event(event)
     finally:
         store.close()

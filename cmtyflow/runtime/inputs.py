@@ -323,7 +323,7 @@ def _id_text(value: Any, what: str) -> str:
     return text
 
 
-def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
+def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
     if not isinstance(raw, dict):
         raise ValueError("an event must be a JSON object")
     check_values(raw)
@@ -350,6 +350,11 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
     if not FIRST_YEAR <= at.year <= LAST_YEAR:
         raise ValueError(f"at '{at_text}' is out of range: give a time between {FIRST_YEAR} and {LAST_YEAR}")
     if at.tzinfo is None:
+        if default_tz is None:
+            raise ValueError(
+                f"at '{at_text}' has no UTC offset, and no timezone is known to read it in (no runner has run "
+                "a playbook on this state yet): write the offset (2026-12-01T10:00:00+08:00), or give --timezone"
+            )
         at = localize(at, default_tz)
     member = raw.get("member")
     update = None
@@ -373,13 +378,13 @@ def parse_event(raw: Any, default_tz: ZoneInfo) -> Event:
     return Event(id=_id_text(event_id, "id"), type=etype, at=at, member=member, data=data, member_update=update)
 
 
-def read_events(path: str | Path, problems: list[RowProblem], default_tz: ZoneInfo) -> Iterator[Event]:
+def read_events(path: str | Path, problems: list[RowProblem], default_tz: ZoneInfo | None) -> Iterator[Event]:
     text_path = str(path)
     with open_text(path) as fh:
         yield from _events_from_lines(fh, text_path, problems, default_tz)
 
 
-def _events_from_lines(fh: Any, name: str, problems: list[RowProblem], default_tz: ZoneInfo) -> Iterator[Event]:
+def _events_from_lines(fh: Any, name: str, problems: list[RowProblem], default_tz: ZoneInfo | None) -> Iterator[Event]:
     for lineno, line in enumerate(fh, 1):
         if not line.strip():
             continue

@@ -330,6 +330,30 @@ def test_members_list_streams_the_roster_and_keeps_a_row_to_a_line(tmp_path, cap
     assert cli(capsys, "members", "list", "--state", state, "--limit", "1")[1].splitlines()[1:] == ["u1  A B             x;y"]
 
 
+def test_an_event_time_without_offset_is_refused_until_a_timezone_is_known(tmp_path, club, capsys, monkeypatch):
+    """Imported before the first run, such a time was read as UTC, silently: 8 hours off
+    for a Shanghai playbook, where the dry run read it in the playbook's timezone."""
+    path, state = club
+    monkeypatch.delenv("TZ", raising=False)
+    events = tmp_path / "naive.jsonl"
+    events.write_text('{"id": "n1", "type": "checkin.posted", "at": "2026-12-01T10:00:00", "member": "u1"}\n', encoding="utf-8")
+    code, out, err = cli(capsys, "events", "import", str(events), "--state", state)
+    assert code == 1 and "at '2026-12-01T10:00:00' has no UTC offset, and no timezone is known to read it in" in err
+    code, _, err = cli(capsys, "emit", "checkin.posted", "--member", "u1", "--at", "2026-12-01T10:00:00", "--state", state)
+    assert code == 1 and "error: event: at '2026-12-01T10:00:00' has no UTC offset" in err
+    assert cli(capsys, "events", "import", str(events), "--state", state, "--timezone", "Asia/Shanghai")[0] == 0
+    # Once a runner has run the (Shanghai) playbook on the state, its timezone is known.
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-01T09:00:00+08:00")[0] == 0
+    events.write_text('{"id": "n2", "type": "checkin.posted", "at": "2026-12-01T11:00:00", "member": "u1"}\n', encoding="utf-8")
+    assert cli(capsys, "events", "import", str(events), "--state", state)[0] == 0
+    from cmtyflow.store.sqlite import SqliteStore
+
+    with SqliteStore(state) as store:
+        assert [e.at.isoformat() for e in store.pending_events(datetime.fromisoformat("2026-12-02T00:00:00+08:00"))] == [
+            "2026-12-01T10:00:00+08:00", "2026-12-01T11:00:00+08:00",
+        ]
+
+
 def test_report_median_answer_time_of_an_even_count_is_the_middle(tmp_path, club, capsys):
     path, state = club
     assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
