@@ -68,10 +68,18 @@ def check_playbook(ctx: CheckContext) -> list[Problem]:
 
 @lru_cache(maxsize=1)
 def _zones() -> list[str]:
-    return sorted(available_timezones())
+    return sorted(z for z in available_timezones() if valid_timezone(z))
+
+
+# Files of the system's zone database that are not IANA zone names: the machine's own
+# zone (``localtime``, another on the next machine), tzdata's placeholder and its
+# variants with leap seconds or POSIX rules.
+_NOT_ZONES = ("localtime", "Factory", "posixrules")
 
 
 def valid_timezone(name: str) -> bool:
+    if name in _NOT_ZONES or name.startswith(("posix/", "right/")):
+        return False
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

@@ -298,6 +298,27 @@ def test_timezones():
     assert not valid_timezone("Mars/Olympus")
     assert not valid_timezone("../../etc/passwd")
     assert not valid_timezone("")
+    # files of the zone database that are no IANA zone: the machine's own, a placeholder,
+    # the leap-second and POSIX variants
+    for name in ("localtime", "Factory", "posixrules", "right/UTC", "posix/Asia/Shanghai"):
+        assert not valid_timezone(name), name
+
+
+def test_variant_weights_are_finite_positive_numbers():
+    """`.inf` gave every member the other variant; two of 1e308 overflowed their sum to
+    inf and did the same; a weight of true or '2' was read as a number."""
+    text = (
+        "cmtyflow: 1\nname: w\ntimezone: UTC\nchannels: {dm: {adapter: console}}\n"
+        "triggers: [{id: t, event: a.b, flow: f}]\nflows:\n  f:\n    - send:\n        variants:\n"
+        "          a: {text: A, weight: .inf}\n          b: {text: B, weight: '2'}\n"
+        "          c: {text: C, weight: true}\n          d: {text: D, weight: 1e308}\n          e: {text: E, weight: 2}\n"
+    )
+    assert problems(load_text(text)) == [
+        "10:32: error: 'weight' should be a finite number",
+        "11:32: error: 'weight' should be a number, not '2'",
+        "12:32: error: 'weight' should be a number, not true",
+        "13:32: error: 'weight' should be at most 1000000, not the number 1e+308",
+    ]
 
 
 # --- template files (SPEC 2) ---------------------------------------------------------

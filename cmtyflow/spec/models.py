@@ -263,7 +263,7 @@ class StepBase(Model):
 class Variant(Model):
     template: str | None = None
     text: str | None = None
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False, strict=True)  # a sum of them stays finite
 
 
 class SendSpec(Model):
