@@ -97,7 +97,11 @@ def status(state: str | None, fmt: str) -> int:
     click.echo(f"state: {shown(location)} ({members} members)")
     if lifecycle:
         last = lifecycle[-1]
-        click.echo(f"runner: {last['kind'].replace('runner_', '')} at {_when(last['at'])}")
+        said = f"runner: {last['kind'].replace('runner_', '')} at {_when(last['at'])}"
+        if last["kind"] == "runner_started" and not is_postgres(location) and not StateLock.held(location):
+            # Started and never stopped, and no runner holds the state: it was killed.
+            said += "; not running now (it stopped without a clean stop: killed, or the machine went down)"
+        click.echo(said)
     click.echo(f"active runs: {sum(active.values())}")
     for name, n in sorted(active.items()):
         click.echo(f"  {name}: {n}")

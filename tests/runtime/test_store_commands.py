@@ -423,6 +423,28 @@ def test_outbox_says_what_a_killed_runner_left_being_sent(tmp_path, capsys):
     assert not StateLock.held(tmp_path / "never-run.db") and not (tmp_path / "never-run.db.lock").exists()
 
 
+def test_status_says_a_runner_that_started_and_never_stopped_is_not_running(tmp_path, capsys):
+    """After kill -9 `status` said "runner: started at ...", as for a live runner."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cmtyflow.runtime.runner import StateLock
+    from cmtyflow.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    with SqliteStore(state) as store:
+        store.record(datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("UTC")), "runner_started", pid=1)
+    code, out, _ = cli(capsys, "status", "--state", state)
+    assert code == 0 and "; not running now (it stopped without a clean stop" in out
+    lock = StateLock(state)
+    lock.acquire()  # a live runner
+    try:
+        code, out, _ = cli(capsys, "status", "--state", state)
+        assert "runner: started at" in out and "not running" not in out
+    finally:
+        lock.release()
+
+
 def test_a_launch_refused_by_a_runner_without_its_playbook_says_so_when_launched_again(tmp_path, club, capsys):
     path, state = club
     assert cli(capsys, "members", "import", str(tmp_path / "members.csv"), "--state", state)[0] == 0
