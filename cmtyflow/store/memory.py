@@ -438,6 +438,7 @@ class MemoryStore:
         for row in self._outbox.values():
             if row.status == "inflight":
                 row.status = "in_doubt"
+                row.attempts += 1  # the call had begun: an attempt
                 found.append(replace(row))
         self._sending.clear()
         return found

@@ -201,7 +201,7 @@ class SharedWork:
             held = [r for r in found if not resendable(r)]
             conn.execute("UPDATE outbox SET status = 'queued', job = NULL WHERE key = ANY(%s)", (resend,))
             conn.execute(
-                "UPDATE outbox SET status = 'in_doubt', job = NULL WHERE key = ANY(%s)", ([r.message.key for r in held],)
+                "UPDATE outbox SET status = 'in_doubt', job = NULL, attempts = attempts + 1 WHERE key = ANY(%s)", ([r.message.key for r in held],)
             )
         return resend, held
 

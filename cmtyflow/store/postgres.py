@@ -318,7 +318,8 @@ class PostgresStore(SqlStore):
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write(runner=True) as cur:
             found = cur.execute(
-                f"UPDATE outbox SET status = 'in_doubt' WHERE status = 'inflight' RETURNING seq, {rows.OUTBOX_COLS}"
+                f"UPDATE outbox SET status = 'in_doubt', attempts = attempts + 1 WHERE status = 'inflight' "
+                f"RETURNING seq, {rows.OUTBOX_COLS}"
             ).fetchall()
             cur.execute("DELETE FROM sending")
         found.sort(key=lambda r: r[0])

@@ -482,7 +482,8 @@ class SqliteStore(SqlStore):
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write() as db:
             seqs = [r[0] for r in db.execute("SELECT seq FROM outbox WHERE status = 'inflight' ORDER BY seq")]
-            db.executemany("UPDATE outbox SET status = 'in_doubt' WHERE seq = ?", [(s,) for s in seqs])
+            # The call had begun: it counts as an attempt (it showed 'tries 0').
+            db.executemany("UPDATE outbox SET status = 'in_doubt', attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs])
             db.execute("DELETE FROM sending")
             return [rows.outbox_row(db.execute(f"SELECT {rows.OUTBOX_COLS} FROM outbox WHERE seq = ?", (s,)).fetchone()) for s in seqs]
 

@@ -423,6 +423,8 @@ def test_only_a_row_whose_sending_began_is_in_doubt(store: Store) -> None:
     store.finish_messages([("b", "sent", {"sent_at": at(1), "attempts": 1})])
     assert store.requeue_unstarted() == 1  # d
     assert sorted(keys(store.mark_in_doubt())) == ["a", "c"]
+    # The call had begun: an attempt (they were listed with "tries 0").
+    assert {r.message.key: r.attempts for r in store.outbox(["in_doubt"])} == {"a": 1, "c": 1}
     assert {r.message.key: r.status for r in store.outbox()}["d"] == "queued"
     assert keys(store.claim_due_messages(at(2))) == ["d"]
     assert store.requeue_unstarted() == 1  # sending was emptied by mark_in_doubt: d is unstarted again
