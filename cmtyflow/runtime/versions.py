@@ -260,10 +260,30 @@ def diff(old: Program, new: Program) -> list[StepChange]:
 def trigger_changes(old: Program, new: Program) -> list[str]:
     a = {t.id: t.model_dump() for t in old.playbook.triggers}
     b = {t.id: t.model_dump() for t in new.playbook.triggers}
+    anew = _schedules_anew(old, new)
     out = [f"trigger {t} removed" for t in a if t not in b]
-    out += [f"trigger {t} changed" for t in a if t in b and a[t] != b[t]]
+    out += [f"trigger {t} changed" + (_ANEW if t in anew else "") for t in a if t in b and a[t] != b[t]]
+    out += [f"trigger {t}: the playbook's timezone or window changed" + _ANEW
+            for t in a if t in b and a[t] == b[t] and t in anew]
     out += [f"trigger {t} added" for t in b if t not in a]
     return out
+
+
+_ANEW = "; its schedule starts anew when a runner loads this version (firings the old one missed are not caught up)"
+
+
+def _schedules_anew(old: Program, new: Program) -> set[str]:
+    """The schedule triggers of both versions whose firings are decided differently (the
+    runner keys a schedule's position by them: ``driver.schedule_key``)."""
+    from .driver import schedule_key
+
+    def keys(prog: Program) -> dict[str, str]:
+        return {
+            t.id: schedule_key(prog, t, prog.playbook.timezone) for t in prog.playbook.triggers if t.kind in ("cron", "at")
+        }
+
+    before, after = keys(old), keys(new)
+    return {t for t in before if t in after and before[t] != after[t]}
 
 
 def other_changes(old: Program, new: Program) -> list[str]:

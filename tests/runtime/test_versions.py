@@ -219,3 +219,25 @@ def test_plan_writes_values_as_the_playbook_does(tmp_path):
     new = load_programs([write_playbook(tmp_path / "b", text.replace("text: hi", "text: hey"))])[1][0]
     (change,) = diff(old, new)
     assert change.detail == "send channel: dm, text: hi, urgent: true -> send channel: dm, text: hey, urgent: true"
+
+
+def test_plan_says_which_schedules_start_anew(tmp_path):
+    """The runner keys a schedule's position by what decides its firings; plan said only
+    "trigger daily changed", and nothing when the playbook's timezone or window moved."""
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.versions import trigger_changes
+
+    text = (
+        "cmtyflow: 1\nname: s\ntimezone: Asia/Shanghai\nchannels: {dm: {adapter: console}}\n"
+        "triggers:\n  - {id: daily, cron: '0 20 * * *', flow: f}\n  - {id: nightly, cron: '0 21 * * *', flow: f}\n"
+        "  - {id: j, event: member.joined, flow: f}\nflows:\n  f: [{send: {to: channel, text: hi}}]\n"
+    )
+    old = write_playbook(tmp_path / "a", text)
+    new = write_playbook(tmp_path / "b", text.replace("Asia/Shanghai", "Europe/Berlin").replace("0 21", "30 21"))
+    (before,), (after,) = load_programs([old])[1], load_programs([new])[1]
+    assert trigger_changes(before, after) == [
+        "trigger nightly changed; its schedule starts anew when a runner loads this version "
+        "(firings the old one missed are not caught up)",
+        "trigger daily: the playbook's timezone or window changed; its schedule starts anew when a runner loads "
+        "this version (firings the old one missed are not caught up)",
+    ]
