@@ -77,8 +77,13 @@ def parse_start(text: str | None, programs: list[Program], now: datetime, *, opt
 
 
 def default_days(programs: list[Program], start: datetime) -> int:
+    """The window's days, from ``start`` to its last; one day more when a schedule fires
+    at each member's own time (``timezone: member``): the window's last day in a zone
+    behind the playbook's ends after it in the playbook's (a New Yorker's 21:00 on the
+    last day is the next morning in Shanghai), and was neither listed nor pending."""
     ends = [p.window[1] for p in programs if p.window and p.window[1] is not None]
     if ends:
         last = max(ends)
-        return max(1, (last - start.astimezone(programs[0].tz).date()).days + 1)
+        local = any(getattr(t, "timezone", None) == "member" for p in programs for t in p.playbook.triggers)
+        return max(1, (last - start.astimezone(programs[0].tz).date()).days + 1 + int(local))
     return 7
