@@ -364,7 +364,7 @@ def _describe(exc: BaseException) -> str:
 
 # What a run's expression or template may fail with, said in its terms (RenderError).
 _FAILURES = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError, NameError,
-             AssertionError)
+             AssertionError, RuntimeError, OSError)  # cycler() with nothing; a timestamp out of range
 
 
 class Expression:
@@ -384,10 +384,10 @@ class Expression:
             return _held(ctx.vars["result"])
         except RenderError:
             raise
+        except RecursionError:  # before _FAILURES: a RuntimeError too
+            raise RenderError(f"expression `{self.source}`: it calls itself too deeply") from None
         except _FAILURES as exc:
             raise RenderError(f"expression `{self.source}`: {_describe(exc)}") from exc
-        except RecursionError:
-            raise RenderError(f"expression `{self.source}`: it calls itself too deeply") from None
 
 
 def _held(value: Any) -> Any:
@@ -403,7 +403,7 @@ def _held(value: Any) -> Any:
         # read here, where its failures are the run's (kept, it was the text of its address).
         return [_held(item) for item in value]
     elif isinstance(value, str):
-        if not value.isascii():
+        if not value.isascii() or "\x00" in value:
             _text(value)
     elif isinstance(value, (list, tuple)):
         for item in value:
@@ -420,6 +420,8 @@ def _text(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"the text holds {value[exc.start]!r}, a lone surrogate, not a character") from None
+    if "\x00" in value:  # PostgreSQL refuses it in text (the runner stopped at every start)
+        raise ValueError("the text holds a NUL character (\\x00), which is not text")
     return value
 
 
@@ -446,13 +448,13 @@ class Template:
                     )
                 parts.append(chunk)
             out = "".join(parts)
-            return out if out.isascii() else _text(out)
+            return out if out.isascii() and "\x00" not in out else _text(out)
         except RenderError:
             raise
+        except RecursionError:  # before _FAILURES: a RuntimeError too
+            raise RenderError(f"template {self.name}: a macro calls itself too deeply") from None
         except _FAILURES as exc:
             raise RenderError(f"template {self.name}: {_describe(exc)}") from exc
-        except RecursionError:
-            raise RenderError(f"template {self.name}: a macro calls itself too deeply") from None
         finally:
             _iterations.reset(token)
 
@@ -568,8 +570,11 @@ def static_problems_expression(
     except TemplateSyntaxError as exc:
         message = (exc.message or "invalid expression").replace("'end of template'", "end of expression")
         return [StaticProblem(f"expression syntax error: {message}", exc.lineno or 1)]
+    except RecursionError:
+        return [StaticProblem("expression nested too deeply (parentheses, brackets or operators)", 1)]
     # find_all looks below a node, never at the node itself: give the expression a parent.
-    return _tree_problems(nodes.Template([nodes.Output([tree])]), extra_names, known)
+    problems = _tree_problems(nodes.Template([nodes.Output([tree])]), extra_names, known)
+    return problems or _compile_problems(compile_expression, source, "expression")
 
 
 def static_problems_template(
@@ -580,7 +585,21 @@ def static_problems_template(
         tree = ENV.parse(source)
     except TemplateSyntaxError as exc:
         return [StaticProblem(f"template syntax error: {exc.message}", exc.lineno)]
-    return _tree_problems(tree, extra_names, known)
+    except RecursionError:
+        return [StaticProblem("template nested too deeply (blocks, parentheses or operators)", 1)]
+    return _tree_problems(tree, extra_names, known) or _compile_problems(compile_template, source, "template")
+
+
+def _compile_problems(compile_: Callable[[str], Any], source: str, what: str) -> list[StaticProblem]:
+    """Compiling folds constant parts (Jinja's optimiser): one that always fails fails
+    there (``[1, 2][5] ~ 'a'``), and a run could not even load the playbook."""
+    try:
+        compile_(source)
+    except RecursionError:
+        return [StaticProblem(f"{what} nested too deeply (blocks, parentheses or operators)", 1)]
+    except _FAILURES as exc:
+        return [StaticProblem(f"this {what} always fails: {_describe(exc)}", 1)]
+    return []
 
 
 def _tree_problems(tree: nodes.Template, extra_names: Iterable[str], known: Known | None) -> list[StaticProblem]:

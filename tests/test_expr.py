@@ -234,3 +234,31 @@ def test_a_template_whose_text_cannot_be_sent_fails_its_render(source, message):
     output or the store, NameError from Jinja's folded constant, AssertionError)."""
     with pytest.raises(RenderError, match=re.escape(message)):
         compile_template(source).render(scope({}))
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ cycler() }}", "at least one item has to be provided"),  # a RuntimeError
+        ("{{ now.fromtimestamp(10 ** 17) }}", "Value too large"),  # an OSError, from event data
+        ("x{{ '\\x00' }}y", "the text holds a NUL character"),  # PostgreSQL refuses it in text
+    ],
+)
+def test_more_templates_that_stopped_the_runner_fail_their_render(source, message):
+    """Each made `run --once` exit 3 at every start (the fuzzer's second round)."""
+    import datetime as dt
+
+    with pytest.raises(RenderError, match=re.escape(message)):
+        compile_template(source).render(scope({"now": dt.datetime(2026, 12, 1, tzinfo=dt.UTC)}))
+
+
+def test_a_constant_part_that_always_fails_or_nesting_too_deep_is_a_static_problem():
+    """Jinja folds constant parts while compiling: `[1, 2][5] ~ 'a'` failed there, and the
+    runner could not load the playbook (exit 3); 70 parentheses stopped validate itself."""
+    assert [p.message for p in static_problems_template("{{ [1, 2][5] ~ 'a' }}")] == [
+        "this template always fails: undefined name or key: list object has no element 5"
+    ]
+    assert [p.message for p in static_problems_expression("1 if ''.x else 2")][0].startswith("this expression always fails")
+    assert [p.message for p in static_problems_expression("(" * 200 + "1" + ")" * 200)] == [
+        "expression nested too deeply (parentheses, brackets or operators)"
+    ]

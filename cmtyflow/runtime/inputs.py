@@ -52,7 +52,10 @@ class RowProblem:
         return f"{self.path}:{self.line}: {self.message}"
 
 
-def check_values(value: Any, where: str = "") -> None:
+MAX_DEPTH = 64  # lists and objects inside each other, as a playbook's YAML may nest
+
+
+def check_values(value: Any, where: str = "", depth: int = 0) -> None:
     """Refuse what JSON reads but the state cannot keep as text: a lone surrogate
     (``"\\ud800"``), a NUL character (``"\\u0000"``: PostgreSQL refuses it in text, and
     a message quoting it stopped the runner at every start) and a number that is not
@@ -67,13 +70,17 @@ def check_values(value: Any, where: str = "") -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where or 'a value'} is {value}, not a finite number")
+    elif isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+        # Deeper, it was taken, then failed every run reading it (RecursionError), and
+        # the runner at every start while decoding it.
+        raise ValueError(f"{where.split('[')[0] or 'a value'} is nested deeper than {MAX_DEPTH} lists and objects")
     elif isinstance(value, dict):
         for key, item in value.items():
-            check_values(key, where or "a key")
-            check_values(item, f"{where}.{key}" if where else str(key))
+            check_values(key, where or "a key", depth + 1)
+            check_values(item, f"{where}.{key}" if where else str(key), depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            check_values(item, f"{where}[{index}]")
+            check_values(item, f"{where}[{index}]", depth + 1)
 
 
 _MEMBER_TEXT_LISTS = ("tags",)
@@ -117,6 +124,8 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 raise ValueError(f"joined_at '{text}' is not an ISO date or datetime") from None
             value = text
+        elif key == "locale" and not isinstance(value, str):
+            raise ValueError(f"locale must be text such as zh-CN, not {json.dumps(value)}")
         elif key == "timezone":
             try:
                 ZoneInfo(str(value))

@@ -187,7 +187,8 @@ def test_json_roster_fields_must_be_plain_values(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(
         '{"id": "j4", "tags": [1, null]}\n{"id": "j7", "name": {"nested": 1}}\n{"id": "j17", "id ": "space"}\n'
-        '{"id": "j10", "name": "\\ud800"}\n{"id": "ok", "name": "好", "tags": ["a"]}\n{"id": "n\\u0000ul"}\n',
+        '{"id": "j10", "name": "\\ud800"}\n{"id": "ok", "name": "好", "tags": ["a"]}\n{"id": "n\\u0000ul"}\n'
+        '{"id": "l5", "locale": 5}\n',
         encoding="utf-8",
     )
     problems: list[RowProblem] = []
@@ -198,6 +199,7 @@ def test_json_roster_fields_must_be_plain_values(tmp_path):
         (3, "two fields named 'id'"),
         (4, "name holds '\\ud800', a lone surrogate, not text"),
         (6, "id holds a NUL character (\\u0000), which is not text"),
+        (7, "locale must be text such as zh-CN, not 5"),
     ]
 
 
@@ -211,6 +213,9 @@ def test_json_roster_fields_must_be_plain_values(tmp_path):
         ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "member": ""}', "member is empty"),
         ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"t": "\\ud800"}}', "data.t holds '\\ud800', a lone surrogate, not text"),
         ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"n": NaN}}', "data.n is nan, not a finite number"),
+        # taken, it failed every run reading it, and the runner at every start decoding it
+        ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"v": ' + "[" * 70 + "]" * 70 + "}}",
+         "data.v is nested deeper than 64 lists and objects"),
         # PostgreSQL refuses NUL in text: a message quoting it stopped the runner at every start
         ('{"id": "x", "type": "a.b", "at": "2026-12-01T10:00:00+08:00", "data": {"t": "x\\u0000y"}}',
          "data.t holds a NUL character (\\u0000), which is not text"),
