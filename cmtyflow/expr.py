@@ -85,6 +85,28 @@ def _bounded_range(*args: int) -> Iterator[int]:
         yield i
 
 
+_LOOP_FILTER = "_bounded_loop"
+
+
+@pass_eval_context
+def _bounded_loop(_eval_ctx: Any, iterable: Any) -> Any:
+    """What a ``{% for %}`` loops over, counted against ``MAX_ITERATIONS`` per render as
+    ``range()`` is (three nested loops over lists of 10,000 ran for good, and a runner
+    in one did not even hear SIGTERM)."""
+    budget = _iterations.get()
+    if budget is None or getattr(iterable, "gi_code", None) is _bounded_range.__code__:
+        return iterable  # outside a render, or a range(): counted already
+    return _counted(iterable, budget)
+
+
+def _counted(iterable: Any, budget: list[int]) -> Iterator[Any]:
+    for item in iterable:
+        budget[0] += 1
+        if budget[0] > MAX_ITERATIONS:
+            raise SecurityError(f"more than {MAX_ITERATIONS} loop iterations in one render")
+        yield item
+
+
 def _check_repeat(count: Any, other: Any) -> None:
     if isinstance(other, (str, list, tuple)) and isinstance(count, int) and not isinstance(count, bool):
         if count > MAX_REPEAT:
@@ -246,6 +268,7 @@ class _BoundedCodeGenerator(CodeGenerator):
         self.write(")")
 
 
+
 # Mapping types whose instances have no attributes beyond their class's (plain dicts,
 # the engine's ``state`` and ``member`` views): type -> the names ``getattr`` can find.
 _ITEM_FIRST: dict[type, frozenset[str]] = {dict: frozenset(dir(dict))}
@@ -270,6 +293,17 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         return _BINOPS[operator_](left, right)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template, each ``{% for %}`` iterating through ``_bounded_loop``: a filter of
+        ours (Jinja allows no node types of one's own) that takes the evaluation context,
+        so that the optimiser never runs it while compiling."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            it = loop.iter
+            if not (isinstance(it, nodes.Filter) and it.name == _LOOP_FILTER):
+                loop.iter = nodes.Filter(it, _LOOP_FILTER, [], [], None, None, lineno=loop.lineno)
+        return tree
 
     @staticmethod
     def bounded_text(value: Any) -> Any:
@@ -317,6 +351,7 @@ def _make_env() -> CmtyflowEnvironment:
     )
     env.globals["range"] = _bounded_range
     env.globals["lipsum"] = _bounded_lipsum
+    env.filters[_LOOP_FILTER] = _bounded_loop  # every {% for %} goes through it
     env.filters.update(center=_bounded_center, indent=_bounded_indent, format=_bounded_format,
                        join=_bounded_join, replace=_bounded_replace)
     # The attr filter reaches attributes by computed name; the sandbox guards it, but

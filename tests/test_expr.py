@@ -132,10 +132,13 @@ def test_repetition_with_runtime_values_fails_that_render_only():
         ("{{ lipsum(2, max=vars.n) }}", "lipsum(max=1000000000) is over the limit of 100"),
         # the size, not the count, is over: said as such
         ("{{ ('x' * 60) * 2000 }}", "a text of 60 characters repeated 2000 times would make 120000 characters"),
+        # loops over lists counted as range() is: three such loops ran for good, deaf to SIGTERM
+        ("{% for a in [0] * 10000 %}{% for b in [0] * 10000 %}{% endfor %}{% endfor %}",
+         "more than 100000 loop iterations in one render"),
     ],
     ids=["concat", "plus", "center", "indent", "format", "percent", "str-format", "dynamic-width", "ljust",
          "str-replace", "replace", "join", "recursion", "int-square", "int-pow", "lipsum-n", "lipsum-max",
-         "repeat-size"],
+         "repeat-size", "list-loops"],
 )
 def test_text_built_while_rendering_is_bounded_before_it_is_built(source, message):
     with pytest.raises(RenderError, match=re.escape(message)):
