@@ -191,18 +191,24 @@ class SharedWork:
     def settle_inflight(self, resendable: Callable[[OutboxRow], bool]) -> tuple[list[str], list[OutboxRow]]:
         """Rows left in flight by a send job that has ended (its worker stopped with
         sends abandoned, or it failed for good): back to the queue under their key when
-        ``resendable``, else in doubt (SPEC 5.2). Returns (resent keys, held rows)."""
+        ``resendable`` or never started (not in ``sending``), else in doubt (SPEC 5.2).
+        Returns (keys back in the queue, held rows)."""
         conn = self.conn
         with conn.transaction():
             found = [rows.outbox_row(r) for r in conn.execute(ORPHANED_INFLIGHT).fetchall()]
             if not found:
                 return [], []
-            resend = [r.message.key for r in found if resendable(r)]
-            held = [r for r in found if not resendable(r)]
+            keys = [r.message.key for r in found]
+            # Only a row whose call to the platform began is in doubt; one never started
+            # goes back to the queue (SPEC 5.2, as at a runner's start: Store.mark_sending).
+            started = {r[0] for r in conn.execute("SELECT key FROM sending WHERE key = ANY(%s)", (keys,)).fetchall()}
+            resend = [r.message.key for r in found if resendable(r) or r.message.key not in started]
+            held = [r for r in found if not resendable(r) and r.message.key in started]
             conn.execute("UPDATE outbox SET status = 'queued', job = NULL WHERE key = ANY(%s)", (resend,))
             conn.execute(
                 "UPDATE outbox SET status = 'in_doubt', job = NULL, attempts = attempts + 1 WHERE key = ANY(%s)", ([r.message.key for r in held],)
             )
+            conn.execute("DELETE FROM sending WHERE key = ANY(%s)", (keys,))
         return resend, held
 
     # a timer job ------------------------------------------------------------------------------

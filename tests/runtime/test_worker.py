@@ -154,6 +154,33 @@ def test_a_single_runner_and_workers_exclude_each_other(state: str) -> None:
 
 
 
+def test_a_dead_send_jobs_rows_never_started_go_back_to_the_queue(state: str) -> None:
+    """SPEC 5.2, as at a runner's start: a worker killed during a send held every row of its
+    batch in doubt, 158 of 300 never sent; and its rows stayed in `sending` for good."""
+    from datetime import UTC, datetime
+
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.store.pg_shared import SharedWork, ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    store = PostgresStore(state, exclusive=False)
+    try:
+        ensure_queue_schema(store)
+        store.apply(Decision(messages=[
+            QueuedMessage(k, "pb", "r", "f", "s", 1, "ch", "telegram", None, "channel", "hi", "plain", None, False, at, at)
+            for k in ("started", "unstarted")
+        ]))
+        store.claim_due_messages(at)
+        assert store.mark_sending("started", None, False)
+        resent, held = SharedWork(store).settle_inflight(lambda row: False)
+        assert resent == ["unstarted"] and [r.message.key for r in held] == ["started"]
+        assert {r.message.key: r.status for r in store.outbox()} == {"started": "in_doubt", "unstarted": "queued"}
+        assert store.conn.execute("SELECT count(*) FROM sending").fetchone() == (0,)
+    finally:
+        store.close()
+
+
 def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path) -> None:
     """A database restart fails whatever job is running; each must be retried, not left
     failed for good (a stuck job in `cmtyflow status`). The recovery, run every 5 s,
