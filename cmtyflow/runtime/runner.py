@@ -263,61 +263,83 @@ def build_runner(
 
 
 class StateLock:
-    """An exclusive lock on ``<state>.lock`` held for the runner's life (POSIX flock;
-    released by the OS if the process dies). The state's real path names it: a second
-    runner given the file through a symbolic link is refused too (it started, and its
-    start-up took the first runner's messages in flight as in doubt and sent them again)."""
+    """An exclusive lock held for the runner's life (POSIX flock; released by the OS if
+    the process dies), on ``<state>.lock`` (which names the holder's pid) and on the
+    state file itself, when there is one. The state's real path names the first: a
+    second runner given the file through a symbolic link is refused too. The second
+    holds however the lock file is treated: with it deleted under a runner (a "stale"
+    lock cleared), a second runner started, its start-up put the first one's messages
+    not yet sent back in the queue, and both sent them. SQLite's own locks are of
+    another kind (fcntl) and do not meet these."""
 
     def __init__(self, state_path: str | Path) -> None:
-        self.path = Path(f"{os.path.realpath(state_path)}.lock")
+        self.state = os.path.realpath(state_path)
+        self.path = Path(f"{self.state}.lock")
         self._fh: Any = None
+        self._db: int | None = None
 
     def acquire(self) -> None:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the runner's life
+        db = _open_quietly(self.state)
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if db is not None:
+                fcntl.flock(db, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
             holder = fh.read().strip()
             fh.close()
+            if db is not None:
+                os.close(db)
             raise UserError(
-                f"another runner is using {str(self.path)[:-5]}" + (f" (pid {holder})" if holder else "")
+                f"another runner is using {self.state}" + (f" (pid {holder})" if holder else "")
                 + "; stop it first, or give this one its own --state"
             ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
-        self._fh = fh
+        self._fh, self._db = fh, db
 
     @staticmethod
     def held(state_path: str | Path) -> bool:
-        """Whether a runner holds the state at ``state_path`` now (its lock file is
-        locked); read without creating anything."""
+        """Whether a runner holds the state at ``state_path`` now (its lock file or the
+        state file is locked); read without creating anything."""
         import fcntl
 
-        try:
-            fd = os.open(f"{os.path.realpath(state_path)}.lock", os.O_RDONLY)
-        except OSError:
-            return False  # no runner has run on it
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)  # closing it lets go of a lock taken here
+        real = os.path.realpath(state_path)
+        for path in (f"{real}.lock", real):
+            fd = _open_quietly(path)
+            if fd is None:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            finally:
+                os.close(fd)  # closing it lets go of a lock taken here
         return False
 
     def release(self) -> None:
-        if self._fh is not None:
-            import fcntl
+        import fcntl
 
+        if self._fh is not None:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+        if self._db is not None:
+            os.close(self._db)  # its flock goes with it
+            self._db = None
+
+
+def _open_quietly(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 # log sinks -------------------------------------------------------------------------------------

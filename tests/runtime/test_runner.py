@@ -767,8 +767,10 @@ async def test_a_state_file_deleted_under_the_runner_stops_it(tmp_path, sink, ha
 
 def test_a_second_runner_on_the_same_state_is_refused(tmp_path, capsys):
     from cmtyflow.runtime.runner import StateLock
+    from cmtyflow.store.sqlite import SqliteStore
 
     state = tmp_path / "s.db"
+    SqliteStore(state).close()  # the state exists: a runner has run on it
     held = StateLock(state)
     held.acquire()
     try:
@@ -778,6 +780,12 @@ def test_a_second_runner_on_the_same_state_is_refused(tmp_path, capsys):
         # The same file through a symbolic link is the same state.
         (tmp_path / "link.db").symlink_to(state)
         assert main(["run", str(path), "--state", str(tmp_path / "link.db"), "--once"]) == 1
+        assert "another runner is using" in capsys.readouterr().err
+        # A lock file deleted under the runner (a "stale" lock cleared): the state file's
+        # own lock still holds (a second runner started, and both sent the first one's
+        # messages not yet sent).
+        Path(f"{state}.lock").unlink()
+        assert main(["run", str(path), "--state", str(state), "--once"]) == 1
         assert "another runner is using" in capsys.readouterr().err
     finally:
         held.release()
