@@ -20,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import date, datetime
 from functools import partial
 from typing import Any
@@ -440,6 +441,10 @@ class Interpreter:
         member = run.member
         if ins.member_expr is not None:
             value = ins.member_expr.evaluate(ctx)
+            if isinstance(value, Mapping) and "id" in value:  # ``member: member``: the member's id
+                value = value["id"]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int)) or value == ""):
+                raise RunFailed(f"emit member must be a member's id, not {value!r}")
             member = None if value is None else str(value)
         self.txn.decision.emitted.append(
             Event(id=f"{run.id}/{ins.label}/{occ}", type=ins.step.emit.event, at=self.now, member=member, data=data)
@@ -515,10 +520,12 @@ def _plain(value: Any) -> Any:
         return float(value)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a dict, or ``member`` / ``state`` as a whole: their data
         return {str(k): _plain(v) for k, v in value.items()}
     if hasattr(value, "isoformat"):
         return value.isoformat()
+    if callable(value):  # lipsum, a macro, cycler(...).next: kept, the text of an address
+        raise RunFailed(f"a function or object ({type(value).__name__}) is not a value to keep; call it, or keep what it gives")
     return str(value)
 
 

@@ -693,3 +693,36 @@ flows:
     events = [ev("p1", "message.posted", "2026-12-01T10:00:00+08:00", "a", {"text": "Tom & <Jerry>"})]
     out, _ = simulate(text, [{"id": "a", "name": "Ana"}], events, "2026-12-01", 1, tmp_path)
     assert [d["text"] for d in out] == ["Tom &amp; &lt;Jerry&gt;!Tom & <Jerry> [3, 2, 1]"]
+
+
+@pytest.mark.parametrize(
+    ("emit", "expected"),
+    [
+        # `member: member` emitted for the member's id; it became the id "MemberView('a')"
+        ('{event: relay.sent, member: "member", data: {who: "member.name"}}', "relayed a Ana"),
+        # member and state as data: their data, not the text of the object
+        ('{event: relay.sent, data: {who: "member"}}', "relayed a {'id': 'a', 'name': 'Ana'}"),
+        ('{event: relay.sent, member: "member.tags"}', "failed at f[0]: emit member must be a member's id, not []"),
+        ('{event: relay.sent, data: {f: "lipsum"}}', "failed at f[0]: a function or object (function) is not a value to keep"),
+    ],
+)
+def test_what_an_emit_carries_is_a_value_or_the_run_fails_with_a_reason(simulate, tmp_path, emit, expected):
+    text = f"""
+cmtyflow: 1
+name: relay
+timezone: Asia/Shanghai
+channels:
+  dm: {{adapter: console}}
+triggers:
+  - {{id: p, event: ping, flow: f}}
+  - {{id: r, event: relay.sent, flow: g}}
+flows:
+  f:
+    - emit: {emit}
+  g:
+    - send: {{channel: dm, to: [a], text: "relayed {{{{ event.member }}}} {{{{ event.data.who | default('') }}}}"}}
+"""
+    out, summary = simulate(text, [{"id": "a", "name": "Ana"}], [ev("e1", "ping", "2026-12-01T10:00:00+08:00", "a")],
+                            "2026-12-01", 1, tmp_path)
+    said = [d["text"] for d in out] + summary["warnings"]
+    assert any(expected in line for line in said), said
