@@ -98,7 +98,7 @@ def status(state: str | None, fmt: str) -> int:
     if lifecycle:
         last = lifecycle[-1]
         said = f"runner: {last['kind'].replace('runner_', '')} at {_when(last['at'])}"
-        if last["kind"] == "runner_started" and not is_postgres(location) and not StateLock.held(location):
+        if last["kind"] == "runner_started" and _no_runner(location):
             # Started and never stopped, and no runner holds the state: it was killed.
             said += "; not running now (it stopped without a clean stop: killed, or the machine went down)"
         click.echo(said)
@@ -171,6 +171,12 @@ def _row_doc(row: OutboxRow) -> dict[str, Any]:
     }
 
 
+def _no_runner(location: str) -> bool:
+    """Whether no runner holds the SQLite state at ``location`` now (False for PostgreSQL,
+    whose runner and workers say so themselves)."""
+    return not is_postgres(location) and not StateLock.held(location)
+
+
 @cli.group("outbox", invoke_without_command=True)
 @state_option
 @click.option("--status", "statuses", multiple=True, type=click.Choice(["queued", "inflight", "sent", "failed", "dead", "in_doubt", "cancelled"]),
@@ -207,7 +213,7 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     if more:
         click.echo(f"showing the first {limit}; {more} more (raise --limit to see them)", err=True)
     stranded = counts.get("inflight", 0)
-    if stranded and not statuses and not is_postgres(location) and not StateLock.held(location):
+    if stranded and not statuses and _no_runner(location):
         # Left by a runner that stopped while sending (killed): in doubt, but marked so
         # only when the next runner starts (SPEC 5.2), so they were not listed at all.
         click.echo(

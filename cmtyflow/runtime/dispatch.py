@@ -361,9 +361,7 @@ class Dispatcher:
         for row, member in rows:
             m = row.message
             if member is not None and not m.urgent and member.get("opted_out"):
-                self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
-                stats.cancelled += 1
-                self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
+                self._cancelled(row, stats)
                 continue
             opened = adapter_for(m.playbook, m.channel)
             if opened is None:
@@ -399,6 +397,8 @@ class Dispatcher:
             BEFORE_WRITE.reset(token)
 
     def _cancelled(self, row: OutboxRow, stats: DispatchStats) -> None:
+        """The member opted out: cancelled, not sent (when claimed, or just before its
+        request is written)."""
         m = row.message
         self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
         stats.cancelled += 1

@@ -41,7 +41,7 @@ from .base import OutboxRow, ScheduleUpdate
 from .codec import dt_parse, dt_text, dumps, loads
 from .pg_connect import connect, mask_url, split_schema
 from .pg_migrations import lock_key
-from .sqlbase import SqlStore, count, finish_params, finish_sql, pyformat
+from .sqlbase import REQUEUE_UNSTARTED, SqlStore, count, finish_params, finish_sql, pyformat
 
 COPY_MIN = 64  # rows from which a bulk write goes by COPY
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
@@ -311,9 +311,7 @@ class PostgresStore(SqlStore):
     def requeue_unstarted(self) -> int:
         # The runner's: no worker may be sending (its rows wait for their start) meanwhile.
         with self._write(runner=True) as cur:
-            return self._run(
-                cur, "UPDATE outbox SET status = 'queued' WHERE status = 'inflight' AND key NOT IN (SELECT key FROM sending)"
-            )
+            return self._run(cur, REQUEUE_UNSTARTED)
 
     def mark_in_doubt(self) -> list[OutboxRow]:
         with self._write(runner=True) as cur:

@@ -223,9 +223,7 @@ class SqlStore(ABC):
 
     def requeue_unstarted(self) -> int:
         with self._write() as tx:
-            return self._run(
-                tx, "UPDATE outbox SET status = 'queued' WHERE status = 'inflight' AND key NOT IN (SELECT key FROM sending)"
-            )
+            return self._run(tx, REQUEUE_UNSTARTED)
 
     def member_timezones(self) -> set[str]:
         return {r[0] for r in self._all("SELECT timezone FROM zones")}
@@ -425,6 +423,10 @@ PRUNE: tuple[tuple[str, str, str], ...] = (
     ("audit entries", "ts", f"DELETE FROM audit WHERE at_ts < ? AND kind <> '{VERSION_KIND}'"),
     ("daily cap counts", "day", "DELETE FROM day_counts WHERE day < ?"),
 )
+
+
+# Rows left inflight whose call to the platform never began: back to the queue (SPEC 5.2).
+REQUEUE_UNSTARTED = "UPDATE outbox SET status = 'queued' WHERE status = 'inflight' AND key NOT IN (SELECT key FROM sending)"
 
 
 # outbox results ---------------------------------------------------------------------------------
