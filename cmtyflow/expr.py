@@ -17,27 +17,22 @@ Rules:
   with a message in playbook terms.
 - Member data is only ever *context*, never template source, so a member named
   ``{{ 7*7 }}`` prints as such.
-- ``static_problems`` finds what can be seen without running: syntax errors, names
-  outside the scope SPEC 2 defines, access to private attributes, the ``attr``
-  filter, constant expressions over the bounds.
+- What can be seen without running (``validate``) is checked in ``exprcheck``.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes, pass_eval_context
+from jinja2 import StrictUndefined, Undefined, nodes, pass_eval_context
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.filters import FILTERS as _jinja_filters
-from jinja2.lexer import describe_token
-from jinja2.parser import Parser
 from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -53,7 +48,7 @@ MAX_INDENT = 256
 
 # Names SPEC 2 puts in scope. ``audience`` exists in campaign runs, ``checkin`` after a
 # checkin step, ``wait`` after an event wait; they are undefined (strict) where they do
-# not apply, which ``scopechecks`` reports where it can be seen (``names_out_of_scope``).
+# not apply, which ``scopechecks`` reports where it can be seen (``exprcheck.names_out_of_scope``).
 SCOPE_NAMES = frozenset(
     {"member", "state", "vars", "roles", "event", "now", "today", "run", "wait", "audience", "checkin"}
 )
@@ -63,10 +58,6 @@ class RenderError(Exception):
     """A template or expression failed for this run only (SPEC 2)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StaticProblem:
-    message: str
-    lineno: int  # 1-based line inside the expression or template source
 
 
 _iterations: ContextVar[list[int] | None] = ContextVar("cmtyflow_iterations", default=None)
@@ -127,7 +118,7 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _safe_mul(left: Any, right: Any) -> Any:
+def safe_mul(left: Any, right: Any) -> Any:
     _check_repeat(right, left)
     _check_repeat(left, right)
     if _whole(left) and _whole(right):
@@ -135,7 +126,7 @@ def _safe_mul(left: Any, right: Any) -> Any:
     return operator.mul(left, right)
 
 
-def _safe_pow(left: Any, right: Any) -> Any:
+def safe_pow(left: Any, right: Any) -> Any:
     if isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
         raise SecurityError(f"an exponent of {right} is over the limit of {MAX_EXPONENT}")
     if _whole(left) and _whole(right) and right > 0:
@@ -179,7 +170,7 @@ def _safe_mod(left: Any, right: Any) -> Any:
     return result
 
 
-_BINOPS: dict[str, Callable[[Any, Any], Any]] = {"*": _safe_mul, "**": _safe_pow, "+": _safe_add, "%": _safe_mod}
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {"*": safe_mul, "**": safe_pow, "+": _safe_add, "%": _safe_mod}
 
 
 def _join_size(sep: str, items: list[Any]) -> int:
@@ -361,7 +352,7 @@ def _make_env() -> CmtyflowEnvironment:
 
 
 ENV = _make_env()
-_GLOBAL_NAMES = frozenset(ENV.globals) | SCOPE_NAMES
+GLOBAL_NAMES = frozenset(ENV.globals) | SCOPE_NAMES
 GLOBALS: dict[str, Any] = dict(ENV.globals)
 
 
@@ -384,7 +375,7 @@ def _context(tmpl: Any, names: Mapping[str, Any]) -> Any:
     return new_context(ENV, tmpl.name, tmpl.blocks, cast("dict[str, Any]", names), True, None, None)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, UndefinedError):
         return f"undefined name or key: {exc.message}"
     if isinstance(exc, SecurityError):
@@ -398,7 +389,7 @@ def _describe(exc: BaseException) -> str:
 
 
 # What a run's expression or template may fail with, said in its terms (RenderError).
-_FAILURES = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError, NameError,
+FAILURES = (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError, NameError,
              AssertionError, RuntimeError, OSError)  # cycler() with nothing; a timestamp out of range
 
 
@@ -419,10 +410,10 @@ class Expression:
             return _held(ctx.vars["result"])
         except RenderError:
             raise
-        except RecursionError:  # before _FAILURES: a RuntimeError too
+        except RecursionError:  # before FAILURES: a RuntimeError too
             raise RenderError(f"expression `{self.source}`: it calls itself too deeply") from None
-        except _FAILURES as exc:
-            raise RenderError(f"expression `{self.source}`: {_describe(exc)}") from exc
+        except FAILURES as exc:
+            raise RenderError(f"expression `{self.source}`: {describe_failure(exc)}") from exc
 
 
 def _held(value: Any) -> Any:
@@ -486,10 +477,10 @@ class Template:
             return out if out.isascii() and "\x00" not in out else _text(out)
         except RenderError:
             raise
-        except RecursionError:  # before _FAILURES: a RuntimeError too
+        except RecursionError:  # before FAILURES: a RuntimeError too
             raise RenderError(f"template {self.name}: a macro calls itself too deeply") from None
-        except _FAILURES as exc:
-            raise RenderError(f"template {self.name}: {_describe(exc)}") from exc
+        except FAILURES as exc:
+            raise RenderError(f"template {self.name}: {describe_failure(exc)}") from exc
         finally:
             _iterations.reset(token)
 
@@ -502,219 +493,3 @@ def compile_expression(source: str) -> Expression:
 @lru_cache(maxsize=4096)
 def compile_template(source: str, name: str = "<text>") -> Template:
     return Template(source, name)
-
-
-# --- static checks ------------------------------------------------------------------------
-
-
-def _assigned_names(tree: nodes.Node) -> set[str]:
-    names: set[str] = set()
-    for node in tree.find_all((nodes.Name,)):
-        if node.ctx in ("store", "param"):
-            names.add(node.name)
-    for macro in tree.find_all((nodes.Macro,)):
-        names.add(macro.name)
-    return names
-
-
-def _const(node: nodes.Node) -> Any:
-    """Value of a constant sub-expression made of literals, * and **, within bounds."""
-    if isinstance(node, nodes.Const):
-        return node.value
-    if isinstance(node, (nodes.Mul, nodes.Pow)):
-        left, right = _const(node.left), _const(node.right)
-        return (_safe_mul if isinstance(node, nodes.Mul) else _safe_pow)(left, right)
-    raise LookupError
-
-
-# The tags that load another template, as a template writes them.
-_LOADS: dict[type[nodes.Node], str] = {
-    nodes.Include: "include", nodes.Import: "import", nodes.FromImport: "from ... import", nodes.Extends: "extends",
-}
-
-
-def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticProblem]:
-    problems: list[StaticProblem] = []
-    allowed = _GLOBAL_NAMES | _assigned_names(tree) | set(extra_names)
-    seen: set[str] = set()
-    for node in tree.find_all((nodes.Name,)):
-        if node.ctx == "load" and node.name not in allowed and node.name not in seen:
-            seen.add(node.name)
-            hint = _near(node.name, sorted(SCOPE_NAMES))
-            problems.append(
-                StaticProblem(
-                    f"unknown name '{node.name}'{hint}; names in scope are "
-                    + ", ".join(sorted(SCOPE_NAMES)),
-                    node.lineno,
-                )
-            )
-    for getattr_ in tree.find_all((nodes.Getattr,)):
-        if getattr_.attr.startswith("_"):
-            problems.append(StaticProblem(f"access to '{getattr_.attr}' is not allowed", getattr_.lineno))
-    for getitem in tree.find_all((nodes.Getitem,)):
-        arg = getitem.arg
-        if isinstance(arg, nodes.Const) and isinstance(arg.value, str) and arg.value.startswith("_"):
-            problems.append(StaticProblem(f"access to '{arg.value}' is not allowed", getitem.lineno))
-    for call in tree.find_all((nodes.Filter, nodes.Test)):
-        if isinstance(call, nodes.Filter) and call.name == "attr":
-            problems.append(StaticProblem("the attr filter is not allowed in playbooks", call.lineno))
-        elif isinstance(call, nodes.Filter) and call.name not in ENV.filters:
-            problems.append(StaticProblem(f"unknown filter '{call.name}'", call.lineno))
-        if isinstance(call, nodes.Test) and call.name not in ENV.tests:
-            problems.append(StaticProblem(f"unknown test '{call.name}'", call.lineno))
-    for power in tree.find_all((nodes.Mul, nodes.Pow)):
-        try:
-            _const(power)
-        except SecurityError as exc:
-            problems.append(StaticProblem(f"not allowed: {exc}", power.lineno))
-        except (LookupError, TypeError, ValueError, ArithmeticError):
-            pass
-    for other in tree.find_all(tuple(_LOADS)):
-        # Each message is one template (or one file): there is no loader to find others.
-        tag = _LOADS[type(other)]
-        problems.append(StaticProblem(
-            f"{{% {tag} %}} is not available: a template cannot load another; use a macro in the same template, "
-            "or a var for shared text", other.lineno,
-        ))
-    return problems
-
-
-def _near(name: str, options: list[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-Known = Mapping[str, Iterable[str]]  # a playbook's own names and their keys (vars, roles)
-
-
-def static_problems_expression(
-    source: str, extra_names: Iterable[str] = (), known: Known | None = None
-) -> list[StaticProblem]:
-    """The problems of an expression; with ``known``, when it has none of its own, its
-    misspelled keys of those names too (``_unknown_keys``)."""
-    # Parsed the way ENV.compile_expression parses, so the static check and the run
-    # accept exactly the same expressions.
-    try:
-        parser = Parser(ENV, source, state="variable")
-        tree = parser.parse_expression()
-        if not parser.stream.eos:
-            token = parser.stream.current
-            raise TemplateSyntaxError(f"unexpected {describe_token(token)} after the expression", token.lineno)
-    except TemplateSyntaxError as exc:
-        message = (exc.message or "invalid expression").replace("'end of template'", "end of expression")
-        return [StaticProblem(f"expression syntax error: {message}", exc.lineno or 1)]
-    except RecursionError:
-        return [StaticProblem("expression nested too deeply (parentheses, brackets or operators)", 1)]
-    # find_all looks below a node, never at the node itself: give the expression a parent.
-    problems = _tree_problems(nodes.Template([nodes.Output([tree])]), extra_names, known)
-    return problems or _compile_problems(compile_expression, source, "expression")
-
-
-def static_problems_template(
-    source: str, extra_names: Iterable[str] = (), known: Known | None = None
-) -> list[StaticProblem]:
-    """The problems of a template; ``known`` as for ``static_problems_expression``."""
-    try:
-        tree = ENV.parse(source)
-    except TemplateSyntaxError as exc:
-        return [StaticProblem(f"template syntax error: {exc.message}", exc.lineno)]
-    except RecursionError:
-        return [StaticProblem("template nested too deeply (blocks, parentheses or operators)", 1)]
-    return _tree_problems(tree, extra_names, known) or _compile_problems(compile_template, source, "template")
-
-
-def _compile_problems(compile_: Callable[[str], Any], source: str, what: str) -> list[StaticProblem]:
-    """Compiling folds constant parts (Jinja's optimiser): one that always fails fails
-    there (``[1, 2][5] ~ 'a'``), and a run could not even load the playbook."""
-    try:
-        compile_(source)
-    except RecursionError:
-        return [StaticProblem(f"{what} nested too deeply (blocks, parentheses or operators)", 1)]
-    except _FAILURES as exc:
-        return [StaticProblem(f"this {what} always fails: {_describe(exc)}", 1)]
-    return []
-
-
-def _tree_problems(tree: nodes.Template, extra_names: Iterable[str], known: Known | None) -> list[StaticProblem]:
-    problems = _walk_problems(tree, extra_names)
-    if not problems and known:
-        problems = _unknown_keys(tree, known)
-    return problems
-
-
-_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
-
-
-def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
-    """``NAME.key`` and ``NAME['key']`` where NAME is one of ``known`` (a playbook's
-    ``vars``, ``roles``) and key is not one of its keys: a misspelling a static check can
-    see (SPEC 2)."""
-    assigned = _assigned_names(tree)
-    keys = {name: sorted(set(values)) for name, values in known.items()}
-    found: list[StaticProblem] = []
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        base = node.node if isinstance(node, (nodes.Getattr, nodes.Getitem)) else None
-        if not isinstance(base, nodes.Name) or base.name not in keys or base.name in assigned:
-            continue
-        if isinstance(node, nodes.Getattr):
-            key = node.attr
-            if key in _MAPPING_METHODS:
-                continue
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            key = node.arg.value
-        else:
-            continue
-        options = keys[base.name]
-        if key not in options:
-            what = {"vars": "var", "roles": "role"}.get(base.name, base.name)
-            found.append(StaticProblem(
-                f"unknown {what} '{key}'{_near(key, options)}; {base.name} are {', '.join(options) or 'none'}",
-                node.lineno,
-            ))
-    return found
-
-
-def names_out_of_scope(
-    source: str, template: bool, undefined: Mapping[str, str], none: Mapping[str, str]
-) -> list[StaticProblem]:
-    """Uses of names that cannot hold a value where ``source`` runs, one problem per
-    name: ``undefined`` (name -> why) fail wherever they are read, unless the source
-    tests them (``wait is defined``); ``none`` (name -> why) hold none, so reading a key
-    of them fails, unless the source also reads the name alone (``if member``, ``member
-    or ...``), which guards it. A source that does not parse is left to the other
-    checks."""
-    try:
-        if template:
-            tree: nodes.Node = ENV.parse(source)
-        else:
-            parser = Parser(ENV, source, state="variable")
-            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
-    except TemplateSyntaxError:
-        return []
-    assigned = _assigned_names(tree)
-    tested = {
-        t.node.name for t in tree.find_all((nodes.Test,))
-        if isinstance(t, nodes.Test) and t.name in ("defined", "undefined") and isinstance(t.node, nodes.Name)
-    }
-    keyed = {
-        id(n.node) for n in tree.find_all((nodes.Getattr, nodes.Getitem))
-        if isinstance(n, (nodes.Getattr, nodes.Getitem)) and isinstance(n.node, nodes.Name)
-    }
-    loads = [n for n in tree.find_all((nodes.Name,)) if n.ctx == "load" and n.name not in assigned and n.name not in tested]
-    alone = {n.name for n in loads if id(n) not in keyed}
-    found: list[StaticProblem] = []
-    reported: set[str] = set()
-    for name in loads:
-        if name.name in reported:
-            continue
-        if name.name in undefined:
-            why = undefined[name.name]
-        elif name.name in none and id(name) in keyed and name.name not in alone:
-            why = none[name.name]
-        else:
-            continue
-        reported.add(name.name)
-        found.append(StaticProblem(why, name.lineno))
-    return found

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkbase import CheckContext, RawStep, iter_triggers, problem, raw_steps, step_kind
-from .expr import names_out_of_scope
+from .exprcheck import names_out_of_scope
 from .problems import Problem
 from .spec.sourcemap import Loc
 from .textchecks import problems_in_file, send_template_refs, send_texts, step_expressions

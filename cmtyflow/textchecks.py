@@ -4,7 +4,7 @@ Rules:
 - Every expression (audience, trigger and goal ``where``, step and branch ``if``, wait
   ``where``, repeat ``while`` and text ``times``, text values of ``set`` and of emit
   ``data``, emit ``member``) and every inline template (send ``text``, variant
-  ``text``) goes through ``expr.static_problems_*``; a problem on line N of the text is
+  ``text``) goes through ``exprcheck.static_problems_*``; a problem on line N of the text is
   reported on the YAML line that holds line N.
 - ``template:`` names must resolve for the playbook's locale or for no locale, in any
   format; every file found for a referenced name is checked, with problems pointing
@@ -19,7 +19,7 @@ from typing import Any
 
 from .adapters.base import FORMATS
 from .checkbase import CheckContext, RawStep, iter_steps, iter_triggers, problem, sends
-from .expr import StaticProblem, static_problems_expression, static_problems_template
+from .exprcheck import StaticProblem, static_problems_expression, static_problems_template
 from .problems import ERROR, Problem
 from .spec.sourcemap import Loc, first_non_blank
 from .templates import TemplateSource, pick, valid_name

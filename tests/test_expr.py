@@ -7,14 +7,8 @@ import re
 
 import pytest
 
-from cmtyflow.expr import (
-    RenderError,
-    compile_expression,
-    compile_template,
-    scope,
-    static_problems_expression,
-    static_problems_template,
-)
+from cmtyflow.expr import RenderError, compile_expression, compile_template, scope
+from cmtyflow.exprcheck import static_problems_expression, static_problems_template
 from cmtyflow.loader import load, load_text
 
 PLAYBOOK = """\
