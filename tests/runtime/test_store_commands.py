@@ -234,15 +234,23 @@ def test_outbox_options_before_retry_are_refused_not_dropped(club, capsys):
     assert code == 0 and "queued 0 messages again" in out
 
 
+def _opted_out_u1(tmp_path: Path, club: tuple[Path, str], capsys: Any, rows: str) -> Path:
+    """A roster (``rows`` under an id,name,opted_out header) imported, then u1's opt-out
+    recorded by an event the runner takes; returns the roster file."""
+    path, state = club
+    roster = tmp_path / "roster.csv"
+    roster.write_text("id,name,opted_out\n" + rows, encoding="utf-8")
+    assert cli(capsys, "members", "import", str(roster), "--state", state)[0] == 0
+    assert cli(capsys, "emit", "member.opted_out", "--member", "u1", "--id", "o1", "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    return roster
+
+
 def test_an_older_roster_export_does_not_undo_a_recorded_opt_out(tmp_path, club, capsys):
     """SPEC 5.2: nothing goes out after a member's opt-out is recorded. Importing the
     roster again with opted_out=false kept nobody from receiving a message before."""
     path, state = club
-    roster = tmp_path / "roster.csv"
-    roster.write_text("id,name,opted_out\nu1,阿明,false\nu2,Bea,false\n", encoding="utf-8")
-    assert cli(capsys, "members", "import", str(roster), "--state", state)[0] == 0
-    assert cli(capsys, "emit", "member.opted_out", "--member", "u1", "--id", "o1", "--state", state)[0] == 0
-    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    roster = _opted_out_u1(tmp_path, club, capsys, "u1,阿明,false\nu2,Bea,false\n")
     code, out, err = cli(capsys, "members", "import", str(roster), "--state", state)
     assert code == 0 and "imported 2 members" in out
     assert "kept the opt-out of 1 member the file says have not opted out (u1)" in err
@@ -258,11 +266,7 @@ def test_an_older_roster_export_does_not_undo_a_recorded_opt_out(tmp_path, club,
 def test_run_roster_does_not_undo_a_recorded_opt_out_either(tmp_path, club, capsys):
     """``run --roster`` imports as ``members import`` does (it cleared the opt-out)."""
     path, state = club
-    roster = tmp_path / "roster.csv"
-    roster.write_text("id,name,opted_out\nu1,阿明,false\n", encoding="utf-8")
-    assert cli(capsys, "members", "import", str(roster), "--state", state)[0] == 0
-    assert cli(capsys, "emit", "member.opted_out", "--member", "u1", "--id", "o1", "--state", state)[0] == 0
-    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
+    roster = _opted_out_u1(tmp_path, club, capsys, "u1,阿明,false\n")
     code, _, err = cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-04T12:01:00+08:00",
                        "--roster", str(roster))
     assert code == 0 and "kept the opt-out of 1 member the file says have not opted out (u1)" in err
