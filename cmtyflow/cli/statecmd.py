@@ -30,7 +30,7 @@ from ..store.open import is_postgres, shown
 from ..store.sqlbase import SqlStore
 from ..store.sqlite import SqliteStore
 from . import EXIT_OK, cli
-from .state import _zone, format_option, state_option, store_at
+from .state import PROGRESS_EVERY, _zone, format_option, state_option, store_at
 
 
 @cli.group("state")
@@ -134,7 +134,9 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
     `cmtyflow outbox`), schedules, goals and counters. `cmtyflow report` then covers
     what is kept.
 
-    One transaction: all of it or nothing. A runner may keep running meanwhile.
+    A runner may keep running meanwhile: it commits as it goes, 5,000 rows at a
+    time, and lets the runner's writes in between. Stopped part way, what it forgot
+    stays forgotten and the same command finishes the rest. --dry-run only reads.
     """
     now = datetime.now(UTC)
     before = cutoff(before_text, now)
@@ -156,7 +158,20 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
             raise UserError("--vacuum is for an SQLite state; PostgreSQL reuses the space itself (autovacuum)")
         if vacuum:
             lock = _lock(location, "before --vacuum, which rewrites the whole file")
-        counts = store.prune(before, keep=dry_run)
+        done: dict[str, int] = {}
+
+        def progress(line: str, n: int) -> None:
+            if n // PROGRESS_EVERY > done.get(line, 0) // PROGRESS_EVERY:
+                click.echo(f"... {line}: {n:,} forgotten so far", err=True)
+            done[line] = n
+
+        try:
+            counts = store.prune(before, keep=dry_run, progress=progress)
+        except KeyboardInterrupt:
+            so_far = ", ".join(f"{n:,} {line}" for line, n in done.items() if n) or "nothing yet"
+            click.echo(f"note: stopped part way ({so_far}); what was forgotten stays forgotten, "
+                       "and the same command finishes the rest", err=True)
+            raise
         freed = sqlite.vacuum() if sqlite is not None and vacuum else None
     finally:
         store.close()

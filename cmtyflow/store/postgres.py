@@ -156,10 +156,6 @@ class PostgresStore(SqlStore):
     def _add_counter(self, cur: Any, name: str, n: int) -> None:
         self._bulk(cur, pg_rows.COUNTERS, [(name, n)])
 
-    # PostgreSQL makes NOT EXISTS an anti-join; NOT IN over a subquery larger than
-    # work_mem would scan it once per row.
-    NOT_DELIVERED = "NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.key = outbox.key)"
-
     def _run(self, cur: Any, sql: str, params: tuple[Any, ...] = ()) -> int:
         return int(cur.execute(pyformat(sql), params).rowcount)
 

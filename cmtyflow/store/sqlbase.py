@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import functools
 import heapq
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from ..engine.model import Event, EventWait, Run, Timer
 from . import rows
@@ -48,8 +49,6 @@ class SqlStore(ABC):
     # An outbox row none of whose deliveries is kept (``prune``). SQLite answers NOT IN
     # from one index it builds for the statement; a correlated NOT EXISTS would scan
     # the deliveries once per row (no index on their key, on purpose).
-    NOT_DELIVERED = "key NOT IN (SELECT key FROM deliveries)"
-
     # the primitives a store provides ---------------------------------------------------------
     @abstractmethod
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
@@ -362,29 +361,75 @@ class SqlStore(ABC):
             yield rows.run(row[1:])
 
     # upkeep ---------------------------------------------------------------------------------------
-    def prune(self, before: datetime, *, keep: bool = False) -> dict[str, int]:
-        """Forget what is over and older than ``before`` (``PRUNE``, in order), in one
-        transaction; returns the rows changed per line of it (with ``keep``, the rows
-        it would change: the transaction is rolled back). What is live stays: members
-        and their states, active runs with their timers and waits, queued, failed,
-        in-doubt and dead messages, schedule positions, goals and counters. Event ids
-        stay too (their data goes), so an event sent again is still a duplicate."""
+    def prune(
+        self, before: datetime, *, keep: bool = False, progress: Callable[[str, int], None] | None = None
+    ) -> dict[str, int]:
+        """Forget what is over and older than ``before`` (``PRUNE``, in order); returns
+        the rows changed per line of it (with ``keep``, the rows it would change, read
+        and not changed). What is live stays: members and their states, active runs
+        with their timers and waits, queued, failed, in-doubt and dead messages,
+        schedule positions, goals and counters. Event ids stay too (their data goes),
+        so an event sent again is still a duplicate.
+
+        It commits as it goes, a window of ``PRUNE_WINDOW`` rows (by ``seq``; the daily
+        cap's counts a day) per transaction, and lets other writers in between
+        (``_between_batches``): a runner beside it waits for one window, never for the
+        whole of a large state. ``progress(line, rows so far)`` follows each window."""
         ts, _ = self._at_cols(before)
         # Day counts are by member-local date: one a day before the cutoff in UTC has
         # ended in every timezone (UTC-12 to UTC+14).
         day = (before.astimezone(UTC) - timedelta(days=1)).date().isoformat()
-        params = {"ts": (ts,), "day": (day,)}
-        try:
-            with self._write() as tx:
-                counts = {
-                    name: self._run(tx, sql.replace("{not_delivered}", self.NOT_DELIVERED), params[kind])
-                    for name, kind, sql in PRUNE
-                }
-                if keep:
-                    raise _RollBack(counts)
-        except _RollBack as undone:
-            return undone.counts
+        # Messages due before the cutoff and delivered after it stay, with their
+        # delivery (rare: a retry or a deferral across the cutoff); read once.
+        late = {seq for (seq,) in self._all(PRUNE_LATE, (ts, ts))}
+        counts: dict[str, int] = {}
+        for line in PRUNE:
+            cutoff = ts if line.cutoff == "ts" else day
+            exempt = late if line.table == "outbox" else set()
+            if line.table == "day_counts":
+                windows: Iterable[tuple[Any, Any]] = (
+                    (d, d) for (d,) in self._all("SELECT DISTINCT day FROM day_counts WHERE day < ? ORDER BY day", (day,))
+                )
+            else:
+                found = self._one(f"SELECT count(*), min(seq), max(seq) FROM {line.table} WHERE {line.where}", (cutoff,))
+                n, low, high = found if found is not None else (0, None, None)
+                if keep or not n:
+                    counts[line.name] = (n or 0) - len(exempt)
+                    continue
+                windows = ((at, min(at + self.PRUNE_WINDOW - 1, high)) for at in range(low, high + 1, self.PRUNE_WINDOW))
+            if keep:
+                found = self._one(f"SELECT count(*) FROM {line.table} WHERE {line.where}", (cutoff,))
+                counts[line.name] = found[0] if found is not None else 0
+                continue
+            done = 0
+            for first, last in windows:
+                started = time.monotonic()
+                done += self._prune_window(line, cutoff, first, last, exempt)
+                if progress is not None:
+                    progress(line.name, done)
+                self._between_batches(time.monotonic() - started)
+            counts[line.name] = done
         return counts
+
+    def _prune_window(self, line: PruneLine, cutoff: Any, first: Any, last: Any, exempt: set[int]) -> int:
+        key = "day" if line.table == "day_counts" else "seq"
+        where = f"{key} >= ? AND {key} <= ? AND {line.where}"
+        params: tuple[Any, ...] = (first, last, cutoff)
+        skip = [seq for seq in exempt if first <= seq <= last]
+        if skip:
+            kept, values = self._in("seq", skip)
+            where, params = f"{where} AND NOT ({kept})", (*params, *values)
+        sql = f"UPDATE {line.table} SET {line.change} WHERE {where}" if line.change else f"DELETE FROM {line.table} WHERE {where}"
+        with self._write() as tx:
+            return self._run(tx, sql, params)
+
+    PRUNE_WINDOW = 5000  # rows (by ``seq``) per transaction of ``prune``
+
+    def _between_batches(self, took: float) -> None:
+        """After each of ``prune``'s transactions (which took ``took`` seconds): what
+        lets other writers in. A store whose writers wait for each other (SQLite)
+        pauses here; by default nothing."""
+        return None
 
     def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
         found = self._all("SELECT member, state FROM states WHERE playbook = ? ORDER BY seq", (playbook,))
@@ -392,36 +437,41 @@ class SqlStore(ABC):
             yield (member or None), loads(state)
 
 
-class _RollBack(Exception):
-    """Ends ``prune(keep=True)``'s transaction, carrying what it counted."""
+class PruneLine(NamedTuple):
+    """A line of ``prune``: what it forgets (``name``), in which table, which rows
+    (``where``, with one ``?`` for the cutoff: ``ts`` or ``day``), and how: deleted,
+    or, with ``change`` (a SET clause), updated."""
 
-    def __init__(self, counts: dict[str, int]) -> None:
-        super().__init__("rolled back")
-        self.counts = counts
+    name: str
+    cutoff: str
+    table: str
+    where: str
+    change: str | None = None
 
 
-# What ``prune`` forgets, in order: (what, the cutoff it takes, the statement). A sent
-# message goes with its deliveries (it was due before them): a row still delivered later
-# than the cutoff stays ({not_delivered}: the store's ``NOT_DELIVERED``). Finished runs
-# go by their start; no timer or wait is left without its run (a run's timers and waits
-# are removed when it finishes).
-PRUNE: tuple[tuple[str, str, str], ...] = (
-    ("deliveries", "ts", "DELETE FROM deliveries WHERE at_ts < ?"),
-    (
-        "messages sent or cancelled", "ts",
-        "DELETE FROM outbox WHERE status IN ('sent', 'cancelled') AND due_ts < ? "
-        "AND {not_delivered}",
-    ),
-    ("finished runs", "ts", "DELETE FROM runs WHERE status <> 'active' AND started_ts < ?"),
-    (
-        "events taken (data dropped, ids kept)", "ts",
-        "UPDATE events SET data = '{}', member_update = NULL "
-        "WHERE status <> 'queued' AND at_ts < ? AND (data <> '{}' OR member_update IS NOT NULL)",
+# What ``prune`` forgets, in order. A sent message goes with its deliveries (it was due
+# before them); one delivered later than the cutoff stays (``PRUNE_LATE``). Finished
+# runs go by their start; no timer or wait is left without its run (a run's timers and
+# waits are removed when it finishes). An event's data goes once (the rows it changed
+# no longer match).
+PRUNE: tuple[PruneLine, ...] = (
+    PruneLine("deliveries", "ts", "deliveries", "at_ts < ?"),
+    PruneLine("messages sent or cancelled", "ts", "outbox", "status IN ('sent', 'cancelled') AND due_ts < ?"),
+    PruneLine("finished runs", "ts", "runs", "status <> 'active' AND started_ts < ?"),
+    PruneLine(
+        "events taken (data dropped, ids kept)", "ts", "events",
+        "status <> 'queued' AND at_ts < ? AND (data <> '{}' OR member_update IS NOT NULL)",
+        "data = '{}', member_update = NULL",
     ),
     # Playbook versions stay, however old: a run started on a version finishes on it,
     # and the runner rebuilds that version from its snapshot (runtime/versions.py).
-    ("audit entries", "ts", f"DELETE FROM audit WHERE at_ts < ? AND kind <> '{VERSION_KIND}'"),
-    ("daily cap counts", "day", "DELETE FROM day_counts WHERE day < ?"),
+    PruneLine("audit entries", "ts", "audit", f"at_ts < ? AND kind <> '{VERSION_KIND}'"),
+    PruneLine("daily cap counts", "day", "day_counts", "day < ?"),
+)
+# The outbox rows (seq) that ``PRUNE`` would take and that were delivered after the cutoff.
+PRUNE_LATE = (
+    "SELECT DISTINCT outbox.seq FROM deliveries JOIN outbox ON outbox.key = deliveries.key "
+    "WHERE deliveries.at_ts >= ? AND outbox.status IN ('sent', 'cancelled') AND outbox.due_ts < ?"
 )
 
 

@@ -31,6 +31,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -296,6 +297,12 @@ class SqliteStore(SqlStore):
 
     def _run(self, db: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> int:
         return int(db.execute(sql, params).rowcount)
+
+    def _between_batches(self, took: float) -> None:
+        # A runner waiting for the lock gets it: SQLite's busy handler polls (every
+        # 100 ms after the first quarter of a second), so the lock is left free at
+        # least as long as it was held.
+        time.sleep(took)
 
     def vacuum(self) -> int:
         """Rewrite the file without its free pages (``VACUUM``); returns the bytes freed.

@@ -90,3 +90,31 @@ def test_prune_vacuum_waits_for_the_runner_to_stop_and_changes_nothing_meanwhile
         assert store.outbox_counts()["sent"] == 2000
     assert main(["state", "prune", "--before", "30d", "--state", str(Path(state).parent / "none.db")]) == 1
     assert "no state at" in capsys.readouterr().err
+
+
+def test_prune_reports_progress_and_what_an_interruption_left(
+    state: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cmtyflow.cli import statecmd
+
+    monkeypatch.setattr(statecmd, "PROGRESS_EVERY", 1000)
+    windows = iter(range(3))
+
+    def interrupted_at_the_third_window(self: SqliteStore, took: float) -> None:
+        if next(windows, 2) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SqliteStore, "_between_batches", interrupted_at_the_third_window)
+    monkeypatch.setattr(SqliteStore, "PRUNE_WINDOW", 1000)
+    assert main(["state", "prune", "--before", "2026-10-01", "--state", state]) == 130
+    err = capsys.readouterr().err
+    assert "... deliveries: 1,000 forgotten so far\n... deliveries: 2,000 forgotten so far\n" in err
+    assert ("note: stopped part way (2,000 deliveries, 1,000 messages sent or cancelled); "
+            "what was forgotten stays forgotten, and the same command finishes the rest") in err
+    with SqliteStore(state) as store:  # the deliveries went first; half of the messages after them
+        assert list(store.deliveries()) == [] and len(list(store.outbox())) == 1001
+    monkeypatch.undo()
+    assert main(["state", "prune", "--before", "2026-10-01", "--state", state]) == 0  # the same command finishes it
+    assert re.search(r"\n  deliveries +0\n  messages sent or cancelled +1,000\n", capsys.readouterr().out)
+    with SqliteStore(state) as store:
+        assert [row.message.key for row in store.outbox()] == ["k2000"]  # the dead one stays

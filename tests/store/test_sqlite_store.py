@@ -205,6 +205,50 @@ def test_a_writer_waits_for_the_other_writers_transaction(opened: Callable[..., 
     assert [e.id for e in runner.pending_events(at(9))] == ["e1"]
 
 
+def _old_sent_messages(store: SqliteStore, n: int) -> None:
+    store.put_members([{"id": "m1"}])
+    store.apply(Decision(messages=[message(f"k{i}", at(i)) for i in range(n)]))
+    store.claim_due_messages(at(n), limit=n)
+    store.finish_messages([(f"k{i}", "sent", {"sent_at": at(i), "attempts": 1}) for i in range(n)])
+
+
+def test_prune_lets_a_runners_writes_in_between_its_transactions(opened: Callable[..., SqliteStore]) -> None:
+    """A prune of a large state is many short transactions: a runner's write between
+    two of them gets the lock at once (as one transaction of 2 million rows each, it
+    held the lock past the runner's 10 s wait, and the runner stopped)."""
+    pruner, runner = opened(), opened()
+    _old_sent_messages(pruner, 30)
+    pruner.PRUNE_WINDOW = 10
+    runner.db.execute("PRAGMA busy_timeout = 0")  # a write that had to wait fails
+    written: list[str] = []
+
+    def between(line: str, n: int) -> None:
+        key = f"{line}-{n}"
+        assert runner.add_events([event(key, at(10_000))]) == (1, 0)
+        written.append(key)
+
+    counts = pruner.prune(at(5000), progress=between)
+    assert counts["deliveries"] == counts["messages sent or cancelled"] == 30
+    assert written[:6] == ["deliveries-10", "deliveries-20", "deliveries-30",
+                           "messages sent or cancelled-10", "messages sent or cancelled-20", "messages sent or cancelled-30"]
+    assert list(pruner.outbox()) == [] and list(pruner.deliveries()) == []
+
+
+def test_prune_dry_run_only_reads(opened: Callable[..., SqliteStore]) -> None:
+    """``--dry-run`` counts beside a runner in the middle of a write, without waiting
+    for it or taking the lock (it was a transaction rolled back)."""
+    pruner, runner = opened(), opened()
+    _old_sent_messages(pruner, 5)
+    pruner.db.execute("PRAGMA busy_timeout = 0")
+    runner.db.execute("BEGIN IMMEDIATE")
+    try:
+        counts = pruner.prune(at(5000), keep=True)
+    finally:
+        runner.db.execute("COMMIT")
+    assert counts["deliveries"] == counts["messages sent or cancelled"] == 5
+    assert len(list(pruner.outbox())) == 5
+
+
 @pytest.mark.parametrize("returning", [True, False], ids=["returning", "select-update"])
 def test_claims_never_hand_out_a_row_twice(
     opened: Callable[..., SqliteStore], monkeypatch: pytest.MonkeyPatch, returning: bool

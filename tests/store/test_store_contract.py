@@ -717,10 +717,16 @@ def test_prune_forgets_what_is_over_and_old_and_keeps_what_is_live(reopenable: C
     before = snapshot()
     counts = store.prune(at(3000), keep=True)
     assert snapshot() == before  # counted, nothing changed
-    assert store.prune(at(3000)) == counts == {
+    store.PRUNE_WINDOW = 2  # a transaction per two rows (by seq)
+    seen: list[tuple[str, int]] = []
+    assert store.prune(at(3000), progress=lambda line, n: seen.append((line, n))) == counts == {
         "deliveries": 1, "messages sent or cancelled": 2, "finished runs": 1,
         "events taken (data dropped, ids kept)": 1, "audit entries": 1, "daily cap counts": 1,
     }
+    assert seen[-1] == ("daily cap counts", 1)
+    # Two windows: "sent" and "cancelled" go in the first; "sent-late" (delivered after the
+    # cutoff) stays in the second.
+    assert [n for line, n in seen if line == "messages sent or cancelled"] == [2, 2]
     assert store.prune(at(3000)) == dict.fromkeys(counts, 0)  # nothing left to forget
     store.close()
 
