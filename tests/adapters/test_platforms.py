@@ -446,6 +446,25 @@ async def test_feishu_open_platform_rate_limit_waits_as_told(adapter_for: Any) -
     assert caught.value.rate_limited and caught.value.retry_after is None
 
 
+async def test_feishu_bot_sent_to_too_fast_waits_and_goes_again(adapter_for: Any) -> None:
+    """A custom bot over its 5 a second or 100 a minute answers HTTP 400 with 9499 "too
+    many request": a rate limit (it was dead-lettered as a refusal). 9499 otherwise is
+    the gateway's refusal of the request, and stays one."""
+    fake = FeishuFake()
+    adapter = await adapter_for(
+        "feishu",
+        fake,
+        lambda b, f: {"webhook_url": f"{b}/open-apis/bot/v2/hook/{f.hook_id}", "secret": f.secret},
+    )
+    fake.then(lambda rec: as_json({"code": 9499, "msg": "too many request", "data": {}}, 400))
+    with pytest.raises(TransientDeliveryError, match="too many request") as caught:
+        await adapter.send(message())
+    assert caught.value.rate_limited
+    fake.then(lambda rec: as_json({"code": 9499, "msg": "Bad Request", "data": {}}, 400))
+    with pytest.raises(PermanentDeliveryError, match="Bad Request"):
+        await adapter.send(message())
+
+
 async def test_feishu_wrong_secret_is_refused_by_the_platform(adapter_for: Any) -> None:
     fake = FeishuFake()
     adapter = await adapter_for(
