@@ -11,7 +11,8 @@ Answers are ``{"ok": true, "result": {"message_id": ...}}`` or ``{"ok": false,
 "error_code", "description", "parameters"?}``; on flood control (429)
 ``parameters.retry_after`` holds the seconds to wait. 4096 characters per message,
 counted after entity parsing: plain text is cut before it is escaped; HTML and
-MarkdownV2 are cut between lines into parts that are each well-formed (the elements
+MarkdownV2 are cut between lines (else within one, after a sentence) into parts that
+are each well-formed (the elements
 open at a cut are closed there and opened again in the next part), counting the
 marked-up text, which is never shorter than what Telegram counts.
 """

@@ -9,8 +9,10 @@ Rules:
   (Slack ``mrkdwn: false``, WeCom/DingTalk/Feishu ``text`` messages) need less.
 - ``split_text`` cuts on paragraph, then line, then word boundaries, and only cuts
   inside a word when a single word is longer than the limit. Marked-up text is cut
-  on line boundaries only (a cut inside a line could break a tag or an entity);
-  a single line over the limit raises ``TextTooLong``.
+  on line boundaries when it can be; a single line over the limit is cut inside it
+  (``_inline_cut``: after a sentence, else a pause, else between characters not both
+  of an ASCII word), never inside markup; a line with no such place raises
+  ``TextTooLong``.
 - Every part of marked-up text is well-formed on its own. A cut is made at the last
   paragraph break outside any element in the second half of what fits, else at the
   last line break outside any element, else at the last line break inside one; the
@@ -25,6 +27,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Callable
@@ -405,7 +408,16 @@ def _split_markup(
                         paragraph = at
             at = text.rfind("\n", s + 1, at)
         cut = next((c for c in (paragraph, line, inside) if c > s), -1)
-        if cut < 0:
+        if cut < 0:  # no line break to cut at: within the line, between sentences or words
+            cut = _inline_cut(text, s, s + fits, states, syntax, functools.partial(_part_fits, text, s, head, states, measure, limit))
+            if cut > s:
+                stack = states[cut]
+                assert stack is not None
+                parts.append(head + text[s:cut].rstrip(" ") + _closing(stack))
+                s = cut
+                while s < end and text[s] == " " and states[s + 1] is not None:
+                    s += 1
+                continue
             eol = text.find("\n", s)
             while eol >= 0 and states[eol] is None:  # a line break inside a tag
                 eol = text.find("\n", eol + 1)
@@ -424,6 +436,112 @@ def _split_markup(
                 s += 1
 
 
+# Where a line of marked-up text may be cut, best first: after the end of a sentence,
+# after a pause (a comma, a closing bracket, a space), else between two characters that
+# are not both part of an ASCII word (between two Chinese characters, say).
+_SENTENCE_ENDS = frozenset("。！？!?；;…")
+_PAUSES = frozenset("，、,：:）)」』】》 \t")
+_JOINERS = frozenset("\u200d\ufe0e\ufe0f")  # never cut beside these (emoji sequences)
+
+
+def _part_fits(
+    text: str, s: int, head: str, states: list[_Open | None], measure: Callable[[str], int], limit: int, c: int
+) -> bool:
+    """Whether the part from ``s`` cut at ``c`` (its elements opened by ``head`` and
+    closed after it) is within ``limit``."""
+    return measure(head + text[s:c].rstrip(" ") + _closing(states[c] or ())) <= limit
+
+
+def _inline_balanced(text: str, start: int, stop: int) -> list[bool]:
+    """For each position from ``start`` (where nothing inline is open: a line's start,
+    or a cut) to ``stop``: whether the line so far leaves no inline markdown open there (emphasis ``* _ ~ |``, a code span, a
+    link's text or address, an HTML-like tag such as WeCom's <font>, a <...> of
+    Slack's). The fence states of ``markdown`` do not see these, so a cut is made only
+    where none is open. Positions inside an escape or a tag are never balanced."""
+    out = [False] * (stop - start + 1)
+    out[0] = True
+    marks = {"*": 0, "_": 0, "~": 0, "|": 0, "**": 0, "__": 0, "~~": 0, "||": 0}
+    code = False
+    brackets = parens = angles = tags = 0
+    i = start
+    while i < stop:
+        ch = text[i]
+        step = 1
+        if ch == "\n":
+            marks = dict.fromkeys(marks, 0)
+            code, brackets, parens, angles, tags = False, 0, 0, 0, 0
+        elif ch == "\\" and not code:
+            step = 2
+        elif ch == "`":
+            code = not code
+        elif not code:
+            if ch in marks:
+                mark = ch * 2 if text.startswith(ch * 2, i) else ch  # ** opens bold, not two *
+                marks[mark] += 1
+                step = len(mark)
+            elif ch == "[":
+                brackets += 1
+            elif ch == "]" and brackets:
+                brackets -= 1
+                if text.startswith("(", i + 1):
+                    parens += 1
+                    step = 2
+            elif ch == ")" and parens:
+                parens -= 1
+            elif ch == "<":
+                tag = _TAG.match(text, i)
+                if tag is None:
+                    angles += 1
+                else:
+                    step = tag.end() - i
+                    if tag.group(1):
+                        tags = max(0, tags - 1)
+                    elif not tag.group(0).endswith("/>"):
+                        tags += 1
+            elif ch == ">" and angles:
+                angles -= 1
+        i += step
+        if i <= stop:
+            out[i - start] = not (code or brackets or parens or angles or tags) and not any(n % 2 for n in marks.values())
+    return out
+
+
+def _inline_cut(
+    text: str, s: int, hi: int, states: list[_Open | None], syntax: Markup, fits: Callable[[int], bool]
+) -> int:
+    """Where to cut a line of marked-up text that runs past ``hi`` (the most of it,
+    from ``s``, that fits), or -1; ``fits(c)``: the part up to ``c``, with what closes
+    it, is within the limit. Never inside a tag, an entity, an escape or a code block;
+    for ``markdown`` never inside inline markup either (``_inline_balanced``); for
+    ``html`` and ``markdown_v2``, whose states see inline elements, those open at the
+    cut are closed and opened again, as at a line break."""
+    # From ``s``: a line's start, or an earlier cut, made where nothing inline was open.
+    line = s
+    balanced = _inline_balanced(text, line, hi) if syntax == "markdown" else None
+
+    def allowed(c: int) -> bool:
+        stack = states[c]
+        if stack is None or text[c] in _JOINERS or text[c - 1] in _JOINERS:
+            return False
+        if balanced is not None and (not balanced[c - line] or any(e.closer for e in stack)):
+            return False
+        return fits(c)
+
+    def in_word(c: int) -> bool:
+        return all(ch.isascii() and (ch.isalnum() or ch in "'-_./:@#&=?%+") for ch in (text[c - 1], text[c]))
+
+    preferences: tuple[Callable[[int], bool], ...] = (
+        lambda c: text[c - 1] in _SENTENCE_ENDS,
+        lambda c: text[c - 1] in _PAUSES or text[c] == " ",
+        lambda c: not in_word(c),
+    )
+    for wanted in preferences:
+        for c in range(min(hi, len(text) - 1), s, -1):
+            if wanted(c) and allowed(c):
+                return c
+    return -1
+
+
 def split_text(
     text: str,
     limit: int,
@@ -434,8 +552,9 @@ def split_text(
 ) -> list[str]:
     """Cut ``text`` into parts that each measure at most ``limit``.
 
-    ``words=False`` (marked-up text in ``syntax``) cuts on line boundaries only, and
-    each part is well-formed on its own.
+    ``words=False`` (marked-up text in ``syntax``) cuts on line boundaries, a line
+    longer than ``limit`` inside it (``_inline_cut``), and each part is well-formed
+    on its own.
     """
     if limit <= 0:
         raise ValueError("limit must be positive")

@@ -318,6 +318,21 @@ async def test_wecom_markdown_uses_markdown_msgtype_and_its_larger_limit(adapter
     assert [r.json["msgtype"] for r in fake.requests] == ["markdown"]
 
 
+async def test_wecom_markdown_paragraph_over_the_limit_is_sent_in_parts(adapter_for: Any) -> None:
+    """One Chinese paragraph of 1,600 characters (4,800 bytes) as markdown: two
+    messages, cut after a sentence; it was dead-lettered (a line longer than 4,096
+    bytes could not be split)."""
+    fake = WecomFake()
+    adapter = await adapter_for(
+        "wecom", fake, lambda b, f: {"webhook_url": f"{b}/cgi-bin/webhook/send?key={f.key}"}
+    )
+    text = "本周读书会改到周六晚上八点，地点不变，请大家相互转告。" * 60
+    assert "\n" not in text and utf8_len(text) > 4096
+    await adapter.send(message(text, fmt="markdown"))
+    parts = [r.json["markdown"]["content"] for r in fake.requests]
+    assert len(parts) == 2 and all(utf8_len(p) <= 4096 and p.endswith("。") for p in parts) and "".join(parts) == text
+
+
 # ------------------------------------------------------------------ dingtalk
 
 

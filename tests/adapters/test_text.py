@@ -130,3 +130,44 @@ def test_retry_after_header_as_seconds_or_http_date() -> None:
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     noon = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=lambda: noon) == 30.0
+
+
+# A line of marked-up text longer than the limit is cut inside the line: it used to be
+# refused (TextTooLong), which dead-lettered any one-paragraph Chinese announcement over
+# 1,365 characters sent to WeCom as markdown (4,096 bytes).
+ANNOUNCEMENT = "".join(f"第{i}天：今天我们一起读完了第{i}章，记得在群里打卡分享你的收获！" for i in range(1, 60))
+
+
+def test_a_long_chinese_markdown_line_is_cut_after_a_sentence() -> None:
+    assert "\n" not in ANNOUNCEMENT and utf8_len(ANNOUNCEMENT) > 4096
+    parts = fit_parts("**本周公告**\n" + ANNOUNCEMENT, max_length=None, max_bytes=4096, markup=True, platform="wecom")
+    # The heading's line break first (a cut between lines is preferred), then the line
+    # after a sentence.
+    assert len(parts) == 3 and all(utf8_len(p) <= 4096 for p in parts)
+    assert parts[0] == "**本周公告**" and parts[1].startswith("第1天") and parts[1].endswith("！")
+    assert parts[1] + parts[2] == ANNOUNCEMENT  # nothing lost or added
+
+
+def test_a_markdown_line_is_never_cut_inside_inline_markup() -> None:
+    """Emphasis, code spans, links and tags (WeCom's <font>) stay whole: the cut goes
+    before them, at the last sentence end outside them."""
+    for inline in ("**加粗的一句话。还是加粗。**", "`代码。代码。`", "[链接。文字](https://x.org/a.b)", '<font color="info">绿色。绿色。</font>'):
+        text = "第一句。" * 3 + inline + "结尾。"
+        parts = split_text(text, len(text) - 4, words=False)
+        assert parts == ["第一句。" * 3, inline + "结尾。"], inline
+
+
+def test_a_markdown_line_without_punctuation_is_cut_between_chinese_characters_not_words() -> None:
+    assert split_text("打卡" * 10, 7, words=False) == ["打卡打卡打卡打", "卡打卡打卡打卡", "打卡打卡打卡"]
+    assert split_text(("stay together " * 3).strip(), 20, words=False) == ["stay together stay", "together stay", "together"]
+    with pytest.raises(TextTooLong, match="cannot be split"):  # one long word: no place to cut
+        split_text("x" * 30, 10, words=False)
+    with pytest.raises(TextTooLong, match="cannot be split"):  # inside a fenced block: not within a line
+        split_text("```\n" + "代码" * 20 + "\n```", 16, words=False)
+
+
+def test_an_html_line_is_cut_after_a_sentence_and_its_tags_closed_and_reopened() -> None:
+    text = "<b>" + "读书。" * 6 + "</b>"
+    assert split_text(text, 20, words=False, syntax="html") == ["<b>读书。读书。读书。读书。</b>", "<b>读书。读书。</b>"]
+    v2 = "*" + "打卡。" * 6 + "*"
+    assert split_text(v2, 12, words=False, syntax="markdown_v2") == ["*打卡。打卡。打卡。*", "*打卡。打卡。打卡。*"]
