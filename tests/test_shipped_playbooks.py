@@ -65,7 +65,7 @@ def test_a_crisis_declared_while_another_is_open_still_pages_the_moderators(tmp_
     sent = dry_run_deliveries(capsys, tmp_path, "crisis-response", events, "2026-12-10", 5)
     again = [d for d in sent if d["step"] == "page-another"]
     assert [(d["at"][:16], d["member"]) for d in again] == [("2026-12-11T07:00", "u001"), ("2026-12-11T07:00", "u002")]
-    assert "群被盗号刷屏" in again[0]["text"] and "critical" in again[0]["text"]
+    assert "群被盗号刷屏" in again[0]["text"] and "级别：严重" in again[0]["text"]  # severity in the message's language
     third = [d["step"] for d in sent if d["at"].startswith("2026-12-13")]
     assert third[:2] == ["page-moderators", "page-moderators"] and "holding-statement" in third
 
