@@ -13,9 +13,11 @@ Rules:
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -374,23 +376,47 @@ def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, .
     values = _inputs(inputs, spec.manual.inputs)  # type: ignore[union-attr]  # kind checked above
     store, _ = store_at(state)
     try:
-        if member is not None and store.get_member(member) is None:
+        record = store.get_member(member) if member is not None else None
+        if member is not None and record is None:
             raise UserError(f"member '{member}' is not in the roster (cmtyflow members import)")
+        now = SystemClock().now()
+        _check_window(prog, trigger, now, record)
         lid = launch_id or uuid.uuid4().hex[:16]
-        fresh = store.add_event(launch_event(Launch(prog.name, trigger, lid, SystemClock().now(), member, values)))
+        fresh = store.add_event(launch_event(Launch(prog.name, trigger, lid, now, member, values)))
         refused = [] if fresh else [e for e in store.audit(["launch_refused"]) if e.get("launch") == lid]
     finally:
         store.close()
     if refused:
         # Its id is spent: the runner that took it had not loaded the playbook.
+        at = refused[0].get("at")
+        when = at.isoformat(timespec="seconds") if isinstance(at, datetime) else "an earlier run"
         raise UserError(
-            f"launch {lid} was refused at {refused[0]['at']}: {refused[0].get('reason')}; "
+            f"launch {lid} was refused at {when}: {refused[0].get('reason')}; "
             f"start a runner with {playbook} and launch again without --id (or with a new one)"
         )
     click.echo(f"launch {lid} queued: {prog.name}/{trigger}" if fresh else f"launch {lid} was queued before; nothing new")
     if fresh:
         click.echo(f"the runner takes it if it has loaded {playbook}; one without it refuses it (and logs why)", err=True)
     return EXIT_OK
+
+
+def _check_window(prog: Program, trigger: str, now: datetime, member: Mapping[str, Any] | None) -> None:
+    """A launch outside the playbook's window starts nothing (SPEC 1): refused here, so
+    the operator hears it now rather than from the runner's log."""
+    from ..engine.interp import zone
+    from ..engine.schedule import in_window
+
+    window = prog.window
+    tz = zone(member.get("timezone"), prog.tz) if member is not None else prog.tz
+    if window is None or in_window(now, window, tz):
+        return
+    first, last = window
+    span = f"{first} to {last}" if last is not None else f"from {first}"
+    today = now.astimezone(tz).date()
+    raise UserError(
+        f"{prog.name}: its window is {span} ({tz.key}), and today there is {today}: "
+        f"trigger '{trigger}' fires only inside it; change the window to launch it"
+    )
 
 
 def _launch_program(playbook: str, state: str | None) -> Program:
@@ -418,6 +444,9 @@ def _launch_program(playbook: str, state: str | None) -> Program:
     return program
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def _inputs(pairs: tuple[str, ...], specs: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for pair in pairs:
@@ -429,9 +458,14 @@ def _inputs(pairs: tuple[str, ...], specs: dict[str, Any]) -> dict[str, Any]:
         kind = specs[name].type
         try:
             if kind == "integer":
+                # Digits, as JSON writes them: not 1_000, and within what a state keeps.
+                if not _INTEGER.fullmatch(text.strip()):
+                    raise ValueError
                 values[name] = int(text)
             elif kind == "number":
-                values[name] = float(text)
+                if "_" in text or not math.isfinite(number := float(text)):
+                    raise ValueError  # nan, inf: refused as `emit` refuses them
+                values[name] = number
             elif kind == "boolean":
                 low = text.lower()
                 if low not in ("true", "false", "yes", "no", "1", "0"):

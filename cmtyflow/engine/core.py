@@ -298,10 +298,19 @@ class Engine:
         inputs = {name: spec.default for name, spec in trigger.manual.inputs.items()}
         inputs.update(item.inputs)
         run_id = f"{prog.name}/{trigger.id}:launch:{item.id}"
+        member = interp.txn.member(item.member) if item.member is not None else None
+        # A manual trigger fires only inside the window too (SPEC 1), by the date the
+        # launch was made (it may be handled later).
+        tz = zone(member.get("timezone"), prog.tz) if member is not None else prog.tz
+        if not in_window(item.at, prog.window, tz):
+            interp.txn.decision.count("outside_window")
+            interp.txn.decision.note(
+                "launch_outside_window", playbook=prog.name, trigger=trigger.id, launch=item.id, member=item.member
+            )
+            return
         if item.member is None:
             self._campaign_start(interp, prog, trigger, run_id, None, inputs)
             return
-        member = interp.txn.member(item.member)
         if member is None:
             interp.txn.decision.note("unknown_member", playbook=prog.name, trigger=trigger.id, member=item.member)
             return
@@ -390,11 +399,15 @@ class Engine:
         ]
         if not waiting:
             return
+        if interp.txn.active_runs(prog.name, ended.flow, ended.member):
+            return  # another run of the flow (a parallel or restart start) is still on: it waits for that one
         record = waiting[0]
         d.dequeued.append(record["id"])
         run = _run_from_record(record, interp.now)
         interp.txn.decision.counters["runs_started"] = interp.txn.decision.counters.get("runs_started", 0) + 1
-        interp.advance(prog, run)
+        # On the version it was queued under (an edit may have come since the run
+        # it waited behind started), from its first step on.
+        interp.advance(self.program_for(run) or prog, run)
 
     # waits and goals ------------------------------------------------------------------------------
     def _resume_waits(self, interp: Interpreter, event: Event) -> None:

@@ -220,8 +220,7 @@ class Driver:
             # event that came after it (and before ``now``) still answers the next wait;
             # what it sends is planned from now.
             decision = self.engine.handle(self.store, min(timer.due, now), TimerDue(timer), earliest=now)
-            self.store.apply(decision, consumed_timer=timer.id)
-            self._observe(decision)
+            self._apply(decision, now, consumed_timer=timer.id)
             handled += 1 + self._emitted(decision.emitted, now)
         # 2. schedule firings, in trigger order
         soonest = self._soonest_position()
@@ -234,8 +233,7 @@ class Driver:
         # 3. events, in arrival order
         for event in self.store.pending_events(instant, MAX_BATCH):
             decision = self._handle_event(event, now)
-            self.store.apply(decision, consumed_event=event.id)
-            self._observe(decision)
+            self._apply(decision, now, consumed_event=event.id)
             handled += 1 + self._emitted(decision.emitted, now)
         return handled
 
@@ -258,6 +256,15 @@ class Driver:
         inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
         return self.engine.handle(self.store, now, Launch(prog.name, trigger_id, event.id, event.at, event.member, inputs))
 
+    def _apply(self, decision: Decision, now: datetime, **consumed: Any) -> None:
+        """Commit ``decision`` (with what it consumed) and show it. A note the engine made
+        without a time of its own (a run failed, a launch refused) is dated when it was
+        handled, so that `status` and `outbox` can say when."""
+        for note in decision.notes:
+            note.setdefault("at", now)
+        self.store.apply(decision, **consumed)
+        self._observe(decision)
+
     def _observe(self, decision: Decision) -> None:
         if self.observe is not None:
             self.observe(decision)
@@ -278,8 +285,7 @@ class Driver:
             skipped = Decision()
             _note_firings(skipped, "skipped_firing", [*missed, latest], now, playbook=prog.name, trigger=trigger.id, zone=zone)
             skipped.count("skipped_firings", len(missed) + 1)
-            self.store.apply(skipped, schedules=[update])
-            self._observe(skipped)
+            self._apply(skipped, now, schedules=[update])
             self._set_positions([update])
             return 1
         # As of its due time, as a wait taken late is (a reminder caught up after
@@ -291,8 +297,7 @@ class Driver:
         _note_firings(decision, "coalesced_firing", missed, None, playbook=prog.name, trigger=trigger.id, zone=zone)
         if missed:
             decision.count("coalesced_firings", len(missed))
-        self.store.apply(decision, schedules=[update])
-        self._observe(decision)
+        self._apply(decision, now, schedules=[update])
         self._set_positions([update])
         return 1 + self._emitted(decision.emitted, now)
 
@@ -316,8 +321,7 @@ class Driver:
             else:
                 decision = self._handle_event(event, now)
                 pending.extend((e.id, depth + 1) for e in decision.emitted)
-            self.store.apply(decision, consumed_event=event.id)
-            self._observe(decision)
+            self._apply(decision, now, consumed_event=event.id)
             handled += 1
         return handled
 

@@ -297,6 +297,8 @@ class Worker:
                         continue  # an earlier try of this job took it
                     now = self.clock.now()  # as the driver: the wait ends at its due time
                     decision = self.engine.handle(reads, min(timer.due, now), TimerDue(timer), earliest=now)
+                    for note in decision.notes:  # dated when handled, as the driver's (``Driver._apply``)
+                        note.setdefault("at", now)
                     store.apply(decision, consumed_timer=timer.id)
                     reads.forget(decision)
                     decisions.append(decision)

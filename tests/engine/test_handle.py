@@ -462,3 +462,73 @@ def test_a_store_error_outside_any_run_still_ends_the_decision(setup, monkeypatc
     at = t("2026-12-01T09:00:00+08:00")
     with pytest.raises(sqlite3.OperationalError):
         engine.handle(store, at, Event("e1", "ping", at, "m"))
+
+
+QUEUED = """
+cmtyflow: 1
+name: q
+timezone: UTC
+channels:
+  dm: {adapter: console}
+triggers:
+  - {id: go, event: go.now, flow: w, mode: queued}
+  - {id: also, event: go.also, flow: w, mode: parallel}
+flows:
+  w:
+STEPS
+"""
+
+
+def _queued(compile_text, tmp_path, steps: str):  # type: ignore[no-untyped-def]
+    (prog,) = compile_text(QUEUED.replace("STEPS\n", steps), tmp_path)
+    return prog
+
+
+def test_a_start_queued_behind_a_run_of_an_older_version_runs_wholly_on_its_own(compile_text, tmp_path):
+    """A start queued after an edit is a new run (of the new version); it ran its first
+    steps, up to its first wait, on the version of the run it waited behind."""
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.store.memory import MemoryStore
+
+    v1 = _queued(compile_text, tmp_path, '    - {id: w1, send: {text: "v1 start {{ event.id }}"}}\n'
+                                         '    - {id: ww, wait: 1h}\n'
+                                         '    - {id: w2, send: {text: "v1 end {{ event.id }}"}}\n')
+    v2 = _queued(compile_text, tmp_path, '    - {id: intro, send: {text: "v2 intro {{ event.id }}"}}\n'
+                                         '    - {id: w1, send: {text: "v2 start {{ event.id }}"}}\n'
+                                         '    - {id: ww, wait: 1h}\n'
+                                         '    - {id: w2, send: {text: "v2 end {{ event.id }}"}}\n')
+    assert v1.version != v2.version
+    store = MemoryStore()
+    store.put_members([{"id": "u1"}])
+    at = t("2026-12-01T10:00:00+00:00")
+    store.apply(Engine([v1]).handle(store, at, Event("A", "go.now", at, "u1")))
+    edited = Engine([v2], older=[v1])
+    store.apply(edited.handle(store, at, Event("C", "go.now", at, "u1")))  # queued behind A
+    (timer,) = store.due_timers(t("2026-12-01T11:00:00+00:00"))
+    decision = edited.handle(store, timer.due, TimerDue(timer))
+    assert [m.text for m in decision.messages] == ["v1 end A", "v2 intro C", "v2 start C"]
+
+
+def test_a_queued_start_waits_while_any_run_of_its_flow_is_active(compile_text, tmp_path):
+    """With `parallel` and `queued` triggers on one flow, a queued start goes when no
+    run of the flow is left, not when the first of two ends."""
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.store.memory import MemoryStore
+
+    prog = _queued(compile_text, tmp_path, '    - {id: hi, send: {text: "hi {{ event.id }}"}}\n'
+                                           '    - {id: ww, wait: 1h}\n'
+                                           '    - {id: bye, send: {text: "bye {{ event.id }}"}}\n')
+    engine = Engine([prog])
+    store = MemoryStore()
+    store.put_members([{"id": "u1"}])
+    at = t("2026-12-01T10:00:00+00:00")
+    store.apply(engine.handle(store, at, Event("P1", "go.also", at, "u1")))
+    later = t("2026-12-01T10:30:00+00:00")
+    store.apply(engine.handle(store, later, Event("P2", "go.also", later, "u1")))
+    store.apply(engine.handle(store, later, Event("Q", "go.now", later, "u1")))  # queued: two runs active
+    (first,) = store.due_timers(t("2026-12-01T11:00:00+00:00"))
+    ended_one = engine.handle(store, first.due, TimerDue(first))
+    assert [m.text for m in ended_one.messages] == ["bye P1"]  # P2 is still active: Q waits
+    store.apply(ended_one)
+    (second,) = store.due_timers(t("2026-12-01T11:30:00+00:00"))
+    assert [m.text for m in engine.handle(store, second.due, TimerDue(second)).messages] == ["bye P2", "hi Q"]

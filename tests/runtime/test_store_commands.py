@@ -458,8 +458,49 @@ def test_a_launch_refused_by_a_runner_without_its_playbook_says_so_when_launched
     assert cli(capsys, "run", str(other), "--state", state, "--once", "--now", "2026-12-04T12:00:00+08:00")[0] == 0
     code, _, err = cli(capsys, "launch", str(path), "poke", "--id", "NL1", "--state", state)
     assert code == 1
-    assert "launch NL1 was refused at" in err and "no such manual trigger among the playbooks this runner has loaded" in err
+    # When: the time the runner took it (it printed "refused at None").
+    assert "launch NL1 was refused at 2026-12-04T12:00:00+08:00" in err
+    assert "no such manual trigger among the playbooks this runner has loaded" in err
     assert cli(capsys, "launch", str(path), "poke", "--id", "NL2", "--state", state)[0] == 0
+
+
+def test_a_launch_outside_the_playbooks_window_is_refused(tmp_path, capsys):
+    """SPEC 1: triggers fire only inside the window; a manual one did (launch said
+    "queued", the run sent). The runner refuses it too, by the date it was made."""
+    from cmtyflow.engine.core import Engine
+    from cmtyflow.engine.model import Launch
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.store.memory import MemoryStore
+
+    path = write_playbook(tmp_path / "pb", PLAYBOOK.replace("timezone: Asia/Shanghai\n", "timezone: Asia/Shanghai\nwindow: {start: 2026-01-01, days: 3}\n", 1) % (tmp_path / "out.jsonl"))
+    state = str(tmp_path / "state.db")
+    code, _, err = cli(capsys, "launch", str(path), "poke", "--state", state)
+    assert code == 1 and "club: its window is 2026-01-01 to 2026-01-03 (Asia/Shanghai)" in err
+    assert "trigger 'poke' fires only inside it" in err
+
+    _, (prog,) = load_programs([path])
+    engine, store = Engine([prog]), MemoryStore()
+    inside, after = datetime.fromisoformat("2026-01-03T23:00:00+08:00"), datetime.fromisoformat("2026-01-04T00:00:00+08:00")
+    assert engine.handle(store, after, Launch("club", "poke", "in", inside)).counters == {"runs_started": 1, "runs_done": 1}
+    late = engine.handle(store, after, Launch("club", "poke", "out", after))
+    assert (late.runs, late.counters) == ({}, {"outside_window": 1})
+    assert [n["kind"] for n in late.notes] == ["launch_outside_window"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1_000.5"])
+def test_launch_number_inputs_are_finite_numbers(tmp_path, club, capsys, value):
+    path, state = club
+    spec = PLAYBOOK.replace("{times: {type: integer, default: 1}}", "{times: {type: number, default: 1}}")
+    path = write_playbook(tmp_path / "num", spec % (tmp_path / "out.jsonl"))
+    code, _, err = cli(capsys, "launch", str(path), "poke", "--input", f"times={value}", "--state", state)
+    assert code == 1 and f"--input 'times': '{value}' is not a number" in err
+
+
+@pytest.mark.parametrize("value", ["1_000", "12345678901234567890123", "1.0", ""])
+def test_launch_integer_inputs_are_plain_digits(tmp_path, club, capsys, value):
+    path, state = club
+    code, _, err = cli(capsys, "launch", str(path), "poke", "--input", f"times={value}", "--state", state)
+    assert code == 1 and f"--input 'times': '{value}' is not an integer" in err
 
 
 def test_event_times_without_an_offset_are_in_the_playbooks_timezone(tmp_path, club, capsys, monkeypatch):
