@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -113,7 +113,7 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, str):
                 low = value.lower()
                 if low not in _TRUE | _FALSE:
-                    raise ValueError(f"opted_out must be true or false, not '{value}'")
+                    raise ValueError(f"opted_out must be true or false, not '{quoted(value)}'")
                 value = low in _TRUE
             else:
                 value = bool(value)
@@ -122,15 +122,15 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             try:
                 datetime.fromisoformat(text) if "T" in text or " " in text else date.fromisoformat(text)
             except ValueError:
-                raise ValueError(f"joined_at '{text}' is not an ISO date or datetime") from None
+                raise ValueError(f"joined_at '{quoted(text)}' is not an ISO date or datetime") from None
             value = text
         elif key == "locale" and not isinstance(value, str):
-            raise ValueError(f"locale must be text such as zh-CN, not {json.dumps(value)}")
+            raise ValueError(f"locale must be text such as zh-CN, not {quoted(value)}")
         elif key == "timezone":
             try:
                 ZoneInfo(str(value))
             except (ValueError, LookupError):
-                raise ValueError(f"unknown timezone '{value}'") from None
+                raise ValueError(f"unknown timezone '{quoted(value)}'") from None
         member[key] = value
     if "id" not in member:
         raise ValueError("missing id")
@@ -323,13 +323,21 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
 
 
 def _id_text(value: Any, what: str) -> str:
-    """An event's or member's id: text that is not empty, or an integer."""
+    """An event's or member's id: text that is not empty, or an integer; without the
+    spaces around it, as a roster's ids are read (" u1 " is u1)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"{what} must be text or an integer, not {json.dumps(value, ensure_ascii=False)}")
-    text = str(value)
-    if not text.strip():
+        raise ValueError(f"{what} must be text or an integer, not {quoted(value)}")
+    text = str(value).strip()
+    if not text:
         raise ValueError(f"{what} is empty")
     return text
+
+
+def quoted(value: Any, most: int = 80) -> str:
+    """``value`` as JSON for an error message, cut to ``most`` characters: an answer or a
+    log line quotes what was sent, not all of it (an `at` of 900 KB was echoed whole)."""
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
@@ -338,22 +346,26 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
     check_values(raw)
     unknown = set(raw) - {"id", "type", "at", "member", "data"}
     if unknown:
-        raise ValueError(f"unknown event field(s): {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown event field(s): {quoted(', '.join(sorted(unknown)), 200)}")
     etype = raw.get("type")
-    if not isinstance(etype, str) or not etype:
+    if etype is None or etype == "":
         raise ValueError("missing type")
+    if not isinstance(etype, str):
+        raise ValueError(f"type must be text (a dotted name such as message.posted), not {quoted(etype)}")
     if etype.startswith(RESERVED_PREFIX):
         raise ValueError(f"event types starting with '{RESERVED_PREFIX}' are cmtyflow's own (use cmtyflow launch)")
     why = event_type_fault(etype)
     if why is not None:
-        raise ValueError(f"type {json.dumps(etype, ensure_ascii=False)} has {why}; write a dotted name such as message.posted")
+        raise ValueError(f"type {json.dumps(quoted(etype), ensure_ascii=False)} has {why}; write a dotted name such as message.posted")
     at_text = raw.get("at")
-    if not isinstance(at_text, str):
+    if at_text is None:
         raise ValueError("missing at (an ISO 8601 datetime)")
+    if not isinstance(at_text, str):
+        raise ValueError(f"at must be text (an ISO 8601 datetime), not {quoted(at_text)}")
     try:
         at = datetime.fromisoformat(at_text)
     except ValueError:
-        raise ValueError(f"at '{at_text}' is not an ISO 8601 datetime") from None
+        raise ValueError(f"at '{quoted(at_text)}' is not an ISO 8601 datetime") from None
     # Within the years every timezone can convert (year 1 at +08:00 is before year 1 in
     # UTC: the engine failed on it, and the intake answered 500).
     if not FIRST_YEAR <= at.year <= LAST_YEAR:
@@ -382,7 +394,14 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
         raise ValueError("data must be a JSON object")
     event_id = raw.get("id")
     if event_id is None:
-        digest = hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
+        # From what the event means, not how it was written: the same instant at another
+        # offset, "data": {} or none, the member as 1 or "1" make the same id, so a client
+        # that writes a retry anew still sends a duplicate.
+        meaning = {
+            "type": etype, "at": at.astimezone(UTC).isoformat(), "member": member, "data": data,
+            "member_update": update,
+        }
+        digest = hashlib.sha256(json.dumps(meaning, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
         event_id = f"auto-{digest}"
     return Event(id=_id_text(event_id, "id"), type=etype, at=at, member=member, data=data, member_update=update)
 

@@ -127,6 +127,10 @@ def _error(
     return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
+# Content-Encodings the intake reads; the body is size-checked and signed as decoded.
+# (aiohttp itself answers br and zstd, without their optional packages, with a 400.)
+_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+
 class _Refused(Exception):
     """A request answered with an error; raised inside the handler, answered once."""
 
@@ -213,6 +217,10 @@ class _Intake:
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_body
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _ENCODINGS:
+            message = f"Content-Encoding {encoding} is not accepted: send the body as is, or as gzip or deflate"
+            raise _Refused(_error(415, message[:300]))
         if request.content_length is not None and request.content_length > limit:
             raise self._too_large()
         # Without Content-Length (chunked), read at most limit + 1 bytes: enough to know.
@@ -223,6 +231,13 @@ class _Intake:
         except TimeoutError:
             message = f"the body did not arrive within {self.config.read_timeout:g} seconds"
             raise _Refused(_error(408, message)) from None
+        except web.RequestPayloadError:
+            # The body is not what its Content-Encoding says (a client's mistake, not ours).
+            # The connection closes after the answer: the rest of the body cannot be read.
+            refused = _error(400, f"the body cannot be read as {encoding}: it is not valid {encoding} data")
+            refused.force_close()
+            request.content.feed_eof()  # nothing more to read (aiohttp tried, and logged the error again)
+            raise _Refused(refused) from None
         except (ConnectionError, EofStream, ClientPayloadError) as exc:
             raise _Gone(type(exc).__name__) from None
         if len(body) > limit:
@@ -245,7 +260,8 @@ class _Intake:
         try:
             value = json_value(text, strict=True)
         except json.JSONDecodeError as exc:
-            message = f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            # Some of Python's messages end in "at" themselves ("Invalid control character at").
+            message = f"the body is not JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
             raise _Refused(_error(400, message)) from None
         except ValueError as exc:
             raise _Refused(_error(400, f"the body is not JSON: {exc}")) from None

@@ -287,6 +287,55 @@ async def test_with_at_and_without_id_a_retry_is_a_duplicate(client, store):
     assert event.id.startswith("auto-")
 
 
+async def test_a_retry_written_anew_is_still_a_duplicate(client, store):
+    """Without an id, the id comes from what the event says, not how it was written:
+    another offset for the same instant, "data": {} or none, the member as 1 or "1"."""
+    cli = await client()
+    first = {"type": "checkin.posted", "member": "1", "at": "2026-12-01T10:00:00+08:00", "data": {}}
+    assert (await post(cli, first))[:2] == (202, {"accepted": 1, "duplicates": 0})
+    for again in (
+        {"type": "checkin.posted", "member": 1, "at": "2026-12-01T02:00:00Z"},
+        {"type": "checkin.posted", "member": " 1 ", "at": "2026-12-01T03:00:00+01:00", "data": {}},
+    ):
+        assert (await post(cli, again))[:2] == (202, {"accepted": 0, "duplicates": 1}), again
+    assert (await post(cli, {**first, "data": {"n": 1}}))[:2] == (202, {"accepted": 1, "duplicates": 0})
+
+
+async def test_a_member_id_is_read_without_the_spaces_around_it(client, store):
+    # As the roster reads its ids (and a member object's): " u1 " started nothing.
+    cli = await client()
+    assert (await post(cli, {**POSTED, "member": " u1 "}))[0] == 202
+    assert store.events["e2"].member == "u1"
+
+
+async def test_a_body_that_is_not_its_content_encoding_is_400_and_an_unknown_one_415(client, store, caplog):
+    # A broken deflate or gzip body answered 500 "internal error" (the server's fault,
+    # so clients retried it); an encoding aiohttp cannot read here, a plain-text 400.
+    cli = await client()
+    for encoding in ("deflate", "gzip"):
+        status, body, _ = await post(cli, json.dumps(JOINED).encode(), {"Content-Encoding": encoding})
+        assert status == 400 and body["error"] == f"the body cannot be read as {encoding}: it is not valid {encoding} data"
+    status, body, _ = await post(cli, json.dumps(JOINED).encode(), {"Content-Encoding": "compress"})
+    assert status == 415 and "Content-Encoding compress is not accepted" in body["error"]
+    import gzip
+
+    status, _, _ = await post(cli, gzip.compress(json.dumps(JOINED).encode()), {"Content-Encoding": "gzip"})
+    assert status == 202 and "e1" in store.events
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no "internal error", no unhandled exception
+
+
+async def test_errors_quote_at_most_a_little_of_what_was_sent(client, store):
+    cli = await client()
+    status, body, resp = await post(cli, {**JOINED, "at": "A" * 900_000})
+    assert status == 400 and len(body["error"]) < 200 and body["error"].endswith("…' is not an ISO 8601 datetime")
+    status, body, _ = await post(cli, {**JOINED, "at": 1795400000})
+    assert (status, body["error"]) == (400, "events[0]: at must be text (an ISO 8601 datetime), not 1795400000")
+    status, body, _ = await post(cli, {**JOINED, "type": 5})
+    assert (status, body["error"]) == (400, "events[0]: type must be text (a dotted name such as message.posted), not 5")
+    status, body, _ = await post(cli, b'{"id": "a\x01b"}'.replace(b"\\x01", b"\x01"))
+    assert status == 400 and " at at " not in body["error"] and "Invalid control character" in body["error"]
+
+
 async def test_member_object_updates_the_roster(client, store):
     cli = await client()
     status, _, _ = await post(
