@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -323,12 +323,11 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
 
 
 def _id_text(value: Any, what: str) -> str:
-    """An event's or member's id: text that is not empty, or an integer; without the
-    spaces around it, as a roster's ids are read (" u1 " is u1)."""
+    """An event's or member's id: text that is not empty, or an integer."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"{what} must be text or an integer, not {quoted(value)}")
-    text = str(value).strip()
-    if not text:
+    text = str(value)
+    if not text.strip():
         raise ValueError(f"{what} is empty")
     return text
 
@@ -386,7 +385,8 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
             raise ValueError(f"member: {exc}") from None
         member = update["id"]
     elif member is not None:
-        member = _id_text(member, "member")
+        # Without the spaces around it, as the roster's ids are read (" u1 " is u1).
+        member = _id_text(member, "member").strip()
     data = raw.get("data")
     if data is None:
         data = {}
@@ -394,14 +394,9 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
         raise ValueError("data must be a JSON object")
     event_id = raw.get("id")
     if event_id is None:
-        # From what the event means, not how it was written: the same instant at another
-        # offset, "data": {} or none, the member as 1 or "1" make the same id, so a client
-        # that writes a retry anew still sends a duplicate.
-        meaning = {
-            "type": etype, "at": at.astimezone(UTC).isoformat(), "member": member, "data": data,
-            "member_update": update,
-        }
-        digest = hashlib.sha256(json.dumps(meaning, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
+        # From the event as written (its fields, sorted). Kept so from one release to the
+        # next: a file imported again after an upgrade must find its events seen.
+        digest = hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
         event_id = f"auto-{digest}"
     return Event(id=_id_text(event_id, "id"), type=etype, at=at, member=member, data=data, member_update=update)
 

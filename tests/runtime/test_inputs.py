@@ -251,3 +251,14 @@ def test_a_pipe_is_read_once_whole(tmp_path):
     members = list(read_roster(fifo, []))
     writer.join()
     assert [m["id"] for m in members] == ["u1", "u2"]
+
+
+def test_a_derived_event_id_stays_the_same_from_one_release_to_the_next():
+    """An event without an id gets one from its fields as written. It must not change
+    between releases: a file of such events imported again after an upgrade (a daily
+    import of a growing export) would otherwise be taken a second time, every event."""
+    from cmtyflow.runtime.inputs import parse_event
+
+    event = {"type": "checkin.posted", "member": "u1", "at": "2026-12-01T10:00:00+08:00"}
+    assert parse_event(event, ZoneInfo("UTC")).id == "auto-091b8cbcb5f0e8df1158"
+    assert parse_event(dict(reversed(event.items())), ZoneInfo("UTC")).id == "auto-091b8cbcb5f0e8df1158"

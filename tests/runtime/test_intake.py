@@ -287,20 +287,6 @@ async def test_with_at_and_without_id_a_retry_is_a_duplicate(client, store):
     assert event.id.startswith("auto-")
 
 
-async def test_a_retry_written_anew_is_still_a_duplicate(client, store):
-    """Without an id, the id comes from what the event says, not how it was written:
-    another offset for the same instant, "data": {} or none, the member as 1 or "1"."""
-    cli = await client()
-    first = {"type": "checkin.posted", "member": "1", "at": "2026-12-01T10:00:00+08:00", "data": {}}
-    assert (await post(cli, first))[:2] == (202, {"accepted": 1, "duplicates": 0})
-    for again in (
-        {"type": "checkin.posted", "member": 1, "at": "2026-12-01T02:00:00Z"},
-        {"type": "checkin.posted", "member": " 1 ", "at": "2026-12-01T03:00:00+01:00", "data": {}},
-    ):
-        assert (await post(cli, again))[:2] == (202, {"accepted": 0, "duplicates": 1}), again
-    assert (await post(cli, {**first, "data": {"n": 1}}))[:2] == (202, {"accepted": 1, "duplicates": 0})
-
-
 async def test_a_member_id_is_read_without_the_spaces_around_it(client, store):
     # As the roster reads its ids (and a member object's): " u1 " started nothing.
     cli = await client()
