@@ -104,7 +104,7 @@ def _read(path: Path) -> tuple[str | None, Problem | None]:
     return _decode(path, raw)
 
 
-def _is_playbook_file(name: str) -> bool:
+def is_playbook_file(name: str) -> bool:
     return (
         name.endswith((".yaml", ".yml"))
         and name != DEFAULTS_NAME
@@ -126,7 +126,7 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
                         continue  # hidden, as folders are (.pre-commit-config.yaml, an editor's lock file)
                     if name == DEFAULTS_NAME:
                         defaults.append(Path(folder) / name)
-                    elif _is_playbook_file(name):
+                    elif is_playbook_file(name):
                         playbooks.append(Path(folder) / name)
         elif path.is_file():
             if path.name == DEFAULTS_NAME:

@@ -36,7 +36,7 @@ def _progress(enabled: bool) -> Any:
 @click.option("--roster", type=click.Path(exists=True, dir_okay=False), required=True, help="members, CSV or JSON lines")
 @click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False), help="events, JSON lines")
 @click.option("--start", help="ISO 8601 start (default: the playbook window's first day, else today 00:00)")
-@click.option("--days", type=click.IntRange(1, 3660), help="how many days to simulate (default: the window, else 7)")
+@click.option("--days", type=click.IntRange(1, 3660), help="how many days to simulate (default: the window, a day more with `timezone: member`; else 7)")
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True)
 @click.option("--report", type=click.Path(dir_okay=False), help="also write a self-contained HTML report here")
 @click.option("--simulate", help="synthetic behaviour, daily probabilities: checkin=0.7,post=0.2")

@@ -128,6 +128,9 @@ def _list(root: Path, lang: str) -> None:
 
 
 # copying ------------------------------------------------------------------------------------------
+_SCHEMA_LINE = "# yaml-language-server: $schema=../cmtyflow/schema/playbook.schema.json"
+
+
 def _with_locale(text: str, lang: str) -> str:
     """Set ``locale:`` to ``lang``, editing only that line (SPEC 1 key)."""
     match = _LOCALE_LINE.search(text)
@@ -205,6 +208,11 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
     # A template without a `lang` version is copied in the playbook's own language, which
     # then stays the playbook's locale so that every member still finds a template.
     copy_text = text if notes else _with_locale(text, lang)
+    # The library's first line points editors at the schema inside this repository; the
+    # copy points at one beside it, which `cmtyflow schema -o` writes (see Next).
+    schema_line = copy_text.startswith(_SCHEMA_LINE)
+    if schema_line:
+        copy_text = "# yaml-language-server: $schema=playbook.schema.json" + copy_text[len(_SCHEMA_LINE) :]
     writes: dict[Path, bytes] = {dest / f"{name}.yaml": copy_text.encode("utf-8")}
     for src, rel in files:
         writes[dest / "templates" / rel] = src.read_bytes()
@@ -248,6 +256,8 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
     click.echo("\nNext:")
     for command in _suggest(root, entry, dest):
         click.echo(f"  {command}")
+    if schema_line:
+        click.echo(f"  cmtyflow schema -o {dest / 'playbook.schema.json'}    # completion and checks in your editor")
     click.echo(
         f"\nThen read the comment at the top of {dest / f'{name}.yaml'} (what to change first)."
     )
@@ -260,7 +270,7 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
     type=click.Choice(LANGS),
     default="zh-CN",
     show_default=True,
-    help="language of the listing and of the copied templates",
+    help="language of the listing and the copy's locale (templates of both languages are copied)",
 )
 @click.option(
     "--dir",

@@ -119,7 +119,8 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
                 log=log,
             )
             site_runner = await serve(app, host, port, shutdown_timeout=runner.drain)
-            log("listening", url=f"http://{host}:{port}/events")
+            shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+            log("listening", url=f"http://{shown_host}:{port}/events")
         if once:
             await runner.run_once()
         else:

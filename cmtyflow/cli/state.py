@@ -265,7 +265,10 @@ def _width(text: str) -> int:
 @state_option
 def emit(event_type: str, member: str | None, data_text: str | None, at_text: str | None, event_id: str | None,
          tz_name: str | None, state: str | None) -> int:
-    """Feed one event to the runner, e.g. `cmtyflow emit message.posted --member u001`."""
+    """Feed one event to the runner.
+
+    A runner takes it at once; one that is not running, at its next start. For
+    example: cmtyflow emit message.posted --member u001 --data '{"text": "打卡"}'"""
     data: Any = {}
     if data_text:
         try:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..errors import UserError
-from ..loader import discover, load
+from ..loader import DEFAULTS_NAME, discover, is_playbook_file, load
 from ..problems import ERROR, Problem, format_json, format_text, summary
 from . import EXIT_ERROR, EXIT_OK, cli
 
@@ -22,7 +24,10 @@ from . import EXIT_ERROR, EXIT_OK, cli
     help="text for people, json for tools",
 )
 def validate(paths: tuple[str, ...], fmt: str) -> int:
-    """Check playbooks (files or folders) without running them."""
+    """Check playbooks (files or folders) without running them.
+
+    A folder's cmtyflow.yaml is checked with the playbooks of its folder, which
+    inherit it (a channel removed from it breaks them, not it)."""
     # A path that names no playbook (missing, a golden spec, a device) is a problem of
     # its own, reported with the others, and the other paths are still checked: a tool
     # reading --format json gets JSON either way.
@@ -35,7 +40,7 @@ def validate(paths: tuple[str, ...], fmt: str) -> int:
             message = str(exc)
             unusable.append(Problem(given, 1, 1, ERROR, message.removeprefix(f"{given}: ")))
         else:
-            usable.append(given)
+            usable += _with_inheritors(given)
     result = load(usable)
     problems = unusable + result.problems
     files = len(result.files)
@@ -48,6 +53,15 @@ def validate(paths: tuple[str, ...], fmt: str) -> int:
             click.echo(format_text(problems))
         click.echo(summary(files, problems))
     return EXIT_OK if result.ok and not unusable else EXIT_ERROR
+
+
+def _with_inheritors(given: str) -> list[str]:
+    """``given``, and when it is a folder's defaults file, the playbooks beside it."""
+    path = Path(given)
+    if path.name != DEFAULTS_NAME or not path.is_file():
+        return [given]
+    beside = sorted(p for p in path.parent.iterdir() if is_playbook_file(p.name) and not p.name.startswith(".") and p.is_file())
+    return [given, *map(str, beside)]
 
 
 cli.add_command(validate)

@@ -76,14 +76,22 @@ def test_new_english_copy_changes_only_the_locale_line(tmp_path):
     )
     copy = (tmp_path / "checkin-challenge.yaml").read_text(encoding="utf-8").splitlines()
     changed = [(a, b) for a, b in zip(original, copy, strict=True) if a != b]
-    assert changed == [("locale: zh-CN", "locale: en")]
+    assert changed == [SCHEMA_LINE, ("locale: zh-CN", "locale: en")]
 
 
-def test_new_chinese_copy_is_byte_for_byte(tmp_path):
+# The library's first line points at the schema in this repository; a copy's, at one
+# beside it (`cmtyflow schema -o`, which `new` suggests): the other path led nowhere.
+SCHEMA_LINE = (
+    "# yaml-language-server: $schema=../cmtyflow/schema/playbook.schema.json",
+    "# yaml-language-server: $schema=playbook.schema.json",
+)
+
+
+def test_new_chinese_copy_is_the_same_but_for_its_schema_line(tmp_path, capsys):
     assert main(["new", "onboarding", "--dir", str(tmp_path)]) == 0
-    assert (tmp_path / "onboarding.yaml").read_bytes() == (
-        ROOT / "playbooks" / "onboarding.yaml"
-    ).read_bytes()
+    original = (ROOT / "playbooks" / "onboarding.yaml").read_text(encoding="utf-8")
+    assert (tmp_path / "onboarding.yaml").read_text(encoding="utf-8") == original.replace(*SCHEMA_LINE, 1)
+    assert f"cmtyflow schema -o {tmp_path / 'playbook.schema.json'}" in capsys.readouterr().out
     assert (tmp_path / "templates" / "onboarding-welcome-a.zh-CN.txt.j2").is_file()
     # the English ones too, for members whose locale is en (they got Chinese before)
     assert (tmp_path / "templates" / "onboarding-welcome-a.en.txt.j2").is_file()

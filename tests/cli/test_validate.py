@@ -196,3 +196,18 @@ def test_validate_fails_when_it_checked_nothing(tmp_path, capsys):
     for path, message in cases:
         assert main(["validate", path]) == 1
         assert message in capsys.readouterr().out
+
+
+def test_a_folder_defaults_file_is_checked_with_the_playbooks_that_inherit_it(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A pre-commit hook passes only the files that changed: a channel removed from
+    cmtyflow.yaml passed ("1 file, 0 errors") while every playbook using it broke."""
+    (tmp_path / "cmtyflow.yaml").write_text("policies: {max_per_member_per_day: 3}\n", encoding="utf-8")
+    (tmp_path / "pb.yaml").write_text(
+        "cmtyflow: 1\nname: pb\ntimezone: UTC\n"
+        "triggers: [{id: t, event: member.joined, flow: f}]\n"
+        "flows: {f: [{send: {channel: dm, text: hi}}]}\n",
+        encoding="utf-8",
+    )
+    assert main(["validate", str(tmp_path / "cmtyflow.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "pb.yaml" in out and "dm" in out and "2 files" in out
