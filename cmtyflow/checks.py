@@ -98,10 +98,16 @@ def _check_timezone(ctx: CheckContext, loc: Loc, allow_member: bool) -> list[Pro
         return [ctx.at(loc, "timezone: member applies to triggers with for_each: audience only")]
     if valid_timezone(value):
         return []
+    zones = _zones()
+    if not zones:  # no zone is known at all: the machine lacks the database, not the name
+        return [
+            ctx.at(loc, f"timezone '{value}' cannot be read: this machine has no time-zone database "
+                        "(install the tzdata package: pip install tzdata)")
+        ]
     return [
         ctx.at(
             loc,
-            f"unknown timezone '{value}'{did_you_mean(value, _zones())}; use an IANA name such as Asia/Shanghai",
+            f"unknown timezone '{value}'{did_you_mean(value, zones)}; use an IANA name such as Asia/Shanghai",
         )
     ]
 

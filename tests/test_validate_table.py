@@ -827,6 +827,29 @@ def test_invalid_playbook(text, files, expected, write, tmp_path, monkeypatch):
     assert not load(["pb.yaml"]).ok
 
 
+def test_a_machine_without_a_zone_database_is_told_so(write, tmp_path, monkeypatch):
+    """Without one (no system zoneinfo, no tzdata package) every name is unknown, and the
+    message said "unknown timezone 'Asia/Shanghai'; use an IANA name such as
+    Asia/Shanghai". It now names the cause."""
+    from cmtyflow import checks
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(checks, "valid_timezone", lambda name: False)
+    monkeypatch.setattr(checks, "available_timezones", lambda: set())
+    write("pb.yaml", """\
+        cmtyflow: 1
+        name: demo
+        timezone: Asia/Shanghai
+        channels: {dm: {adapter: console}}
+        triggers: [{id: t, event: a.b, flow: f}]
+        flows: {f: [{send: {text: hi}}]}
+        """)
+    assert problems_of("pb.yaml") == [
+        "pb.yaml:3:11: error: timezone 'Asia/Shanghai' cannot be read: this machine has no time-zone database "
+        "(install the tzdata package: pip install tzdata)",
+    ]
+
+
 def test_a_trigger_at_or_flow_of_the_wrong_type_is_an_error_not_a_crash(write, tmp_path, monkeypatch):
     """`at: 5` passed validate and stopped the dry run (exit 3); `flow: [f]` stopped
     validate itself (TypeError: unhashable type)."""
