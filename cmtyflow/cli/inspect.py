@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from ..adapters.base import one_line
 from ..clock import SystemClock
 from ..engine.interp import zone as member_zone
 from ..errors import UserError
@@ -58,8 +59,9 @@ def _when(value: Any) -> str:
 @format_option
 def status(state: str | None, fmt: str) -> int:
     """Active runs, the next timers, outbox counts (and urgent messages waiting), the
-    runner's last start and stop, and inputs set aside (they broke on a fault of
-    cmtyflow's own: the last five)."""
+    runner's last start and stop, runs that failed (the last five, with why), triggers
+    that fired and started nothing (dropped, queued, outside the audience or window),
+    and inputs set aside (they broke on a fault of cmtyflow's own: the last five)."""
     store, location = store_at(state, must_exist=True)
     try:
         active: Counter[str] = Counter()
@@ -73,8 +75,11 @@ def status(state: str | None, fmt: str) -> int:
         members = store.member_count()
         next_event = store.next_event_at()
         workers = _workers(store)
-        set_aside = store.counters().get("inputs_failed", 0)
+        counters = store.counters()
+        set_aside = counters.get("inputs_failed", 0)
         last_set_aside = store.audit(["input_failed"], limit=5) if set_aside else []
+        failed = counters.get("runs_failed", 0)
+        last_failed = store.audit(["run_failed"], limit=5) if failed else []
     finally:
         store.close()
     doc = {
@@ -88,6 +93,8 @@ def status(state: str | None, fmt: str) -> int:
         "next_event": next_event.isoformat() if next_event else None,
         "runner": lifecycle,
         "inputs_set_aside": {"count": set_aside, "last": last_set_aside},
+        "runs_failed": {"count": failed, "last": last_failed},
+        "not_started": not_started(counters),
     }
     if workers is not None:
         doc["workers"] = workers
@@ -118,6 +125,16 @@ def status(state: str | None, fmt: str) -> int:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")
     if next_event is not None:
         click.echo(f"events queued, the first at {_when(next_event)}")
+    if failed:
+        click.echo(f"runs failed: {failed} (each is reported, the others went on); the last:")
+        for entry in last_failed:
+            who = f" member {entry['member']}" if entry.get("member") else ""
+            click.echo(f"  {_when(entry.get('at'))}  {entry.get('playbook')}/{entry.get('flow')} at {entry.get('step')}{who}: "
+                       f"{one_line(str(entry.get('error', '')))[:200]}")
+    skipped = not_started(counters)
+    if skipped:
+        click.echo("starts not made: " + ", ".join(f"{NOT_STARTED.get(name.split(':')[0], name)}{_trigger_of(name)} {n}"
+                                                  for name, n in skipped.items()))
     if set_aside:
         click.echo(f"inputs set aside: {set_aside} (see docs/semantics.md, Runs); the last:")
         for entry in last_set_aside:
@@ -129,6 +146,28 @@ def status(state: str | None, fmt: str) -> int:
         for what, n in stuck.items():
             click.echo(f"  {n} {what}")
     return EXIT_OK
+
+
+# Counters of triggers that fired and started nothing (SPEC 3: "dropped and counted"),
+# with what `status` calls them.
+NOT_STARTED = {
+    "dropped": "dropped, a run was still active (mode single)",
+    "queued": "queued behind an active run (mode queued)",
+    "outside_audience": "outside the audience",
+    "outside_window": "outside the window",
+    "filtered": "filtered out by the trigger's where",
+    "launches_refused": "launches refused (trigger not loaded)",
+    "skipped_firings": "schedule firings skipped (later than the grace)",
+}
+
+
+def not_started(counters: dict[str, int]) -> dict[str, int]:
+    """The counters of ``NOT_STARTED`` that are not zero, by name (``dropped:TRIGGER``)."""
+    return {name: n for name, n in sorted(counters.items()) if n and name.split(":")[0] in NOT_STARTED}
+
+
+def _trigger_of(name: str) -> str:
+    return f" [{name.split(':', 1)[1]}]" if ":" in name else ""
 
 
 def _set_aside_line(entry: dict[str, Any]) -> str:

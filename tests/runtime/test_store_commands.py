@@ -503,6 +503,43 @@ def test_launch_integer_inputs_are_plain_digits(tmp_path, club, capsys, value):
     assert code == 1 and f"--input 'times': '{value}' is not an integer" in err
 
 
+def test_status_shows_failed_runs_with_why_and_starts_not_made(tmp_path, capsys):
+    """SPEC 2: a failed run "is reported"; SPEC 3: a firing dropped is "counted". Both
+    were only in the runner's log and the state's counters: status showed neither."""
+    spec = """
+cmtyflow: 1
+name: fl
+timezone: UTC
+channels:
+  out: {adapter: file, path: "%s"}
+audience: {where: "'in' in member.tags"}
+triggers:
+  - {id: go, event: go.now, flow: f}
+flows:
+  f:
+    - {id: hi, send: {channel: out, text: "hi"}}
+    - {id: ww, wait: 1h}
+    - {id: city, send: {channel: out, text: "{{ member.city }}"}}
+"""
+    path = write_playbook(tmp_path / "pb", spec % (tmp_path / "out.jsonl"))
+    state = str(tmp_path / "state.db")
+    (tmp_path / "m.csv").write_text("id,name,tags\nu1,Ann,in\nu2,Bo,out\n", encoding="utf-8")
+    assert cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)[0] == 0
+    for eid, member in (("a", "u1"), ("b", "u1"), ("c", "u2")):
+        assert cli(capsys, "emit", "go.now", "--member", member, "--id", eid, "--at", "2026-12-01T10:00:00+00:00",
+                   "--state", state)[0] == 0
+    for now in ("2026-12-01T10:00:00+00:00", "2026-12-01T11:00:00+00:00"):
+        assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", now)[0] == 0
+    code, out, _ = cli(capsys, "status", "--state", state)
+    assert code == 0
+    assert "runs failed: 1 (each is reported, the others went on); the last:" in out
+    assert "  2026-12-01T11:00:00+00:00  fl/f at city member u1: " in out and "city" in out.split("at city member u1: ")[1]
+    assert "starts not made: dropped, a run was still active (mode single) [go] 1, outside the audience 1" in out
+    doc = json.loads(cli(capsys, "status", "--state", state, "--format", "json")[1])
+    assert doc["runs_failed"]["count"] == 1 and doc["runs_failed"]["last"][0]["step"] == "city"
+    assert doc["not_started"] == {"dropped:go": 1, "outside_audience": 1}
+
+
 def test_event_times_without_an_offset_are_in_the_playbooks_timezone(tmp_path, club, capsys, monkeypatch):
     """SPEC 2; the intake read them so, `events import` and `emit` in TZ or UTC: the same
     event went in eight hours apart."""
