@@ -237,8 +237,10 @@ class Interpreter:
             if rid is not None and rec is None:
                 d.note("unknown_member", playbook=name, run=run_id, step=label, member=rid)
                 continue
-            if rec is not None and rec.get("opted_out") and not urgent:
-                d.count("skipped_opted_out")
+            if rec is not None and not urgent and (rec.get("opted_out") or rec.get("left")):
+                # One who left is outside every audience: a run started before gets no
+                # further word to them out either.
+                d.count("skipped_opted_out" if rec.get("opted_out") else "skipped_left")
                 continue
             # as variant_for()
             variant = pick_variant(weights, f"{name}/{label}/{rid or run_id}") if weights else None

@@ -360,8 +360,8 @@ class Dispatcher:
         adapter_for = self.channels.adapter_for
         for row, member in rows:
             m = row.message
-            if member is not None and not m.urgent and member.get("opted_out"):
-                self._cancelled(row, stats)
+            if member is not None and not m.urgent and (member.get("opted_out") or member.get("left")):
+                self._cancelled(row, stats, "opted out" if member.get("opted_out") else "left")
                 continue
             opened = adapter_for(m.playbook, m.channel)
             if opened is None:
@@ -396,13 +396,13 @@ class Dispatcher:
         finally:
             BEFORE_WRITE.reset(token)
 
-    def _cancelled(self, row: OutboxRow, stats: DispatchStats) -> None:
-        """The member opted out: cancelled, not sent (when claimed, or just before its
-        request is written)."""
+    def _cancelled(self, row: OutboxRow, stats: DispatchStats, why: str = "opted out") -> None:
+        """The member opted out (or left): cancelled, not sent (when claimed, or just
+        before its request is written)."""
         m = row.message
-        self._results.append((m.key, "cancelled", {"last_error": "member opted out"}))
+        self._results.append((m.key, "cancelled", {"last_error": f"member {why}"}))
         stats.cancelled += 1
-        self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason="opted out")
+        self.log("cancelled", key=m.key, playbook=m.playbook, step=m.step, member=m.member, reason=why)
 
     def _outbound(self, row: OutboxRow, member: Member) -> OutboundMessage:
         m = row.message

@@ -74,6 +74,7 @@ class DryRunStats:
     per_day_step: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     ignored_events: int = 0
     held_opted_out: int = 0
+    held_left: int = 0  # queued, then the member left: cancelled when due
     inputs: int = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -228,9 +229,14 @@ class DryRun:
             for row in rows:
                 message = row.message
                 member = get_member(message.member) if message.member else None
-                if member is not None and member.get("opted_out") and not message.urgent:
-                    results.append((message.key, "cancelled", {"last_error": "member opted out"}))
-                    stats.held_opted_out += 1
+                if member is not None and not message.urgent and (member.get("opted_out") or member.get("left")):
+                    # As the dispatcher screens a claimed row (``Dispatcher._screen``).
+                    if member.get("opted_out"):
+                        results.append((message.key, "cancelled", {"last_error": "member opted out"}))
+                        stats.held_opted_out += 1
+                    else:
+                        results.append((message.key, "cancelled", {"last_error": "member left"}))
+                        stats.held_left += 1
                     continue
                 playbook = message.playbook
                 tz = zones.get(playbook)
@@ -344,6 +350,7 @@ class DryRun:
             },
             "skipped": {
                 "opted_out": counters.get("skipped_opted_out", 0) + self.stats.held_opted_out,
+                "left": counters.get("skipped_left", 0) + self.stats.held_left,
                 "outside_audience": counters.get("outside_audience", 0),
                 "outside_window": counters.get("outside_window", 0),
                 "filtered_by_where": counters.get("filtered", 0),

@@ -127,6 +127,29 @@ def test_opt_out_at_the_delivery_instant_wins(simulate, tmp_path):
     assert summary["skipped"]["opted_out"] == 1
 
 
+LEFT_SPEC = PING.replace(
+    "    - id: alert\n",
+    "    - {id: later, wait: 1d}\n"
+    '    - {id: next-day, send: {channel: dm, text: "day two {{ member.name }}"}}\n'
+    "    - id: alert\n",
+)
+
+
+def test_a_member_who_left_gets_nothing_more_from_runs_already_on(simulate, tmp_path):
+    """Outside every audience once they left (docs/semantics.md): a run started before
+    sent its later steps all the same, and a message deferred past the leaving went
+    out. Both are now left out (counted), as for an opt-out."""
+    roster = [{"id": "a", "name": "Ana"}, {"id": "b", "name": "Bo"}]
+    events = [
+        {"id": "e1", "type": "ping", "at": "2026-12-01T23:00:00+08:00", "member": "a"},  # hello deferred to 08:00
+        {"id": "e2", "type": "ping", "at": "2026-12-01T12:00:00+08:00", "member": "b"},
+        {"id": "e3", "type": "member.left", "at": "2026-12-02T01:00:00+08:00", "member": "a"},
+    ]
+    out, summary = simulate(LEFT_SPEC, roster, events, "2026-12-01", 4, tmp_path)
+    assert [(m, step) for _, m, step in trio(out)] == [("b", "hello"), ("b", "next-day")]
+    assert summary["skipped"]["left"] == 2  # the deferred hello (cancelled when due) and day two (not queued)
+
+
 def test_opt_in_again_receives_later_sends(simulate, tmp_path):
     roster = [{"id": "a", "name": "Ana", "opted_out": True}]
     events = [

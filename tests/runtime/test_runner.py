@@ -349,6 +349,22 @@ async def test_an_opt_out_recorded_while_messages_are_queued_stops_all_of_them(t
 
 
 
+async def test_a_member_who_left_while_a_message_was_queued_does_not_get_it(tmp_path, sink, harness):
+    night = datetime(2026, 12, 1, 23, 0, tzinfo=UTC)
+    h = harness([write_playbook(tmp_path / "pb", QUIET_PLAYBOOK.format(url=sink.url))], night)
+    await h.open()
+    h.store.put_members(ROSTER)
+    h.store.add_event(event({"id": "j1", "type": "member.joined", "member": "u1", "at": night.isoformat()}))
+    await h.at(night)
+    assert [r.message.step for r in rows(h, "queued")] == ["hi"]  # deferred to 08:00 by quiet hours
+    later = night + timedelta(hours=2)
+    h.store.add_event(event({"id": "l1", "type": "member.left", "member": "u1", "at": later.isoformat()}))
+    await h.run_until(night + timedelta(days=3))
+    assert sink.requests == []  # neither the queued "hi" nor the run's "again" a day later
+    assert [(r.message.step, r.status, r.last_error) for r in rows(h)] == [("hi", "cancelled", "member left")]
+    await h.close()
+
+
 async def test_an_event_that_breaks_the_engine_is_set_aside_and_the_runner_goes_on(tmp_path, sink, harness, monkeypatch, capsys):
     # A fault of cmtyflow's own outside any run (here: the audience check for u1)
     # would otherwise stop the runner at the same event on every start.
