@@ -835,7 +835,7 @@ def test_a_machine_without_a_zone_database_is_told_so(write, tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(checks, "valid_timezone", lambda name: False)
-    monkeypatch.setattr(checks, "available_timezones", lambda: set())
+    monkeypatch.setattr(checks, "_zones", lambda: [])
     write("pb.yaml", """\
         cmtyflow: 1
         name: demo

@@ -34,7 +34,7 @@ from collections.abc import Hashable
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 import cmtyflow
 
@@ -99,6 +99,19 @@ class DiscordSettings(AdapterSettings):
         None, description="name shown on webhook posts instead of the webhook's"
     )
     api_base: UrlSetting = Field("https://discord.com/api/v10", description="Discord API base URL")
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        # Discord refuses every post (400) with a webhook name it does not allow.
+        if value is None:
+            return value
+        if not 1 <= len(value.strip()) <= 80:
+            raise ValueError("username must be 1 to 80 characters (Discord's limit for webhook names)")
+        for word in ("discord", "clyde"):
+            if word in value.lower():
+                raise ValueError(f"username may not contain '{word}' (Discord refuses such webhook names)")
+        return value
 
     @model_validator(mode="after")
     def _destination(self) -> DiscordSettings:

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import re
 import smtplib
+import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
@@ -79,7 +80,7 @@ def _unsubscribe_url(value: str) -> str:
 
 class EmailSettings(AdapterSettings):
     host: str = Field(description="SMTP server host name")
-    port: int = Field(587, ge=1, le=65535, description="SMTP port: 587 with STARTTLS, 465 with tls")
+    port: int = Field(587, ge=1, le=65535, description="SMTP port: 587 with STARTTLS, 465 with tls (its default then)")
     starttls: bool = Field(True, description="upgrade the connection with STARTTLS before sending")
     tls: bool = Field(False, description="connect with implicit TLS (usually port 465) instead")
     username: str | None = Field(None, description="SMTP login name, when the server needs one")
@@ -115,6 +116,14 @@ class EmailSettings(AdapterSettings):
             )
         if self.password is not None and self.username is None:
             raise ValueError("password is used with username")
+        # Ports that fix the kind of TLS (RFC 8314): a mismatch never connects, and each
+        # message would go through its whole retry schedule before being dead-lettered.
+        if self.tls and "port" not in self.model_fields_set:
+            self.port = 465
+        elif self.tls and self.port == 587:
+            raise ValueError("port 587 takes STARTTLS, not implicit TLS: set port: 465 with tls (or starttls without it)")
+        elif self.starttls and self.port == 465:
+            raise ValueError("port 465 takes implicit TLS: set tls: true and starttls: false (or use port 587)")
         return self
 
 
@@ -306,6 +315,11 @@ def smtp_error(exc: Exception, host: str) -> DeliveryError:
         return PermanentDeliveryError(
             f"email: certificate of {host} does not verify: {exc.verify_message}"
         )
+    if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+        # TLS spoken to a port that answers in plain text: the settings, not the network.
+        return PermanentDeliveryError(f"email: {host} does not speak TLS on this port; check port and tls/starttls")
+    if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
+        return PermanentDeliveryError(f"email: no such host {host}; check host")
     if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | smtplib.SMTPException):
         return TransientDeliveryError(f"email: {host}: {type(exc).__name__}: {exc}")
     return PermanentDeliveryError(f"email: {type(exc).__name__}: {exc}")

@@ -187,3 +187,25 @@ async def test_markdown_code_block_over_2000_is_closed_and_reopened(adapter_for:
             assert c.startswith(("```py\n", "**Leaderboard"))
     inner = [c.removeprefix("```py\n").removesuffix("\n```") for c in contents[1:-1]]
     assert "\n".join(inner) in text
+
+
+@pytest.mark.parametrize(
+    ("username", "why"),
+    [
+        ("Discord Club", "may not contain 'discord'"),
+        ("clyde-bot", "may not contain 'clyde'"),
+        ("x" * 81, "1 to 80 characters"),
+        ("  ", "1 to 80 characters"),
+    ],
+)
+def test_a_webhook_name_discord_refuses_is_a_settings_error(username: str, why: str) -> None:
+    """Discord answers every post under such a name with 400 (dead-lettered one by one);
+    the channel's settings now refuse it, so validate reports it."""
+    from pydantic import ValidationError
+
+    from cmtyflow.adapters.discord import DiscordSettings
+
+    url = "https://discord.com/api/webhooks/1/abc"
+    with pytest.raises(ValidationError, match=why):
+        DiscordSettings.model_validate({"webhook_url": url, "username": username})
+    assert DiscordSettings.model_validate({"webhook_url": url, "username": "读书会 Club"}).username == "读书会 Club"

@@ -343,3 +343,37 @@ def test_settings_refuse_tls_and_starttls_together() -> None:
         EmailSettings.model_validate({"host": "h", "from_address": "a@b.org", "tls": True})
     with pytest.raises(ValueError, match="email address"):
         EmailSettings.model_validate({"host": "h", "from_address": "not-an-address"})
+
+
+async def test_implicit_tls_to_a_plain_text_port_is_permanent(certificate: Any) -> None:
+    """tls: true against a server that speaks plain SMTP: a setting to fix, not a network
+    fault (it was retried through the whole schedule before being dead-lettered)."""
+    inbox = Inbox()
+    controller, port = run(inbox)
+    try:
+        with pytest.raises(PermanentDeliveryError, match="does not speak TLS on this port; check port and tls/starttls"):
+            await adapter(port, certificate, username=None, password=None, starttls=False, tls=True).send(to_member("x"))
+    finally:
+        controller.stop()
+    assert inbox.received == []
+
+
+def test_settings_refuse_a_port_of_the_other_kind_of_tls() -> None:
+    base = {"host": "h", "from_address": "a@b.org"}
+    assert EmailSettings.model_validate({**base, "tls": True, "starttls": False}).port == 465  # tls's own port
+    with pytest.raises(ValueError, match="port 465 takes implicit TLS: set tls: true and starttls: false"):
+        EmailSettings.model_validate({**base, "port": 465})
+    with pytest.raises(ValueError, match="port 587 takes STARTTLS, not implicit TLS"):
+        EmailSettings.model_validate({**base, "port": 587, "tls": True, "starttls": False})
+    assert EmailSettings.model_validate({**base, "port": 2525}).port == 2525  # any other port: as set
+
+
+def test_a_host_that_does_not_exist_is_permanent() -> None:
+    import socket
+
+    from cmtyflow.adapters.email import smtp_error
+
+    error = smtp_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "smtp.exmaple.org")
+    assert isinstance(error, PermanentDeliveryError) and "no such host smtp.exmaple.org" in str(error)
+    again = smtp_error(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "smtp.example.org")
+    assert isinstance(again, TransientDeliveryError)
