@@ -38,6 +38,13 @@ def plan(paths: tuple[str, ...], state: str | None, fmt: str) -> int:
         click.echo(json.dumps([asdict(p) for p in plans], ensure_ascii=False, indent=2))
         return EXIT_OK
     for p in plans:
+        if p.left_behind:
+            many = p.left_behind != 1
+            click.echo(
+                f"{p.name}: not among the playbooks given (renamed or removed?); {p.left_behind} run{'s' if many else ''} "
+                f"in flight on it {'go' if many else 'goes'} on to the end on {p.new[:SHORT]} (a runner keeps them going)"
+            )
+            continue
         if p.old is None:
             click.echo(f"{p.name}: not run yet; `run` will start it at version {p.new[:SHORT]}")
             continue
@@ -56,7 +63,9 @@ def plan(paths: tuple[str, ...], state: str | None, fmt: str) -> int:
         if not p.runs and not p.unknown_versions:
             click.echo("  no runs in flight on an older version")
         for group in p.runs:
-            ahead = "; ".join(f"{c.step} {c.change}" for c in group.ahead) or "no changed step ahead"
+            said = [f"{c.step} {c.change}" for c in group.ahead]
+            said += [f"template {t} changed (they send its older text)" for t in group.templates]
+            ahead = "; ".join(said) or "no changed step ahead"
             click.echo(
                 f"  {group.count} run{'s' if group.count != 1 else ''} of {group.flow} on {group.version[:SHORT]} at "
                 f"{group.at}: {ahead}; they finish on {group.version[:SHORT]}"

@@ -170,6 +170,9 @@ class StepChange:
     step: str
     change: str  # "removed" | "added" | "changed"
     detail: str = ""
+    # Where in the older version's flow (instruction index): the step removed or changed,
+    # or the step an added one comes before (the flow's length: at its end).
+    at: int = -1
 
 
 @dataclass
@@ -179,6 +182,7 @@ class RunGroup:
     at: str  # the step the runs are at (waiting in, or about to run)
     count: int
     ahead: list[StepChange] = field(default_factory=list)  # changes still ahead of them
+    templates: list[str] = field(default_factory=list)  # changed templates their steps ahead send
 
 
 @dataclass
@@ -191,6 +195,9 @@ class PlaybookPlan:
     other: list[str] = field(default_factory=list)  # what else changed: settings, channels, templates
     runs: list[RunGroup] = field(default_factory=list)
     unknown_versions: int = 0  # active runs on a version with no snapshot
+    # Not among the playbooks given (renamed or removed), with runs still in flight:
+    # the runner keeps them going on their version.
+    left_behind: int = 0
 
 
 def _steps(prog: Program) -> dict[tuple[str, str], tuple[int, Instr]]:
@@ -227,7 +234,21 @@ def _key(ins: Instr) -> tuple[str, str]:
     which an inserted step shifts) its content."""
     if ins.step is not None and ins.step.id:
         return ("id", ins.step.id)
-    return ("content", json.dumps(ins.step.model_dump(mode="json") if ins.step is not None else ins.op, sort_keys=True))
+    return ("content", json.dumps(_own(ins) if ins.step is not None else ins.op, sort_keys=True))
+
+
+def _own(ins: Instr) -> Any:
+    """A step's content without the steps it holds (a repeat's body, a choose's
+    branches): those are steps of their own, compared on their own, so a change inside
+    a repeat is one change, not that and the repeat's."""
+    data = ins.step.model_dump(mode="json")
+    if ins.op == "loop":
+        data["repeat"] = {k: v for k, v in data["repeat"].items() if k != "steps"}
+    elif ins.op == "choose":
+        data["choose"] = [
+            {"if": branch.get("if_"), "else": branch.get("else_") is not None} for branch in data["choose"]
+        ]
+    return data
 
 
 def diff(old: Program, new: Program) -> list[StepChange]:
@@ -236,24 +257,28 @@ def diff(old: Program, new: Program) -> list[StepChange]:
     not read as every later one changed."""
     changes = []
     for flow in [*old.flows, *(f for f in new.flows if f not in old.flows)]:
-        a = [ins for ins in old.flows.get(flow, []) if ins.step is not None]
+        instrs = old.flows.get(flow, [])
+        a = [ins for ins in instrs if ins.step is not None]
         b = [ins for ins in new.flows.get(flow, []) if ins.step is not None]
+        where = {id(ins): k for k, ins in enumerate(instrs)}
+        # The older flow's instruction index of each a[i], and its end past them.
+        pos = [where[id(ins)] for ins in a] + [len(instrs)]
         matcher = difflib.SequenceMatcher(None, [_key(i) for i in a], [_key(i) for i in b], autojunk=False)
         for tag, i1, i2, j1, j2 in matcher.get_opcodes():
             if tag == "equal":
-                for x, y in zip(a[i1:i2], b[j1:j2], strict=True):
-                    if x.step.model_dump() != y.step.model_dump():  # the same id, new content
-                        changes.append(StepChange(flow, x.label, "changed", f"{_describe(x)} -> {_describe(y)}"))
+                for k, (x, y) in enumerate(zip(a[i1:i2], b[j1:j2], strict=True), i1):
+                    if _own(x) != _own(y):  # the same id, new content
+                        changes.append(StepChange(flow, x.label, "changed", f"{_describe(x)} -> {_describe(y)}", pos[k]))
                 continue
             paired = min(i2 - i1, j2 - j1) if tag == "replace" else 0
-            for x, y in zip(a[i1:i1 + paired], b[j1:j1 + paired], strict=True):
+            for k, (x, y) in enumerate(zip(a[i1:i1 + paired], b[j1:j1 + paired], strict=True), i1):
                 if x.step.id and x.step.id != y.step.id:  # an id gone, another come: not the same step
-                    changes.append(StepChange(flow, x.label, "removed", _describe(x)))
-                    changes.append(StepChange(flow, y.label, "added", _describe(y)))
+                    changes.append(StepChange(flow, x.label, "removed", _describe(x), pos[k]))
+                    changes.append(StepChange(flow, y.label, "added", _describe(y), pos[k]))
                 else:
-                    changes.append(StepChange(flow, x.label, "changed", f"{_describe(x)} -> {_describe(y)}"))
-            changes += [StepChange(flow, x.label, "removed", _describe(x)) for x in a[i1 + paired:i2]]
-            changes += [StepChange(flow, y.label, "added", _describe(y)) for y in b[j1 + paired:j2]]
+                    changes.append(StepChange(flow, x.label, "changed", f"{_describe(x)} -> {_describe(y)}", pos[k]))
+            changes += [StepChange(flow, x.label, "removed", _describe(x), pos[k]) for k, x in enumerate(a[i1 + paired:i2], i1 + paired)]
+            changes += [StepChange(flow, y.label, "added", _describe(y), pos[i1 + paired]) for y in b[j1 + paired:j2]]
     return changes
 
 
@@ -321,6 +346,41 @@ def other_changes(old: Program, new: Program) -> list[str]:
     return out
 
 
+def changed_templates(old: Program, new: Program) -> set[str]:
+    """Templates both versions use whose files differ."""
+    return {
+        name for name, ts in old.templates.items()
+        if name in new.templates and {k: t.source for k, t in ts.files.items()} != {k: t.source for k, t in new.templates[name].files.items()}
+    }
+
+
+def reachable(instrs: list[Any], pc: int) -> set[int]:
+    """The instructions a run at ``pc`` may still run: every way on (a branch, a loop's
+    body again, its exit), so a step earlier in a loop that goes round again counts."""
+    seen: set[int] = set()
+    todo = [pc]
+    while todo:
+        i = todo.pop()
+        if i in seen or not 0 <= i < len(instrs):
+            continue
+        seen.add(i)
+        ins = instrs[i]
+        if ins.op != "jump":
+            todo.append(i + 1)
+        if ins.target >= 0:
+            todo.append(ins.target)
+        todo += [target for _, target in ins.branches]
+    return seen
+
+
+def _templates_of(ins: Any) -> set[str]:
+    spec = getattr(ins.step, "send", None) if ins.op == "send" else None
+    if spec is None:
+        return set()
+    names = {spec.template} if spec.template else set()
+    return names | {v.template for v in (spec.variants or {}).values() if v.template}
+
+
 def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...]]) -> list[PlaybookPlan]:
     known = recorded(store)
     active: dict[str, Counter[tuple[str, str, int]]] = {}
@@ -351,8 +411,18 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
             instrs = old.flows.get(flow, [])
             at = instrs[pc].label if pc < len(instrs) else "(end)"
             changes = diff(old, prog)
-            ahead_labels = {ins.label for ins in instrs[pc:] if ins.step is not None}
-            ahead = [c for c in changes if c.flow == flow and (c.step in ahead_labels or c.change == "added")]
-            result.runs.append(RunGroup(version, flow, at, n, ahead))
+            on = reachable(instrs, pc)
+            # A step added before the end is ahead when the place it goes is; one added
+            # at the end always is (every run gets there).
+            ahead = [c for c in changes if c.flow == flow and (c.at in on or (c.change == "added" and c.at >= len(instrs)))]
+            fixed = changed_templates(old, prog)
+            templates = sorted({t for i in on for t in _templates_of(instrs[i]) if t in fixed})
+            result.runs.append(RunGroup(version, flow, at, n, ahead, templates))
         plans.append(result)
+    given = {prog.name for prog in current}
+    for name, groups in sorted(active.items()):
+        if name not in given:
+            versions = known.get(name, [])
+            last = versions[-1][0] if versions else ""
+            plans.append(PlaybookPlan(name, last or None, last, left_behind=sum(groups.values())))
     return plans

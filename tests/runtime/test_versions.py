@@ -241,3 +241,69 @@ def test_plan_says_which_schedules_start_anew(tmp_path):
         "trigger daily: the playbook's timezone or window changed; its schedule starts anew when a runner loads "
         "this version (firings the old one missed are not caught up)",
     ]
+
+
+def _plan_after_edit(tmp_path, capsys, v1: str, v2: str, templates: tuple[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """A run of ``v1`` started and waiting, then the playbook edited to ``v2`` (and its
+    template ``remind`` from the first text to the second): `plan --format json`."""
+    head = ("cmtyflow: 1\nname: ed\ntimezone: UTC\nchannels: {dm: {adapter: file, path: \"%s\"}}\n"
+            "triggers:\n  - {id: j, event: member.joined, flow: w}\nflows:\n  w:\n") % (tmp_path / "out.jsonl")
+    folder, state = tmp_path / "pb", str(tmp_path / "state.db")
+    path = write_playbook(folder, head + v1)
+    if templates:
+        (folder / "templates").mkdir(exist_ok=True)
+        (folder / "templates" / "remind.txt.j2").write_text(templates[0], encoding="utf-8")
+    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\n", encoding="utf-8")
+    assert main(["members", "import", str(tmp_path / "m.csv"), "--state", state]) == 0
+    assert main(["emit", "member.joined", "--member", "u1", "--id", "j1", "--at", T0.isoformat(), "--state", state]) == 0
+    assert main(["run", str(path), "--state", state, "--once", "--now", T0.isoformat()]) == 0
+    path.write_text(head + v2, encoding="utf-8")
+    if templates:
+        (folder / "templates" / "remind.txt.j2").write_text(templates[1], encoding="utf-8")
+    capsys.readouterr()
+    assert main(["plan", str(path), "--state", state, "--format", "json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    (group,) = doc["runs"]
+    assert main(["plan", str(path), "--state", state]) == 0
+    return group, capsys.readouterr().out
+
+
+def test_plan_names_a_changed_template_ahead_and_not_a_step_added_behind(tmp_path, capsys):
+    """A template fixed on disk reaches new runs only; plan said "no changed step ahead"
+    for the runs that will send its older text. A step added before where the runs
+    wait was listed as ahead of them."""
+    v1 = '    - send: {channel: dm, text: "一"}\n    - wait: 1d\n    - send: {channel: dm, template: remind}\n'
+    v2 = '    - send: {channel: dm, text: "零"}\n' + v1
+    group, out = _plan_after_edit(tmp_path, capsys, v1, v2, ("明天见，记得打卡!", "明天见，记得打卡！"))
+    assert (group["at"], group["ahead"], group["templates"]) == ("w[1]", [], ["remind"])
+    assert "at w[1]: template remind changed (they send its older text); they finish on" in out
+
+
+def test_plan_counts_steps_a_loop_comes_back_to_as_ahead(tmp_path, capsys):
+    v1 = ('    - repeat:\n        times: 3\n        steps:\n'
+          '          - {id: a, send: {channel: dm, text: "round"}}\n          - {id: pause, wait: 1h}\n'
+          '    - {id: z, send: {channel: dm, text: "done"}}\n')
+    v2 = v1.replace('"round"', '"round, again"')
+    group, out = _plan_after_edit(tmp_path, capsys, v1, v2)
+    assert group["at"] == "pause" and [(c["step"], c["change"]) for c in group["ahead"]] == [("a", "changed")]
+    assert "at pause: a changed; they finish on" in out
+
+
+def test_plan_names_a_playbook_renamed_with_runs_in_flight(tmp_path, capsys):
+    """The runner goes on with the runs of a playbook renamed away; plan said only
+    "<new name>: not run yet"."""
+    v1 = '    - send: {channel: dm, text: "一"}\n    - wait: 1d\n    - send: {channel: dm, text: "二"}\n'
+    folder, state = tmp_path / "pb", str(tmp_path / "state.db")
+    head = ("cmtyflow: 1\nname: %s\ntimezone: UTC\nchannels: {dm: {adapter: file, path: \"%s\"}}\n"
+            "triggers:\n  - {id: j, event: member.joined, flow: w}\nflows:\n  w:\n")
+    path = write_playbook(folder, head % ("live", tmp_path / "out.jsonl") + v1)
+    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\n", encoding="utf-8")
+    assert main(["members", "import", str(tmp_path / "m.csv"), "--state", state]) == 0
+    assert main(["emit", "member.joined", "--member", "u1", "--id", "j1", "--at", T0.isoformat(), "--state", state]) == 0
+    assert main(["run", str(path), "--state", state, "--once", "--now", T0.isoformat()]) == 0
+    path.write_text(head % ("live2", tmp_path / "out.jsonl") + v1, encoding="utf-8")
+    capsys.readouterr()
+    assert main(["plan", str(path), "--state", state]) == 0
+    out = capsys.readouterr().out
+    assert "live2: not run yet" in out
+    assert "live: not among the playbooks given (renamed or removed?); 1 run in flight on it goes on to the end on" in out
