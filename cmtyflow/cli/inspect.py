@@ -435,7 +435,7 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
             if row.message.playbook == name:
                 undelivered[row.message.step][row.status] += 1
         goals: list[dict[str, Any]] = [
-            {"goal": goal, "step": step, "variant": variant, "exposed": exposed, "converted": converted}
+            {"goal": goal, "step": step or None, "variant": variant, "exposed": exposed, "converted": converted}
             for (pb, goal, step, variant), (exposed, converted) in sorted(
                 store.goal_stats().items(), key=lambda kv: (kv[0][1], kv[0][2] or "", kv[0][3] or "")
             )
@@ -538,7 +538,10 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
             variant = f" [{g['variant']}]" if g["variant"] else ""
             click.echo(f"  {g['goal']}{where}{variant}: {g['converted']} of {g['exposed']} ({_percent(g['converted'], g['exposed'])})")
     if participants:
-        click.echo(f"check-ins: {checkins} by {participants} members; {today_count} checked in today ({_percent(today_count, participants)})")
+        # Of the members who have checked in at all, not of the audience (which may
+        # hold members who never meant to take part).
+        click.echo(f"check-ins: {checkins} by {participants} members; {today_count} of those {participants} "
+                   f"checked in today ({_percent(today_count, participants)})")
         click.echo("  current streak: " + ", ".join(f"{b}: {streaks.get(b, 0)}" for b in order))
         click.echo("  best streak:    " + ", ".join(f"{b}: {best.get(b, 0)}" for b in order))
     if ack_doc:

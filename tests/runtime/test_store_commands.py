@@ -540,6 +540,33 @@ flows:
     assert doc["not_started"] == {"dropped:go": 1, "outside_audience": 1}
 
 
+def test_report_json_says_a_goal_per_run_with_a_null_step(tmp_path, capsys):
+    """As a goal's missing variant is null: the step of the per-run line was ""."""
+    spec = """
+cmtyflow: 1
+name: gl
+timezone: UTC
+channels:
+  out: {adapter: file, path: "%s"}
+goals:
+  first_post: {event: message.posted, within: 7d}
+triggers:
+  - {id: go, event: member.joined, flow: f}
+flows:
+  f:
+    - {id: hi, send: {channel: out, text: "hi"}}
+"""
+    path = write_playbook(tmp_path / "pb", spec % (tmp_path / "out.jsonl"))
+    state = str(tmp_path / "state.db")
+    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\n", encoding="utf-8")
+    assert cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)[0] == 0
+    assert cli(capsys, "emit", "member.joined", "--member", "u1", "--id", "j", "--at", "2026-12-01T10:00:00+00:00",
+               "--state", state)[0] == 0
+    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00")[0] == 0
+    goals = json.loads(cli(capsys, "report", str(path), "--state", state, "--format", "json")[1])["goals"]
+    assert [(g["step"], g["variant"], g["exposed"]) for g in goals] == [(None, None, 1), ("hi", None, 1)]
+
+
 def test_event_times_without_an_offset_are_in_the_playbooks_timezone(tmp_path, club, capsys, monkeypatch):
     """SPEC 2; the intake read them so, `events import` and `emit` in TZ or UTC: the same
     event went in eight hours apart."""
