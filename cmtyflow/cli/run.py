@@ -102,23 +102,29 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     site_runner = None
+    if intake is not None:
+        # Listening first: a port already taken stops the command before the runner has
+        # started (and recorded a start and a stop, and a first run of each playbook).
+        from ..runtime.intake import make_app, serve, store_accept
+
+        host, port, config = intake
+        app = make_app(
+            store_accept(runner.store), config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake,
+            log=log,
+        )
+        site_runner = await serve(app, host, port, shutdown_timeout=runner.drain)
     try:
         await runner.start()
     except BaseException:
         # Refused at its start (workers hold the state, say): the channels opened
         # first are closed, so no session is left open behind the error.
         await runner.channels.close()
+        if site_runner is not None:
+            await site_runner.cleanup()
         raise
     try:
         if intake is not None:
-            from ..runtime.intake import make_app, serve, store_accept
-
-            host, port, config = intake
-            app = make_app(
-                store_accept(runner.store), config, default_tz=default_tz, now=runner.clock.now, wake=runner.wake,
-                log=log,
-            )
-            site_runner = await serve(app, host, port, shutdown_timeout=runner.drain)
+            host, port, _ = intake
             shown_host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
             log("listening", url=f"http://{shown_host}:{port}/events")
         if once:

@@ -764,6 +764,26 @@ def test_listen_needs_a_token_or_a_secret(tmp_path, monkeypatch, capsys):
     assert "CMTYFLOW_INTAKE_TOKEN" in capsys.readouterr().err
 
 
+def test_a_port_already_taken_stops_run_before_the_runner_starts(tmp_path, monkeypatch, capsys):
+    """It was found out after the runner had started: the state recorded a start, a stop
+    and a first run of the playbook, for a runner that never ran."""
+    import socket
+
+    from cmtyflow.store.sqlite import SqliteStore
+
+    monkeypatch.setenv("CMTYFLOW_INTAKE_TOKEN", "tok-1234567890")
+    path = hooks(tmp_path, "http://127.0.0.1:9/hook")[0]
+    state = tmp_path / "s.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["run", str(path), "--state", str(state), "--once", "--listen", f"127.0.0.1:{port}"]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    with SqliteStore(state) as store:
+        assert store.audit() == []
+
+
 async def test_a_state_file_deleted_under_the_runner_stops_it(tmp_path, sink, harness):
     """The runner went on writing to the deleted file: the intake answered 202, a message
     was sent, and all of it was gone when it stopped, while `emit` made a new, empty
