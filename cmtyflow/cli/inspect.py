@@ -60,7 +60,8 @@ def _when(value: Any) -> str:
 def status(state: str | None, fmt: str) -> int:
     """Active runs, the next timers, outbox counts (and urgent messages waiting), the
     runner's last start and stop, runs that failed (the last five, with why), triggers
-    that fired and started nothing (dropped, queued, outside the audience or window),
+    that fired and started nothing (dropped, outside the audience or window), starts
+    queued behind an active run,
     and inputs set aside (they broke on a fault of cmtyflow's own: the last five)."""
     store, location = store_at(state, must_exist=True)
     try:
@@ -80,6 +81,7 @@ def status(state: str | None, fmt: str) -> int:
         last_set_aside = store.audit(["input_failed"], limit=5) if set_aside else []
         failed = counters.get("runs_failed", 0)
         last_failed = store.audit(["run_failed"], limit=5) if failed else []
+        queued_now = len(store.waiting_starts())
     finally:
         store.close()
     doc = {
@@ -95,6 +97,7 @@ def status(state: str | None, fmt: str) -> int:
         "inputs_set_aside": {"count": set_aside, "last": last_set_aside},
         "runs_failed": {"count": failed, "last": last_failed},
         "not_started": not_started(counters),
+        "queued_starts": queued_now,
     }
     if workers is not None:
         doc["workers"] = workers
@@ -131,6 +134,8 @@ def status(state: str | None, fmt: str) -> int:
             who = f" member {entry['member']}" if entry.get("member") else ""
             click.echo(f"  {_when(entry.get('at'))}  {entry.get('playbook')}/{entry.get('flow')} at {entry.get('step')}{who}: "
                        f"{one_line(str(entry.get('error', '')))[:200]}")
+    if queued_now:
+        click.echo(f"starts queued behind an active run (mode queued): {queued_now}")
     skipped = not_started(counters)
     if skipped:
         click.echo("starts not made: " + ", ".join(f"{NOT_STARTED.get(name.split(':')[0], name)}{_trigger_of(name)} {n}"
@@ -152,7 +157,6 @@ def status(state: str | None, fmt: str) -> int:
 # with what `status` calls them.
 NOT_STARTED = {
     "dropped": "dropped, a run was still active (mode single)",
-    "queued": "queued behind an active run (mode queued)",
     "outside_audience": "outside the audience",
     "outside_window": "outside the window",
     "filtered": "filtered out by the trigger's where",

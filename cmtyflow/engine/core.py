@@ -75,6 +75,11 @@ class Engine:
         ``older``: earlier versions that runs started on and finish on."""
         self.programs: dict[str, Program] = {p.name: p for p in programs}
         self._versions: dict[tuple[str, str], Program] = {(p.name, p.version): p for p in older}
+        # Flows that have a ``mode: queued`` trigger in any version loaded: a run that
+        # ends lets a start waiting behind it go, whichever version either is on.
+        self.queued_flows: dict[str, frozenset[str]] = {}
+        for p in [*self.programs.values(), *self._versions.values()]:
+            self.queued_flows[p.name] = self.queued_flows.get(p.name, frozenset()) | p.queued_flows
         self._event_triggers: dict[str, list[tuple[Program, Any]]] = {}
         # playbook -> member id -> (the member record read, in the audience)
         self._audience_cache: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {}
@@ -161,7 +166,7 @@ class Engine:
         decision, ended = failed()
         try:
             prog = self.program_for(ended)
-            if prog is not None and ended.flow in prog.queued_flows:
+            if prog is not None and ended.flow in self.queued_flows.get(prog.name, ()):
                 self.start_queued(Interpreter(self, Txn(store, decision), now, None), prog, ended)
         except FAULTS:
             decision, _ = failed()
@@ -386,7 +391,7 @@ class Engine:
 
     def start_queued(self, interp: Interpreter, prog: Program, ended: Run) -> None:
         """SPEC 3 ``mode: queued``: when a run ends, the oldest start waiting behind it runs."""
-        if ended.flow not in prog.queued_flows:
+        if ended.flow not in self.queued_flows.get(prog.name, ()):
             return
         d = interp.txn.decision
         stored = interp.txn.store.queued_starts(prog.name, ended.flow, ended.member)
@@ -406,8 +411,12 @@ class Engine:
         run = _run_from_record(record, interp.now)
         interp.txn.decision.counters["runs_started"] = interp.txn.decision.counters.get("runs_started", 0) + 1
         # On the version it was queued under (an edit may have come since the run
-        # it waited behind started), from its first step on.
-        interp.advance(self.program_for(run) or prog, run)
+        # it waited behind started), from its first step on; when that version is not
+        # to be had (no copy of it kept), on the current one, and recorded so.
+        run_prog = self.program_for(run) or prog
+        if run_prog.version != run.version:
+            run.version = run_prog.version
+        interp.advance(run_prog, run)
 
     # waits and goals ------------------------------------------------------------------------------
     def _resume_waits(self, interp: Interpreter, event: Event) -> None:

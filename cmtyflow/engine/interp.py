@@ -193,7 +193,7 @@ class Interpreter:
                 "kind": "run_" + status, "playbook": prog.name, "run": run.id, "flow": run.flow,
                 "member": run.member, "reason": reason,
             })
-        if run.flow in prog.queued_flows:
+        if run.flow in self.engine.queued_flows.get(prog.name, ()):
             self.engine.start_queued(self, prog, run)
 
     def fail(self, prog: Program, run: Run, step: str, message: str) -> None:

@@ -140,11 +140,15 @@ def record(store: Store, loaded: Iterable[LoadedPlaybook], now: datetime) -> lis
 def older_programs(
     store: Store, current: list[Program], formats: dict[str, tuple[str, ...]]
 ) -> tuple[list[Program], Counter[tuple[str, str]]]:
-    """Programs of the older versions that active runs use, and the (playbook,
-    version) pairs, with their run counts, that have no snapshot."""
+    """Programs of the older versions that active runs use, and starts queued behind
+    them (a start runs on the version it was queued under), and the (playbook, version)
+    pairs, with their run counts, that have no snapshot."""
     now_versions = {p.name: p.version for p in current}
     wanted: Counter[tuple[str, str]] = Counter(
         (run.playbook, run.version) for run in store.runs(status="active") if now_versions.get(run.playbook) != run.version
+    )
+    wanted.update(
+        (r["playbook"], r["version"]) for r in store.waiting_starts() if now_versions.get(r["playbook"]) != r["version"]
     )
     if not wanted:
         return [], Counter()

@@ -176,6 +176,11 @@ class Store(StateReader, Protocol):
         """Runs (any status when ``status`` is None), oldest first."""
         ...
 
+    def waiting_starts(self) -> list[dict[str, Any]]:
+        """Every start waiting behind an active run (``mode: queued``), oldest first
+        within each flow."""
+        ...
+
     def outbox_counts(self) -> dict[str, int]: ...
 
     def urgent_waiting(self) -> int:

@@ -113,6 +113,9 @@ class MemoryStore:
     def queued_starts(self, playbook: str, flow: str, member: str | None) -> list[dict[str, Any]]:
         return self._queued.get((playbook, flow, member), [])
 
+    def waiting_starts(self) -> list[dict[str, Any]]:
+        return [r for records in self._queued.values() for r in records]
+
     # roster ----------------------------------------------------------------------------------------
     def put_members(self, members: Iterable[dict[str, Any]]) -> int:
         self._zone_members.clear()

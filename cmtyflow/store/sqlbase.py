@@ -167,6 +167,9 @@ class SqlStore(ABC):
         )
         return [(goal, step, variant or None, dt_parse(at)) for goal, step, variant, at in found]
 
+    def waiting_starts(self) -> list[dict[str, Any]]:
+        return [loads(r[0]) for r in self._all("SELECT record FROM queued_starts ORDER BY seq")]
+
     def queued_starts(self, playbook: str, flow: str, member: str | None) -> list[dict[str, Any]]:
         found = self._all(
             "SELECT record FROM queued_starts WHERE playbook = ? AND flow = ? AND member = ? ORDER BY seq",

@@ -307,3 +307,50 @@ def test_plan_names_a_playbook_renamed_with_runs_in_flight(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "live2: not run yet" in out
     assert "live: not among the playbooks given (renamed or removed?); 1 run in flight on it goes on to the end on" in out
+
+
+QUEUED_HEAD = ("cmtyflow: 1\nname: qv\ntimezone: UTC\nchannels: {dm: {adapter: file, path: \"%s\"}}\n"
+               "triggers:\n  - {id: go, event: go.now, flow: w, mode: %s}\nflows:\n  w:\n"
+               '    - {id: a, send: {channel: dm, text: "%s start {{ event.id }}"}}\n'
+               "    - {id: ww, wait: 1h}\n"
+               '    - {id: b, send: {channel: dm, text: "%s end {{ event.id }}"}}\n')
+
+
+def _queued_runs(tmp_path, steps):  # type: ignore[no-untyped-def]
+    """For each (mode, label, event id or None, now): the playbook written as that version,
+    the event emitted, and a runner run once then. Returns the texts sent."""
+    folder, state, out = tmp_path / "pb", str(tmp_path / "state.db"), tmp_path / "out.jsonl"
+    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\n", encoding="utf-8")
+    assert main(["members", "import", str(tmp_path / "m.csv"), "--state", state]) == 0
+    path = None
+    for mode, label, event_id, now in steps:
+        path = write_playbook(folder, QUEUED_HEAD % (out, mode, label, label))
+        if event_id:
+            assert main(["emit", "go.now", "--member", "u1", "--id", event_id, "--at", now, "--state", state]) == 0
+        assert main(["run", str(path), "--state", state, "--once", "--now", now]) == 0
+    return [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_start_queued_under_a_version_no_run_is_on_runs_on_it_after_another_edit(tmp_path):
+    """A on v1 waits; C is queued behind it under v2; the runner restarts on v3. C ran on
+    v3 while recorded as v2 (v2 was not loaded: no run was on it), and then stopped at
+    its wait, resumed on v2 with v3's place in the flow."""
+    sent = _queued_runs(tmp_path, [
+        ("queued", "v1", "A", "2026-12-01T10:00:00+00:00"),
+        ("queued", "v2", "C", "2026-12-01T10:10:00+00:00"),
+        ("queued", "v3", None, "2026-12-01T11:00:00+00:00"),
+        ("queued", "v3", None, "2026-12-01T12:00:00+00:00"),
+    ])
+    assert sent == ["v1 start A", "v1 end A", "v2 start C", "v2 end C"]
+
+
+def test_a_start_queued_behind_a_run_of_a_version_without_the_queued_trigger_goes(tmp_path):
+    """P on v1 (mode parallel) waits; v2 makes the trigger queued and Q waits behind P.
+    When P ended (on v1, which queues nothing) Q was never let go."""
+    sent = _queued_runs(tmp_path, [
+        ("parallel", "v1", "P", "2026-12-01T10:00:00+00:00"),
+        ("queued", "v2", "Q", "2026-12-01T10:10:00+00:00"),
+        ("queued", "v2", None, "2026-12-01T11:00:00+00:00"),
+        ("queued", "v2", None, "2026-12-01T12:00:00+00:00"),
+    ])
+    assert sent == ["v1 start P", "v1 end P", "v2 start Q", "v2 end Q"]

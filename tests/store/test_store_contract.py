@@ -280,8 +280,10 @@ def test_queued_starts_and_dequeue(store: Store) -> None:
     store.apply(Decision(queued_starts=[rec, rec2, {**rec, "id": "c", "member": None}]))
     assert store.queued_starts("pb", "welcome", "m1") == [rec, rec2]
     assert [r["id"] for r in store.queued_starts("pb", "welcome", None)] == ["c"]
+    assert [r["id"] for r in store.waiting_starts()] == ["q1", "q2", "c"]  # every one (the versions they need)
     store.apply(Decision(dequeued=["q1"]))
     assert store.queued_starts("pb", "welcome", "m1") == [rec2]
+    assert [r["id"] for r in store.waiting_starts()] == ["q2", "c"]
 
 
 def test_goal_exposures_and_conversions(store: Store) -> None:
