@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import time
@@ -46,9 +47,6 @@ def pyformat(sql: str) -> str:
 
 class SqlStore(ABC):
     MEMBER_BATCH: int  # members merged per round trip (the store says how many)
-    # An outbox row none of whose deliveries is kept (``prune``). SQLite answers NOT IN
-    # from one index it builds for the statement; a correlated NOT EXISTS would scan
-    # the deliveries once per row (no index on their key, on purpose).
     # the primitives a store provides ---------------------------------------------------------
     @abstractmethod
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
@@ -382,13 +380,20 @@ class SqlStore(ABC):
         # Day counts are by member-local date: one a day before the cutoff in UTC has
         # ended in every timezone (UTC-12 to UTC+14).
         day = (before.astimezone(UTC) - timedelta(days=1)).date().isoformat()
-        # Messages due before the cutoff and delivered after it stay, with their
-        # delivery (rare: a retry or a deferral across the cutoff); read once.
-        late = {seq for (seq,) in self._all(PRUNE_LATE, (ts, ts))}
         counts: dict[str, int] = {}
+        since = 0
         for line in PRUNE:
             cutoff = ts if line.cutoff == "ts" else day
-            exempt = late if line.table == "outbox" else set()
+            exempt: list[int] = []
+            if line.table == "outbox":
+                # Messages due before the cutoff and delivered after it stay, with their
+                # delivery (rare: a retry or a deferral across the cutoff). Those
+                # delivered so far are read once, now that the old deliveries are gone;
+                # those a runner beside it delivers from now on (a delivery past the
+                # last one now, read first) in each window's own transaction.
+                found = self._one("SELECT max(seq) FROM deliveries")
+                since = (found[0] if found is not None else None) or 0
+                exempt = sorted({seq for (seq,) in self._all(PRUNE_LATE, (ts, ts))})
             if line.table == "day_counts":
                 windows: Iterable[tuple[Any, Any]] = (
                     (d, d) for (d,) in self._all("SELECT DISTINCT day FROM day_counts WHERE day < ? ORDER BY day", (day,))
@@ -407,21 +412,25 @@ class SqlStore(ABC):
             done = 0
             for first, last in windows:
                 started = time.monotonic()
-                done += self._prune_window(line, cutoff, first, last, exempt)
+                done += self._prune_window(line, cutoff, first, last, exempt, since)
                 if progress is not None:
                     progress(line.name, done)
                 self._between_batches(time.monotonic() - started)
             counts[line.name] = done
         return counts
 
-    def _prune_window(self, line: PruneLine, cutoff: Any, first: Any, last: Any, exempt: set[int]) -> int:
+    def _prune_window(
+        self, line: PruneLine, cutoff: Any, first: Any, last: Any, exempt: list[int], since: int
+    ) -> int:
         key = "day" if line.table == "day_counts" else "seq"
         where = f"{key} >= ? AND {key} <= ? AND {line.where}"
         params: tuple[Any, ...] = (first, last, cutoff)
-        skip = [seq for seq in exempt if first <= seq <= last]
+        skip = exempt[bisect.bisect_left(exempt, first) : bisect.bisect_right(exempt, last)] if exempt else []
         if skip:
             kept, values = self._in("seq", skip)
             where, params = f"{where} AND NOT ({kept})", (*params, *values)
+        if line.table == "outbox":  # delivered since the prune began (by seq: the key's range)
+            where, params = f"{where} AND key NOT IN (SELECT key FROM deliveries WHERE seq > ?)", (*params, since)
         sql = f"UPDATE {line.table} SET {line.change} WHERE {where}" if line.change else f"DELETE FROM {line.table} WHERE {where}"
         with self._write() as tx:
             return self._run(tx, sql, params)

@@ -682,6 +682,39 @@ def test_simulated_challenge_same_on_memory_and_durable_stores(
     assert stored == memory
 
 
+def test_prune_keeps_a_message_a_runner_delivers_while_it_prunes(reopenable: Callable[[], Store]) -> None:
+    """A message due before the cutoff and still queued when the prune began, then sent
+    by a runner beside it: its delivery is after the cutoff, so it stays. Read once at
+    the start, the prune took it for one to forget, and left its delivery an orphan
+    that no report could see."""
+    from cmtyflow.store.sqlbase import SqlStore
+
+    store = reopenable()
+    assert isinstance(store, SqlStore)
+    store.put_members([{"id": "m1"}])
+    # In this order (seq), so that "racing2" lies among the rows the message windows go through.
+    store.apply(Decision(messages=[message("old", at(1)), message("racing2", at(3)), message("racing", at(2)),
+                                   message("old2", at(1))]))
+    store.claim_due_messages(at(1), limit=2)  # the two "old" ones
+    store.finish_messages([(key, "sent", {"sent_at": at(1), "attempts": 1}) for key in ("old", "old2")])
+    late = at(4000)
+    store.PRUNE_WINDOW = 1  # a transaction per row
+
+    sent: set[str] = set()
+
+    def runner_sends(line: str, n: int) -> None:
+        key = {("deliveries", 2): "racing", ("messages sent or cancelled", 1): "racing2"}.get((line, n))
+        if key is not None and key not in sent:  # after the prune's deliveries; then after its first message
+            sent.add(key)
+            assert [r.message.key for r in store.claim_due_messages(late, limit=1)] == [key]
+            store.finish_messages([(key, "sent", {"sent_at": late, "attempts": 1})])
+
+    counts = store.prune(at(3000), progress=runner_sends)
+    assert (counts["deliveries"], counts["messages sent or cancelled"]) == (2, 2)  # the "old" ones, with theirs
+    assert sorted(r.message.key for r in store.outbox()) == ["racing", "racing2"]
+    assert [d["key"] for d in store.deliveries()] == ["racing", "racing2"]
+
+
 def test_prune_forgets_what_is_over_and_old_and_keeps_what_is_live(reopenable: Callable[[], Store]) -> None:
     from cmtyflow.store.sqlbase import SqlStore
 
