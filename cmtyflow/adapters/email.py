@@ -318,8 +318,10 @@ def smtp_error(exc: Exception, host: str) -> DeliveryError:
     if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
         # TLS spoken to a port that answers in plain text: the settings, not the network.
         return PermanentDeliveryError(f"email: {host} does not speak TLS on this port; check port and tls/starttls")
-    if isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_NONAME:
-        return PermanentDeliveryError(f"email: no such host {host}; check host")
+    if isinstance(exc, socket.gaierror):
+        # Transient: a resolver that is down answers "no such name" too (offline, a
+        # container's DNS); the message says what to check if it lasts.
+        return TransientDeliveryError(f"email: cannot resolve {host} ({exc.strerror or exc}); check host if this lasts")
     if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | smtplib.SMTPException):
         return TransientDeliveryError(f"email: {host}: {type(exc).__name__}: {exc}")
     return PermanentDeliveryError(f"email: {type(exc).__name__}: {exc}")
