@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+import unicodedata
 from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Literal, NamedTuple
@@ -442,6 +443,35 @@ def _split_markup(
 _SENTENCE_ENDS = frozenset("。！？!?；;…")
 _PAUSES = frozenset("，、,：:）)」』】》 \t")
 _JOINERS = frozenset("\u200d\ufe0e\ufe0f")  # never cut beside these (emoji sequences)
+# Code, where a cut would put a line break into it: never cut inside these elements.
+_CODE = frozenset({"pre", "code", "```", "`"})
+
+
+def _splits_a_character(text: str, c: int) -> bool:
+    """Whether a cut before ``text[c]`` parts what shows as one character: a mark that
+    combines with the one before it, a skin tone, a joiner or variation selector, or the
+    second half of a flag (two regional indicators)."""
+    ch, before = text[c], text[c - 1]
+    if ch in _JOINERS or before in _JOINERS or unicodedata.combining(ch) or unicodedata.category(ch) == "Me":
+        return True
+    if "\U0001f3fb" <= ch <= "\U0001f3ff":  # a skin tone modifies the emoji before it
+        return True
+    if "\U0001f1e6" <= ch <= "\U0001f1ff":
+        k = c
+        while k > 0 and "\U0001f1e6" <= text[k - 1] <= "\U0001f1ff":
+            k -= 1
+        return (c - k) % 2 == 1  # an odd number of indicators before it: inside a flag
+    return False
+
+
+def _ends_here(text: str, c: int, marks: frozenset[str]) -> bool:
+    """Whether the cut before ``text[c]`` follows one of ``marks``: a full-width one
+    always; an ASCII one only before a space or a character that is not ASCII (after
+    "?" in a URL's query, ":" in https://, "," in 1,000 is not a place to cut)."""
+    before = text[c - 1]
+    if before not in marks:
+        return False
+    return not before.isascii() or before in " \t" or text[c] == " " or not text[c].isascii()
 
 
 def _part_fits(
@@ -521,18 +551,19 @@ def _inline_cut(
 
     def allowed(c: int) -> bool:
         stack = states[c]
-        if stack is None or text[c] in _JOINERS or text[c - 1] in _JOINERS:
+        if stack is None or _splits_a_character(text, c) or any(e.name in _CODE for e in stack):
             return False
         if balanced is not None and (not balanced[c - line] or any(e.closer for e in stack)):
             return False
         return fits(c)
 
-    def in_word(c: int) -> bool:
-        return all(ch.isascii() and (ch.isalnum() or ch in "'-_./:@#&=?%+") for ch in (text[c - 1], text[c]))
+    def in_word(c: int) -> bool:  # between two ASCII characters that are not spaces: a word, a URL, a number
+        return all(ch.isascii() and not ch.isspace() for ch in (text[c - 1], text[c]))
 
     preferences: tuple[Callable[[int], bool], ...] = (
-        lambda c: text[c - 1] in _SENTENCE_ENDS,
-        lambda c: text[c - 1] in _PAUSES or text[c] == " ",
+        lambda c: _ends_here(text, c, _SENTENCE_ENDS),
+        lambda c: text[c] == " " or text[c - 1] in " \t",
+        lambda c: _ends_here(text, c, _PAUSES),
         lambda c: not in_word(c),
     )
     for wanted in preferences:

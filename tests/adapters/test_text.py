@@ -171,3 +171,27 @@ def test_an_html_line_is_cut_after_a_sentence_and_its_tags_closed_and_reopened()
     assert split_text(text, 20, words=False, syntax="html") == ["<b>读书。读书。读书。读书。</b>", "<b>读书。读书。</b>"]
     v2 = "*" + "打卡。" * 6 + "*"
     assert split_text(v2, 12, words=False, syntax="markdown_v2") == ["*打卡。打卡。打卡。*", "*打卡。打卡。打卡。*"]
+
+
+def test_a_cut_inside_a_line_keeps_urls_numbers_and_composed_characters_whole() -> None:
+    """ASCII "?", ":" and "," end a sentence or make a pause only before a space (or a
+    character that is not ASCII): a cut went after "page?" in a URL's query, after
+    "https:", and into "1,000". A flag, a skin tone or a combining accent stays with
+    the character it makes."""
+    url = "https://club.example.org/page?id=3,4"
+    text = "请看" * 10 + url + "共1,000人"
+    for limit in range(len(text) - 12, len(text)):
+        parts = split_text(text, limit, words=False)
+        assert "".join(parts) == text
+        assert not any(p.startswith(("//", "id=", "000", "4")) for p in parts[1:]), parts
+    for whole in ("🇨🇳", "👍🏽", "é", "👨\u200d👩\u200d👧"):
+        sample = "字" * 9 + whole + "字" * 9
+        for limit in range(8, len(sample)):
+            parts = split_text(sample, limit, words=False)
+            assert "".join(parts) == sample and any(whole in p for p in parts), (limit, parts)
+
+
+def test_code_is_never_cut_inside_a_line_in_telegrams_markup_either() -> None:
+    for syntax, code in (("html", "<pre>" + "代码，" * 30 + "</pre>"), ("markdown_v2", "```\n" + "代码，" * 30 + "\n```")):
+        with pytest.raises(TextTooLong, match="cannot be split"):
+            split_text(code, 40, words=False, syntax=syntax)
