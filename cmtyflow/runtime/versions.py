@@ -358,22 +358,27 @@ def changed_templates(old: Program, new: Program) -> set[str]:
     }
 
 
-def reachable(instrs: list[Any], pc: int) -> set[int]:
-    """The instructions a run at ``pc`` may still run: every way on (a branch, a loop's
-    body again, its exit), so a step earlier in a loop that goes round again counts."""
+def _next(ins: Any, i: int) -> list[int]:
+    """Where the instruction at ``i`` may go on to: every way (a branch, a loop's body or
+    its exit, a jump back)."""
+    out = [] if ins.op == "jump" else [i + 1]
+    if ins.target >= 0:
+        out.append(ins.target)
+    return out + [target for _, target in ins.branches]
+
+
+def reachable(instrs: list[Any], pc: int, *, beyond: bool = False) -> set[int]:
+    """The instructions a run at ``pc`` may still run, ``pc`` itself included (the step
+    it waits in); with ``beyond``, only those after it (``pc`` again only when a loop
+    comes back to it). A step earlier in a loop that goes round again counts."""
     seen: set[int] = set()
-    todo = [pc]
+    todo = _next(instrs[pc], pc) if beyond and pc < len(instrs) else [pc]
     while todo:
         i = todo.pop()
         if i in seen or not 0 <= i < len(instrs):
             continue
         seen.add(i)
-        ins = instrs[i]
-        if ins.op != "jump":
-            todo.append(i + 1)
-        if ins.target >= 0:
-            todo.append(ins.target)
-        todo += [target for _, target in ins.branches]
+        todo += _next(instrs[i], i)
     return seen
 
 
@@ -415,10 +420,14 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
             instrs = old.flows.get(flow, [])
             at = instrs[pc].label if pc < len(instrs) else "(end)"
             changes = diff(old, prog)
-            on = reachable(instrs, pc)
-            # A step added before the end is ahead when the place it goes is; one added
-            # at the end always is (every run gets there).
-            ahead = [c for c in changes if c.flow == flow and (c.at in on or (c.change == "added" and c.at >= len(instrs)))]
+            on, beyond = reachable(instrs, pc), reachable(instrs, pc, beyond=True)
+            # A step added goes before the step at its place: ahead when that place comes
+            # after where the runs are (not the step they are in), or at the end (every
+            # run gets there).
+            ahead = [
+                c for c in changes if c.flow == flow
+                and (c.at in beyond or c.at >= len(instrs) if c.change == "added" else c.at in on)
+            ]
             fixed = changed_templates(old, prog)
             templates = sorted({t for i in on for t in _templates_of(instrs[i]) if t in fixed})
             result.runs.append(RunGroup(version, flow, at, n, ahead, templates))

@@ -354,3 +354,15 @@ def test_a_start_queued_behind_a_run_of_a_version_without_the_queued_trigger_goe
         ("queued", "v2", None, "2026-12-01T12:00:00+00:00"),
     ])
     assert sent == ["v1 start P", "v1 end P", "v2 start Q", "v2 end Q"]
+
+
+def test_plan_does_not_count_a_step_put_just_before_the_waiting_one_as_ahead(tmp_path, capsys):
+    """The runs wait in w[1]: a step put before it (now w[1]) is behind them, while one
+    put after it is ahead."""
+    v1 = '    - send: {channel: dm, text: "一"}\n    - wait: 1d\n    - send: {channel: dm, text: "二"}\n'
+    before = v1.replace("    - wait: 1d\n", '    - send: {channel: dm, text: "插入"}\n    - wait: 1d\n')
+    group, _ = _plan_after_edit(tmp_path / "before", capsys, v1, before)
+    assert (group["at"], group["ahead"]) == ("w[1]", [])
+    after = v1.replace("    - wait: 1d\n", '    - wait: 1d\n    - send: {channel: dm, text: "插入"}\n')
+    group, _ = _plan_after_edit(tmp_path / "after", capsys, v1, after)
+    assert [(c["step"], c["change"]) for c in group["ahead"]] == [("w[2]", "added")]
