@@ -266,9 +266,9 @@ class Dispatcher:
                             receipt = await adapter.send(outbound)
                         else:
                             receipt = await self._send_recorded(adapter, outbound, row, calls)
-                    except SendCancelled:
+                    except SendCancelled:  # the member opted out or left while it waited
                         inflight.discard(key)
-                        self._cancelled(row, stats)
+                        self._cancelled(row, stats, "opted out or left")
                         continue
                     except Exception as exc:  # noqa: BLE001 - an adapter bug fails this message, not the runner
                         inflight.discard(key)

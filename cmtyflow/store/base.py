@@ -134,8 +134,8 @@ class Store(StateReader, Protocol):
     def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
         """Record, durably, that the call to the platform for the ``inflight`` row ``key``
         begins now (SPEC 5.2: only such a row is in doubt after a crash). False, and
-        nothing recorded, when the message is not urgent and ``member`` has opted out
-        meanwhile: it must not go (the caller cancels it)."""
+        nothing recorded, when the message is not urgent and ``member`` has opted out or
+        left meanwhile: it must not go (the caller cancels it)."""
         ...
 
     def requeue_unstarted(self) -> int:

@@ -426,7 +426,8 @@ class MemoryStore:
         return accepted, duplicates
 
     def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
-        if member is not None and not urgent and (self._members.get(member) or {}).get("opted_out"):
+        record = self._members.get(member) or {} if member is not None else {}
+        if not urgent and (record.get("opted_out") or record.get("left")):
             return False
         self._sending.add(key)
         return True

@@ -208,7 +208,7 @@ class SqlStore(ABC):
     def mark_sending(self, key: str, member: str | None, urgent: bool) -> bool:
         if member is not None and not urgent:
             record = self.get_member(member)
-            if record is not None and record.get("opted_out"):
+            if record is not None and (record.get("opted_out") or record.get("left")):
                 return False
         with self._write() as tx:
             self._run(tx, "INSERT INTO sending (key) VALUES (?) ON CONFLICT DO NOTHING", (key,))

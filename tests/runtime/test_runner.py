@@ -697,7 +697,7 @@ async def test_a_member_who_opts_out_while_a_message_waits_for_its_rate_limit_ge
     adapter.go.set()
     await tick
     assert adapter.sent == []
-    assert [(r.status, r.last_error) for r in rows(h)] == [("cancelled", "member opted out")]
+    assert [(r.status, r.last_error) for r in rows(h)] == [("cancelled", "member opted out or left")]
     await h.close()
 
 

@@ -416,11 +416,12 @@ def test_only_a_row_whose_sending_began_is_in_doubt(store: Store) -> None:
     """SPEC 5.2: claimed and never started, a row goes back to the queue at start-up;
     one whose call began is in doubt. A finished row leaves ``sending``; an opted-out
     member's non-urgent row is not marked (the dispatcher cancels it)."""
-    store.put_members([{"id": "m1"}, {"id": "gone", "opted_out": True}])
+    store.put_members([{"id": "m1"}, {"id": "gone", "opted_out": True}, {"id": "left", "left": True}])
     store.apply(Decision(messages=[message(k, at(1)) for k in ("a", "b", "c", "d")]))
     store.claim_due_messages(at(1))
     assert store.mark_sending("a", "m1", False) and store.mark_sending("a", "m1", False)  # twice: one mark
     assert store.mark_sending("b", None, False)
+    assert not store.mark_sending("c", "left", False)  # a member who left, as one who opted out
     assert not store.mark_sending("c", "gone", False) and store.mark_sending("c", "gone", True)  # urgent goes
     store.finish_messages([("b", "sent", {"sent_at": at(1), "attempts": 1})])
     assert store.requeue_unstarted() == 1  # d
