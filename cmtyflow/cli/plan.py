@@ -39,11 +39,11 @@ def plan(paths: tuple[str, ...], state: str | None, fmt: str) -> int:
         return EXIT_OK
     for p in plans:
         if p.left_behind:
-            many = p.left_behind != 1
-            click.echo(
-                f"{p.name}: not among the playbooks given (renamed or removed?); {p.left_behind} run{'s' if many else ''} "
-                f"in flight on it {'go' if many else 'goes'} on to the end on {p.new[:SHORT]} (a runner keeps them going)"
-            )
+            click.echo(f"{p.name}: not among the playbooks given; its runs in flight go on to their end, "
+                       "each on its version (a runner keeps them going)")
+            for group in p.runs:
+                click.echo(f"  {group.count} run{'s' if group.count != 1 else ''} of {group.flow} on "
+                           f"{group.version[:SHORT]} at {group.at}")
             continue
         if p.old is None:
             click.echo(f"{p.name}: not run yet; `run` will start it at version {p.new[:SHORT]}")

@@ -417,7 +417,7 @@ def _check_window(prog: Program, trigger: str, now: datetime, member: Mapping[st
     span = f"{first} to {last}" if last is not None else f"from {first}"
     today = now.astimezone(tz).date()
     raise UserError(
-        f"{prog.name}: its window is {span} ({tz.key}), and today there is {today}: "
+        f"{prog.name}: its window is {span} ({tz.key}); today is {today} there: "
         f"trigger '{trigger}' fires only inside it; change the window to launch it"
     )
 

@@ -434,8 +434,18 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
         plans.append(result)
     given = {prog.name for prog in current}
     for name, groups in sorted(active.items()):
-        if name not in given:
-            versions = known.get(name, [])
-            last = versions[-1][0] if versions else ""
-            plans.append(PlaybookPlan(name, last or None, last, left_behind=sum(groups.values())))
+        if name in given:
+            continue
+        # Not given (renamed, removed, or only other files named): its runs, where
+        # they are, each on its own version; nothing to compare them with.
+        versions = known.get(name, [])
+        last = versions[-1][0] if versions else ""
+        left = PlaybookPlan(name, last or None, last, left_behind=sum(groups.values()))
+        snaps = dict(versions)
+        for (version, flow, pc), n in sorted(groups.items()):
+            old = rebuild(snaps[version], version, formats) if version in snaps else None
+            instrs = old.flows.get(flow, []) if old is not None else []
+            at = instrs[pc].label if pc < len(instrs) else ("(end)" if old is not None else "?")
+            left.runs.append(RunGroup(version, flow, at, n))
+        plans.append(left)
     return plans

@@ -475,7 +475,7 @@ def test_a_launch_outside_the_playbooks_window_is_refused(tmp_path, capsys):
     path = write_playbook(tmp_path / "pb", PLAYBOOK.replace("timezone: Asia/Shanghai\n", "timezone: Asia/Shanghai\nwindow: {start: 2026-01-01, days: 3}\n", 1) % (tmp_path / "out.jsonl"))
     state = str(tmp_path / "state.db")
     code, _, err = cli(capsys, "launch", str(path), "poke", "--state", state)
-    assert code == 1 and "club: its window is 2026-01-01 to 2026-01-03 (Asia/Shanghai)" in err
+    assert code == 1 and "club: its window is 2026-01-01 to 2026-01-03 (Asia/Shanghai); today is " in err
     assert "trigger 'poke' fires only inside it" in err
 
     _, (prog,) = load_programs([path])

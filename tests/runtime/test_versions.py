@@ -306,7 +306,8 @@ def test_plan_names_a_playbook_renamed_with_runs_in_flight(tmp_path, capsys):
     assert main(["plan", str(path), "--state", state]) == 0
     out = capsys.readouterr().out
     assert "live2: not run yet" in out
-    assert "live: not among the playbooks given (renamed or removed?); 1 run in flight on it goes on to the end on" in out
+    assert "live: not among the playbooks given; its runs in flight go on to their end, each on its version" in out
+    assert "  1 run of w on " in out and " at w[1]\n" in out
 
 
 QUEUED_HEAD = ("cmtyflow: 1\nname: qv\ntimezone: UTC\nchannels: {dm: {adapter: file, path: \"%s\"}}\n"
