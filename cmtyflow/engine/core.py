@@ -83,6 +83,7 @@ class Engine:
         self._event_triggers: dict[str, list[tuple[Program, Any]]] = {}
         # playbook -> member id -> (the member record read, in the audience)
         self._audience_cache: dict[str, dict[str, tuple[dict[str, Any], bool]]] = {}
+        self._remember_audience = False  # see ``handle``
         self._with_goals = [p for p in self.programs.values() if p.playbook.goals]
         for prog in self.programs.values():
             for trigger in prog.playbook.triggers:
@@ -105,6 +106,10 @@ class Engine:
         decision = Decision()
         txn = Txn(store, decision)
         interp = Interpreter(self, txn, now, earliest)
+        # Audience checks are remembered only for a store that hands out the same record
+        # object until it changes (``stable_records``: the dry run's); another reads each
+        # anew, never hits the cache, and would only fill it.
+        self._remember_audience = getattr(store, "stable_records", False)
         try:
             if isinstance(item, Event):
                 self._event(interp, item)
@@ -178,7 +183,7 @@ class Engine:
             return False
         if prog.audience is None:
             return True
-        if prog.audience_static:
+        if prog.audience_static and self._remember_audience:
             # An audience that reads only member data, vars and roles is a function of
             # the member record: remember it until the record changes.
             known = self._audience_cache.get(prog.name)
@@ -255,18 +260,25 @@ class Engine:
         if not in_window(item.at, prog.window, fire_tz):
             interp.txn.decision.count("outside_window")
             return
-        if item.late_by:
+        if item.late_by and not item.after:  # said once, at the first chunk
             interp.txn.decision.note("late_firing", playbook=prog.name, trigger=trigger.id, late_seconds=item.late_by)
         run_base = f"{prog.name}/{trigger.id}@{item.at.isoformat()}"
         if trigger.for_each == "audience":
+            store = interp.txn.store
             if item.timezone:
-                members = interp.txn.store.iter_members(timezone=item.timezone, default_timezone=prog.playbook.timezone)
+                members = store.members_from(item.after, timezone=item.timezone, default_timezone=prog.playbook.timezone)
             else:
-                members = interp.txn.store.iter_members()
+                members = store.members_from(item.after)
             changed = interp.txn.decision.members
-            for member in members:
+            last = item.after
+            for done, (seq, member) in enumerate(members):
+                if item.limit and done == item.limit:
+                    # More to come: this chunk ends with the member before (``firing_after``).
+                    interp.txn.decision.firing_after = last
+                    return
                 member = changed.get(member["id"], member)
                 self._member_start(interp, prog, trigger, member, f"{run_base}:{member['id']}", None, {})
+                last = seq
         else:
             self._campaign_start(interp, prog, trigger, run_base, None, {})
 

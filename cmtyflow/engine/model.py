@@ -41,6 +41,10 @@ class Firing:
     at: datetime
     timezone: str | None = None
     late_by: float = 0.0  # seconds, when fired late by catch-up (SPEC 5.3)
+    # ``for_each: audience``: the members after this place in the roster (``seq``), at
+    # most ``limit`` of them (0: all); the rest is another input (``Decision.firing_after``).
+    after: int = 0
+    limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,9 @@ class Decision:
     conversions: list[tuple[str, str, str, str, str | None]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     notes: list[dict[str, Any]] = field(default_factory=list)  # failures, lateness, skips
+    # A firing over the audience cut short at ``Firing.limit`` members: the place of the
+    # last one done, where the next chunk goes on from (None: the firing is complete).
+    firing_after: int | None = None
 
     def __init__(
         self,
@@ -172,6 +179,7 @@ class Decision:
         conversions: list[tuple[str, str, str, str, str | None]] | None = None,
         counters: dict[str, int] | None = None,
         notes: list[dict[str, Any]] | None = None,
+        firing_after: int | None = None,
     ) -> None:
         # The generated __init__ with the fields' default factories, as literals: one
         # Decision is made per input, and this takes half the time.
@@ -191,6 +199,7 @@ class Decision:
         self.conversions = [] if conversions is None else conversions
         self.counters = {} if counters is None else counters
         self.notes = [] if notes is None else notes
+        self.firing_after = firing_after
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

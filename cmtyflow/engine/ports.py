@@ -18,6 +18,14 @@ class StateReader(Protocol):
         (members without one count as ``default_timezone``)."""
         ...
 
+    def members_from(
+        self, after: int, timezone: str | None = None, default_timezone: str | None = None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """As ``iter_members``, each with its place in the roster (a number that only
+        grows, ``seq``), from the first after ``after``: where a chunk of a firing over
+        the audience goes on from."""
+        ...
+
     def get_state(self, playbook: str, member: str | None) -> dict[str, Any]: ...
 
     def get_run(self, run_id: str) -> Run | None: ...

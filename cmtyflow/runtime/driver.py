@@ -54,6 +54,11 @@ from ..store.base import ScheduleUpdate, Store
 MAX_BATCH = 1000
 PASS_INPUTS = 10_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
 PASS_SLICE = 250  # inputs a runner takes before it lets its event loop go (the intake answers)
+# Members of a firing over the audience handled per transaction: a firing over a million
+# members was one input, one transaction and one Decision (3.65 GB, 2 minutes in which
+# the runner heard no signal and the intake no request). Each chunk commits with the
+# firing's place (``ScheduleUpdate.after``), so a stop or a crash goes on from there.
+FIRING_CHUNK = 1000
 LAUNCH_EVENT = "cmtyflow.launch"
 NOTED_FIRINGS = 10  # missed firings noted one by one; the rest in one note with their count
 MAX_EMIT_DEPTH = 100  # events emitted one by the other, from one input
@@ -103,6 +108,11 @@ class Driver:
         # The schedules this driver fires, in trigger order: (program, trigger, zone,
         # position key); set by ``init_schedules``.
         self._live: list[tuple[Program, Any, str, tuple[str, str, str]]] = []
+        # Firings over the audience under way: key -> (due, last member done); read once.
+        self._progress: dict[tuple[str, str, str], tuple[datetime, int]] | None = None
+        # The last firing handled stopped after a chunk: the caller lets go (a signal, the
+        # intake, a dispatch pass) before the next one (``process_until`` with a limit).
+        self.firing_under_way = False
 
     @property
     def programs(self) -> dict[str, Program]:
@@ -203,6 +213,8 @@ class Driver:
             if instant is None or instant > now or not self._may_take(instant):
                 return handled
             handled += self._process_instant(instant, now)
+            if self.firing_under_way and limit is not None:
+                return handled
         return handled
 
     def _may_take(self, instant: datetime) -> bool:
@@ -211,6 +223,7 @@ class Driver:
 
     def _process_instant(self, instant: datetime, now: datetime) -> int:
         handled = 0
+        self.firing_under_way = False
         # 1. due waits
         for timer in self.store.due_timers(instant, MAX_BATCH) if self.handles_timers else ():
             if timer.due > instant:
@@ -230,6 +243,8 @@ class Driver:
                 due = positions.get(key)
                 if due is not None and due <= instant:
                     handled += self._fire(prog, trigger, zone, key, due, now)
+                    if self.firing_under_way:
+                        return handled  # its next chunk before anything after it (SPEC 5.6)
         # 3. events, in arrival order
         for event in self.store.pending_events(instant, MAX_BATCH):
             decision = self._handle_event(event, now)
@@ -270,6 +285,12 @@ class Driver:
             self.observe(decision)
 
     def _fire(self, prog: Program, trigger: Any, zone: str, key: tuple[str, str, str], due: datetime, now: datetime) -> int:
+        self.firing_under_way = False
+        progress = self.progress().get(key)
+        if progress is not None and progress[0] == due:
+            # Under way: it goes on from the member after the last one done, however late
+            # (its lateness and missed firings were said with its first chunk).
+            return self._fire_chunk(prog, trigger, zone, key, due, now, progress[1], 0.0, [])
         grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
         missed: list[datetime] = []
         latest = due
@@ -279,27 +300,50 @@ class Driver:
             latest = nxt
             nxt = self._next_after(prog, trigger, zone, latest)
         late = (now - latest).total_seconds()
-        update = ScheduleUpdate(*key, nxt)
-        member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         if late > grace:
+            update = ScheduleUpdate(*key, nxt)
             skipped = Decision()
             _note_firings(skipped, "skipped_firing", [*missed, latest], now, playbook=prog.name, trigger=trigger.id, zone=zone)
             skipped.count("skipped_firings", len(missed) + 1)
             self._apply(skipped, now, schedules=[update])
             self._set_positions([update])
             return 1
+        return self._fire_chunk(prog, trigger, zone, key, latest, now, 0, late, missed)
+
+    def _fire_chunk(
+        self, prog: Program, trigger: Any, zone: str, key: tuple[str, str, str], latest: datetime, now: datetime,
+        after: int, late: float, missed: list[datetime],
+    ) -> int:
+        """The firing at ``latest`` (over the audience: its next chunk, after the member
+        at ``after``); its position moves on once its last chunk is done."""
+        member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
+        limit = FIRING_CHUNK if trigger.for_each == "audience" else 0
         # As of its due time, as a wait taken late is (a reminder caught up after
         # midnight read the next day as its today); what it sends goes from now.
         decision = self.engine.handle(
-            self.store, min(latest, now), Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0),
+            self.store, min(latest, now),
+            Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0, after, limit),
             earliest=now,
         )
         _note_firings(decision, "coalesced_firing", missed, None, playbook=prog.name, trigger=trigger.id, zone=zone)
         if missed:
             decision.count("coalesced_firings", len(missed))
+        progress = self.progress()
+        if decision.firing_after is not None:
+            update = ScheduleUpdate(*key, latest, decision.firing_after)
+            progress[key] = (latest, decision.firing_after)
+            self.firing_under_way = True
+        else:
+            update = ScheduleUpdate(*key, self._next_after(prog, trigger, zone, latest))
+            progress.pop(key, None)
         self._apply(decision, now, schedules=[update])
         self._set_positions([update])
-        return 1 + self._emitted(decision.emitted, now)
+        return (0 if self.firing_under_way else 1) + self._emitted(decision.emitted, now)
+
+    def progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+        if self._progress is None:
+            self._progress = self.store.firing_progress()
+        return self._progress
 
     def _emitted(self, events: Iterable[Event], now: datetime) -> int:
         # Emitted events were queued by ``apply``; handle them now, at the same instant,

@@ -37,7 +37,7 @@ from ..store.base import Store
 from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log
-from .driver import PASS_INPUTS, PASS_SLICE, Driver
+from .driver import FIRING_CHUNK, PASS_INPUTS, PASS_SLICE, Driver
 from .prepare import adapter_formats
 
 SEND_PASS_SECONDS = 5.0  # how long a pass starts sends before the runner looks at its inputs again
@@ -154,11 +154,11 @@ class Runner:
         if not self._stop:
             handled = await self._take_inputs(now)
             self.inputs += handled
-            self.behind = handled >= PASS_INPUTS
-            if self.behind:
+            self.behind = handled >= PASS_INPUTS or self.driver.firing_under_way
+            if handled >= PASS_INPUTS:
                 self._caught_up += handled
                 self.log("catching_up", handled=self._caught_up, until=now.isoformat())
-            else:
+            elif not self.behind:
                 self._caught_up = 0
             stats = await self.dispatcher.run_due(now, drain=self.drain, budget=SEND_PASS_SECONDS)
             self._add(stats)
@@ -170,10 +170,18 @@ class Runner:
         with the event loop let go between slices: the intake answers, and a signal is
         heard, while a backlog is worked through (a pass of thousands held the loop for
         seconds, and each POST to the intake waited for it)."""
-        handled = 0
+        handled = chunks = 0
         while handled < PASS_INPUTS and not self._stop:
             taken = self.driver.process_until(now, limit=min(PASS_SLICE, PASS_INPUTS - handled))
             handled += taken
+            if self.driver.firing_under_way:
+                # A chunk of a firing over the audience (``FIRING_CHUNK`` members): the
+                # loop is let go after each, and a pass sends after a slice of them.
+                chunks += 1
+                await asyncio.sleep(0)
+                if chunks * FIRING_CHUNK >= PASS_INPUTS:
+                    break
+                continue
             if taken < PASS_SLICE:
                 break  # nothing more is due
             await asyncio.sleep(0)

@@ -41,6 +41,9 @@ class ScheduleUpdate:
     trigger: str
     zone: str
     next_due: datetime | None  # None: this trigger will not fire again (an `at` that fired)
+    # A ``for_each: audience`` firing at ``next_due`` under way: the members up to this
+    # one (its roster ``seq``) are done, each chunk in its own transaction (``Driver``).
+    after: int | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +96,10 @@ class Store(StateReader, Protocol):
     def schedule_positions(self) -> dict[tuple[str, str, str], datetime | None]: ...
 
     def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None: ...
+
+    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+        """The firings under way: position key -> (their due time, the last member done)."""
+        ...
 
     # outbox ---------------------------------------------------------------------------------------
     def next_message_due(self) -> datetime | None: ...

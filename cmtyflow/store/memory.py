@@ -10,6 +10,7 @@ cancelled rows leave the outbox and no deliveries are kept.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
@@ -30,6 +31,8 @@ class MemoryStore:
         self.note_kinds = frozenset(note_kinds) if note_kinds is not None else None
         self._members: dict[str, dict[str, Any]] = {}
         self._zone_members: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # see iter_members
+        self._progress: dict[tuple[str, str, str], tuple[datetime, int]] = {}  # see firing_progress
+        self._placed: dict[tuple[str | None, str | None], list[tuple[int, dict[str, Any]]]] = {}  # see members_from
         self._zones: set[str] = set()
         self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._runs: dict[str, Run] = {}
@@ -71,6 +74,25 @@ class MemoryStore:
     # StateReader ---------------------------------------------------------------------------------
     def get_member(self, member_id: str) -> dict[str, Any] | None:
         return self._members.get(member_id)
+
+    # The same record object until the member changes: the engine may remember what it
+    # worked out from one (``Engine.in_audience``).
+    stable_records = True
+
+    def members_from(
+        self, after: int, timezone: str | None = None, default_timezone: str | None = None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        # A member's place is its position in the roster, from 1 (members are never
+        # removed); the list of a zone is kept until the roster changes, and a chunk goes
+        # on from its place by bisection (a firing over the audience asks once a chunk).
+        key = (timezone, default_timezone)
+        placed = self._placed.get(key)
+        if placed is None:
+            placed = self._placed[key] = [
+                (seq, member) for seq, member in enumerate(self._members.values(), 1)
+                if timezone is None or (member.get("timezone") or default_timezone) == timezone
+            ]
+        yield from placed[bisect.bisect_right(placed, after, key=lambda item: item[0]):]
 
     def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
         if timezone is None:
@@ -119,6 +141,7 @@ class MemoryStore:
     # roster ----------------------------------------------------------------------------------------
     def put_members(self, members: Iterable[dict[str, Any]]) -> int:
         self._zone_members.clear()
+        self._placed.clear()
         n = 0
         for member in members:
             current = self._members.get(member["id"])
@@ -324,7 +347,15 @@ class MemoryStore:
 
     def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None:
         for u in updates:
-            self._schedules[(u.playbook, u.trigger, u.zone)] = u.next_due
+            key = (u.playbook, u.trigger, u.zone)
+            self._schedules[key] = u.next_due
+            if u.after is not None and u.next_due is not None:
+                self._progress[key] = (u.next_due, u.after)
+            else:
+                self._progress.pop(key, None)
+
+    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+        return dict(self._progress)
 
     # outbox -------------------------------------------------------------------------------------------
     def next_message_due(self) -> datetime | None:

@@ -155,7 +155,13 @@ CREATE TABLE sending (key TEXT PRIMARY KEY) WITHOUT ROWID;
 INSERT INTO sending (key) SELECT key FROM outbox WHERE status = 'inflight';
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+# A firing over the audience is handled a chunk of members at a time, each chunk its
+# own transaction; where it has got to is kept with its schedule's position.
+_V5 = """
+ALTER TABLE schedules ADD COLUMN firing_after INTEGER;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 LATEST = len(MIGRATIONS)
 
 

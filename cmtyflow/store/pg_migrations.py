@@ -168,7 +168,12 @@ CREATE TABLE sending (key text COLLATE "C" PRIMARY KEY);
 INSERT INTO sending (key) SELECT key FROM outbox WHERE status = 'inflight';
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+# As SQLite's step 5: where a firing over the audience under way has got to.
+_V6 = """
+ALTER TABLE schedules ADD COLUMN firing_after bigint;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 LATEST = len(MIGRATIONS)
 
 # Tables with a ``seq`` identity: their sequences follow copied rows (``pg_copy``).

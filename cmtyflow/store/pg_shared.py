@@ -321,6 +321,11 @@ class BatchReads:
     def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
         return self.store.iter_members(timezone, default_timezone)  # type: ignore[no-any-return]
 
+    def members_from(
+        self, after: int, timezone: str | None = None, default_timezone: str | None = None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        return self.store.members_from(after, timezone, default_timezone)  # type: ignore[no-any-return]
+
     def active_runs(self, playbook: str, flow: str, member: str | None) -> list[str]:
         return self.store.active_runs(playbook, flow, member)  # type: ignore[no-any-return]
 

@@ -181,7 +181,8 @@ class PostgresStore(SqlStore):
             if d.members:
                 self._put_members(cur, d.members.values())
             if d.states:
-                self._bulk(cur, pg_rows.STATES, [(pb, rows.who(m), dumps(s)) for (pb, m), s in d.states.items()])
+                # As SQLite's apply: a state still empty gets no row.
+                self._bulk(cur, pg_rows.STATES, [(pb, rows.who(m), dumps(s)) for (pb, m), s in d.states.items() if s])
             if d.runs:
                 self._bulk(cur, pg_rows.RUNS, [pg_rows.run_params(r) for r in d.runs.values()])
             if d.timers:
@@ -250,7 +251,7 @@ class PostgresStore(SqlStore):
             self._set_schedules(cur, updates)
 
     def _set_schedules(self, cur: Any, updates: Iterable[ScheduleUpdate]) -> None:
-        params = ((u.playbook, u.trigger, u.zone, *pg_rows.at_cols(u.next_due)) for u in updates)
+        params = ((u.playbook, u.trigger, u.zone, *pg_rows.at_cols(u.next_due), u.after) for u in updates)
         self._bulk(cur, pg_rows.SCHEDULES, pg_rows.unique_last(params, 0, 1, 2))
 
     # outbox ----------------------------------------------------------------------------------------

@@ -107,8 +107,9 @@ ADD_COUNTER = (
     "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
 PUT_SCHEDULE = (
-    "INSERT INTO schedules (playbook, trigger, zone, next_ts, next_due) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (playbook, trigger, zone) DO UPDATE SET next_ts = excluded.next_ts, next_due = excluded.next_due"
+    "INSERT INTO schedules (playbook, trigger, zone, next_ts, next_due, firing_after) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (playbook, trigger, zone) DO UPDATE SET next_ts = excluded.next_ts, next_due = excluded.next_due, "
+    "firing_after = excluded.firing_after"
 )
 
 # queued starts, goals ----------------------------------------------------------------------------

@@ -106,9 +106,9 @@ class SqlStore(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _paged(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[Row]:
+    def _paged(self, sql: str, params: tuple[Any, ...] = (), after: int = -(2**63)) -> Iterator[Row]:
         """Rows of ``sql`` (its first column ``seq``, ending ``seq > ? ORDER BY seq LIMIT ?``)."""
-        last = -(2**63)
+        last = after
         while True:
             page = self._all(sql, (*params, last, PAGE))
             yield from page
@@ -122,15 +122,21 @@ class SqlStore(ABC):
         return loads(row[0]) if row is not None else None
 
     def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
+        for _, member in self.members_from(-(2**63), timezone, default_timezone):
+            yield member
+
+    def members_from(
+        self, after: int, timezone: str | None = None, default_timezone: str | None = None
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
         if timezone is None:
-            found = self._paged("SELECT seq, record FROM members WHERE seq > ? ORDER BY seq LIMIT ?")
+            found = self._paged("SELECT seq, record FROM members WHERE seq > ? ORDER BY seq LIMIT ?", after=after)
         else:
             sql = "SELECT seq, record FROM members WHERE timezone = ? AND seq > ? ORDER BY seq LIMIT ?"
-            found = self._paged(sql, (timezone,))
+            found = self._paged(sql, (timezone,), after=after)
             if default_timezone == timezone:  # members without a timezone are in the default one
-                found = heapq.merge(found, self._paged(sql, ("",)))
+                found = heapq.merge(found, self._paged(sql, ("",), after=after))
         for row in found:
-            yield loads(row[1])
+            yield row[0], loads(row[1])
 
     def get_state(self, playbook: str, member: str | None) -> dict[str, Any]:
         row = self._one("SELECT state FROM states WHERE playbook = ? AND member = ?", (playbook, rows.who(member)))
@@ -273,6 +279,13 @@ class SqlStore(ABC):
     def schedule_positions(self) -> dict[tuple[str, str, str], datetime | None]:
         found = self._all("SELECT playbook, trigger, zone, next_due FROM schedules ORDER BY seq")
         return {(pb, t, z): dt_parse(due) if due is not None else None for pb, t, z, due in found}
+
+    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+        found = self._all(
+            "SELECT playbook, trigger, zone, next_due, firing_after FROM schedules "
+            "WHERE firing_after IS NOT NULL AND next_due IS NOT NULL ORDER BY seq"
+        )
+        return {(pb, t, z): (dt_parse(due), int(after)) for pb, t, z, due, after in found}
 
     # outbox ----------------------------------------------------------------------------------------
     def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:

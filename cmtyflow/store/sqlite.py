@@ -338,7 +338,10 @@ class SqliteStore(SqlStore):
             if d.members:
                 self._put_members(db, d.members.values())
             if d.states:
-                db.executemany(rows.PUT_STATE, [(pb, rows.who(m), dumps(s)) for (pb, m), s in d.states.items()])
+                # A state still empty was never written (nothing in the language empties
+                # one): no row for it, as for the members a firing reached without a
+                # step that keeps anything (a million empty rows after a firing).
+                db.executemany(rows.PUT_STATE, [(pb, rows.who(m), dumps(s)) for (pb, m), s in d.states.items() if s])
             if d.runs:
                 db.executemany(rows.PUT_RUN, map(rows.run_params, d.runs.values()))
             if d.timers:
@@ -392,7 +395,7 @@ class SqliteStore(SqlStore):
 
     def _set_schedules(self, db: sqlite3.Connection, updates: Iterable[ScheduleUpdate]) -> None:
         db.executemany(rows.PUT_SCHEDULE, [
-            (u.playbook, u.trigger, u.zone, *(dt_cols(u.next_due) if u.next_due else (None, None)))
+            (u.playbook, u.trigger, u.zone, *(dt_cols(u.next_due) if u.next_due else (None, None)), u.after)
             for u in updates
         ])
 

@@ -1,0 +1,113 @@
+"""A firing over the audience is handled FIRING_CHUNK members at a time, each chunk in
+its own transaction with the firing's place (runtime/driver.py): memory stays bounded,
+the runner lets go between chunks (a signal, the intake, a send pass), and a stop or a
+crash goes on from the place kept, with nobody reached twice or left out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner_harness import UTC, write_playbook
+
+from cmtyflow.engine.core import Engine
+from cmtyflow.runtime import driver as driver_module
+from cmtyflow.runtime.driver import Driver
+from cmtyflow.runtime.prepare import load_programs
+from cmtyflow.store.memory import MemoryStore
+from cmtyflow.store.sqlite import SqliteStore
+
+AT = datetime(2026, 12, 24, 12, 0, tzinfo=UTC)
+
+PLAYBOOK = """
+cmtyflow: 1
+name: blast
+timezone: UTC
+channels:
+  dm: {adapter: console}
+audience: {where: "'in' in member.tags"}
+policies: {catch_up: {grace: 1h}}
+triggers:
+  - {id: xmas, at: "2026-12-24T12:00", for_each: audience, flow: hi}
+flows:
+  hi:
+    - award: {points: 5}
+    - {id: hi, send: {channel: dm, text: "hi {{ member.name }}"}}
+"""
+
+ROSTER = [{"id": f"m{i:02d}", "name": f"M{i}", "tags": ["in"] if i != 4 else ["out"]} for i in range(10)]
+
+
+def _driver(path: Path, store: Any) -> Driver:
+    _, programs = load_programs([path])
+    return Driver(Engine(programs), store)
+
+
+def _sent(store: Any) -> list[str]:
+    return sorted(row.message.text for row in store.outbox())
+
+
+@pytest.fixture
+def chunk_of_three(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_module, "FIRING_CHUNK", 3)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_firing_in_chunks_reaches_the_audience_once_each(tmp_path, chunk_of_three, kind):
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
+    store.put_members(ROSTER)
+    driver = _driver(path, store)
+    driver.process_until(AT - timedelta(minutes=1))  # schedules get their first due time
+    assert driver.process_until(AT) == 1  # one firing, in 4 chunks (10 members, one outside)
+    assert not driver.firing_under_way
+    assert _sent(store) == sorted(f"hi M{i}" for i in range(10) if i != 4)
+    assert store.counters()["runs_started"] == 9 and store.counters()["outside_audience"] == 1
+    assert store.firing_progress() == {}
+    assert store.schedule_positions()[next(iter(store.schedule_positions()))] is None  # the `at` fired
+    store.close()
+
+
+def test_with_a_limit_the_driver_lets_go_after_each_chunk(tmp_path, chunk_of_three):
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    store = SqliteStore(tmp_path / "s.db")
+    store.put_members(ROSTER)
+    driver = _driver(path, store)
+    driver.process_until(AT - timedelta(minutes=1))
+    chunks = []
+    while True:
+        driver.process_until(AT, limit=250)
+        chunks.append(len(_sent(store)))
+        if not driver.firing_under_way:
+            break
+    assert chunks == [3, 5, 8, 9]  # m04 is outside the audience
+    store.close()
+
+
+def test_a_restart_between_chunks_goes_on_from_the_place_kept(tmp_path, chunk_of_three):
+    """A stop (or a crash) after two chunks: the next runner, an hour and a half later
+    (past the grace of an hour), finishes the firing rather than skipping it, and no
+    member is reached twice (points are awarded once, counters count once)."""
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    state = tmp_path / "s.db"
+    store = SqliteStore(state)
+    store.put_members(ROSTER)
+    first = _driver(path, store)
+    first.process_until(AT - timedelta(minutes=1))
+    first.process_until(AT, limit=250)
+    first.process_until(AT, limit=250)
+    assert first.firing_under_way and len(_sent(store)) == 5
+    store.close()
+
+    again = SqliteStore(state)
+    ((key, (due, after)),) = again.firing_progress().items()
+    assert due == AT and after == 6  # the roster's places: m00..m05 done (m04 outside)
+    later = AT + timedelta(minutes=90)
+    assert _driver(path, again).process_until(later) == 1
+    assert _sent(again) == sorted(f"hi M{i}" for i in range(10) if i != 4)
+    assert again.counters()["runs_started"] == 9
+    assert all(again.get_state("blast", f"m{i:02d}")["points"] == 5 for i in range(10) if i != 4)
+    assert again.firing_progress() == {} and "skipped_firings" not in again.counters()
+    again.close()
