@@ -66,8 +66,8 @@ def status(state: str | None, fmt: str) -> int:
     store, location = store_at(state, must_exist=True)
     try:
         active: Counter[str] = Counter()
-        for run in store.runs(status="active"):
-            active[f"{run.playbook}/{run.flow}"] += 1
+        for (playbook, _, flow), n in store.active_run_counts().items():
+            active[f"{playbook}/{flow}"] += n
         timers = store.upcoming_timers(10)
         timer_total = store.timer_count() if len(timers) == 10 else len(timers)
         counts = store.outbox_counts()

@@ -144,9 +144,10 @@ def older_programs(
     them (a start runs on the version it was queued under), and the (playbook, version)
     pairs, with their run counts, that have no snapshot."""
     now_versions = {p.name: p.version for p in current}
-    wanted: Counter[tuple[str, str]] = Counter(
-        (run.playbook, run.version) for run in store.runs(status="active") if now_versions.get(run.playbook) != run.version
-    )
+    wanted: Counter[tuple[str, str]] = Counter()
+    for (playbook, version, _), n in store.active_run_counts().items():
+        if now_versions.get(playbook) != version:
+            wanted[(playbook, version)] += n
     wanted.update(
         (r["playbook"], r["version"]) for r in store.waiting_starts() if now_versions.get(r["playbook"]) != r["version"]
     )

@@ -183,6 +183,11 @@ class Store(StateReader, Protocol):
         """Runs (any status when ``status`` is None), oldest first."""
         ...
 
+    def active_run_counts(self) -> dict[tuple[str, str, str], int]:
+        """Active runs counted by (playbook, version, flow), without reading them one by
+        one (a runner's start and ``status`` with a million runs waiting)."""
+        ...
+
     def waiting_starts(self) -> list[dict[str, Any]]:
         """Every start waiting behind an active run (``mode: queued``), oldest first
         within each flow."""

@@ -135,6 +135,9 @@ class MemoryStore:
     def queued_starts(self, playbook: str, flow: str, member: str | None) -> list[dict[str, Any]]:
         return self._queued.get((playbook, flow, member), [])
 
+    def active_run_counts(self) -> dict[tuple[str, str, str], int]:
+        return dict(Counter((r.playbook, r.version, r.flow) for r in self._runs.values() if r.status == "active"))
+
     def waiting_starts(self) -> list[dict[str, Any]]:
         return [r for records in self._queued.values() for r in records]
 

@@ -156,6 +156,8 @@ class PostgresStore(SqlStore):
     def _add_counter(self, cur: Any, name: str, n: int) -> None:
         self._bulk(cur, pg_rows.COUNTERS, [(name, n)])
 
+    RUN_VERSION = "(body::json ->> 0)"
+
     def _run(self, cur: Any, sql: str, params: tuple[Any, ...] = ()) -> int:
         return int(cur.execute(pyformat(sql), params).rowcount)
 

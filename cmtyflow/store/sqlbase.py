@@ -23,6 +23,7 @@ import functools
 import heapq
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -170,6 +171,18 @@ class SqlStore(ABC):
             (playbook, member),
         )
         return [(goal, step, variant or None, dt_parse(at)) for goal, step, variant, at in found]
+
+    # A run's version, the first item of its body (``rows.run_params``), in the store's SQL.
+    RUN_VERSION = "json_extract(body, '$[0]')"
+
+    def active_run_counts(self) -> dict[tuple[str, str, str], int]:
+        # Counted here, a page at a time: a GROUP BY sorted every row in memory first
+        # (400 MB for a million runs waiting).
+        counts: Counter[tuple[str, str, str]] = Counter()
+        sql = f"SELECT seq, playbook, {self.RUN_VERSION}, flow FROM runs WHERE status = 'active' AND seq > ? ORDER BY seq LIMIT ?"
+        for _, playbook, version, flow in self._paged(sql):
+            counts[(playbook, version, flow)] += 1
+        return dict(counts)
 
     def waiting_starts(self) -> list[dict[str, Any]]:
         return [loads(r[0]) for r in self._all("SELECT record FROM queued_starts ORDER BY seq")]

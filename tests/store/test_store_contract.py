@@ -274,6 +274,14 @@ def test_schedule_positions(store: Store) -> None:
     ]
 
 
+def test_active_runs_are_counted_by_playbook_version_and_flow(store: Store) -> None:
+    store.apply(Decision(runs={
+        "a": run("a"), "b": run("b", member="m2"), "c": run("c", version="v2"), "d": run("d", flow="other"),
+        "e": run("e", status="done"),
+    }))
+    assert store.active_run_counts() == {("pb", "v1", "welcome"): 2, ("pb", "v2", "welcome"): 1, ("pb", "v1", "other"): 1}
+
+
 def test_queued_starts_and_dequeue(store: Store) -> None:
     rec = {"id": "q1", "playbook": "pb", "flow": "welcome", "member": "m1", "event": {"at": at(1)}, "inputs": {}}
     rec2 = {**rec, "id": "q2"}
