@@ -12,10 +12,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,26 @@ state_option = click.option(
 format_option = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 IMPORT_BATCH = 5000  # rows (events or members) per transaction of an import
 PROGRESS_EVERY = 100_000  # rows between an import's progress lines
+
+
+@contextlib.contextmanager
+def terminated_as_interrupted() -> Iterator[None]:
+    """A SIGTERM (kill, systemd stopping a timer's job) stops a long import or prune as
+    Ctrl-C does: the transaction under way is rolled back, and the note says how far it
+    got (it ended the process at once, without a word)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (a test's, an embedding program's): as it was
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def store_at(state: str | None, *, must_exist: bool = False) -> tuple[Store, str]:
@@ -109,7 +131,8 @@ def members_import(file: str, state: str | None) -> int:
     """
     store, location = store_at(state)
     try:
-        done = import_roster(store, file)
+        with terminated_as_interrupted():
+            done = import_roster(store, file)
     finally:
         store.close()
     members_text = f"{done.members} members ({done.rows} rows)" if done.repeats else f"{done.members} members"
@@ -317,15 +340,18 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
     store, _ = store_at(state)
     accepted = duplicates = 0
     try:
-        batch = []
-        for event in read_events(file, problems, _event_zone(store, tz_name)):
-            batch.append(event)
-            if len(batch) >= IMPORT_BATCH:
+        with terminated_as_interrupted():
+            batch = []
+            for event in read_events(file, problems, _event_zone(store, tz_name)):
+                batch.append(event)
+                if len(batch) >= IMPORT_BATCH:
+                    a, d = store.add_events(batch)
+                    accepted, duplicates, batch = accepted + a, duplicates + d, []
+                    if (accepted + duplicates) % PROGRESS_EVERY == 0:
+                        click.echo(f"... {accepted + duplicates} events read", err=True)
+            if batch:
                 a, d = store.add_events(batch)
-                accepted, duplicates, batch = accepted + a, duplicates + d, []
-        if batch:
-            a, d = store.add_events(batch)
-            accepted, duplicates = accepted + a, duplicates + d
+                accepted, duplicates = accepted + a, duplicates + d
     except (UserError, KeyboardInterrupt):
         if accepted + duplicates:
             click.echo(f"note: stopped after queuing {accepted} events ({duplicates} seen before); import the file "

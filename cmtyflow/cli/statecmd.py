@@ -30,7 +30,14 @@ from ..store.open import is_postgres, shown
 from ..store.sqlbase import SqlStore
 from ..store.sqlite import SqliteStore
 from . import EXIT_OK, cli
-from .state import PROGRESS_EVERY, _zone, format_option, state_option, store_at
+from .state import (
+    PROGRESS_EVERY,
+    _zone,
+    format_option,
+    state_option,
+    store_at,
+    terminated_as_interrupted,
+)
 
 
 @cli.group("state")
@@ -166,7 +173,8 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
             done[line] = n
 
         try:
-            counts = store.prune(before, keep=dry_run, progress=progress)
+            with terminated_as_interrupted():
+                counts = store.prune(before, keep=dry_run, progress=progress)
         except KeyboardInterrupt:
             so_far = ", ".join(f"{n:,} {line}" for line, n in done.items() if n) or "nothing yet"
             click.echo(f"note: stopped part way ({so_far}); what was forgotten stays forgotten, "

@@ -184,7 +184,7 @@ def _expanded_size(node: Node, memo: dict[int, int], active: set[int], depth: in
                 raise _Refused(
                     m.line + 1,
                     m.column + 1,
-                    f"the file expands to more than {MAX_NODES:,} values (through aliases); refused",
+                    f"the file holds more than {MAX_NODES:,} values, counting what each alias repeats; refused (split it into several playbooks)",
                 )
         active.discard(key)
     memo[key] = size
@@ -216,7 +216,7 @@ class _Builder:
             raise _Refused(
                 m.line,
                 m.col,
-                f"the file expands to more than {MAX_NODES:,} values (through aliases); refused",
+                f"the file holds more than {MAX_NODES:,} values, counting what each alias repeats; refused (split it into several playbooks)",
             )
         if depth > MAX_DEPTH:
             m = self._mark(node)

@@ -603,3 +603,33 @@ def test_status_says_how_many_timers_there_are_beyond_the_ten_it_shows(tmp_path,
     code, out, _ = cli(capsys, "status", "--state", state, "--format", "json")
     doc = json.loads(out)
     assert (doc["timers"], len(doc["next_timers"])) == (12, 10)
+
+
+def test_a_sigterm_stops_an_import_as_ctrl_c_does_and_says_how_far_it_got(tmp_path, capsys, monkeypatch):
+    """It ended the process at once, without a word (exit 143): the note that says how
+    far it got, and to import again, was for Ctrl-C only."""
+    import signal
+
+    from cmtyflow.cli import state as state_cli
+    from cmtyflow.store.sqlite import SqliteStore
+
+    monkeypatch.setattr(state_cli, "IMPORT_BATCH", 2)
+    lines = [json.dumps({"id": f"e{i}", "type": "a.b", "at": "2026-12-01T10:00:00+00:00"}) for i in range(7)]
+    (tmp_path / "ev.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    add = SqliteStore.add_events
+    calls = []
+
+    def add_then_terminated(self, events):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)  # as `kill` or systemd would, after two batches
+        return add(self, events)
+
+    monkeypatch.setattr(SqliteStore, "add_events", add_then_terminated)
+    state = str(tmp_path / "state.db")
+    code, _, err = cli(capsys, "events", "import", str(tmp_path / "ev.jsonl"), "--state", state, "--timezone", "UTC")
+    assert code == 130 and "note: stopped after queuing 4 events (0 seen before); import the file again" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    monkeypatch.setattr(SqliteStore, "add_events", add)
+    code, out, _ = cli(capsys, "events", "import", str(tmp_path / "ev.jsonl"), "--state", state, "--timezone", "UTC")
+    assert (code, out.strip()) == (0, "queued 3 events, 4 seen before")
