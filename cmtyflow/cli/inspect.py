@@ -476,7 +476,7 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
             best[_bucket(int(st.get("best_streak", 0)))] += 1
         acks: dict[str, list[float]] = defaultdict(list)
         timeouts: Counter[str] = Counter()
-        for entry in store.audit(["wait_resolved", "wait_timed_out"]):
+        for entry in store.iter_audit(["wait_resolved", "wait_timed_out"]):
             if entry.get("playbook") != name:
                 continue
             label = f"{entry.get('flow')}/{entry.get('step')}"

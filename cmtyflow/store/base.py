@@ -174,6 +174,10 @@ class Store(StateReader, Protocol):
         ``{"at", "kind", **detail}``; decision notes are included with their kinds."""
         ...
 
+    def iter_audit(self, kinds: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """As ``audit(kinds)``, read a page at a time (``report`` over a million waits)."""
+        ...
+
     def deliveries(self, playbook: str | None = None) -> Iterator[dict[str, Any]]:
         """Sent messages in the order sent: ``{"key", "at", "playbook", "flow", "step",
         "channel", "adapter", "member", "to", "text", "variant", "platform_id"}``."""

@@ -502,6 +502,9 @@ class MemoryStore:
     def record(self, at: datetime, kind: str, **detail: Any) -> None:
         self._records.append((len(self._notes), {"at": at, "kind": kind, **detail}))
 
+    def iter_audit(self, kinds: Iterable[str]) -> Iterator[dict[str, Any]]:
+        yield from self.audit(kinds)
+
     def audit(self, kinds: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
         records, taken = self._records, 0

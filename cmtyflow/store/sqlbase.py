@@ -359,6 +359,12 @@ class SqlStore(ABC):
             found.reverse()
         return [rows.audit_entry(r) for r in found]
 
+    def iter_audit(self, kinds: Iterable[str]) -> Iterator[dict[str, Any]]:
+        wanted, params = self._in("kind", kinds)
+        sql = f"SELECT seq, at, kind, note, detail FROM audit WHERE {wanted} AND seq > ? ORDER BY seq LIMIT ?"
+        for row in self._paged(sql, params):
+            yield rows.audit_entry(row[1:])
+
     def goal_stats(self) -> dict[tuple[str, str, str, str | None], tuple[int, int]]:
         converted = {
             (pb, goal, step, variant): n
@@ -470,8 +476,8 @@ class SqlStore(ABC):
         return None
 
     def states(self, playbook: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
-        found = self._all("SELECT member, state FROM states WHERE playbook = ? ORDER BY seq", (playbook,))
-        for member, state in found:
+        found = self._paged("SELECT seq, member, state FROM states WHERE playbook = ? AND seq > ? ORDER BY seq LIMIT ?", (playbook,))
+        for _, member, state in found:
             yield (member or None), loads(state)
 
 
