@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import shutil
@@ -205,6 +206,15 @@ class Figure:
         return self.own_cpu / self.seconds
 
 
+async def settle() -> None:
+    """Before each timed round, the same quiet start for both sides: the files written so
+    far (the copy of the queued state just made) on disk, so that the kernel does not
+    write them back in the middle of the round, and the collector's work done."""
+    os.sync()
+    gc.collect()
+    await asyncio.sleep(0.2)
+
+
 @contextmanager
 def timed(sink: Sink, n: int, into: list[Figure]) -> Iterator[None]:
     cpu, own, loop = sink.cpu(), time.process_time(), time.thread_time()
@@ -281,6 +291,7 @@ def bodies_of(store: SqliteStore) -> list[tuple[bytes, dict[str, str]]]:
 async def raw_post(url: str, bodies: list[tuple[bytes, dict[str, str]]], concurrency: int,
                    sink: Sink, into: list[Figure]) -> None:
     """The floor: ``concurrency`` workers on one plain ClientSession, nothing else."""
+    await settle()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         todo = iter(bodies)
 
@@ -320,6 +331,7 @@ async def dispatch_phase(args: argparse.Namespace, sink: Sink, folder: Path) -> 
         await runner.start()
         try:
             before = sink.count()
+            await settle()
             with timed(sink, n, ours):
                 stats = await runner.dispatcher.run_due(T0)
             assert stats.sent == n and stats.total() == n, stats
