@@ -274,6 +274,31 @@ def test_schedule_positions(store: Store) -> None:
     ]
 
 
+def test_a_firing_under_way_keeps_its_place_with_its_position(store: Store) -> None:
+    """A firing over the audience goes a chunk at a time (runtime/driver.py): its place
+    in the roster is kept with the schedule's position, and cleared with the last chunk."""
+    key = ("pb", "daily", "UTC")
+    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(60), 1234)])
+    assert store.firing_progress() == {key: (at(60), 1234)} and store.schedule_positions()[key] == at(60)
+    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(60), 5678)])
+    assert store.firing_progress() == {key: (at(60), 5678)}
+    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(1500))])
+    assert store.firing_progress() == {} and store.schedule_positions()[key] == at(1500)
+
+
+def test_members_are_read_from_a_place_in_the_roster(store: Store) -> None:
+    store.put_members([{"id": f"m{i}", "timezone": "Europe/Berlin" if i % 3 == 0 else None} for i in range(8)])
+    everyone = list(store.members_from(0))
+    assert [m["id"] for _, m in everyone] == [f"m{i}" for i in range(8)]
+    places = [seq for seq, _ in everyone]
+    assert places == sorted(places) and len(set(places)) == 8
+    assert [m["id"] for _, m in store.members_from(places[4])] == ["m5", "m6", "m7"]
+    # A zone's members, those without a timezone counted in the default one, in roster order.
+    shanghai = [m["id"] for _, m in store.members_from(places[1], "Asia/Shanghai", "Asia/Shanghai")]
+    assert shanghai == ["m2", "m4", "m5", "m7"]
+    assert [m["id"] for _, m in store.members_from(0, "Europe/Berlin", "Asia/Shanghai")] == ["m0", "m3", "m6"]
+
+
 def test_active_runs_are_counted_by_playbook_version_and_flow(store: Store) -> None:
     store.apply(Decision(runs={
         "a": run("a"), "b": run("b", member="m2"), "c": run("c", version="v2"), "d": run("d", flow="other"),
