@@ -113,6 +113,7 @@ class Driver:
         # The last firing handled stopped after a chunk: the caller lets go (a signal, the
         # intake, a dispatch pass) before the next one (``process_until`` with a limit).
         self.firing_under_way = False
+        self._firing_earliest: dict[tuple[str, str, str], datetime] = {}  # key -> its first chunk's "now"
 
     @property
     def programs(self) -> dict[str, Program]:
@@ -178,6 +179,20 @@ class Driver:
                 updates.append(ScheduleUpdate(*key, due))
         self._live = live
         self._soonest_known = False
+        # A firing under way whose schedule this version no longer has (its cron, `at`,
+        # timezone or window edited, or the trigger gone): the rest of its audience is
+        # not reached; said, and its place cleared (were the edit undone, the old firing
+        # would come back however late).
+        live_keys = {key for *_, key in live}
+        abandoned = Decision()
+        for key, (due, after) in list(self.progress().items()):
+            if key not in live_keys and key[0] in self.engine.programs:
+                abandoned.note("firing_abandoned", playbook=key[0], trigger=key[1], due=due.isoformat(), after=after,
+                               reason="its schedule was edited while it was under way; the members after that place were not reached")
+                updates.append(ScheduleUpdate(*key, positions.get(key), None))
+                del self.progress()[key]
+        if abandoned.notes:
+            self._apply(abandoned, now)
         if updates:
             self.store.set_schedules(updates)
             self._set_positions(updates)
@@ -207,6 +222,7 @@ class Driver:
         events, each with the events it emitted); the next call goes on where this one
         stopped, in the same order."""
         handled = 0
+        self.firing_under_way = False
         self.init_schedules(now)
         while limit is None or handled < limit:
             instant = self.next_instant()
@@ -286,12 +302,26 @@ class Driver:
 
     def _fire(self, prog: Program, trigger: Any, zone: str, key: tuple[str, str, str], due: datetime, now: datetime) -> int:
         self.firing_under_way = False
+        grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
         progress = self.progress().get(key)
         if progress is not None and progress[0] == due:
-            # Under way: it goes on from the member after the last one done, however late
-            # (its lateness and missed firings were said with its first chunk).
-            return self._fire_chunk(prog, trigger, zone, key, due, now, progress[1], 0.0, [])
-        grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
+            if (now - due).total_seconds() <= grace:
+                # Under way: it goes on from the member after the last one done (its
+                # lateness and missed firings were said with its first chunk).
+                return self._fire_chunk(prog, trigger, zone, key, due, now, progress[1], 0.0, [])
+            # Stopped part way and taken up again past the grace (SPEC 5.3): the rest of
+            # its audience is skipped and reported, as a firing that late would be.
+            update = ScheduleUpdate(*key, self._next_after(prog, trigger, zone, due))
+            skipped = Decision()
+            skipped.note("skipped_firing", playbook=prog.name, trigger=trigger.id, zone=zone, due=due.isoformat(),
+                         late_seconds=(now - due).total_seconds(), after=progress[1],
+                         reason="stopped part way; the members after that place were not reached")
+            skipped.count("skipped_firings")
+            del self.progress()[key]
+            self._firing_earliest.pop(key, None)
+            self._apply(skipped, now, schedules=[update])
+            self._set_positions([update])
+            return 1
         missed: list[datetime] = []
         latest = due
         nxt = self._next_after(prog, trigger, zone, due)
@@ -318,12 +348,16 @@ class Driver:
         at ``after``); its position moves on once its last chunk is done."""
         member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         limit = FIRING_CHUNK if trigger.for_each == "audience" else 0
+        # Every chunk's messages are planned from when its first one was taken (in this
+        # process): the members of one firing meet the same quiet hours and day, as in
+        # the dry run, however long the firing takes.
+        earliest = self._firing_earliest.setdefault(key, now) if after else now
         # As of its due time, as a wait taken late is (a reminder caught up after
-        # midnight read the next day as its today); what it sends goes from now.
+        # midnight read the next day as its today); what it sends goes from then.
         decision = self.engine.handle(
-            self.store, min(latest, now),
+            self.store, min(latest, earliest),
             Firing(prog.name, trigger.id, latest, member_zone, late if late >= 1 else 0.0, after, limit),
-            earliest=now,
+            earliest=earliest,
         )
         _note_firings(decision, "coalesced_firing", missed, None, playbook=prog.name, trigger=trigger.id, zone=zone)
         if missed:
@@ -332,10 +366,12 @@ class Driver:
         if decision.firing_after is not None:
             update = ScheduleUpdate(*key, latest, decision.firing_after)
             progress[key] = (latest, decision.firing_after)
+            self._firing_earliest.setdefault(key, earliest)
             self.firing_under_way = True
         else:
             update = ScheduleUpdate(*key, self._next_after(prog, trigger, zone, latest))
             progress.pop(key, None)
+            self._firing_earliest.pop(key, None)
         self._apply(decision, now, schedules=[update])
         self._set_positions([update])
         return (0 if self.firing_under_way else 1) + self._emitted(decision.emitted, now)

@@ -34,10 +34,11 @@ from ..engine.program import Program
 from ..errors import UserError
 from ..loader import LoadedPlaybook, LoadResult
 from ..store.base import Store
+from . import driver as driver_module
 from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log
-from .driver import FIRING_CHUNK, PASS_INPUTS, PASS_SLICE, Driver
+from .driver import PASS_INPUTS, PASS_SLICE, Driver
 from .prepare import adapter_formats
 
 SEND_PASS_SECONDS = 5.0  # how long a pass starts sends before the runner looks at its inputs again
@@ -47,6 +48,7 @@ LOGGED_NOTES = {
     "skipped_firing": "skipped a missed firing (older than the catch-up grace)",
     "coalesced_firing": "skipped a missed firing (coalesced into the late one)",
     "late_firing": "fired late",
+    "firing_abandoned": "left a firing part way (its schedule was edited while it was under way)",
     "late_wait": "resumed a wait late",
     "launch_refused": "refused a launch",
     "empty_message": "a send rendered empty text",
@@ -179,7 +181,7 @@ class Runner:
                 # loop is let go after each, and a pass sends after a slice of them.
                 chunks += 1
                 await asyncio.sleep(0)
-                if chunks * FIRING_CHUNK >= PASS_INPUTS:
+                if chunks * driver_module.FIRING_CHUNK >= PASS_INPUTS:
                     break
                 continue
             if taken < PASS_SLICE:

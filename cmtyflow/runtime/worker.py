@@ -45,6 +45,7 @@ from ..store.base import OutboxRow
 from ..store.pg_connect import split_schema
 from ..store.pg_shared import BatchReads, SharedWork, ensure_queue_schema
 from ..store.postgres import PostgresStore
+from . import driver as driver_module
 from . import versions
 from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log, resendable
@@ -266,12 +267,23 @@ class Worker:
             # member-local schedules need a first due time).
             now = self.clock.now()
             zones = len(store.member_timezones())
+            # The schedules this driver fires, with their positions: without them a due
+            # firing waited for an event (a new driver each tick knew none).
+            driver.init_schedules(now)
             due = driver.next_instant()
             if zones != self._zones_seen or (due is not None and due <= now):
                 # A pass at a time (as a runner's): a backlog of events does not hold
                 # the engine lock, and with it every batch of waits, until it is all done.
+                # A firing over the audience goes on chunk by chunk within the pass.
                 with shared.alone():
-                    self._count(driver.process_until(now, limit=PASS_INPUTS))
+                    chunks = 0
+                    while True:
+                        self._count(driver.process_until(now, limit=PASS_INPUTS))
+                        if not driver.firing_under_way:
+                            break
+                        chunks += 1
+                        if chunks * driver_module.FIRING_CHUNK >= PASS_INPUTS:
+                            break  # the next tick goes on with it
                 self._zones_seen = zones
             shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys", PRIORITY["send"]), batch=self.send_batch)
             resent, held = shared.settle_inflight(self._resendable)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import replace
@@ -32,7 +33,7 @@ class MemoryStore:
         self._members: dict[str, dict[str, Any]] = {}
         self._zone_members: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # see iter_members
         self._progress: dict[tuple[str, str, str], tuple[datetime, int]] = {}  # see firing_progress
-        self._placed: dict[tuple[str | None, str | None], list[tuple[int, dict[str, Any]]]] = {}  # see members_from
+        self._placed: dict[tuple[str | None, str | None], list[tuple[int, str]]] = {}  # see members_from
         self._zones: set[str] = set()
         self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
         self._runs: dict[str, Run] = {}
@@ -89,10 +90,13 @@ class MemoryStore:
         placed = self._placed.get(key)
         if placed is None:
             placed = self._placed[key] = [
-                (seq, member) for seq, member in enumerate(self._members.values(), 1)
+                (seq, member["id"]) for seq, member in enumerate(self._members.values(), 1)
                 if timezone is None or (member.get("timezone") or default_timezone) == timezone
             ]
-        yield from placed[bisect.bisect_right(placed, after, key=lambda item: item[0]):]
+        members = self._members
+        start = bisect.bisect_right(placed, after, key=lambda item: item[0])
+        for seq, member_id in itertools.islice(placed, start, None):
+            yield seq, members[member_id]  # the record as it is now
 
     def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
         if timezone is None:
@@ -144,10 +148,11 @@ class MemoryStore:
     # roster ----------------------------------------------------------------------------------------
     def put_members(self, members: Iterable[dict[str, Any]]) -> int:
         self._zone_members.clear()
-        self._placed.clear()
         n = 0
         for member in members:
             current = self._members.get(member["id"])
+            if current is None or member.get("timezone", current.get("timezone")) != current.get("timezone"):
+                self._placed.clear()  # a place or a zone changes (not a tag: a firing's chunks change those)
             self._members[member["id"]] = {**current, **member} if current else dict(member)
             if member.get("timezone"):
                 self._zones.add(member["timezone"])

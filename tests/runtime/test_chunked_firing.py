@@ -86,11 +86,7 @@ def test_with_a_limit_the_driver_lets_go_after_each_chunk(tmp_path, chunk_of_thr
     store.close()
 
 
-def test_a_restart_between_chunks_goes_on_from_the_place_kept(tmp_path, chunk_of_three):
-    """A stop (or a crash) after two chunks: the next runner, an hour and a half later
-    (past the grace of an hour), finishes the firing rather than skipping it, and no
-    member is reached twice (points are awarded once, counters count once)."""
-    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+def _stopped_after_two_chunks(tmp_path, path):  # type: ignore[no-untyped-def]
     state = tmp_path / "s.db"
     store = SqliteStore(state)
     store.put_members(ROSTER)
@@ -100,14 +96,64 @@ def test_a_restart_between_chunks_goes_on_from_the_place_kept(tmp_path, chunk_of
     first.process_until(AT, limit=250)
     assert first.firing_under_way and len(_sent(store)) == 5
     store.close()
+    return state
 
-    again = SqliteStore(state)
+
+def test_a_restart_between_chunks_goes_on_from_the_place_kept(tmp_path, chunk_of_three):
+    """A stop (or a crash) after two chunks: the next runner, within the grace, finishes
+    the firing, and no member is reached twice (points awarded once, counters once)."""
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    again = SqliteStore(_stopped_after_two_chunks(tmp_path, path))
     ((key, (due, after)),) = again.firing_progress().items()
     assert due == AT and after == 6  # the roster's places: m00..m05 done (m04 outside)
-    later = AT + timedelta(minutes=90)
-    assert _driver(path, again).process_until(later) == 1
+    assert _driver(path, again).process_until(AT + timedelta(minutes=30)) == 1
     assert _sent(again) == sorted(f"hi M{i}" for i in range(10) if i != 4)
     assert again.counters()["runs_started"] == 9
     assert all(again.get_state("blast", f"m{i:02d}")["points"] == 5 for i in range(10) if i != 4)
     assert again.firing_progress() == {} and "skipped_firings" not in again.counters()
     again.close()
+
+
+def test_a_firing_taken_up_again_past_its_grace_skips_the_rest_and_says_so(tmp_path, chunk_of_three):
+    """SPEC 5.3: a firing older than the grace is skipped and reported, the rest of one
+    stopped part way too (a reminder for the 24th went out on the 27th)."""
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    again = SqliteStore(_stopped_after_two_chunks(tmp_path, path))
+    assert _driver(path, again).process_until(AT + timedelta(minutes=90)) == 1
+    assert len(_sent(again)) == 5 and again.firing_progress() == {}
+    assert again.counters()["skipped_firings"] == 1
+    (note,) = again.audit(["skipped_firing"])
+    assert note["after"] == 6 and "the members after that place were not reached" in note["reason"]
+    again.close()
+
+
+def test_a_firing_whose_schedule_was_edited_while_under_way_is_said_and_cleared(tmp_path, chunk_of_three):
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    again = SqliteStore(_stopped_after_two_chunks(tmp_path, path))
+    path.write_text(PLAYBOOK.replace('at: "2026-12-24T12:00"', 'at: "2026-12-24T12:30"'), encoding="utf-8")
+    _driver(path, again).process_until(AT + timedelta(minutes=10))
+    (note,) = again.audit(["firing_abandoned"])
+    assert note["after"] == 6 and "its schedule was edited while it was under way" in note["reason"]
+    assert again.firing_progress() == {}
+    again.close()
+
+
+def test_every_chunk_is_planned_from_when_the_firing_was_taken(tmp_path, chunk_of_three):
+    """As in the dry run: a firing taken at 21:59:50 just before quiet hours at 22:00 sends
+    to all its members at once, however long its chunks take."""
+    spec = PLAYBOOK.replace("policies: {catch_up: {grace: 1h}}", 'policies: {catch_up: {grace: 1h}, quiet_hours: {start: "22:00", end: "08:00"}}')
+    spec = spec.replace('at: "2026-12-24T12:00"', 'at: "2026-12-24T21:59:50"')
+    path = write_playbook(tmp_path / "pb", spec)
+    store = SqliteStore(tmp_path / "s.db")
+    store.put_members(ROSTER)
+    driver = _driver(path, store)
+    fire = datetime(2026, 12, 24, 21, 59, 50, tzinfo=UTC)
+    driver.process_until(fire - timedelta(minutes=1))
+    now = fire
+    while True:
+        driver.process_until(now, limit=250)
+        if not driver.firing_under_way:
+            break
+        now += timedelta(seconds=5)  # the clock moves on between chunks
+    assert {row.message.deliver_at for row in store.outbox()} == {fire}
+    store.close()

@@ -367,6 +367,48 @@ def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path:
     assert sum(queued.values()) == 10
 
 
+def test_a_tick_fires_a_due_schedule_and_goes_on_with_it_chunk_by_chunk(state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick's driver knew no schedule before ``process_until``: a firing that fell due
+    between ticks waited for an event. A firing over the audience then goes a few chunks
+    per tick, its place kept between ticks."""
+    from datetime import UTC, datetime, timedelta
+
+    from cmtyflow.clock import VirtualClock
+    from cmtyflow.runtime import driver, worker
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    monkeypatch.setattr(worker, "PASS_INPUTS", 5)
+    monkeypatch.setattr(driver, "FIRING_CHUNK", 3)
+    at = datetime(2026, 12, 24, 12, 0, tzinfo=UTC)
+    playbook = tmp_path / "xmas.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: xmas\ntimezone: UTC\nchannels:\n  hook: {adapter: webhook, url: \"http://127.0.0.1:9/hook\"}\n"
+        "triggers:\n  - {id: x, at: \"2026-12-24T12:00\", for_each: audience, flow: f}\nflows:\n  f:\n    - {id: hi, send: {channel: hook, text: hi}}\n",
+        encoding="utf-8",
+    )
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    store.put_members([{"id": f"u{i:02d}"} for i in range(7)])
+    result, programs = load_programs([playbook])
+    clock = VirtualClock(at - timedelta(minutes=5))
+    w = Worker(result, programs, state, ChannelSet(programs, {}), clock)
+    seen = []
+    try:
+        for _ in range(3):
+            w.tick()
+            seen.append(sum(store.outbox_counts().values()))
+            clock.set(at + timedelta(seconds=1))
+        progress = store.firing_progress()
+    finally:
+        w.pool.close()
+        store.close()
+    assert seen == [0, 6, 7] and progress == {}
+
+
 def test_an_urgent_message_goes_to_a_send_job_of_its_own_fetched_before_the_others(state: str, tmp_path: Path) -> None:
     """A crisis page queued after a large send is handed out first, in a job of its own
     at the urgent priority: a worker fetches it before any batch of the send."""
