@@ -108,12 +108,15 @@ class Driver:
         # The schedules this driver fires, in trigger order: (program, trigger, zone,
         # position key); set by ``init_schedules``.
         self._live: list[tuple[Program, Any, str, tuple[str, str, str]]] = []
-        # Firings over the audience under way: key -> (due, last member done); read once.
-        self._progress: dict[tuple[str, str, str], tuple[datetime, int]] | None = None
+        # Firings over the audience under way: key -> (due, last member done, when its
+        # first chunk was taken); read once.
+        self._progress: dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]] | None = None
         # The last firing handled stopped after a chunk: the caller lets go (a signal, the
         # intake, a dispatch pass) before the next one (``process_until`` with a limit).
         self.firing_under_way = False
-        self._firing_earliest: dict[tuple[str, str, str], datetime] = {}  # key -> its first chunk's "now"
+        # Firings under way whose schedule this version does not have, already said (a
+        # worker passes the same set to each tick's driver: said once per process).
+        self.abandoned_noted: set[tuple[str, str, str]] = set()
 
     @property
     def programs(self) -> dict[str, Program]:
@@ -159,12 +162,16 @@ class Driver:
             self._soonest_known = True
         return self._soonest
 
-    def init_schedules(self, now: datetime) -> None:
-        """Give every schedule (and every new member timezone) a first due time."""
+    def init_schedules(self, now: datetime, *, write: bool = True) -> None:
+        """Give every schedule (and every new member timezone) a first due time. With
+        ``write`` False, only learn which schedules this driver fires and where they
+        are (a worker looks whether anything is due before it takes the engine lock;
+        the writes wait for the lock)."""
         zones = self.store.member_timezones()
         if len(zones) == self._zone_count:
             return
-        self._zone_count = len(zones)
+        if write:
+            self._zone_count = len(zones)
         positions = self.positions()
         updates = []
         live = []
@@ -179,18 +186,20 @@ class Driver:
                 updates.append(ScheduleUpdate(*key, due))
         self._live = live
         self._soonest_known = False
-        # A firing under way whose schedule this version no longer has (its cron, `at`,
+        if not write:
+            return
+        # A firing under way whose schedule this version does not have (its cron, `at`,
         # timezone or window edited, or the trigger gone): the rest of its audience is
-        # not reached; said, and its place cleared (were the edit undone, the old firing
-        # would come back however late).
+        # not reached by it. Said once; its place is kept, so that the edit undone goes
+        # on with it (within the grace; past it, the rest is skipped and reported).
         live_keys = {key for *_, key in live}
         abandoned = Decision()
-        for key, (due, after) in list(self.progress().items()):
-            if key not in live_keys and key[0] in self.engine.programs:
+        for key, (due, after, *_) in self.progress().items():
+            if key not in live_keys and key[0] in self.engine.programs and key not in self.abandoned_noted:
+                self.abandoned_noted.add(key)
                 abandoned.note("firing_abandoned", playbook=key[0], trigger=key[1], due=due.isoformat(), after=after,
-                               reason="its schedule was edited while it was under way; the members after that place were not reached")
-                updates.append(ScheduleUpdate(*key, positions.get(key), None))
-                del self.progress()[key]
+                               reason="its schedule was edited while it was under way; the members after that place "
+                                      "are not reached unless the edit is undone")
         if abandoned.notes:
             self._apply(abandoned, now)
         if updates:
@@ -305,10 +314,11 @@ class Driver:
         grace = parse_duration(prog.playbook.policies.catch_up.grace).approx_seconds()
         progress = self.progress().get(key)
         if progress is not None and progress[0] == due:
-            if (now - due).total_seconds() <= grace:
+            if (now - progress[3]).total_seconds() <= grace:
                 # Under way: it goes on from the member after the last one done (its
-                # lateness and missed firings were said with its first chunk).
-                return self._fire_chunk(prog, trigger, zone, key, due, now, progress[1], 0.0, [])
+                # lateness and missed firings were said with its first chunk), unless it
+                # was left longer than the grace since its last chunk (a stop, a crash).
+                return self._fire_chunk(prog, trigger, zone, key, due, now, progress[1], 0.0, [], progress[2])
             # Stopped part way and taken up again past the grace (SPEC 5.3): the rest of
             # its audience is skipped and reported, as a firing that late would be.
             update = ScheduleUpdate(*key, self._next_after(prog, trigger, zone, due))
@@ -318,7 +328,6 @@ class Driver:
                          reason="stopped part way; the members after that place were not reached")
             skipped.count("skipped_firings")
             del self.progress()[key]
-            self._firing_earliest.pop(key, None)
             self._apply(skipped, now, schedules=[update])
             self._set_positions([update])
             return 1
@@ -342,16 +351,16 @@ class Driver:
 
     def _fire_chunk(
         self, prog: Program, trigger: Any, zone: str, key: tuple[str, str, str], latest: datetime, now: datetime,
-        after: int, late: float, missed: list[datetime],
+        after: int, late: float, missed: list[datetime], started: datetime | None = None,
     ) -> int:
         """The firing at ``latest`` (over the audience: its next chunk, after the member
         at ``after``); its position moves on once its last chunk is done."""
         member_zone = zone if getattr(trigger, "timezone", None) == "member" else None
         limit = FIRING_CHUNK if trigger.for_each == "audience" else 0
-        # Every chunk's messages are planned from when its first one was taken (in this
-        # process): the members of one firing meet the same quiet hours and day, as in
-        # the dry run, however long the firing takes.
-        earliest = self._firing_earliest.setdefault(key, now) if after else now
+        # Every chunk's messages are planned from when its first one was taken (kept with
+        # its place): the members of one firing meet the same quiet hours and day, as in
+        # the dry run, however long the firing takes, and whichever process goes on.
+        earliest = started if started is not None else now
         # As of its due time, as a wait taken late is (a reminder caught up after
         # midnight read the next day as its today); what it sends goes from then.
         decision = self.engine.handle(
@@ -364,19 +373,17 @@ class Driver:
             decision.count("coalesced_firings", len(missed))
         progress = self.progress()
         if decision.firing_after is not None:
-            update = ScheduleUpdate(*key, latest, decision.firing_after)
-            progress[key] = (latest, decision.firing_after)
-            self._firing_earliest.setdefault(key, earliest)
+            update = ScheduleUpdate(*key, latest, decision.firing_after, earliest, now)
+            progress[key] = (latest, decision.firing_after, earliest, now)
             self.firing_under_way = True
         else:
             update = ScheduleUpdate(*key, self._next_after(prog, trigger, zone, latest))
             progress.pop(key, None)
-            self._firing_earliest.pop(key, None)
         self._apply(decision, now, schedules=[update])
         self._set_positions([update])
         return (0 if self.firing_under_way else 1) + self._emitted(decision.emitted, now)
 
-    def progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+    def progress(self) -> dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]]:
         if self._progress is None:
             self._progress = self.store.firing_progress()
         return self._progress

@@ -170,6 +170,7 @@ class Worker:
         self._presence: PostgresStore | None = None
         self._count_lock = threading.Lock()
         self._zones_seen = -1  # member timezones when this worker's tick last took the engine
+        self._abandoned_noted: set[tuple[str, str, str]] = set()  # see Driver.abandoned_noted
         self.app = self._build_app()
 
     # procrastinate ------------------------------------------------------------------------------
@@ -267,9 +268,11 @@ class Worker:
             # member-local schedules need a first due time).
             now = self.clock.now()
             zones = len(store.member_timezones())
-            # The schedules this driver fires, with their positions: without them a due
-            # firing waited for an event (a new driver each tick knew none).
-            driver.init_schedules(now)
+            # The schedules this driver fires, with their positions, read (without them a
+            # due firing waited for an event: a new driver each tick knew none); their
+            # writes wait for the engine lock (``process_until``).
+            driver.abandoned_noted = self._abandoned_noted
+            driver.init_schedules(now, write=False)
             due = driver.next_instant()
             if zones != self._zones_seen or (due is not None and due <= now):
                 # A pass at a time (as a runner's): a backlog of events does not hold

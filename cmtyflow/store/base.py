@@ -44,6 +44,8 @@ class ScheduleUpdate:
     # A ``for_each: audience`` firing at ``next_due`` under way: the members up to this
     # one (its roster ``seq``) are done, each chunk in its own transaction (``Driver``).
     after: int | None = None
+    started: datetime | None = None  # when its first chunk was taken (its chunks are planned from then)
+    last: datetime | None = None  # when its last chunk was taken (the catch-up grace counts from then)
 
 
 @dataclass(slots=True)
@@ -97,8 +99,9 @@ class Store(StateReader, Protocol):
 
     def set_schedules(self, updates: Iterable[ScheduleUpdate]) -> None: ...
 
-    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
-        """The firings under way: position key -> (their due time, the last member done)."""
+    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]]:
+        """The firings under way: position key -> (their due time, the last member done,
+        when their first chunk was taken, when their last one was)."""
         ...
 
     # outbox ---------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class MemoryStore:
         self.note_kinds = frozenset(note_kinds) if note_kinds is not None else None
         self._members: dict[str, dict[str, Any]] = {}
         self._zone_members: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # see iter_members
-        self._progress: dict[tuple[str, str, str], tuple[datetime, int]] = {}  # see firing_progress
+        self._progress: dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]] = {}  # see firing_progress
         self._placed: dict[tuple[str | None, str | None], list[tuple[int, str]]] = {}  # see members_from
         self._zones: set[str] = set()
         self._states: dict[tuple[str, str | None], dict[str, Any]] = {}
@@ -358,11 +358,12 @@ class MemoryStore:
             key = (u.playbook, u.trigger, u.zone)
             self._schedules[key] = u.next_due
             if u.after is not None and u.next_due is not None:
-                self._progress[key] = (u.next_due, u.after)
+                first = u.started or u.next_due
+                self._progress[key] = (u.next_due, u.after, first, u.last or first)
             else:
                 self._progress.pop(key, None)
 
-    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]]:
         return dict(self._progress)
 
     # outbox -------------------------------------------------------------------------------------------

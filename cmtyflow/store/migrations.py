@@ -159,6 +159,8 @@ INSERT INTO sending (key) SELECT key FROM outbox WHERE status = 'inflight';
 # own transaction; where it has got to is kept with its schedule's position.
 _V5 = """
 ALTER TABLE schedules ADD COLUMN firing_after INTEGER;
+ALTER TABLE schedules ADD COLUMN firing_started TEXT;
+ALTER TABLE schedules ADD COLUMN firing_last TEXT;
 """
 
 MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]

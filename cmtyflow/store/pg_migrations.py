@@ -171,6 +171,8 @@ INSERT INTO sending (key) SELECT key FROM outbox WHERE status = 'inflight';
 # As SQLite's step 5: where a firing over the audience under way has got to.
 _V6 = """
 ALTER TABLE schedules ADD COLUMN firing_after bigint;
+ALTER TABLE schedules ADD COLUMN firing_started text;
+ALTER TABLE schedules ADD COLUMN firing_last text;
 """
 
 MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]

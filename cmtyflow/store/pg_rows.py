@@ -67,9 +67,10 @@ DAY_COUNTS = Bulk("day_counts", "day, member, n", "text, text, integer",
 COUNTERS = Bulk("counters", "name, value", "text, bigint",
                 "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value")
 SCHEDULES = Bulk(
-    "schedules", "playbook, trigger, zone, next_ts, next_due, firing_after", "text, text, text, timestamptz, text, bigint",
+    "schedules", "playbook, trigger, zone, next_ts, next_due, firing_after, firing_started, firing_last",
+    "text, text, text, timestamptz, text, bigint, text, text",
     "ON CONFLICT (playbook, trigger, zone) DO UPDATE SET next_ts = excluded.next_ts, next_due = excluded.next_due, "
-    "firing_after = excluded.firing_after",
+    "firing_after = excluded.firing_after, firing_started = excluded.firing_started, firing_last = excluded.firing_last",
 )
 QUEUED_STARTS = Bulk("queued_starts", "id, playbook, flow, member, record", "text, text, text, text, text")
 EXPOSURES = Bulk(

@@ -253,7 +253,11 @@ class PostgresStore(SqlStore):
             self._set_schedules(cur, updates)
 
     def _set_schedules(self, cur: Any, updates: Iterable[ScheduleUpdate]) -> None:
-        params = ((u.playbook, u.trigger, u.zone, *pg_rows.at_cols(u.next_due), u.after) for u in updates)
+        params = (
+            (u.playbook, u.trigger, u.zone, *pg_rows.at_cols(u.next_due), u.after,
+             dt_text(u.started) if u.started is not None else None, dt_text(u.last) if u.last is not None else None)
+            for u in updates
+        )
         self._bulk(cur, pg_rows.SCHEDULES, pg_rows.unique_last(params, 0, 1, 2))
 
     # outbox ----------------------------------------------------------------------------------------

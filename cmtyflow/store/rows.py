@@ -107,9 +107,10 @@ ADD_COUNTER = (
     "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
 PUT_SCHEDULE = (
-    "INSERT INTO schedules (playbook, trigger, zone, next_ts, next_due, firing_after) VALUES (?, ?, ?, ?, ?, ?) "
+    "INSERT INTO schedules (playbook, trigger, zone, next_ts, next_due, firing_after, firing_started, firing_last) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (playbook, trigger, zone) DO UPDATE SET next_ts = excluded.next_ts, next_due = excluded.next_due, "
-    "firing_after = excluded.firing_after"
+    "firing_after = excluded.firing_after, firing_started = excluded.firing_started, firing_last = excluded.firing_last"
 )
 
 # queued starts, goals ----------------------------------------------------------------------------

@@ -293,12 +293,16 @@ class SqlStore(ABC):
         found = self._all("SELECT playbook, trigger, zone, next_due FROM schedules ORDER BY seq")
         return {(pb, t, z): dt_parse(due) if due is not None else None for pb, t, z, due in found}
 
-    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int]]:
+    def firing_progress(self) -> dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]]:
         found = self._all(
-            "SELECT playbook, trigger, zone, next_due, firing_after FROM schedules "
+            "SELECT playbook, trigger, zone, next_due, firing_after, firing_started, firing_last FROM schedules "
             "WHERE firing_after IS NOT NULL AND next_due IS NOT NULL ORDER BY seq"
         )
-        return {(pb, t, z): (dt_parse(due), int(after)) for pb, t, z, due, after in found}
+        out = {}
+        for pb, t, z, due, after, started, last in found:
+            first = dt_parse(started) if started else dt_parse(due)
+            out[(pb, t, z)] = (dt_parse(due), int(after), first, dt_parse(last) if last else first)
+        return out
 
     # outbox ----------------------------------------------------------------------------------------
     def outbox(self, statuses: Iterable[str] | None = None) -> Iterator[OutboxRow]:

@@ -42,7 +42,7 @@ from ..engine.model import Decision, Event, Timer
 from ..errors import UserError
 from . import rows
 from .base import OutboxRow, ScheduleUpdate
-from .codec import dt_cols, dt_parse, dumps, loads
+from .codec import dt_cols, dt_parse, dt_text, dumps, loads
 from .migrations import migrate
 from .sqlbase import SqlStore, count, finish_params, finish_sql
 
@@ -395,7 +395,8 @@ class SqliteStore(SqlStore):
 
     def _set_schedules(self, db: sqlite3.Connection, updates: Iterable[ScheduleUpdate]) -> None:
         db.executemany(rows.PUT_SCHEDULE, [
-            (u.playbook, u.trigger, u.zone, *(dt_cols(u.next_due) if u.next_due else (None, None)), u.after)
+            (u.playbook, u.trigger, u.zone, *(dt_cols(u.next_due) if u.next_due else (None, None)), u.after,
+             dt_text(u.started) if u.started is not None else None, dt_text(u.last) if u.last is not None else None)
             for u in updates
         ])
 

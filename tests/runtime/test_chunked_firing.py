@@ -104,8 +104,8 @@ def test_a_restart_between_chunks_goes_on_from_the_place_kept(tmp_path, chunk_of
     the firing, and no member is reached twice (points awarded once, counters once)."""
     path = write_playbook(tmp_path / "pb", PLAYBOOK)
     again = SqliteStore(_stopped_after_two_chunks(tmp_path, path))
-    ((key, (due, after)),) = again.firing_progress().items()
-    assert due == AT and after == 6  # the roster's places: m00..m05 done (m04 outside)
+    ((key, (due, after, started, last)),) = again.firing_progress().items()
+    assert (due, after, started, last) == (AT, 6, AT, AT)  # the roster's places: m00..m05 done (m04 outside)
     assert _driver(path, again).process_until(AT + timedelta(minutes=30)) == 1
     assert _sent(again) == sorted(f"hi M{i}" for i in range(10) if i != 4)
     assert again.counters()["runs_started"] == 9
@@ -127,15 +127,42 @@ def test_a_firing_taken_up_again_past_its_grace_skips_the_rest_and_says_so(tmp_p
     again.close()
 
 
-def test_a_firing_whose_schedule_was_edited_while_under_way_is_said_and_cleared(tmp_path, chunk_of_three):
+def test_a_firing_whose_schedule_was_edited_while_under_way_is_said_and_kept_for_an_undo(tmp_path, chunk_of_three):
+    """The rest of its audience is not reached by it: said once. Its place is kept, so
+    that undoing the edit goes on with it (it started again from the first member, and
+    the first ones were awarded their points twice)."""
     path = write_playbook(tmp_path / "pb", PLAYBOOK)
     again = SqliteStore(_stopped_after_two_chunks(tmp_path, path))
     path.write_text(PLAYBOOK.replace('at: "2026-12-24T12:00"', 'at: "2026-12-24T12:30"'), encoding="utf-8")
-    _driver(path, again).process_until(AT + timedelta(minutes=10))
-    (note,) = again.audit(["firing_abandoned"])
+    edited = _driver(path, again)
+    edited.process_until(AT + timedelta(minutes=10))
+    edited.init_schedules(AT + timedelta(minutes=11))
+    (note,) = again.audit(["firing_abandoned"])  # once
     assert note["after"] == 6 and "its schedule was edited while it was under way" in note["reason"]
-    assert again.firing_progress() == {}
+    path.write_text(PLAYBOOK, encoding="utf-8")  # undone
+    _driver(path, again).process_until(AT + timedelta(minutes=12))
+    assert _sent(again) == sorted(f"hi M{i}" for i in range(10) if i != 4)
+    assert all(again.get_state("blast", f"m{i:02d}")["points"] == 5 for i in range(10) if i != 4)
     again.close()
+
+
+def test_a_firing_longer_than_its_grace_is_not_cut_short(tmp_path, chunk_of_three):
+    """The grace counts from when the firing was taken, not from its due time: a firing
+    still going after the grace (a large one, or one taken late) goes on to its end."""
+    path = write_playbook(tmp_path / "pb", PLAYBOOK.replace("grace: 1h", "grace: 1m"))
+    store = SqliteStore(tmp_path / "s.db")
+    store.put_members(ROSTER)
+    driver = _driver(path, store)
+    driver.process_until(AT - timedelta(minutes=1))
+    now = AT + timedelta(seconds=50)  # taken late, near the end of its grace
+    while True:
+        driver.process_until(now, limit=250)
+        if not driver.firing_under_way:
+            break
+        now += timedelta(seconds=40)
+        driver = _driver(path, store)  # a new driver each chunk, as a worker's tick has
+    assert len(_sent(store)) == 9 and "skipped_firings" not in store.counters()
+    store.close()
 
 
 def test_every_chunk_is_planned_from_when_the_firing_was_taken(tmp_path, chunk_of_three):
@@ -155,5 +182,6 @@ def test_every_chunk_is_planned_from_when_the_firing_was_taken(tmp_path, chunk_o
         if not driver.firing_under_way:
             break
         now += timedelta(seconds=5)  # the clock moves on between chunks
+        driver = _driver(path, store)  # and a worker's tick has a new driver each time
     assert {row.message.deliver_at for row in store.outbox()} == {fire}
     store.close()

@@ -278,10 +278,10 @@ def test_a_firing_under_way_keeps_its_place_with_its_position(store: Store) -> N
     """A firing over the audience goes a chunk at a time (runtime/driver.py): its place
     in the roster is kept with the schedule's position, and cleared with the last chunk."""
     key = ("pb", "daily", "UTC")
-    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(60), 1234)])
-    assert store.firing_progress() == {key: (at(60), 1234)} and store.schedule_positions()[key] == at(60)
-    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(60), 5678)])
-    assert store.firing_progress() == {key: (at(60), 5678)}
+    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(60), 1234, at(61), at(61))])
+    assert store.firing_progress() == {key: (at(60), 1234, at(61), at(61))} and store.schedule_positions()[key] == at(60)
+    store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(60), 5678, at(61), at(62))])
+    assert store.firing_progress() == {key: (at(60), 5678, at(61), at(62))}
     store.apply(Decision(), schedules=[ScheduleUpdate(*key, at(1500))])
     assert store.firing_progress() == {} and store.schedule_positions()[key] == at(1500)
 
