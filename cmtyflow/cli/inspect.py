@@ -74,7 +74,7 @@ def status(state: str | None, fmt: str) -> int:
     """Active runs, the next timers, outbox counts (and urgent messages waiting), the
     runner's last start and stop, runs that failed (the last five, with why), triggers
     that fired and started nothing (dropped, outside the audience or window), starts
-    queued behind an active run,
+    queued behind an active run, firings over the audience stopped part way,
     and inputs set aside (they broke on a fault of cmtyflow's own: the last five)."""
     store, location = store_at(state, must_exist=True)
     try:
@@ -95,6 +95,7 @@ def status(state: str | None, fmt: str) -> int:
         failed = counters.get("runs_failed", 0)
         last_failed = store.audit(["run_failed"], limit=5) if failed else []
         queued_now = len(store.waiting_starts())
+        under_way = store.firing_progress()
     finally:
         store.close()
     doc = {
@@ -111,6 +112,11 @@ def status(state: str | None, fmt: str) -> int:
         "runs_failed": {"count": failed, "last": last_failed},
         "not_started": not_started(counters),
         "queued_starts": queued_now,
+        "firings_under_way": [
+            {"playbook": pb, "trigger": trigger, "due": due.isoformat(), "after": after, "started": started.isoformat(),
+             "last_chunk": last_chunk.isoformat()}
+            for (pb, trigger, _), (due, after, started, last_chunk) in under_way.items()
+        ],
     }
     if workers is not None:
         doc["workers"] = workers
@@ -147,6 +153,9 @@ def status(state: str | None, fmt: str) -> int:
             who = f" member {entry['member']}" if entry.get("member") else ""
             click.echo(f"  {_when(entry.get('at'))}  {entry.get('playbook')}/{entry.get('flow')} at {entry.get('step')}{who}: "
                        f"{one_line(str(entry.get('error', '')))[:200]}")
+    for (pb, trigger, _), (due, after, _, last_chunk) in under_way.items():
+        click.echo(f"firing under way: {pb}/{trigger} due {_when(due)}, members up to place {after} reached, "
+                   f"last chunk at {_when(last_chunk)} (a runner goes on with it within the catch-up grace)")
     if queued_now:
         click.echo(f"starts queued behind an active run (mode queued): {queued_now}")
     skipped = not_started(counters)

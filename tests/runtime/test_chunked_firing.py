@@ -185,3 +185,18 @@ def test_every_chunk_is_planned_from_when_the_firing_was_taken(tmp_path, chunk_o
         driver = _driver(path, store)  # and a worker's tick has a new driver each time
     assert {row.message.deliver_at for row in store.outbox()} == {fire}
     store.close()
+
+
+def test_status_says_which_firing_is_under_way_and_how_far(tmp_path, chunk_of_three, capsys):
+    import json
+
+    from cmtyflow.cli import main
+
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    state = _stopped_after_two_chunks(tmp_path, path)
+    assert main(["status", "--state", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "firing under way: blast/xmas due 2026-12-24T12:00:00+00:00, members up to place 6 reached" in out
+    assert main(["status", "--state", str(state), "--format", "json"]) == 0
+    (firing,) = json.loads(capsys.readouterr().out)["firings_under_way"]
+    assert (firing["playbook"], firing["trigger"], firing["after"]) == ("blast", "xmas", 6)
