@@ -305,6 +305,11 @@ class Driver:
         self.store.apply(decision, **consumed)
         self._observe(decision)
 
+    def _move(self, decision: Decision, now: datetime, update: ScheduleUpdate) -> None:
+        """Commit what a firing (or its skipping) decided with its schedule's new position."""
+        self._apply(decision, now, schedules=[update])
+        self._set_positions([update])
+
     def _observe(self, decision: Decision) -> None:
         if self.observe is not None:
             self.observe(decision)
@@ -328,8 +333,7 @@ class Driver:
                          reason="stopped part way; the members after that place were not reached")
             skipped.count("skipped_firings")
             del self.progress()[key]
-            self._apply(skipped, now, schedules=[update])
-            self._set_positions([update])
+            self._move(skipped, now, update)
             return 1
         missed: list[datetime] = []
         latest = due
@@ -344,8 +348,7 @@ class Driver:
             skipped = Decision()
             _note_firings(skipped, "skipped_firing", [*missed, latest], now, playbook=prog.name, trigger=trigger.id, zone=zone)
             skipped.count("skipped_firings", len(missed) + 1)
-            self._apply(skipped, now, schedules=[update])
-            self._set_positions([update])
+            self._move(skipped, now, update)
             return 1
         return self._fire_chunk(prog, trigger, zone, key, latest, now, 0, late, missed)
 
@@ -379,8 +382,7 @@ class Driver:
         else:
             update = ScheduleUpdate(*key, self._next_after(prog, trigger, zone, latest))
             progress.pop(key, None)
-        self._apply(decision, now, schedules=[update])
-        self._set_positions([update])
+        self._move(decision, now, update)
         return (0 if self.firing_under_way else 1) + self._emitted(decision.emitted, now)
 
     def progress(self) -> dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]]:

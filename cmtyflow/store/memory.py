@@ -31,7 +31,6 @@ class MemoryStore:
         self.keep_delivered = keep_delivered
         self.note_kinds = frozenset(note_kinds) if note_kinds is not None else None
         self._members: dict[str, dict[str, Any]] = {}
-        self._zone_members: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # see iter_members
         self._progress: dict[tuple[str, str, str], tuple[datetime, int, datetime, datetime]] = {}  # see firing_progress
         self._placed: dict[tuple[str | None, str | None], list[tuple[int, str]]] = {}  # see members_from
         self._zones: set[str] = set()
@@ -99,18 +98,8 @@ class MemoryStore:
             yield seq, members[member_id]  # the record as it is now
 
     def iter_members(self, timezone: str | None = None, default_timezone: str | None = None) -> Iterator[dict[str, Any]]:
-        if timezone is None:
-            yield from list(self._members.values())
-            return
-        # A member-local schedule asks for each zone's members once per firing: the
-        # list is kept until the roster changes (put_members).
-        key = (timezone, default_timezone)
-        found = self._zone_members.get(key)
-        if found is None:
-            found = self._zone_members[key] = [
-                member for member in self._members.values() if (member.get("timezone") or default_timezone) == timezone
-            ]
-        yield from found
+        for _, member in self.members_from(0, timezone, default_timezone):
+            yield member
 
     def get_state(self, playbook: str, member: str | None) -> dict[str, Any]:
         return self._states.get((playbook, member), _EMPTY)
@@ -147,7 +136,6 @@ class MemoryStore:
 
     # roster ----------------------------------------------------------------------------------------
     def put_members(self, members: Iterable[dict[str, Any]]) -> int:
-        self._zone_members.clear()
         n = 0
         for member in members:
             current = self._members.get(member["id"])
