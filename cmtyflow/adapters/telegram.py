@@ -36,8 +36,9 @@ from .base import (
     TransientDeliveryError,
     UrlSetting,
 )
+from .markup_split import Markup
 from .ratelimit import TELEGRAM_PER_BOT, TELEGRAM_PER_CHAT, TELEGRAM_PER_GROUP, Bucket, RateLimiter
-from .text import Markup, escape_html, escape_markdown_v2, fit_parts, pick
+from .text import escape_html, escape_markdown_v2, fit_parts, pick
 
 _NUMERIC = re.compile(r"-?\d+")
 
