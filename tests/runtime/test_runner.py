@@ -330,26 +330,9 @@ flows:
 """
 
 
-async def test_an_opt_out_recorded_while_messages_are_queued_stops_all_of_them(tmp_path, sink, harness):
-    night = datetime(2026, 12, 1, 23, 0, tzinfo=UTC)
-    h = harness([write_playbook(tmp_path / "pb", QUIET_PLAYBOOK.format(url=sink.url))], night)
-    await h.open()
-    h.store.put_members(ROSTER)
-    h.store.add_event(event({"id": "j1", "type": "member.joined", "member": "u1", "at": night.isoformat()}))
-    await h.at(night)
-    queued = rows(h, "queued")
-    assert [r.message.step for r in queued] == ["hi"]  # deferred to 08:00 by quiet hours
-    later = night + timedelta(hours=2)
-    h.store.add_event(event({"id": "o1", "type": "member.opted_out", "member": "u1", "at": later.isoformat()}))
-    await h.run_until(night + timedelta(days=3))
-    # Only the channel notice went out; no message to u1, neither the queued one nor later ones.
-    assert [r.body["member"] for r in sink.requests] == [None]
-    assert {r.message.step: r.status for r in rows(h)}["hi"] == "cancelled"
-    await h.close()
-
-
-
-async def test_a_member_who_left_while_a_message_was_queued_does_not_get_it(tmp_path, sink, harness):
+async def _queued_then(tmp_path, sink, harness, event_type):  # type: ignore[no-untyped-def]
+    """u1 joins at 23:00 (its "hi" deferred to 08:00 by quiet hours); two hours later an
+    event of ``event_type`` for u1; then three days run. Returns the harness, open."""
     night = datetime(2026, 12, 1, 23, 0, tzinfo=UTC)
     h = harness([write_playbook(tmp_path / "pb", QUIET_PLAYBOOK.format(url=sink.url))], night)
     await h.open()
@@ -358,8 +341,22 @@ async def test_a_member_who_left_while_a_message_was_queued_does_not_get_it(tmp_
     await h.at(night)
     assert [r.message.step for r in rows(h, "queued")] == ["hi"]  # deferred to 08:00 by quiet hours
     later = night + timedelta(hours=2)
-    h.store.add_event(event({"id": "l1", "type": "member.left", "member": "u1", "at": later.isoformat()}))
+    h.store.add_event(event({"id": "x1", "type": event_type, "member": "u1", "at": later.isoformat()}))
     await h.run_until(night + timedelta(days=3))
+    return h
+
+
+async def test_an_opt_out_recorded_while_messages_are_queued_stops_all_of_them(tmp_path, sink, harness):
+    h = await _queued_then(tmp_path, sink, harness, "member.opted_out")
+    # Only the channel notice went out; no message to u1, neither the queued one nor later ones.
+    assert [r.body["member"] for r in sink.requests] == [None]
+    assert {r.message.step: r.status for r in rows(h)}["hi"] == "cancelled"
+    await h.close()
+
+
+
+async def test_a_member_who_left_while_a_message_was_queued_does_not_get_it(tmp_path, sink, harness):
+    h = await _queued_then(tmp_path, sink, harness, "member.left")
     assert sink.requests == []  # neither the queued "hi" nor the run's "again" a day later
     assert [(r.message.step, r.status, r.last_error) for r in rows(h)] == [("hi", "cancelled", "member left")]
     await h.close()

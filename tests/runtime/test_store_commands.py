@@ -503,6 +503,22 @@ def test_launch_integer_inputs_are_plain_digits(tmp_path, club, capsys, value):
     assert code == 1 and f"--input 'times': '{value}' is not an integer" in err
 
 
+def _ran(tmp_path, capsys, spec: str, roster: str, emitted: list[tuple[str, str, str]], nows: list[str]) -> tuple[Path, str]:  # type: ignore[no-untyped-def]
+    """``spec`` (a file channel's path left as %s) on a new state with ``roster`` (CSV)
+    imported, each (type, member, id) emitted at 10:00, and a runner run once at each
+    of ``nows``; returns the playbook's path and the state."""
+    path = write_playbook(tmp_path / "pb", spec % (tmp_path / "out.jsonl"))
+    state = str(tmp_path / "state.db")
+    (tmp_path / "m.csv").write_text(roster, encoding="utf-8")
+    assert cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)[0] == 0
+    for event_type, member, eid in emitted:
+        assert cli(capsys, "emit", event_type, "--member", member, "--id", eid, "--at", "2026-12-01T10:00:00+00:00",
+                   "--state", state)[0] == 0
+    for now in nows:
+        assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", now)[0] == 0
+    return path, state
+
+
 def test_status_shows_failed_runs_with_why_and_starts_not_made(tmp_path, capsys):
     """SPEC 2: a failed run "is reported"; SPEC 3: a firing dropped is "counted". Both
     were only in the runner's log and the state's counters: status showed neither."""
@@ -521,15 +537,9 @@ flows:
     - {id: ww, wait: 1h}
     - {id: city, send: {channel: out, text: "{{ member.city }}"}}
 """
-    path = write_playbook(tmp_path / "pb", spec % (tmp_path / "out.jsonl"))
-    state = str(tmp_path / "state.db")
-    (tmp_path / "m.csv").write_text("id,name,tags\nu1,Ann,in\nu2,Bo,out\n", encoding="utf-8")
-    assert cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)[0] == 0
-    for eid, member in (("a", "u1"), ("b", "u1"), ("c", "u2")):
-        assert cli(capsys, "emit", "go.now", "--member", member, "--id", eid, "--at", "2026-12-01T10:00:00+00:00",
-                   "--state", state)[0] == 0
-    for now in ("2026-12-01T10:00:00+00:00", "2026-12-01T11:00:00+00:00"):
-        assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", now)[0] == 0
+    _, state = _ran(tmp_path, capsys, spec, "id,name,tags\nu1,Ann,in\nu2,Bo,out\n",
+                    [("go.now", "u1", "a"), ("go.now", "u1", "b"), ("go.now", "u2", "c")],
+                    ["2026-12-01T10:00:00+00:00", "2026-12-01T11:00:00+00:00"])
     code, out, _ = cli(capsys, "status", "--state", state)
     assert code == 0
     assert "runs failed: 1 (each is reported, the others went on); the last:" in out
@@ -556,13 +566,8 @@ flows:
   f:
     - {id: hi, send: {channel: out, text: "hi"}}
 """
-    path = write_playbook(tmp_path / "pb", spec % (tmp_path / "out.jsonl"))
-    state = str(tmp_path / "state.db")
-    (tmp_path / "m.csv").write_text("id,name\nu1,Ann\n", encoding="utf-8")
-    assert cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)[0] == 0
-    assert cli(capsys, "emit", "member.joined", "--member", "u1", "--id", "j", "--at", "2026-12-01T10:00:00+00:00",
-               "--state", state)[0] == 0
-    assert cli(capsys, "run", str(path), "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00")[0] == 0
+    path, state = _ran(tmp_path, capsys, spec, "id,name\nu1,Ann\n", [("member.joined", "u1", "j")],
+                       ["2026-12-01T10:00:00+00:00"])
     goals = json.loads(cli(capsys, "report", str(path), "--state", state, "--format", "json")[1])["goals"]
     assert [(g["step"], g["variant"], g["exposed"]) for g in goals] == [(None, None, 1), ("hi", None, 1)]
 
