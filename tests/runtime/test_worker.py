@@ -325,6 +325,29 @@ def test_a_wait_that_breaks_the_engine_is_set_aside_and_its_batch_goes_on(state:
     assert wf.timers_left(state) == 0 and wf.stuck(state) == {}
 
 
+def _hook_worker(state: str, tmp_path: Path, name: str, trigger: str, members: int, clock: Any) -> tuple[Any, Any]:
+    """A worker on a playbook ``name`` whose one ``trigger`` starts a flow that sends
+    "hi" to a webhook that is never reached, and its (PostgreSQL) store with
+    ``members`` members u00, u01, ..."""
+    from cmtyflow.runtime.channels import ChannelSet
+    from cmtyflow.runtime.prepare import load_programs
+    from cmtyflow.runtime.worker import Worker
+    from cmtyflow.store.pg_shared import ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    playbook = tmp_path / f"{name}.yaml"
+    playbook.write_text(
+        f"cmtyflow: 1\nname: {name}\ntimezone: UTC\nchannels:\n  hook: {{adapter: webhook, url: \"http://127.0.0.1:9/hook\"}}\n"
+        f"triggers:\n  - {trigger}\nflows:\n  f:\n    - {{id: hi, send: {{channel: hook, text: hi}}}}\n",
+        encoding="utf-8",
+    )
+    store = PostgresStore(state, exclusive=False)
+    ensure_queue_schema(store)
+    store.put_members([{"id": f"u{i:02d}"} for i in range(members)])
+    result, programs = load_programs([playbook])
+    return Worker(result, programs, state, ChannelSet(programs, {}), clock), store
+
+
 def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine lock a tick holds for events stops every batch of waits: a backlog is
     taken a pass per tick, not all at once."""
@@ -332,28 +355,13 @@ def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path:
 
     from cmtyflow.clock import SystemClock
     from cmtyflow.runtime import driver, worker
-    from cmtyflow.runtime.channels import ChannelSet
     from cmtyflow.runtime.inputs import parse_event
-    from cmtyflow.runtime.prepare import load_programs
-    from cmtyflow.runtime.worker import Worker
-    from cmtyflow.store.pg_shared import ensure_queue_schema
-    from cmtyflow.store.postgres import PostgresStore
 
     monkeypatch.setattr(worker, "PASS_INPUTS", 5)
     monkeypatch.setattr(driver, "MAX_BATCH", 5)
-    playbook = tmp_path / "joined.yaml"
-    playbook.write_text(
-        "cmtyflow: 1\nname: joined\ntimezone: UTC\nchannels:\n  hook: {adapter: webhook, url: \"http://127.0.0.1:9/hook\"}\n"
-        "triggers:\n  - {id: j, event: member.joined, flow: f}\nflows:\n  f:\n    - {id: hi, send: {channel: hook, text: hi}}\n",
-        encoding="utf-8",
-    )
-    store = PostgresStore(state, exclusive=False)
-    ensure_queue_schema(store)
-    store.put_members([{"id": f"u{i:02d}"} for i in range(12)])
+    w, store = _hook_worker(state, tmp_path, "joined", "{id: j, event: member.joined, flow: f}", 12, SystemClock())
     for i in range(12):
         store.add_event(parse_event({"id": f"j{i:02d}", "type": "member.joined", "member": f"u{i:02d}", "at": "2026-11-01T10:00:00+00:00"}, UTC))
-    result, programs = load_programs([playbook])
-    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
     try:
         w.tick()
         left = len(store.pending_events(datetime.now(UTC)))
@@ -375,27 +383,12 @@ def test_a_tick_fires_a_due_schedule_and_goes_on_with_it_chunk_by_chunk(state: s
 
     from cmtyflow.clock import VirtualClock
     from cmtyflow.runtime import driver, worker
-    from cmtyflow.runtime.channels import ChannelSet
-    from cmtyflow.runtime.prepare import load_programs
-    from cmtyflow.runtime.worker import Worker
-    from cmtyflow.store.pg_shared import ensure_queue_schema
-    from cmtyflow.store.postgres import PostgresStore
 
     monkeypatch.setattr(worker, "PASS_INPUTS", 5)
     monkeypatch.setattr(driver, "FIRING_CHUNK", 3)
     at = datetime(2026, 12, 24, 12, 0, tzinfo=UTC)
-    playbook = tmp_path / "xmas.yaml"
-    playbook.write_text(
-        "cmtyflow: 1\nname: xmas\ntimezone: UTC\nchannels:\n  hook: {adapter: webhook, url: \"http://127.0.0.1:9/hook\"}\n"
-        "triggers:\n  - {id: x, at: \"2026-12-24T12:00\", for_each: audience, flow: f}\nflows:\n  f:\n    - {id: hi, send: {channel: hook, text: hi}}\n",
-        encoding="utf-8",
-    )
-    store = PostgresStore(state, exclusive=False)
-    ensure_queue_schema(store)
-    store.put_members([{"id": f"u{i:02d}"} for i in range(7)])
-    result, programs = load_programs([playbook])
     clock = VirtualClock(at - timedelta(minutes=5))
-    w = Worker(result, programs, state, ChannelSet(programs, {}), clock)
+    w, store = _hook_worker(state, tmp_path, "xmas", '{id: x, at: "2026-12-24T12:00", for_each: audience, flow: f}', 7, clock)
     seen = []
     try:
         for _ in range(3):
