@@ -72,12 +72,7 @@ def run(
             result, programs, store, channels, clock, log=log, concurrency=concurrency, poll=poll, drain=drain
         )
         asyncio.run(_serve(runner, once=once, intake=intake, default_tz=tz, log=log))
-        t = runner.totals
-        click.echo(
-            f"{'done' if once else 'stopped'}: {runner.inputs} inputs handled, {t.sent} sent, {t.failed} to retry, "
-            f"{t.dead} dead-lettered, {t.cancelled} cancelled",
-            err=True,
-        )
+        click.echo(runner.summary("done" if once else "stopped"), err=True)
     finally:
         store.close()
         if lock is not None:

@@ -65,12 +65,7 @@ def worker(paths: tuple[str, ...], state: str | None, jobs: int, concurrency: in
         asyncio.run(_serve(w, log, limiter))
     finally:
         set_default_limiter(None)
-    t = w.totals
-    click.echo(
-        f"stopped: {w.inputs} inputs handled, {t.sent} sent, {t.failed} to retry, {t.dead} dead-lettered, "
-        f"{t.cancelled} cancelled",
-        err=True,
-    )
+    click.echo(w.summary(), err=True)
     return EXIT_OK
 
 

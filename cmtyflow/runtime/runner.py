@@ -87,7 +87,8 @@ class Runner:
         self.engine = Engine(programs, older)
         self.driver = Driver(self.engine, store)
         self.log: Log = log or no_log
-        self.driver.observe = self._observe
+        self.decisions = DecisionLog(self.log)
+        self.driver.observe = self.decisions
         self.dispatcher = Dispatcher(
             store, channels, clock.now,
             policies={p.name: p.playbook.policies for p in programs},
@@ -155,6 +156,7 @@ class Runner:
             check_file()  # an SQLite state deleted or replaced meanwhile stops the runner
         if not self._stop:
             handled = await self._take_inputs(now)
+            self.decisions.flush()  # a firing's chunks so far: one line a pass
             self.inputs += handled
             self.behind = handled >= PASS_INPUTS or self.driver.firing_under_way
             if handled >= PASS_INPUTS:
@@ -223,8 +225,9 @@ class Runner:
     def _add(self, stats: DispatchStats) -> None:
         add_stats(self.totals, stats)
 
-    def _observe(self, decision: Decision) -> None:
-        log_decision(self.log, decision)
+    def summary(self, verb: str) -> str:
+        """The line ``run`` ends with."""
+        return summary(verb, self.inputs, self.decisions.runs_started, self.totals, self.driver.firing_under_way)
 
 
 def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
@@ -237,14 +240,48 @@ def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
     total.abandoned += stats.abandoned
 
 
-def log_decision(log: Log, decision: Decision) -> None:
-    """The log lines a decision is worth: runs started and the notes in LOGGED_NOTES."""
-    started = decision.counters.get("runs_started", 0)
-    if started:
-        log("runs_started", count=started)
-    for note in decision.notes:
-        if note["kind"] in LOGGED_NOTES:
-            log(note["kind"], **note_fields(note))
+class DecisionLog:
+    """The log lines decisions are worth: runs started and the notes in LOGGED_NOTES.
+
+    The chunks of a firing over the audience (1,000 members each) add their runs up:
+    one line when the firing completes, and one a pass while it is under way
+    (``flush``), not one a chunk (a thousand lines for a million members). Each
+    ``runs_started`` line counts the runs started since the one before it. Called from
+    one thread at a time."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.pending = 0  # runs started by a firing's chunks, not logged yet
+        self.runs_started = 0  # all of them, since this was made
+
+    def __call__(self, decision: Decision) -> None:
+        started = decision.counters.get("runs_started", 0)
+        self.runs_started += started
+        if decision.firing_after is not None:  # a chunk, and more of the firing to come
+            self.pending += started
+        else:
+            started += self.pending
+            self.pending = 0
+            if started:
+                self.log("runs_started", count=started)
+        for note in decision.notes:
+            if note["kind"] in LOGGED_NOTES:
+                self.log(note["kind"], **note_fields(note))
+
+    def flush(self) -> None:
+        """The runs a firing still under way has started since the last line."""
+        if self.pending:
+            self.log("runs_started", count=self.pending, firing="under way")
+            self.pending = 0
+
+
+def summary(verb: str, inputs: int, started: int, t: DispatchStats, firing_under_way: bool) -> str:
+    """A runner's or worker's last line: what it handled, started and sent."""
+    line = (f"{verb}: {inputs} inputs handled, {started} runs started, {t.sent} sent, {t.failed} to retry, "
+            f"{t.dead} dead-lettered, {t.cancelled} cancelled")
+    if firing_under_way:
+        line += "; a firing over the audience stopped part way: the next run goes on with it (cmtyflow status)"
+    return line
 
 
 def note_fields(note: dict[str, Any]) -> dict[str, Any]:

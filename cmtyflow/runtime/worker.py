@@ -51,7 +51,7 @@ from .channels import ChannelSet
 from .dispatch import Dispatcher, DispatchStats, Log, no_log, resendable
 from .driver import PASS_INPUTS, Driver
 from .prepare import adapter_formats
-from .runner import add_stats, log_decision
+from .runner import DecisionLog, add_stats, summary
 
 QUEUE = "cmtyflow"
 TICK_TASK = "cmtyflow.tick"
@@ -169,6 +169,11 @@ class Worker:
         self._dispatchers: set[Dispatcher] = set()
         self._presence: PostgresStore | None = None
         self._count_lock = threading.Lock()
+        # The decisions' log lines: a tick's (one tick at a time: its firing's chunks add
+        # up) and the jobs' (under ``_count_lock``).
+        self._tick_decisions = DecisionLog(self.log)
+        self._job_decisions = DecisionLog(self.log)
+        self._firing_under_way = False
         self._zones_seen = -1  # member timezones when this worker's tick last took the engine
         self._abandoned_noted: set[tuple[str, str, str]] = set()  # see Driver.abandoned_noted
         self.app = self._build_app()
@@ -262,7 +267,7 @@ class Worker:
             shared = SharedWork(store)
             shared.promote_timers(self.clock.now(), self._defer(TIMERS_TASK, "ids", PRIORITY["timers"]), batch=self.timer_batch)
             driver = _TickDriver(self.engine, store)
-            driver.observe = self._observe
+            driver.observe = self._tick_decisions
             # The engine lock stops every batch of waits while it is held: taken only
             # when a firing or an event is due, or the roster has a new timezone (its
             # member-local schedules need a first due time).
@@ -287,6 +292,8 @@ class Worker:
                         chunks += 1
                         if chunks * driver_module.FIRING_CHUNK >= PASS_INPUTS:
                             break  # the next tick goes on with it
+                self._tick_decisions.flush()
+                self._firing_under_way = driver.firing_under_way
                 self._zones_seen = zones
             shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys", PRIORITY["send"]), batch=self.send_batch)
             resent, held = shared.settle_inflight(self._resendable)
@@ -471,4 +478,10 @@ class Worker:
         add_stats(self.totals, stats)
 
     def _observe(self, decision: Decision) -> None:
-        log_decision(self.log, decision)
+        with self._count_lock:
+            self._job_decisions(decision)
+
+    def summary(self) -> str:
+        """The line ``worker`` ends with."""
+        started = self._tick_decisions.runs_started + self._job_decisions.runs_started
+        return summary("stopped", self.inputs, started, self.totals, self._firing_under_way)

@@ -200,3 +200,28 @@ def test_status_says_which_firing_is_under_way_and_how_far(tmp_path, chunk_of_th
     assert main(["status", "--state", str(state), "--format", "json"]) == 0
     (firing,) = json.loads(capsys.readouterr().out)["firings_under_way"]
     assert (firing["playbook"], firing["trigger"], firing["after"]) == ("blast", "xmas", 6)
+
+
+async def test_the_runner_logs_a_firing_once_a_pass_not_once_a_chunk(tmp_path, chunk_of_three, monkeypatch, harness):
+    """A million members were a thousand "runs started" lines: the chunks add up, one
+    line a pass while the firing is under way and one when it completes. Stopped part
+    way, the last line says the next run goes on with it."""
+    from cmtyflow.runtime import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PASS_INPUTS", 6)  # a pass takes two chunks
+    path = write_playbook(tmp_path / "pb", PLAYBOOK)
+    lines: list[tuple[str, dict[str, Any]]] = []
+    h = harness([path], AT - timedelta(minutes=1), log=lambda kind, **fields: lines.append((kind, fields)))
+    runner = await h.open()
+    assert h.store is not None
+    h.store.put_members(ROSTER)
+    await runner.tick()
+    h.clock.set(AT)
+    await runner.tick()
+    assert runner.driver.firing_under_way
+    assert "part way: the next run goes on with it" in runner.summary("stopped")
+    await runner.tick()
+    started = [fields for kind, fields in lines if kind == "runs_started"]
+    assert started == [{"count": 5, "firing": "under way"}, {"count": 4}]  # m04 is outside the audience
+    assert runner.summary("done").startswith("done: 1 inputs handled, 9 runs started, 9 sent,")
+    await h.close()

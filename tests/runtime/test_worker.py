@@ -325,7 +325,7 @@ def test_a_wait_that_breaks_the_engine_is_set_aside_and_its_batch_goes_on(state:
     assert wf.timers_left(state) == 0 and wf.stuck(state) == {}
 
 
-def _hook_worker(state: str, tmp_path: Path, name: str, trigger: str, members: int, clock: Any) -> tuple[Any, Any]:
+def _hook_worker(state: str, tmp_path: Path, name: str, trigger: str, members: int, clock: Any, log: Any = None) -> tuple[Any, Any]:
     """A worker on a playbook ``name`` whose one ``trigger`` starts a flow that sends
     "hi" to a webhook that is never reached, and its (PostgreSQL) store with
     ``members`` members u00, u01, ..."""
@@ -345,7 +345,7 @@ def _hook_worker(state: str, tmp_path: Path, name: str, trigger: str, members: i
     ensure_queue_schema(store)
     store.put_members([{"id": f"u{i:02d}"} for i in range(members)])
     result, programs = load_programs([playbook])
-    return Worker(result, programs, state, ChannelSet(programs, {}), clock), store
+    return Worker(result, programs, state, ChannelSet(programs, {}), clock, log=log), store
 
 
 def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,7 +378,7 @@ def test_a_tick_takes_a_backlog_of_events_a_pass_at_a_time(state: str, tmp_path:
 def test_a_tick_fires_a_due_schedule_and_goes_on_with_it_chunk_by_chunk(state: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tick's driver knew no schedule before ``process_until``: a firing that fell due
     between ticks waited for an event. A firing over the audience then goes a few chunks
-    per tick, its place kept between ticks."""
+    per tick, its place kept between ticks, and logged a line a tick, not a chunk."""
     from datetime import UTC, datetime, timedelta
 
     from cmtyflow.clock import VirtualClock
@@ -388,18 +388,24 @@ def test_a_tick_fires_a_due_schedule_and_goes_on_with_it_chunk_by_chunk(state: s
     monkeypatch.setattr(driver, "FIRING_CHUNK", 3)
     at = datetime(2026, 12, 24, 12, 0, tzinfo=UTC)
     clock = VirtualClock(at - timedelta(minutes=5))
-    w, store = _hook_worker(state, tmp_path, "xmas", '{id: x, at: "2026-12-24T12:00", for_each: audience, flow: f}', 7, clock)
+    lines: list[tuple[str, dict[str, Any]]] = []
+    w, store = _hook_worker(state, tmp_path, "xmas", '{id: x, at: "2026-12-24T12:00", for_each: audience, flow: f}', 7, clock,
+                            log=lambda kind, **fields: lines.append((kind, fields)))
     seen = []
     try:
         for _ in range(3):
             w.tick()
             seen.append(sum(store.outbox_counts().values()))
+            if len(seen) == 2:
+                assert "part way" in w.summary()
             clock.set(at + timedelta(seconds=1))
         progress = store.firing_progress()
     finally:
         w.pool.close()
         store.close()
     assert seen == [0, 6, 7] and progress == {}
+    assert [fields for kind, fields in lines if kind == "runs_started"] == [{"count": 6, "firing": "under way"}, {"count": 1}]
+    assert "7 runs started" in w.summary() and "part way" not in w.summary()
 
 
 def test_an_urgent_message_goes_to_a_send_job_of_its_own_fetched_before_the_others(state: str, tmp_path: Path) -> None:
