@@ -49,24 +49,49 @@ IMPORT_BATCH = 5000  # rows (events or members) per transaction of an import
 PROGRESS_EVERY = 100_000  # rows between an import's progress lines
 
 
-@contextlib.contextmanager
-def terminated_as_interrupted() -> Iterator[None]:
-    """A SIGTERM (kill, systemd stopping a timer's job) stops a long import or prune as
-    Ctrl-C does: the transaction under way is rolled back, and the note says how far it
-    got (it ended the process at once, without a word)."""
+class Stops:
+    """Ctrl-C and SIGTERM during a long import or prune (``terminated_as_interrupted``).
+    Inside ``held()`` (a batch's commit and its count) a stop waits until both are
+    done, so that the note's count is what was committed."""
 
-    def stop(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = False
+
+    def signal(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = True
+            return
         raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminated_as_interrupted() -> Iterator[Stops]:
+    """A SIGTERM (kill, systemd stopping a timer's job) stops a long import or prune as
+    Ctrl-C does: the transaction under way is rolled back, or finished when it is
+    committing (``Stops.held``), and the note says how far it got (it ended the process
+    at once, without a word)."""
+    stops = Stops()
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
+        previous = {sig: signal.signal(sig, stops.signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (a test's, an embedding program's): as it was
-        yield
+        yield stops
         return
     try:
-        yield
+        yield stops
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def store_at(state: str | None, *, must_exist: bool = False) -> tuple[Store, str]:
@@ -131,8 +156,8 @@ def members_import(file: str, state: str | None) -> int:
     """
     store, location = store_at(state)
     try:
-        with terminated_as_interrupted():
-            done = import_roster(store, file)
+        with terminated_as_interrupted() as stops:
+            done = import_roster(store, file, held=stops.held)
     finally:
         store.close()
     members_text = f"{done.members} members ({done.rows} rows)" if done.repeats else f"{done.members} members"
@@ -152,7 +177,7 @@ class RosterImport:
         return self.rows - len(self.repeats)
 
 
-def import_roster(store: Store, file: str) -> RosterImport:
+def import_roster(store: Store, file: str, held: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext) -> RosterImport:
     """``members import`` and ``run --roster``: the rows of ``file`` into the roster,
     ``IMPORT_BATCH`` at a time, each batch its own transaction, so that a runner (or an
     ``emit``) beside it waits a moment at most, never for the whole import. A row saying
@@ -171,12 +196,14 @@ def import_roster(store: Store, file: str) -> RosterImport:
                 done.kept.append(row["id"])
             batch.append(row)
             if len(batch) >= IMPORT_BATCH:
-                done.rows += store.put_members(batch)
+                with held():  # a stop waits for the count of what was committed
+                    done.rows += store.put_members(batch)
                 batch = []
                 if done.rows % PROGRESS_EVERY == 0:
                     click.echo(f"... {done.rows} rows imported", err=True)
         if batch:
-            done.rows += store.put_members(batch)
+            with held():
+                done.rows += store.put_members(batch)
     except (UserError, KeyboardInterrupt) as exc:
         if done.rows:
             so_far = (f"the {done.rows} rows before it were imported" if isinstance(exc, UserError)
@@ -340,18 +367,21 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
     store, _ = store_at(state)
     accepted = duplicates = 0
     try:
-        with terminated_as_interrupted():
+        with terminated_as_interrupted() as stops:
             batch = []
             for event in read_events(file, problems, _event_zone(store, tz_name)):
                 batch.append(event)
                 if len(batch) >= IMPORT_BATCH:
-                    a, d = store.add_events(batch)
-                    accepted, duplicates, batch = accepted + a, duplicates + d, []
+                    with stops.held():  # a stop waits for the count of what was committed
+                        a, d = store.add_events(batch)
+                        accepted, duplicates = accepted + a, duplicates + d
+                    batch = []
                     if (accepted + duplicates) % PROGRESS_EVERY == 0:
                         click.echo(f"... {accepted + duplicates} events read", err=True)
             if batch:
-                a, d = store.add_events(batch)
-                accepted, duplicates = accepted + a, duplicates + d
+                with stops.held():
+                    a, d = store.add_events(batch)
+                    accepted, duplicates = accepted + a, duplicates + d
     except (UserError, KeyboardInterrupt):
         if accepted + duplicates:
             click.echo(f"note: stopped after queuing {accepted} events ({duplicates} seen before); import the file "

@@ -626,15 +626,49 @@ def test_a_sigterm_stops_an_import_as_ctrl_c_does_and_says_how_far_it_got(tmp_pa
 
     def add_then_terminated(self, events):  # type: ignore[no-untyped-def]
         calls.append(1)
+        counts = add(self, events)
         if len(calls) == 3:
-            signal.raise_signal(signal.SIGTERM)  # as `kill` or systemd would, after two batches
-        return add(self, events)
+            # As `kill` or systemd would, just after the third batch's commit: the stop
+            # waits for its count (the note said 4, and the next import "4 seen before"
+            # of the 6 queued).
+            signal.raise_signal(signal.SIGTERM)
+        return counts
 
     monkeypatch.setattr(SqliteStore, "add_events", add_then_terminated)
     state = str(tmp_path / "state.db")
     code, _, err = cli(capsys, "events", "import", str(tmp_path / "ev.jsonl"), "--state", state, "--timezone", "UTC")
-    assert code == 130 and "note: stopped after queuing 4 events (0 seen before); import the file again" in err
+    assert code == 130 and "note: stopped after queuing 6 events (0 seen before); import the file again" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
     monkeypatch.setattr(SqliteStore, "add_events", add)
     code, out, _ = cli(capsys, "events", "import", str(tmp_path / "ev.jsonl"), "--state", state, "--timezone", "UTC")
-    assert (code, out.strip()) == (0, "queued 3 events, 4 seen before")
+    assert (code, out.strip()) == (0, "queued 1 events, 6 seen before")
+
+
+def test_ctrl_c_just_after_a_roster_batch_commits_is_counted_in_the_note(tmp_path, capsys, monkeypatch):
+    """A stop between a batch's commit and its count said one batch fewer than were
+    imported; it now waits for the count."""
+    import signal
+
+    from cmtyflow.cli import state as state_cli
+    from cmtyflow.store.sqlite import SqliteStore
+
+    monkeypatch.setattr(state_cli, "IMPORT_BATCH", 2)
+    (tmp_path / "m.csv").write_text("id,name\n" + "".join(f"m{i},张{i}\n" for i in range(5)), encoding="utf-8")
+    put = SqliteStore.put_members
+    calls = []
+
+    def put_then_interrupted(self, rows):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        n = put(self, rows)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return n
+
+    monkeypatch.setattr(SqliteStore, "put_members", put_then_interrupted)
+    state = str(tmp_path / "state.db")
+    code, _, err = cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)
+    assert code == 130 and "note: stopped after importing 4 rows; import the file again" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    store = SqliteStore(tmp_path / "state.db")
+    assert len(list(store.iter_members())) == 4
+    store.close()
