@@ -31,7 +31,7 @@ from ..runtime.runner import StateLock
 from ..store.base import REQUEUEABLE, OutboxRow, Store
 from ..store.open import is_postgres, shown
 from . import EXIT_OK, cli
-from .state import format_option, print_table, state_option, store_at
+from .state import format_option, print_row, state_option, store_at, text_width
 
 SHORT = 12
 PROBLEM_STATUSES = ("failed", "dead", "in_doubt")
@@ -270,45 +270,53 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
     try:
         wanted = list(statuses or PROBLEM_STATUSES)
         counts = store.outbox_counts()
-        rows: list[OutboxRow] = []
+        header = ("key", "status", "tries", "step", "to", "channel", "next try", "error")
+        widths = [text_width(h) for h in header]
         if fmt == "json":
             # Written as read, a row at a time: a listing of a million rows held them all
             # twice over (5 GB).
             shown = _echo_json_rows(_row_doc(r) for r in itertools.islice(store.outbox(wanted), limit))
         else:
-            rows = list(itertools.islice(store.outbox(wanted), limit))
-            shown = len(rows)
+            # Read twice, a page at a time (the widths, then the rows), as `members list`:
+            # a large --limit held every row, its text too.
+            shown = 0
+            for cells in map(_outbox_cells, itertools.islice(store.outbox(wanted), limit)):
+                widths = [max(w, text_width(c)) for w, c in zip(widths, cells, strict=True)]
+                shown += 1
         # How many more from the counts (one query), not by reading every row past the limit.
         more = max(0, sum(counts.get(s, 0) for s in set(wanted)) - shown)
+        if more:
+            click.echo(f"showing the first {limit}; {more} more (raise --limit to see them)", err=True)
+        stranded = counts.get("inflight", 0)
+        if stranded and not statuses and _no_runner(location):
+            # Left by a runner that stopped while sending (killed): in doubt, but marked so
+            # only when the next runner starts (SPEC 5.2), so they were not listed at all.
+            click.echo(
+                f"note: {stranded} message{'s were' if stranded != 1 else ' was'} being sent when the runner stopped; "
+                "the next `cmtyflow run` settles them (resent with the same key where the platform deduplicates, "
+                "else held here as in doubt). `--status inflight` lists them now",
+                err=True,
+            )
+        if fmt == "json":
+            return EXIT_OK
+        if not shown:
+            click.echo("nothing " + ("with status " + "/".join(statuses) if statuses else "failed, dead or in doubt"))
+            return EXIT_OK
+        print_row(header, widths)
+        for cells in map(_outbox_cells, itertools.islice(store.outbox(wanted), limit)):
+            print_row(cells, widths)
     finally:
         store.close()
-    if more:
-        click.echo(f"showing the first {limit}; {more} more (raise --limit to see them)", err=True)
-    stranded = counts.get("inflight", 0)
-    if stranded and not statuses and _no_runner(location):
-        # Left by a runner that stopped while sending (killed): in doubt, but marked so
-        # only when the next runner starts (SPEC 5.2), so they were not listed at all.
-        click.echo(
-            f"note: {stranded} message{'s were' if stranded != 1 else ' was'} being sent when the runner stopped; "
-            "the next `cmtyflow run` settles them (resent with the same key where the platform deduplicates, "
-            "else held here as in doubt). `--status inflight` lists them now",
-            err=True,
-        )
-    if fmt == "json":
-        return EXIT_OK
-    if not rows:
-        click.echo("nothing " + ("with status " + "/".join(statuses) if statuses else "failed, dead or in doubt"))
-        return EXIT_OK
-    table: list[tuple[str, ...]] = [("key", "status", "tries", "step", "to", "channel", "next try", "error")]
-    for r in rows:
-        m = r.message
-        table.append((
-            m.key[:SHORT], r.status, str(r.attempts), f"{m.playbook}/{m.step}", m.member or m.to, m.channel,
-            r.next_attempt.isoformat(timespec="seconds") if r.next_attempt and r.status == "failed" else "",
-            (r.last_error or "")[:80],
-        ))
-    print_table(table)
     return EXIT_OK
+
+
+def _outbox_cells(r: OutboxRow) -> tuple[str, ...]:
+    m = r.message
+    return (
+        m.key[:SHORT], r.status, str(r.attempts), f"{m.playbook}/{m.step}", m.member or m.to, m.channel,
+        r.next_attempt.isoformat(timespec="seconds") if r.next_attempt and r.status == "failed" else "",
+        (r.last_error or "")[:80],
+    )
 
 
 @outbox.command("retry")

@@ -250,10 +250,10 @@ def members_list(state: str | None, tag: str | None, limit: int | None, fmt: str
             click.echo("[]" if first else "\n]")
             return EXIT_OK
         header = ("id", "name", "timezone", "tags", "opted out")
-        widths = [_width(h) for h in header]
+        widths = [text_width(h) for h in header]
         count = 0
         for cells in map(_member_cells, _listed(store, tag, limit)):
-            widths = [max(w, _width(c)) for w, c in zip(widths, cells, strict=True)]
+            widths = [max(w, text_width(c)) for w, c in zip(widths, cells, strict=True)]
             count += 1
         if not count:
             click.echo("no members")
@@ -284,19 +284,15 @@ def _member_cells(m: dict[str, Any]) -> tuple[str, ...]:
     return tuple(" ".join(c.split()) if any(ch in c for ch in "\n\r\t") else c for c in cells)
 
 
-def print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    """Rows (the first a header) in aligned columns, two spaces apart."""
-    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print_row(r, widths)
-
-
 def print_row(cells: Sequence[str], widths: Sequence[int]) -> None:
-    click.echo("  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(cells, widths, strict=True)).rstrip())
+    """A row of a table in aligned columns, two spaces apart (``widths``: ``text_width``)."""
+    click.echo("  ".join(cell + " " * (w - text_width(cell)) for cell, w in zip(cells, widths, strict=True)).rstrip())
 
 
-def _width(text: str) -> int:
+def text_width(text: str) -> int:
     """Terminal columns: CJK characters take two."""
+    if text.isascii():
+        return len(text)
     import unicodedata
 
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)

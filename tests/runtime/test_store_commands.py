@@ -672,3 +672,42 @@ def test_ctrl_c_just_after_a_roster_batch_commits_is_counted_in_the_note(tmp_pat
     store = SqliteStore(tmp_path / "state.db")
     assert len(list(store.iter_members())) == 4
     store.close()
+
+
+def test_outbox_text_reads_its_rows_a_page_at_a_time_and_aligns_wide_characters(tmp_path, capsys):
+    """A text listing with a large --limit held every row, its text too (a listing of a
+    million dead messages); it now reads them twice, a page at a time, as `members
+    list`. Columns stay aligned with names in Chinese."""
+    import tracemalloc
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.store.sqlbase import PAGE
+    from cmtyflow.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=ZoneInfo("UTC"))
+    n = 8 * PAGE
+    text = "通知" * 500  # 2 KB each as a str
+    with SqliteStore(state) as store:
+        store.apply(Decision(messages=[
+            QueuedMessage(f"{i:032x}", "pb", "r", "f", "s", 1, "ch", "webhook", "张三" if i % 2 else "m1", "member",
+                          text, "plain", None, False, at, at)
+            for i in range(n)
+        ]))
+        claimed = store.claim_due_messages(at, limit=n)
+        store.finish_messages([(row.message.key, "dead", {"attempts": 1, "last_error": "HTTP 403"}) for row in claimed])
+    tracemalloc.start()
+    try:
+        code, out, _ = cli(capsys, "outbox", "--state", state, "--limit", str(n))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == n + 1
+    assert peak < 2 * PAGE * 4000  # a page of rows or two at a time, not all eight
+    # The channel's column starts at the same terminal column in every row (张三 is 4 wide).
+    assert {len(line[: line.index(" ch ")].replace("张三", "xxxx")) for line in lines[1:]} == {
+        len(lines[0][: lines[0].index(" channel ")])
+    }
