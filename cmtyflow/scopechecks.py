@@ -19,6 +19,10 @@ Rules:
 - A source that tests the name (``wait is defined``) is not reported; nor is one that
   reads ``member`` alone as well as its keys (``member.name if member``).
 - Problems in a template file point into the file and name the step that uses it.
+- The audience's ``where`` is read for a member before any run of theirs exists: it
+  sees ``member``, ``vars``, ``roles``, ``now`` and ``today`` only (``state`` there
+  failed every check at run time, and the member was left out). A goal's ``where``
+  sees ``member``, ``event`` and ``vars``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkbase import CheckContext, RawStep, iter_triggers, problem, raw_steps, step_kind
+from .expr import SCOPE_NAMES
 from .exprcheck import names_out_of_scope
 from .problems import Problem
 from .spec.sourcemap import Loc
@@ -144,12 +149,42 @@ def _why(place: _Place, runs: tuple[str, str] | None) -> tuple[dict[str, str], d
     return undefined, none
 
 
+AUDIENCE_NAMES = ("member", "vars", "roles", "now", "today")
+GOAL_NAMES = ("member", "event", "vars")
+
+
+def _outside(names: tuple[str, ...], where: str) -> dict[str, str]:
+    sees = ", ".join(names[:-1]) + " and " + names[-1]
+    return {
+        name: f"'{name}' is undefined in {where}: it sees {sees} only"
+        for name in SCOPE_NAMES if name not in names
+    }
+
+
+def _where_problems(ctx: CheckContext) -> list[Problem]:
+    """The audience's and the goals' ``where``: names they never see."""
+    found: list[Problem] = []
+    sources: list[tuple[tuple[str, ...], Any, dict[str, str]]] = []
+    audience = ctx.data.get("audience")
+    if isinstance(audience, dict):
+        why = _outside(AUDIENCE_NAMES, "the audience's where (it is read for a member before any run of theirs)")
+        sources.append((("audience", "where"), audience.get("where"), why))
+    for name, goal in ctx.mapping("goals").items():
+        if isinstance(goal, dict):
+            sources.append((("goals", name, "where"), goal.get("where"), _outside(GOAL_NAMES, f"the where of goal '{name}'")))
+    for loc, source, why in sources:
+        if isinstance(source, str):
+            for p in names_out_of_scope(source, False, why, {}):
+                found.append(problem(ctx.smap.text_mark(loc, p.lineno, source), p.message))
+    return found
+
+
 def check_scope(ctx: CheckContext) -> list[Problem]:
+    found = _where_problems(ctx)
     flows = ctx.data.get("flows")
     if not isinstance(flows, dict):
-        return []
+        return found
     runs = _runs(ctx)
-    found: list[Problem] = []
     in_files: set[tuple[str, int, str]] = set()
     for flow, steps in flows.items():
         for place in _places(steps, ("flows", flow), str(flow), set()):

@@ -159,3 +159,24 @@ def test_a_template_file_is_reported_in_the_file_for_the_step_that_uses_it(write
     assert len(found) == 1
     assert found[0].startswith("2:1: 'wait' is undefined here")
     assert found[0].endswith("(used by step 'nudge' in playbook pb.yaml)")
+
+
+def test_the_audience_and_goal_filters_see_only_their_own_names():
+    """The audience is read for a member before any run of theirs: ``state`` there
+    passed validate, then failed every check at run time and reached nobody, without a
+    word in the dry run. A goal's ``where`` sees member, event and vars."""
+    text = HEAD + textwrap.dedent("""
+        audience: {where: "state.points > 0 and 'x' in member.tags and today.day > 0"}
+        goals:
+          g: {event: a.b, within: 3d, where: "run.id and member.id and event.data and vars"}
+        triggers:
+          - {id: e, event: go.now, flow: f}
+        flows:
+          f:
+            - {id: s, send: {text: "hi"}}
+        """)
+    assert problems(text) == [
+        "6:19: 'state' is undefined in the audience's where (it is read for a member before any run of theirs): "
+        "it sees member, vars, roles, now and today only",
+        "8:38: 'run' is undefined in the where of goal 'g': it sees member, event and vars only",
+    ]

@@ -284,6 +284,13 @@ class Engine:
 
     def _event(self, interp: Interpreter, event: Event) -> None:
         txn = interp.txn
+        # A member.left trigger starts a run for the member who just left (to tell the
+        # moderators, to note why): the audience is checked as they were. Its non-urgent
+        # sends to them do not go (they left), as any run's.
+        leaving = False
+        if event.type == "member.left" and event.member is not None:
+            before = txn.member(event.member)
+            leaving = before is not None and not before.get("left")
         if event.member is not None and (event.member_update or event.type in _ROSTER_EVENTS):
             self._roster_update(txn, event)
         if event.member is not None and self._with_goals:
@@ -294,6 +301,8 @@ class Engine:
             member = txn.member(event.member) if event.member is not None else None
             if member is not None:
                 tz = zone(member.get("timezone"), prog.tz)
+                if leaving:
+                    member = {k: v for k, v in member.items() if k != "left"}
             if event.at is interp.now:  # the usual case: the local date is the run's
                 inside = in_window_day(interp.local(tz)[1], prog.window)
             else:
@@ -512,7 +521,10 @@ class Engine:
             rec.update(update)
         if event.type == "member.joined":
             rec = txn.member_for_write(event.member)
-            rec.pop("left", None)
+            if rec.get("left"):
+                # False, not removed: the stores merge a member's fields, so a key taken
+                # away never reached the stored record (a member who came back stayed gone).
+                rec["left"] = False
             rec.setdefault("joined_at", event.at.isoformat())
         elif event.type == "member.left":
             txn.member_for_write(event.member)["left"] = True

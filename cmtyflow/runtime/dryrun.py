@@ -41,7 +41,8 @@ DELIVERY_BATCH = 5000
 # is cyclic garbage, so the collector has nothing to find meanwhile; what it would
 # find (a failing template's traceback) waits at most a million objects.
 GC_THRESHOLDS = (1_000_000, 20, 10)
-SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member", "emit_chain_cut", "opt_out_kept")  # the notes ``summary`` reads
+SUMMARY_NOTES = ("run_failed", "input_failed", "empty_message", "unknown_member", "emit_chain_cut", "opt_out_kept",
+                 "audience_failed", "trigger_failed")  # the notes ``summary`` reads
 
 
 def delivery_record(message: QueuedMessage, at: str) -> dict[str, Any]:
@@ -312,6 +313,15 @@ class DryRun:
                 f"{len(cut)} emitted event{' was' if len(cut) == 1 else 's were'} dropped, not handled: a chain of emits went past {cut[0]['reason']} "
                 f"(first: {cut[0]['type']}; does a flow emit an event that starts it again?)"
             )
+        for kind, what in (("audience_failed", "audience checks"), ("trigger_failed", "trigger filters")):
+            failed = [n for n in notes if n["kind"] == kind]
+            if failed:
+                first = failed[0]
+                where = f"trigger '{first['trigger']}', " if kind == "trigger_failed" else ""
+                warnings.append(
+                    f"{len(failed)} {what} failed and started nothing (first: {first['playbook']}, {where}"
+                    f"member {first.get('member')}: {first['error']})"
+                )
         unknown = [n for n in notes if n["kind"] == "unknown_member"]
         if unknown:
             warnings.append(f"{len(unknown)} references to members not in the roster (first: {unknown[0]['member']})")

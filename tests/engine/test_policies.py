@@ -150,6 +150,57 @@ def test_a_member_who_left_gets_nothing_more_from_runs_already_on(simulate, tmp_
     assert summary["skipped"]["left"] == 2  # the deferred hello (cancelled when due) and day two (not queued)
 
 
+def test_a_member_who_left_and_joined_again_is_reached_again(simulate, tmp_path):
+    """The join took the ``left`` flag away from the record, but the stores merge a
+    member's fields, so the stored record kept it: back in the group, the member was
+    outside every audience for good."""
+    roster = [{"id": "a", "name": "Ana"}]
+    events = [
+        {"id": "e1", "type": "member.left", "at": "2026-12-01T10:00:00+08:00", "member": "a"},
+        {"id": "e2", "type": "ping", "at": "2026-12-01T11:00:00+08:00", "member": "a"},
+        {"id": "e3", "type": "member.joined", "at": "2026-12-02T10:00:00+08:00", "member": "a"},
+        {"id": "e4", "type": "ping", "at": "2026-12-02T11:00:00+08:00", "member": "a"},
+    ]
+    out, summary = simulate(PING, roster, events, "2026-12-01", 3, tmp_path)
+    assert trio(out) == [("2026-12-02T11:00:00+08:00", "a", "hello")]
+    assert summary["skipped"]["outside_audience"] == 1  # the ping while away
+
+
+LEFT_TRIGGER = """
+cmtyflow: 1
+name: bye
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: console}
+audience: {where: "'club' in member.tags"}
+triggers:
+  - {id: gone, event: member.left, flow: f}
+flows:
+  f:
+    - {id: mods, send: {channel: dm, to: [mod], text: "{{ member.name }} left"}}
+    - {id: ask, send: {channel: dm, text: "why, {{ member.name }}?"}}
+"""
+
+
+def test_a_member_left_trigger_starts_a_run_for_who_just_left(simulate, tmp_path):
+    """SPEC 3 names member.left a standard event, but the member was marked as gone
+    before the triggers were matched, so such a trigger never started anything. It now
+    starts for a member of the audience as they were; the moderators are told, and
+    the member, who left, is sent nothing. A member who had already left starts
+    nothing, nor does one outside the audience."""
+    roster = [{"id": "a", "name": "Ana", "tags": ["club"]}, {"id": "o", "name": "Oz"},
+              {"id": "mod", "name": "Mo", "tags": ["club"]}]
+    events = [
+        {"id": "e1", "type": "member.left", "at": "2026-12-01T10:00:00+08:00", "member": "a"},
+        {"id": "e2", "type": "member.left", "at": "2026-12-01T11:00:00+08:00", "member": "a"},
+        {"id": "e3", "type": "member.left", "at": "2026-12-01T12:00:00+08:00", "member": "o"},
+    ]
+    out, summary = simulate(LEFT_TRIGGER, roster, events, "2026-12-01", 2, tmp_path)
+    assert [(d["member"], d["step"], d["text"]) for d in out] == [("mod", "mods", "Ana left")]
+    assert summary["runs"]["started"] == 1 and summary["skipped"]["left"] == 1
+    assert summary["skipped"]["outside_audience"] == 2
+
+
 def test_opt_in_again_receives_later_sends(simulate, tmp_path):
     roster = [{"id": "a", "name": "Ana", "opted_out": True}]
     events = [
@@ -325,3 +376,34 @@ def test_quiet_hours_ending_in_the_repeated_hour_end_after_the_send():
                        ("2026-10-31T23:00:00-04:00", "2026-11-01T01:30:00-04:00")]:
         moved = after_quiet(datetime.fromisoformat(sent), quiet, ny)
         assert moved.isoformat() == ends and moved > datetime.fromisoformat(sent)
+
+
+FILTERS = """
+cmtyflow: 1
+name: tw
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: console}
+audience: {where: "member.tags[0] == 'reading'"}
+triggers:
+  - {id: c, event: message.posted, flow: f, where: "'打卡' in event.data.text"}
+flows:
+  f:
+    - {id: s, send: {channel: dm, text: "hi"}}
+"""
+
+
+def test_the_dry_run_warns_of_audience_checks_and_trigger_filters_that_failed(simulate, tmp_path):
+    """Each starts nothing, and the runner logs it; the dry run said nothing of either."""
+    roster = [{"id": "m1", "tags": ["reading"]}, {"id": "m2", "tags": []}]
+    events = [
+        {"id": "1", "type": "message.posted", "at": "2026-12-01T10:00:00+08:00", "member": "m1", "data": {"image": "x.png"}},
+        {"id": "2", "type": "message.posted", "at": "2026-12-01T10:00:00+08:00", "member": "m2", "data": {"text": "打卡"}},
+        {"id": "3", "type": "message.posted", "at": "2026-12-01T11:00:00+08:00", "member": "m1", "data": {"text": "打卡"}},
+    ]
+    out, summary = simulate(FILTERS, roster, events, "2026-12-01", 2, tmp_path)
+    assert [d["member"] for d in out] == ["m1"]
+    (audience,) = [w for w in summary["warnings"] if "audience checks" in w]
+    assert audience.startswith("1 audience checks failed and started nothing (first: tw, member m2: ")
+    (trigger,) = [w for w in summary["warnings"] if "trigger filters" in w]
+    assert trigger.startswith("1 trigger filters failed and started nothing (first: tw, trigger 'c', member m1: ")
