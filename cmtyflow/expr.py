@@ -310,8 +310,17 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
         return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        names = _ITEM_FIRST.get(type(obj))
-        if names is not None and attribute not in names:
+        kind = type(obj)
+        if kind is dict:
+            # A key before a dict's own methods: ``event.data.values`` and ``vars.items``
+            # read the data (Jinja's attribute-first order gave the bound method, printed
+            # with its memory address).
+            value = obj.get(attribute, _NO_KEY)
+            return _sandbox_getattr(self, obj, attribute) if value is _NO_KEY else value
+        names = _ITEM_FIRST.get(kind)
+        # Names of the class (``state.items``, ``state.get``) are its methods unless the
+        # mapping holds such a key: then the data, as for a dict.
+        if names is not None and (attribute not in names or attribute in obj):
             try:
                 return obj[attribute]
             except (TypeError, LookupError):
@@ -323,12 +332,20 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 
 
 _sandbox_getattr = ImmutableSandboxedEnvironment.getattr
+_NO_KEY = object()
 
 
 def _blank_none(value: Any) -> Any:
     """What ``{{ ... }}`` prints: none as nothing (a member without a name is greeted
     "👋 ，欢迎", not "👋 None，欢迎"); write ``{{ member.name or '朋友' }}`` for a default."""
-    return "" if value is None else value
+    if value is None:
+        return ""
+    if callable(value) and not isinstance(value, (str, Undefined)):
+        # A method or a function printed (``{{ state.keys }}``, a macro without its call)
+        # printed its memory address: text that differs from run to run (SPEC 5.5).
+        name = getattr(value, "__name__", type(value).__name__)
+        raise TypeError(f"{name!r} is a function, not a value to print; call it, or read a key of that name with ['{name}']")
+    return value
 
 
 def _make_env() -> CmtyflowEnvironment:

@@ -259,3 +259,27 @@ def test_a_constant_part_that_always_fails_or_nesting_too_deep_is_a_static_probl
     assert [p.message for p in static_problems_expression("(" * 200 + "1" + ")" * 200)] == [
         "expression nested too deeply (parentheses, brackets or operators)"
     ]
+
+
+def test_data_keys_named_like_mapping_methods_read_the_data():
+    """Jinja reads ``obj.name`` as an attribute first: ``event.data.values`` printed a
+    bound method with its memory address (different bytes in the dry run and the
+    run), ``state.items`` the member's whole state, and ``for i in vars.items``
+    failed. A key of that name is now read; a method printed is an error."""
+    from datetime import date
+
+    from cmtyflow.engine.context import MemberView, StateView
+
+    ctx = {
+        "state": StateView({"items": ["a", "b"]}, date(2026, 12, 1)),
+        "event": {"data": {"values": [5, 6], "keys": "k"}},
+        "vars": {"items": ["书", "笔"]},
+        "member": MemberView({"id": "m", "items": "x"}),
+    }
+    text = "{{ state.items }} {{ event.data.values }} {{ event.data.keys }} {% for i in vars.items %}{{ i }}{% endfor %} {{ member.items }}"
+    assert compile_template(text).render(ctx) == "['a', 'b'] [5, 6] k 书笔 x"
+    assert compile_expression("event.data.get('values')").evaluate(ctx) == [5, 6]  # methods still there
+    ctx["state"] = StateView({"count": 2}, date(2026, 12, 1))
+    assert compile_expression("state.get('count', 0) + state.points").evaluate(ctx) == 2
+    with pytest.raises(RenderError, match=r"'items' is a function, not a value to print"):
+        compile_template("{{ state.items }}").render(ctx)
