@@ -70,6 +70,30 @@ def test_a_crisis_declared_while_another_is_open_still_pages_the_moderators(tmp_
     assert third[:2] == ["page-moderators", "page-moderators"] and "holding-statement" in third
 
 
+def test_a_crisis_declared_the_day_after_one_was_resolved_gets_a_full_response(tmp_path, capsys):
+    """The response waited a day for the post-mortem reminder after its follow-up, with
+    the crisis marked resolved: a crisis declared in that day was neither followed
+    (mode single) nor paged (``another`` pages only open crises). The reminder now waits
+    in a run of its own, and names the incident it is about."""
+    lines = [
+        {"id": "c1", "type": "crisis.declared", "at": "2026-12-01T10:00:00+08:00", "data": {"summary": "一", "severity": "high"}},
+        {"id": "c1a", "type": "crisis.acknowledged", "at": "2026-12-01T10:05:00+08:00", "member": "u002", "data": {"by": "陈静"}},
+        {"id": "c1r", "type": "crisis.resolved", "at": "2026-12-01T10:30:00+08:00", "data": {"note": "ok"}},
+        {"id": "c2", "type": "crisis.declared", "at": "2026-12-01T15:00:00+08:00", "data": {"summary": "钓鱼链接", "severity": "critical"}},
+    ]
+    import json
+
+    events = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    sent = dry_run_deliveries(capsys, tmp_path, "crisis-response", events, "2026-12-01", 3)
+    second = [(d["step"], d["member"]) for d in sent if "2026-12-01T15:00" <= d["at"] < "2026-12-02"]
+    assert second[:2] == [("page-moderators", "u001"), ("page-moderators", "u002")]
+    assert ("holding-statement", None) in second and ("follow-up", None) in second
+    reminders = [(d["at"][:16], d["text"]) for d in sent if d["step"] == "postmortem-reminder" and d["member"] == "u001"]
+    assert [at for at, _ in reminders] == ["2026-12-02T10:30", "2026-12-02T17:45"]
+    assert "：一" in reminders[0][1] and "已解决" in reminders[0][1]
+    assert "钓鱼链接" in reminders[1][1] and "处理中" in reminders[1][1]
+
+
 def test_onboarding_does_not_report_an_opted_out_newcomer_as_silent(tmp_path, capsys):
     """u011 opted out: she gets no welcome, so the moderators were told, falsely, that
     she had had the welcome and reminders and was still silent a week later."""
