@@ -291,7 +291,7 @@ class Engine:
         if event.type == "member.left" and event.member is not None:
             before = txn.member(event.member)
             leaving = before is not None and not before.get("left")
-        if event.member is not None and (event.member_update or event.type in _ROSTER_EVENTS):
+        if event.member is not None and (event.member_update or event.type in ROSTER_EVENTS):
             self._roster_update(txn, event)
         if event.member is not None and self._with_goals:
             self._goals(interp, event)
@@ -535,7 +535,7 @@ class Engine:
 
 
 # The event types _roster_update acts on (besides any event carrying member data).
-_ROSTER_EVENTS = frozenset({"member.joined", "member.left", "member.opted_out", "member.opted_in"})
+ROSTER_EVENTS = frozenset({"member.joined", "member.left", "member.opted_out", "member.opted_in"})
 
 
 def _start_record(run: Run) -> dict[str, Any]:

@@ -711,3 +711,28 @@ def test_outbox_text_reads_its_rows_a_page_at_a_time_and_aligns_wide_characters(
     assert {len(line[: line.index(" ch ")].replace("张三", "xxxx")) for line in lines[1:]} == {
         len(lines[0][: lines[0].index(" channel ")])
     }
+
+
+def test_emit_takes_a_member_object_and_notes_an_unknown_member(tmp_path, capsys):
+    """SPEC 3: an event's member is an id or an object that updates the roster. `emit
+    --member '{...}'` took the whole JSON text for an id: a member with that id, greeted
+    by it in the group. An id the roster does not know is taken, with a note (a typo
+    showed only as a line in the runner's log); events that add a member are not noted."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cmtyflow.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state.db")
+    code, _, err = cli(capsys, "emit", "member.joined", "--member", '{"id": "m12", "name": "小明 😀", "tags": ["打卡"]}',
+                       "--at", "2026-12-03T14:00:00+08:00", "--state", state)
+    assert code == 0 and err == ""
+    with SqliteStore(state) as store:
+        (event,) = store.pending_events(datetime(2026, 12, 4, tzinfo=ZoneInfo("UTC")))
+    assert (event.member, event.member_update) == ("m12", {"id": "m12", "name": "小明 😀", "tags": ["打卡"]})
+    code, _, err = cli(capsys, "emit", "member.joined", "--member", "m98", "--state", state)
+    assert code == 0 and err == ""
+    code, _, err = cli(capsys, "emit", "message.posted", "--member", "m97", "--state", state)
+    assert code == 0 and "note: no member 'm97' in the roster yet" in err
+    code, _, err = cli(capsys, "emit", "member.joined", "--member", '{"id": ', "--state", state)
+    assert code == 1 and "--member is not an id nor a JSON object" in err
