@@ -446,7 +446,16 @@ def launch(playbook: str, trigger: str, member: str | None, inputs: tuple[str, .
     if spec.kind != "manual":
         kind = {"event": "an event", "at": "an at"}.get(spec.kind, f"a {spec.kind}")
         raise UserError(f"{playbook}: trigger '{trigger}' is {kind} trigger; only manual triggers can be launched")
-    values = _inputs(inputs, spec.manual.inputs)  # type: ignore[union-attr]  # kind checked above
+    specs = spec.manual.inputs  # type: ignore[union-attr]  # kind checked above
+    values = _inputs(inputs, specs)
+    # An input without a default must be given: a launch without it posted "📢 " to the
+    # whole group (a title with nothing in it).
+    missing = [name for name, item in specs.items() if name not in values and "default" not in item.model_fields_set]
+    if missing:
+        said = "; ".join(
+            f"--input {name}=..." + (f" — {specs[name].description}" if specs[name].description else "") for name in missing
+        )
+        raise UserError(f"{playbook}: trigger '{trigger}' needs {said}")
     store, _ = store_at(state)
     try:
         record = store.get_member(member) if member is not None else None

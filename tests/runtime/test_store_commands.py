@@ -736,3 +736,21 @@ def test_emit_takes_a_member_object_and_notes_an_unknown_member(tmp_path, capsys
     assert code == 0 and "note: no member 'm97' in the roster yet" in err
     code, _, err = cli(capsys, "emit", "member.joined", "--member", '{"id": ', "--state", state)
     assert code == 1 and "--member is not an id nor a JSON object" in err
+
+
+def test_launch_refuses_a_missing_input_that_has_no_default(tmp_path, capsys):
+    """An input without a default was taken as none: a launched announcement went out
+    to the group as "📢 " alone."""
+    path = tmp_path / "announce.yaml"
+    path.write_text(
+        "cmtyflow: 1\nname: announce\ntimezone: Asia/Shanghai\nchannels:\n  group: {adapter: console}\n"
+        "triggers:\n  - id: post\n    manual:\n      inputs:\n        title: {type: string, description: 公告标题}\n"
+        "        pin: {type: boolean, default: false}\n    flow: f\n"
+        "flows:\n  f:\n    - {id: s, send: {text: \"📢 {{ run.inputs.title }}\"}}\n",
+        encoding="utf-8",
+    )
+    state = str(tmp_path / "state.db")
+    code, _, err = cli(capsys, "launch", str(path), "post", "--input", "pin=true", "--state", state)
+    assert code == 1 and "trigger 'post' needs --input title=... — 公告标题" in err
+    code, out, _ = cli(capsys, "launch", str(path), "post", "--input", "title=周五读书会", "--state", state)
+    assert code == 0 and "queued" in out
