@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any, ClassVar
@@ -30,7 +31,10 @@ class FileAdapter:
 
     async def open(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.settings.path))
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except FileExistsError:  # a file where the folder should be ("File exists" said nothing)
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", folder) from None
         self._fh = open(self.settings.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
 
     async def close(self) -> None:

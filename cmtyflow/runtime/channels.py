@@ -124,7 +124,13 @@ class ChannelSet:
                         connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)
                     )
                 adapter._session = self._session  # noqa: SLF001 - HttpAdapter's shared-session slot
-            await adapter.open()
+            try:
+                await adapter.open()
+            except OSError as exc:  # a file adapter's path that cannot be written, say
+                where = f" {exc.filename}" if exc.filename else ""
+                raise UserError(
+                    f"channel '{opened.name}' ({opened.adapter_name}): cannot open{where}: {exc.strerror or exc}"
+                ) from None
 
     async def close(self) -> None:
         for opened in self._by_config.values():

@@ -754,3 +754,19 @@ def test_launch_refuses_a_missing_input_that_has_no_default(tmp_path, capsys):
     assert code == 1 and "trigger 'post' needs --input title=... — 公告标题" in err
     code, out, _ = cli(capsys, "launch", str(path), "post", "--input", "title=周五读书会", "--state", state)
     assert code == 0 and "queued" in out
+
+
+def test_a_file_channel_that_cannot_be_written_stops_run_with_a_clear_error(tmp_path, capsys):
+    """A path under a folder that cannot be made, or a folder itself: the runner hit
+    "a bug" (exit 3, a traceback in a crash log). It is now said, and nothing starts."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "flat").write_text("", encoding="utf-8")
+    for path, why in ((tmp_path / "flat" / "out.jsonl", "flat: a file, not a folder"), (tmp_path / "adir", "Is a directory")):
+        pb = tmp_path / "hook.yaml"
+        pb.write_text(
+            f"cmtyflow: 1\nname: hook\ntimezone: Asia/Shanghai\nchannels:\n  bad: {{adapter: file, path: '{path}'}}\n"
+            "triggers:\n  - {id: j, event: member.joined, flow: f}\nflows:\n  f:\n    - {id: hi, send: {text: hi}}\n",
+            encoding="utf-8",
+        )
+        code, _, err = cli(capsys, "run", str(pb), "--once", "--state", str(tmp_path / "s.db"))
+        assert code == 1 and "error: channel 'bad' (file): cannot open " in err and why in err, err
