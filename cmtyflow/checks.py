@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import CroniterBadDateError, croniter
 
 from . import channelchecks, scopechecks, textchecks
+from .adapters import registry
 from .checkbase import (
     CheckContext,
     iter_steps,
@@ -298,12 +299,32 @@ def _check_step_ids(ctx: CheckContext) -> list[Problem]:
     return found
 
 
+def _group_only(channels: dict[str, Any]) -> dict[str, str]:
+    """Channel -> adapter, for the channels whose adapter has one destination, a group."""
+    out = {}
+    for name, channel in channels.items():
+        adapter = channel.get("adapter") if isinstance(channel, dict) else None
+        if isinstance(adapter, str):
+            try:
+                cls = registry.get(adapter)
+            except (registry.UnknownAdapterError, ImportError):
+                continue  # reported by the channel checks
+            if cls.capabilities.group_only:
+                out[str(name)] = adapter
+    return out
+
+
 def _check_sends(ctx: CheckContext) -> list[Problem]:
     found: list[Problem] = []
     channels = ctx.mapping("channels")
     roles = ctx.mapping("roles")
+    robots = _group_only(channels)
+    runs = scopechecks.flow_runs(ctx) if robots else {}
     for loc, send in sends(ctx.data):
         channel = send.get("channel")
+        used = channel if isinstance(channel, str) else next(iter(channels), None) if len(channels) == 1 else None
+        if used in robots:
+            found += _posted_in_group(ctx, loc, send, str(used), robots[str(used)], runs.get(str(loc[1])))
         if channel is None:
             if len(channels) == 0:
                 found.append(
@@ -349,6 +370,34 @@ def _check_sends(ctx: CheckContext) -> list[Problem]:
                     )
                 )
     return found
+
+
+def _posted_in_group(
+    ctx: CheckContext, loc: Loc, send: dict[str, Any], channel: str, adapter: str, runs: tuple[str, str] | None
+) -> list[Problem]:
+    """A send to a member or a role through a robot: posted in its group (a warning, as
+    it may be meant: "@小明 打卡了吗" in the group)."""
+    to = send.get("to")
+    if to is None:
+        if runs is not None and runs[0] == scopechecks.CAMPAIGN_RUNS:
+            return []  # a campaign run's default: the channel itself
+        who = "the member"
+    elif to == "member":
+        who = "the member"
+    elif isinstance(to, list):
+        who = "these members"
+    elif isinstance(to, str) and to.startswith("roles."):
+        who = f"{to}"
+    else:
+        return []
+    return [ctx.at(
+        (*loc, "to") if to is not None else loc,
+        f"channel '{channel}' is a {adapter} robot, whose one destination is its group: this send to {who} is "
+        "posted in the group, for everyone to read; send it through a channel that reaches people one by one "
+        "(telegram, email, slack or discord with a bot token), or write to: channel if the group is meant",
+        WARNING,
+        key=to is None,
+    )]
 
 
 def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:

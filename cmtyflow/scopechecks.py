@@ -97,7 +97,7 @@ def _places(steps: Any, loc: Loc, flow: str, reached: set[str]) -> Iterator[_Pla
         reached |= _sets(step)
 
 
-def _runs(ctx: CheckContext) -> dict[str, tuple[str, str]]:
+def flow_runs(ctx: CheckContext) -> dict[str, tuple[str, str]]:
     """Flow -> (MEMBER_RUNS or CAMPAIGN_RUNS, the id of a trigger that says so), for the
     flows whose triggers all start one kind of run."""
     kinds: dict[str, set[str | None]] = {}
@@ -184,7 +184,7 @@ def check_scope(ctx: CheckContext) -> list[Problem]:
     flows = ctx.data.get("flows")
     if not isinstance(flows, dict):
         return found
-    runs = _runs(ctx)
+    runs = flow_runs(ctx)
     in_files: set[tuple[str, int, str]] = set()
     for flow, steps in flows.items():
         for place in _places(steps, ("flows", flow), str(flow), set()):

@@ -445,3 +445,35 @@ def test_a_reference_that_is_not_one_is_an_error_not_a_literal_secret(value):
         f"4:34: error: channel 'tg' setting 'token': {value} is not an environment reference; "
         "write ${env:NAME} (lower-case env, a name of letters, digits and _)"
     ]
+
+
+def test_a_send_to_members_through_a_group_robot_is_a_warning():
+    """A robot (wecom, dingtalk, feishu) has one destination, its group: a 'private'
+    reminder to a member, or a page to the moderators, is posted for everyone to read.
+    A campaign run's default (the channel) and to: channel are not warned of."""
+    text = """\
+cmtyflow: 1
+name: w
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: wecom, webhook_url: "${env:WECOM_HOOK}"}
+roles: {moderators: [a]}
+triggers:
+  - {id: j, event: member.joined, flow: f}
+  - {id: c, cron: "0 9 * * *", flow: g}
+flows:
+  f:
+    - {id: s, send: {text: "你今天还没打卡（私信）"}}
+    - {id: t, send: {to: roles.moderators, text: "new member"}}
+    - {id: u, send: {to: channel, text: "ok"}}
+    - {id: x, send: {to: [a, b], text: "ok"}}
+  g:
+    - {id: v, send: {text: "早上好"}}
+"""
+    found = [(p.line, p.col, p.severity, p.message) for p in load_text(text).problems]
+    assert [(line, col, severity) for line, col, severity, _ in found] == [
+        (12, 15, "warning"), (13, 26, "warning"), (15, 26, "warning")
+    ]
+    assert found[0][3].startswith("channel 'dm' is a wecom robot, whose one destination is its group: this send to the member")
+    assert "this send to roles.moderators is posted in the group" in found[1][3]
+    assert "this send to these members" in found[2][3]

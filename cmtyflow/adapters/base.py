@@ -103,6 +103,7 @@ class Capabilities:
     rate_burst: int = 1
     needs_handle: str | None = None  # member field used as the address, e.g. "telegram"
     max_bytes: int | None = None  # UTF-8 bytes per message, for platforms that count bytes
+    group_only: bool = False  # one destination, a group (a robot): a send to a member is posted there
 
 
 # The three records of a send are built for every message (the dispatcher's hot path),

@@ -79,6 +79,7 @@ class DingtalkAdapter(HttpAdapter):
         formats=("markdown", "plain"),
         max_bytes=MAX_BYTES,
         rate_per_second=DINGTALK_PER_ROBOT.rate,
+        group_only=True,
     )
     settings: DingtalkSettings
 

@@ -89,6 +89,7 @@ class FeishuAdapter(HttpAdapter):
         formats=("plain",),
         max_bytes=MAX_BYTES,
         rate_per_second=FEISHU_PER_MINUTE.rate,
+        group_only=True,
     )
     settings: FeishuSettings
 

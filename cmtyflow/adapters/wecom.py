@@ -52,6 +52,7 @@ class WecomAdapter(HttpAdapter):
         formats=("markdown", "plain"),
         max_bytes=TEXT_BYTES,
         rate_per_second=WECOM_PER_ROBOT.rate,
+        group_only=True,
     )
     settings: WecomSettings
 
