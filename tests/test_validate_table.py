@@ -584,6 +584,23 @@ CASES = [
         ],
         id="full_width_colon",
     ),
+    # SPEC writes `at: 2026-12-24T20:00` unquoted; inside braces YAML takes its ':' for
+    # a key's, and said only "found unexpected ':'".
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: q
+        flows:
+          f:
+            - wait: {until: 09:00}
+        """,
+        {},
+        [
+            "pb.yaml:5:23: error: YAML syntax error: found unexpected ':'; inside { } a time needs quotes: "
+            "write \"09:00\" (YAML reads its ':' as a key's)",
+        ],
+        id="unquoted_time_in_braces",
+    ),
     # Text pasted from a web page: U+2028 is a line break to YAML, not to an editor.
     pytest.param(
         """\

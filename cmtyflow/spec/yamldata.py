@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,22 @@ def _full_width_colon(origin: Origin, lines: list[int]) -> tuple[int, int, str] 
     return None
 
 
+_UNQUOTED_TIME = re.compile(r"[\w.+-]*\d:\d[\w:.+-]*")
+
+
+def _time_in_braces(origin: Origin, line: int, col: int, problem: str | None) -> str:
+    """A hint for ``{until: 09:00}`` or ``{at: 2026-12-01T09:00}``: inside braces YAML
+    takes the time's ':' for a key's (outside them it reads it as text)."""
+    if problem != "found unexpected ':'" or not 1 <= line <= len(origin.lines):
+        return ""
+    text = origin.lines[line - 1]
+    for found in _UNQUOTED_TIME.finditer(text):
+        if found.start() < col <= found.end():
+            value = found.group(0)
+            return f"; inside {{ }} a time needs quotes: write \"{value}\" (YAML reads its ':' as a key's)"
+    return ""
+
+
 # Characters YAML reads as line breaks where editors show none (text copied from a web
 # page or a word processor): a syntax error they cause points a line off.
 _ODD_BREAKS = {"\u2028": "U+2028 (LINE SEPARATOR)", "\u2029": "U+2029 (PARAGRAPH SEPARATOR)", "\x85": "U+0085 (NEXT LINE)"}
@@ -115,7 +132,7 @@ def _syntax_problem(exc: YAMLError, origin: Origin, text: str = "") -> YamlProbl
         colon = _full_width_colon(origin, near)
         if colon is not None:
             return YamlProblem(colon[0], colon[1], message + colon[2])
-        return YamlProblem(line, max(col, 1), message)
+        return YamlProblem(line, max(col, 1), message + _time_in_braces(origin, line, col, exc.problem))
     position = getattr(exc, "position", None)
     if isinstance(position, int):
         before = "\n".join(origin.lines)[:position]
