@@ -31,7 +31,8 @@ from ..runtime.runner import StateLock
 from ..store.base import REQUEUEABLE, OutboxRow, Store
 from ..store.open import is_postgres, shown
 from . import EXIT_OK, cli
-from .state import format_option, print_row, state_option, store_at, text_width
+from .columns import text_width
+from .state import format_option, print_row, state_option, store_at
 
 SHORT = 12
 PROBLEM_STATUSES = ("failed", "dead", "in_doubt")

@@ -38,6 +38,7 @@ from ..runtime.inputs import RowProblem, json_value, parse_event, read_events, r
 from ..store.base import Store
 from ..store.open import open_store, shown, state_location
 from . import EXIT_ERROR, EXIT_OK, cli
+from .columns import pad, text_width
 
 F = Callable[..., Any]
 
@@ -287,16 +288,7 @@ def _member_cells(m: dict[str, Any]) -> tuple[str, ...]:
 
 def print_row(cells: Sequence[str], widths: Sequence[int]) -> None:
     """A row of a table in aligned columns, two spaces apart (``widths``: ``text_width``)."""
-    click.echo("  ".join(cell + " " * (w - text_width(cell)) for cell, w in zip(cells, widths, strict=True)).rstrip())
-
-
-def text_width(text: str) -> int:
-    """Terminal columns: CJK characters take two."""
-    if text.isascii():
-        return len(text)
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    click.echo("  ".join(pad(cell, w) for cell, w in zip(cells, widths, strict=True)).rstrip())
 
 
 # events -----------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TextIO
 
+from .columns import pad, text_width
+
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -43,13 +45,14 @@ def _table(out: TextIO, title: str, rows: dict[str, Any]) -> None:
     if not rows:
         return
     out.write(f"{title}:\n")
-    width = max(len(str(k)) for k in rows)
+    width = max(text_width(str(k)) for k in rows)
     for key, value in rows.items():
-        out.write(f"  {str(key).ljust(width)}  {value}\n")
+        out.write(f"  {pad(str(key), width)}  {value}\n")
 
 
 def print_summary(out: TextIO, summary: dict[str, Any]) -> None:
-    out.write(f"Summary {summary['start']} .. {summary['end']} ({summary['days']} days)\n")
+    days = summary["days"]
+    out.write(f"Summary {summary['start']} .. {summary['end']} ({days} day{'' if days == 1 else 's'})\n")
     out.write(f"  deliveries: {summary['deliveries']}, pending after the span: {summary['pending']}\n")
     _table(out, "deliveries per day", summary["per_day"])
     _table(out, "deliveries per step", summary["per_step"])

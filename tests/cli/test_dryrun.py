@@ -334,3 +334,27 @@ def test_the_challenges_streak_bonus_comes_once_with_its_badge(tmp_path, capsys)
     done = {d["at"][:10]: d["text"] for d in map(json.loads, capsys.readouterr().out.splitlines()) if d.get("step") == "checkin-done"}
     assert 'You earned the "7-day reader" badge and a 20-point bonus' in done["2026-12-07"]
     assert "badge" not in done["2026-12-15"] and "+10 points, 160 in total" in done["2026-12-15"]
+
+
+def test_the_summary_aligns_chinese_step_and_variant_names(tmp_path, capsys):
+    """Counted in characters, a name in Chinese pushed its count out of line."""
+    (tmp_path / "z.yaml").write_text(
+        "cmtyflow: 1\nname: z\ntimezone: Asia/Shanghai\nchannels:\n  群聊: {adapter: console}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: 欢迎流程}\n"
+        "flows:\n  欢迎流程:\n    - send: {text: hi}\n    - id: hello\n      send:\n        variants:\n"
+        "          甲: {text: a, weight: 1}\n          乙方案很长的名字: {text: b, weight: 1}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "m.csv").write_text("id\n" + "".join(f"m{i}\n" for i in range(8)), encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text("".join(
+        json.dumps({"id": str(i), "type": "member.joined", "at": "2026-12-01T10:00:00+08:00", "member": f"m{i}"}) + "\n"
+        for i in range(8)
+    ), encoding="utf-8")
+    assert main(["dry-run", str(tmp_path / "z.yaml"), "--roster", str(tmp_path / "m.csv"), "--events",
+                 str(tmp_path / "e.jsonl"), "--start", "2026-12-01", "--days", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 day)" in out
+    steps = out.split("deliveries per step:\n")[1].split("deliveries per channel:")[0].splitlines()
+    assert steps == ["  z/欢迎流程[0]  8", "  z/hello        8"]
+    variants = out.split("deliveries per variant:\n")[1].split("runs:")[0].splitlines()
+    assert sorted(v.rstrip("0123456789") for v in variants) == ["  z/hello:乙方案很长的名字  ", "  z/hello:甲                "]
