@@ -15,10 +15,10 @@ import json
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
@@ -60,9 +60,31 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def _when(value: Any) -> str:
-    """A time as text output shows it: to the second (JSON keeps every digit)."""
-    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else str(value or "")
+def _when(value: Any, tz: tzinfo | None = None) -> str:
+    """A time as text output shows it: to the second (JSON keeps every digit), in
+    ``tz`` when given (the playbooks' timezone: a member's timer in their own offset
+    looked like another time, out of order beside the others)."""
+    if isinstance(value, datetime):
+        moment: datetime = value.astimezone(tz) if tz is not None and value.tzinfo is not None else value
+        return moment.isoformat(timespec="seconds")
+    return str(value or "")
+
+
+def shown_zone(store: Any) -> tzinfo | None:
+    """The timezone times are shown in: the playbooks' when those run on this state
+    share one; else None (each time as it was recorded)."""
+    from ..runtime.versions import playbook_zones
+
+    zones = set(playbook_zones(store).values())
+    if len(zones) != 1:
+        return None
+    try:
+        return ZoneInfo(zones.pop())
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+NEXT_FIRINGS = 5  # schedules' next firings `status` shows
 
 
 # status -----------------------------------------------------------------------------------------
@@ -97,14 +119,24 @@ def status(state: str | None, fmt: str) -> int:
         last_failed = store.audit(["run_failed"], limit=5) if failed else []
         queued_now = len(store.waiting_starts())
         under_way = store.firing_progress()
+        positions = store.schedule_positions()
+        tz = shown_zone(store)
     finally:
         store.close()
+    # Member-local schedules have one position per timezone ("Asia/Tokyo#<hash>").
+    firings = sorted(
+        (due, pb, trigger, zone.split("#", 1)[0]) for (pb, trigger, zone), due in positions.items() if due is not None
+    )
     doc = {
         "state": shown(location),
         "members": members,
         "active_runs": dict(sorted(active.items())),
         "timers": timer_total,
         "next_timers": [{"due": t.due.isoformat(), "run": t.run, "kind": t.kind} for t in timers],
+        "next_firings": [
+            {"due": due.isoformat(), "playbook": pb, "trigger": trigger, "timezone": zone}
+            for due, pb, trigger, zone in firings[:NEXT_FIRINGS]
+        ],
         "outbox": counts,
         "urgent_waiting": urgent,
         "next_event": next_event.isoformat() if next_event else None,
@@ -127,7 +159,7 @@ def status(state: str | None, fmt: str) -> int:
     click.echo(f"state: {shown(location)} ({members} members)")
     if lifecycle:
         last = lifecycle[-1]
-        said = f"runner: {last['kind'].replace('runner_', '')} at {_when(last['at'])}"
+        said = f"runner: {last['kind'].replace('runner_', '')} at {_when(last['at'], tz)}"
         if last["kind"] == "runner_started" and _no_runner(location):
             # Started and never stopped, and no runner holds the state: it was killed.
             said += "; not running now (it stopped without a clean stop: killed, or the machine went down)"
@@ -138,7 +170,12 @@ def status(state: str | None, fmt: str) -> int:
     shown_of = f" (the first {len(timers)} of {timer_total:,})" if timer_total > len(timers) else ""
     click.echo(f"next timers{shown_of}:" if timers else "next timers: none")
     for t in timers:
-        click.echo(f"  {_when(t.due)}  {t.kind:<7}  {t.run}")
+        click.echo(f"  {_when(t.due, tz)}  {t.kind:<7}  {t.run}")
+    shown_of = f" (the first {NEXT_FIRINGS} of {len(firings)})" if len(firings) > NEXT_FIRINGS else ""
+    click.echo(f"next firings{shown_of}:" if firings else "next firings: none")
+    for due, pb, trigger, zone in firings[:NEXT_FIRINGS]:
+        local = f" ({due.isoformat(timespec='minutes')} {zone} time)" if tz is None or zone != str(tz) else ""
+        click.echo(f"  {_when(due, tz)}  {pb}/{trigger}{local}")
     counted = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "empty"
     click.echo(f"outbox: {counted}")
     if urgent:
@@ -147,16 +184,16 @@ def status(state: str | None, fmt: str) -> int:
     if waiting:
         click.echo(f"  {waiting} need attention: cmtyflow outbox")
     if next_event is not None:
-        click.echo(f"events queued, the first at {_when(next_event)}")
+        click.echo(f"events queued, the first at {_when(next_event, tz)}")
     if failed:
         click.echo(f"runs failed: {failed} (each is reported, the others went on); the last:")
         for entry in last_failed:
             who = f" member {entry['member']}" if entry.get("member") else ""
-            click.echo(f"  {_when(entry.get('at'))}  {entry.get('playbook')}/{entry.get('flow')} at {entry.get('step')}{who}: "
+            click.echo(f"  {_when(entry.get('at'), tz)}  {entry.get('playbook')}/{entry.get('flow')} at {entry.get('step')}{who}: "
                        f"{one_line(str(entry.get('error', '')))[:200]}")
     for (pb, trigger, _), (due, after, _, last_chunk) in under_way.items():
-        click.echo(f"firing under way: {pb}/{trigger} due {_when(due)}, members up to place {after} reached, "
-                   f"last chunk at {_when(last_chunk)} (a runner goes on with it within the catch-up grace)")
+        click.echo(f"firing under way: {pb}/{trigger} due {_when(due, tz)}, members up to place {after} reached, "
+                   f"last chunk at {_when(last_chunk, tz)} (a runner goes on with it within the catch-up grace)")
     if queued_now:
         click.echo(f"starts queued behind an active run (mode queued): {queued_now}")
     skipped = not_started(counters)
@@ -166,7 +203,7 @@ def status(state: str | None, fmt: str) -> int:
     if set_aside:
         click.echo(f"inputs set aside: {set_aside} (see docs/semantics.md, Runs); the last:")
         for entry in last_set_aside:
-            click.echo(f"  {_set_aside_line(entry)}")
+            click.echo(f"  {_set_aside_line(entry, tz)}")
     if workers is not None:
         click.echo(f"workers: {workers['alive']} alive, jobs {workers['jobs'] or 'none'}")
         stuck = {k: v for k, v in workers["stuck"].items() if v}
@@ -197,9 +234,9 @@ def _trigger_of(name: str) -> str:
     return f" [{name.split(':', 1)[1]}]" if ":" in name else ""
 
 
-def _set_aside_line(entry: dict[str, Any]) -> str:
+def _set_aside_line(entry: dict[str, Any], tz: tzinfo | None = None) -> str:
     """An ``input_failed`` note as one line: when, which input, and why."""
-    return f"{_when(entry.get('at'))}  {notes.set_aside(entry)}"
+    return f"{_when(entry.get('at'), tz)}  {notes.set_aside(entry)}"
 
 
 def _workers(store: Any) -> dict[str, Any] | None:
@@ -303,19 +340,20 @@ def outbox(ctx: click.Context, state: str | None, statuses: tuple[str, ...], lim
         if not shown:
             click.echo("nothing " + ("with status " + "/".join(statuses) if statuses else "failed, dead or in doubt"))
             return EXIT_OK
+        tz = shown_zone(store)
         print_row(header, widths)
-        for cells in map(_outbox_cells, itertools.islice(store.outbox(wanted), limit)):
+        for cells in map(_outbox_cells, itertools.islice(store.outbox(wanted), limit), itertools.repeat(tz)):
             print_row(cells, widths)
     finally:
         store.close()
     return EXIT_OK
 
 
-def _outbox_cells(r: OutboxRow) -> tuple[str, ...]:
+def _outbox_cells(r: OutboxRow, tz: tzinfo | None = None) -> tuple[str, ...]:
     m = r.message
     return (
         m.key[:SHORT], r.status, str(r.attempts), f"{m.playbook}/{m.step}", m.member or m.to, m.channel,
-        r.next_attempt.isoformat(timespec="seconds") if r.next_attempt and r.status == "failed" else "",
+        _when(r.next_attempt, tz) if r.next_attempt and r.status == "failed" else "",
         (r.last_error or "")[:80],
     )
 
@@ -469,6 +507,7 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
                 per_variant[d["step"]][d["variant"]] += 1
             first = first or d["at"]
             last = d["at"]
+        shown_tz = _playbook_zone(store, name, playbook) if first is not None else None
         # Messages that will not go (dead letters, cancelled by an opt-out, in doubt),
         # per step: a step's deliveries and goals read differently beside them.
         undelivered: dict[str, Counter[str]] = defaultdict(Counter)
@@ -563,7 +602,7 @@ def report(playbook: str, state: str | None, now_text: str | None, fmt: str) -> 
     # Only runs that waited are kept (docs/semantics.md, "Runs"): a flow that sends and
     # ends in the input that started it leaves its deliveries, not a run.
     click.echo("runs that waited: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"))
-    click.echo(f"deliveries: {sum(per_step.values())}" + (f" ({_when(first)} .. {_when(last)})" if first else ""))
+    click.echo(f"deliveries: {sum(per_step.values())}" + (f" ({_when(first, shown_tz)} .. {_when(last, shown_tz)})" if first else ""))
     for step, n in per_step.most_common():
         variants = per_variant.get(step)
         extra = " [" + ", ".join(f"{v}: {c}" for v, c in sorted(variants.items())) + "]" if variants else ""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -104,9 +105,10 @@ def migrate(source: str, target: str) -> int:
     return EXIT_OK
 
 
-def cutoff(text: str, now: datetime) -> datetime:
+def cutoff(text: str, now: datetime, zone: Any = None) -> datetime:
     """``--before``: an age (90d, 12w: that long before ``now``) or an ISO 8601 date or
-    datetime (without an offset: in TZ, else UTC)."""
+    datetime (without an offset: in ``zone``, the playbooks' timezone; else in TZ,
+    else UTC)."""
     try:
         return now - timedelta(seconds=parse_duration(text).approx_seconds())
     except DurationError as exc:
@@ -119,8 +121,23 @@ def cutoff(text: str, now: datetime) -> datetime:
     if not FIRST_YEAR <= when.year <= LAST_YEAR:
         raise UserError(f"--before '{text}' is out of range: give a date between {FIRST_YEAR} and now")
     if when.tzinfo is None:
-        when = localize(when, _zone(None))
+        when = localize(when, zone if zone is not None else _zone(None))
     return when
+
+
+def _playbooks_zone(state: str | None) -> Any:
+    """The timezone of the playbooks run on the state, when they share one (a date
+    without an offset means midnight there, as everywhere else); None otherwise."""
+    from .inspect import shown_zone
+
+    try:
+        store, _ = store_at(state, must_exist=True)
+    except UserError:
+        return None  # said by the command itself
+    try:
+        return shown_zone(store)
+    finally:
+        store.close()
 
 
 @state.command("prune")
@@ -146,7 +163,7 @@ def prune(before_text: str, dry_run: bool, vacuum: bool, state: str | None, fmt:
     stays forgotten and the same command finishes the rest. --dry-run only reads.
     """
     now = datetime.now(UTC)
-    before = cutoff(before_text, now)
+    before = cutoff(before_text, now, _playbooks_zone(state))
     if before > now - timedelta(days=1):
         when = "in the future" if before > now else "less than a day ago"
         raise UserError(

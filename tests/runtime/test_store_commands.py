@@ -770,3 +770,47 @@ def test_a_file_channel_that_cannot_be_written_stops_run_with_a_clear_error(tmp_
         )
         code, _, err = cli(capsys, "run", str(pb), "--once", "--state", str(tmp_path / "s.db"))
         assert code == 1 and "error: channel 'bad' (file): cannot open " in err and why in err, err
+
+
+def test_status_shows_the_next_firings_and_its_times_in_the_playbooks_timezone(tmp_path, capsys):
+    """The nightly reminder and the weekly leaderboard were nowhere in `status`; timers
+    showed in each member's own offset (07:30+05:30, 02:00+00:00: one instant, read as
+    five), and the runner's start in UTC."""
+    pb = write_playbook(tmp_path / "pb", """
+        cmtyflow: 1
+        name: night
+        timezone: Asia/Shanghai
+        channels:
+          dm: {adapter: console}
+        triggers:
+          - {id: nightly, cron: "0 21 * * *", timezone: member, for_each: audience, flow: f}
+          - {id: weekly, cron: "0 20 * * 0", flow: g}
+          - {id: j, event: member.joined, flow: w}
+        flows:
+          f:
+            - {id: r, send: {text: "打卡了吗"}}
+          g:
+            - {id: b, send: {text: "榜单"}}
+          w:
+            - wait: 1d
+            - {id: n, send: {text: "hi"}}
+        """)
+    (tmp_path / "m.csv").write_text("id,timezone\nsh,Asia/Shanghai\nld,Europe/London\n", encoding="utf-8")
+    state = str(tmp_path / "state.db")
+    assert cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", state)[0] == 0
+    assert cli(capsys, "emit", "member.joined", "--member", "ld", "--at", "2026-12-02T09:00:00+00:00", "--state", state)[0] == 0
+    assert cli(capsys, "run", str(pb), "--once", "--state", state, "--now", "2026-12-02T09:00:00+00:00")[0] == 0
+    code, out, _ = cli(capsys, "status", "--state", state)
+    assert code == 0
+    assert "runner: stopped at 2026-12-02T17:00:00+08:00" in out
+    assert "  2026-12-03T17:00:00+08:00  wait     night/j:" in out  # the London member's day, in Shanghai time
+    firings = out.split("next firings:\n")[1].splitlines()[:3]
+    assert firings == [
+        "  2026-12-02T21:00:00+08:00  night/nightly",
+        "  2026-12-03T05:00:00+08:00  night/nightly (2026-12-02T21:00+00:00 Europe/London time)",
+        "  2026-12-06T20:00:00+08:00  night/weekly",
+    ]
+    code, out, _ = cli(capsys, "status", "--state", state, "--format", "json")
+    doc = json.loads(out)
+    assert doc["next_firings"][1] == {"due": "2026-12-02T21:00:00+00:00", "playbook": "night", "trigger": "nightly",
+                                      "timezone": "Europe/London"}
