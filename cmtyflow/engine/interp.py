@@ -145,7 +145,11 @@ class Interpreter:
                 if counted:
                     budget -= 1
                     if budget < 0:
-                        raise RunFailed(f"flow '{run.flow}' ran more than {prog.max_loop} loop iterations")
+                        raise RunFailed(
+                            f"flow '{run.flow}' ran more than {prog.max_loop * (end + 1) + 10} steps without waiting "
+                            f"(policies.max_loop {prog.max_loop} times the flow's {end} steps; the steps of nested "
+                            "repeats count each round)"
+                        )
                 ins = instrs[pc]
                 op = ins.op
                 if op == "jump":

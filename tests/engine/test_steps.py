@@ -726,3 +726,19 @@ flows:
                             "2026-12-01", 1, tmp_path)
     said = [d["text"] for d in out] + summary["warnings"]
     assert any(expected in line for line in said), said
+
+
+def test_nested_repeats_past_the_flows_step_budget_say_so(simulate, tmp_path):
+    """Each repeat stays within max_loop (4 rounds of 4), but the flow ran 16 rounds of
+    its inner steps without waiting; it failed "more than 5 loop iterations", which no
+    repeat did."""
+    text = REPEAT.format(repeat="times: 4").replace(
+        "          - set: {n: \"state.n + 1\"}\n",
+        "          - repeat:\n              times: 4\n              steps:\n                - set: {n: \"state.n + 1\"}\n",
+    )
+    out, summary = simulate(text, [{"id": "m"}], [ev("e", "ping", "2026-12-01T10:00:00+08:00")], "2026-12-01", 1, tmp_path)
+    assert summary["runs"]["failed"] == 1 and len(out) < 4
+    (warning,) = summary["warnings"]
+    assert "more than 5 loop iterations" not in warning
+    assert "steps without waiting (policies.max_loop 5 times the flow's" in warning
+    assert "the steps of nested repeats count each round" in warning
