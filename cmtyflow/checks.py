@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -204,7 +204,7 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
             found.append(ctx.at((*loc, "at"), f"'at' should be an ISO 8601 date and time such as 2026-12-24T20:00, not {shown}"))
         elif kind == "at" and isinstance(trigger["at"], str):
             try:
-                datetime.fromisoformat(trigger["at"].strip())
+                moment = datetime.fromisoformat(trigger["at"].strip())
             except ValueError:
                 found.append(
                     ctx.at(
@@ -212,6 +212,8 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
                         f"'at' should be an ISO 8601 date and time such as 2026-12-24T20:00, not '{trigger['at']}'",
                     )
                 )
+            else:
+                found += _at_outside_window(ctx, loc, trigger, moment)
         if "timezone" in trigger:
             for_each = trigger.get("for_each") == "audience"
             if trigger.get("timezone") == "member" and not for_each:
@@ -221,6 +223,43 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
             else:
                 found += _check_timezone(ctx, (*loc, "timezone"), allow_member=for_each)
     return found
+
+
+def _window_days(raw: Any) -> tuple[date, date | None] | None:
+    """The window's first and last local dates, when it is written well (else None:
+    its own checks say why)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        start = raw["start"] if isinstance(raw.get("start"), date) else date.fromisoformat(str(raw["start"]))
+        if raw.get("end") is not None:
+            end = raw["end"] if isinstance(raw["end"], date) else date.fromisoformat(str(raw["end"]))
+            return start, end
+        if isinstance(raw.get("days"), int) and not isinstance(raw["days"], bool) and raw["days"] >= 1:
+            return start, start + timedelta(days=raw["days"] - 1)
+        return start, None
+    except (KeyError, ValueError, TypeError, OverflowError):
+        return None
+
+
+def _at_outside_window(ctx: CheckContext, loc: Loc, trigger: dict[str, Any], moment: datetime) -> list[Problem]:
+    """An ``at`` on a day outside the window never fires (SPEC 1: triggers fire only
+    inside it); said as a warning."""
+    window = _window_days(ctx.data.get("window"))
+    if window is None:
+        return []
+    day = moment.date()
+    if moment.tzinfo is not None:
+        name = trigger.get("timezone") if isinstance(trigger.get("timezone"), str) else ctx.data.get("timezone")
+        try:
+            day = moment.astimezone(ZoneInfo(str(name))).date()
+        except (ZoneInfoNotFoundError, ValueError):
+            return []
+    first, last = window
+    if day >= first and (last is None or day <= last):
+        return []
+    span = f"{first} .. {last}" if last is not None else f"from {first}"
+    return [ctx.at((*loc, "at"), f"this 'at' falls on {day}, outside the window ({span}): it never fires", WARNING)]
 
 
 # SPEC 3's standard types, and checkin.posted (the check-in events of the shipped

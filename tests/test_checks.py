@@ -477,3 +477,28 @@ flows:
     assert found[0][3].startswith("channel 'dm' is a wecom robot, whose one destination is its group: this send to the member")
     assert "this send to roles.moderators is posted in the group" in found[1][3]
     assert "this send to these members" in found[2][3]
+
+
+def test_an_at_outside_the_window_is_a_warning():
+    """Triggers fire only inside the window (SPEC 1): such an `at` never fires, and
+    validate said nothing. Its day is read in its timezone, as the engine reads it."""
+    text = """\
+cmtyflow: 1
+name: a
+timezone: Asia/Shanghai
+window: {start: 2026-12-01, days: 21}
+channels:
+  dm: {adapter: console}
+triggers:
+  - {id: x, at: "2027-01-05T09:00", flow: f}
+  - {id: y, at: "2026-12-21T20:00:00-08:00", flow: f}
+  - {id: z, at: "2026-12-21T09:00", flow: f}
+flows:
+  f:
+    - send: {text: hi}
+"""
+    found = [(p.line, p.severity, p.message) for p in load_text(text).problems]
+    assert found == [
+        (8, "warning", "this 'at' falls on 2027-01-05, outside the window (2026-12-01 .. 2026-12-21): it never fires"),
+        (9, "warning", "this 'at' falls on 2026-12-22, outside the window (2026-12-01 .. 2026-12-21): it never fires"),
+    ]
