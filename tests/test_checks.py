@@ -39,7 +39,7 @@ triggers:
     for_each: audience
     flow: remind
   - {id: every-second, cron: "*/30 * * * * 0", flow: remind, mode: queued}
-  - {id: xmas, at: "2026-12-24T20:00", timezone: Europe/Paris, flow: remind}
+  - {id: xmas, at: "2026-12-20T20:00", timezone: Europe/Paris, flow: remind}
   - id: launch
     manual: {inputs: {note: {type: string, default: hi}}}
     flow: remind
