@@ -601,6 +601,26 @@ CASES = [
         ],
         id="unquoted_time_in_braces",
     ),
+    # YAML reads `if: true` and `text: 2026` as a boolean and a number.
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: q
+        channels: {dm: {adapter: console}}
+        triggers:
+          - {id: t, event: a.b, flow: f}
+        flows:
+          f:
+            - if: true
+              send: {text: 2026}
+        """,
+        {},
+        [
+            "pb.yaml:8:11: error: 'if' should be text, not true; write it in quotes: \"true\"",
+            "pb.yaml:9:21: error: 'text' should be text, not 2026; write it in quotes: \"2026\"",
+        ],
+        id="boolean_or_number_where_text_goes",
+    ),
     # Text pasted from a web page: U+2028 is a line break to YAML, not to an editor.
     pytest.param(
         """\

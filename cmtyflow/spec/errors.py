@@ -192,6 +192,10 @@ def _type_message(err: Any, place: _Place, value: Any, root: type[BaseModel]) ->
         "ctx", {}
     ).get("error"):
         return f"{what} should be {expected}, not {describe(value)} ({err['ctx']['error']})"
+    if expected == "text" and isinstance(value, (bool, int, float)):
+        # `if: true`, `text: 2026`: YAML read a boolean or a number where text goes.
+        written = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return f"{what} should be text, not {describe(value)}; write it in quotes: \"{written}\""
     return f"{what} should be {expected}, not {describe(value)}"
 
 
