@@ -617,7 +617,7 @@ CASES = [
         {},
         [
             "pb.yaml:8:11: error: 'if' should be text, not true; write it in quotes: \"true\"",
-            "pb.yaml:9:21: error: 'text' should be text, not 2026; write it in quotes: \"2026\"",
+            "pb.yaml:9:20: error: 'text' should be text, not the number 2026; write it in quotes: \"2026\"",
         ],
         id="boolean_or_number_where_text_goes",
     ),
