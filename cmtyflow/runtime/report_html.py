@@ -42,6 +42,36 @@ _TABLE_HEADS = {
     "deferred": ("reason", "messages"),
     "dropped": ("trigger", "dropped"),
 }
+# The report's own words in Chinese (``lang`` zh-*): the first communities it serves
+# read Chinese. Names of the summary's tables and of their keys, column heads, and the
+# rest of the page's text; anything not listed stays as it is.
+_ZH = {
+    "Deliveries per day by step": "每日送达（按步骤）", "Summary": "汇总", "Transcript": "逐条记录",
+    "No deliveries: the dry run planned no messages in this window.": "没有送达：这次演练在此时段内没有安排任何消息。",
+    "No deliveries, so there is no transcript.": "没有送达，因此没有逐条记录。",
+    "The summary has no further details.": "汇总没有更多内容。",
+    "per_day": "每日送达", "per_step": "各步骤送达", "per_channel": "各频道送达", "per_variant": "各版本送达",
+    "deferred": "延后发送", "dropped": "丢弃（mode: single）", "queued_behind_active": "排队等待（mode: queued）",
+    "runs": "运行", "skipped": "跳过", "goals": "目标", "warnings": "警告", "other": "其他", "input_problems": "输入问题",
+    "day": "日期", "deliveries": "送达", "step": "步骤", "channel": "频道", "reason": "原因", "messages": "消息数",
+    "trigger": "触发器", "key": "项目", "value": "数值", "goal": "目标", "reached": "达成", "of": "共", "rate": "比例",
+    "none": "无", "quiet_hours": "免打扰时段", "daily_cap": "每日上限", "started": "已开始", "done": "已完成",
+    "stopped": "已停止", "failed": "失败", "cancelled": "已取消", "active_at_end": "结束时仍在进行",
+    "opted_out": "已退订", "left": "已离开", "outside_audience": "不在受众内", "outside_window": "不在时间窗口内",
+    "filtered_by_where": "被 where 条件过滤", "events_outside_span": "时段外的事件", "duplicate_events": "重复事件",
+    "members reached": "触达成员", "steps": "步骤", "channels": "频道", "pending after the window": "时段结束后待发",
+    "Dry run: ": "演练：", "days": "天", "span not given": "未给出时段", "(no step)": "（无步骤）",
+    "Search member id, name or text…": "搜索成员 ID、名字或内容…", "Search the transcript": "搜索逐条记录",
+    "Channel destinations (no member)": "发往频道（无成员）", "member": "成员", "time": "时间", "to": "发往",
+    "variant": "版本", "text": "内容", "groups match": "组匹配",
+    "Transcript limited to {shown} members: {left} more members ({hidden} deliveries) were left out and are not "
+    "searchable here; they are still counted in the chart and summary.":
+    "逐条记录只列出 {shown} 位成员：另有 {left} 位成员（{hidden} 条送达）未列出，无法在此搜索；图表和汇总仍计入他们。",
+}
+
+
+def _words(lang: str) -> dict[str, str]:
+    return _ZH if lang.lower().startswith("zh") else {}
 _HEADER_KEYS = ("start", "end", "days", "deliveries", "pending")
 _NO_MEMBER = "\x00channel"
 
@@ -79,7 +109,7 @@ td.text{white-space:pre-wrap;word-break:break-word}
 
 _JS = """
 (function(){
-var box=document.getElementById('q'),out=document.getElementById('qcount');
+var box=document.getElementById('q'),out=document.getElementById('qcount'),says=out?out.getAttribute('data-says'):'';
 if(!box)return;
 var secs=Array.prototype.slice.call(document.querySelectorAll('section.member')),timer=null;
 function rowsOf(s){if(!s._rows){s._rows=Array.prototype.map.call(s.querySelectorAll('tbody tr'),
@@ -88,7 +118,7 @@ function run(){var q=box.value.trim().toLowerCase(),shown=0;
  secs.forEach(function(s){var rows=rowsOf(s),key=(s.getAttribute('data-key')||'').indexOf(q)>=0,any=key;
   rows.forEach(function(p){var hit=!q||key||p[1].indexOf(q)>=0;p[0].hidden=!hit;any=any||hit;});
   s.hidden=!!q&&!any;if(!s.hidden)shown++;});
- out.textContent=q?shown+' of '+secs.length+' groups match':'';}
+ out.textContent=q?shown+' / '+secs.length+' '+says:'';}
 box.addEventListener('input',function(){clearTimeout(timer);timer=setTimeout(run,120);});
 })();
 """
@@ -118,9 +148,14 @@ def _num(value: Any) -> float:
     return 0.0
 
 
-def _step_of(d: Record) -> str:
+def _w(w: Mapping[str, str], text: str) -> str:
+    """``text`` in the report's language (``_words``)."""
+    return w.get(text, text)
+
+
+def _step_of(d: Record, w: Mapping[str, str] | None = None) -> str:
     step = d.get("step")
-    return "(no step)" if step is None else str(step)
+    return _w(w or {}, "(no step)") if step is None else str(step)
 
 
 def _day_of(d: Record) -> str:
@@ -160,9 +195,9 @@ def _days(deliveries: Sequence[Record], summary: Record) -> list[str]:
     return sorted(days)
 
 
-def _chart(deliveries: Sequence[Record], summary: Record) -> str:
-    counts: Counter[tuple[str, str]] = Counter((_day_of(d), _step_of(d)) for d in deliveries)
-    steps = list(dict.fromkeys(_step_of(d) for d in deliveries))
+def _chart(deliveries: Sequence[Record], summary: Record, w: Mapping[str, str]) -> str:
+    counts: Counter[tuple[str, str]] = Counter((_day_of(d), _step_of(d, w)) for d in deliveries)
+    steps = list(dict.fromkeys(_step_of(d, w) for d in deliveries))
     colours = {s: _colour(i) for i, s in enumerate(steps)}
     days = _days(deliveries, summary)
     totals: Counter[str] = Counter()
@@ -176,7 +211,7 @@ def _chart(deliveries: Sequence[Record], summary: Record) -> str:
     bar_w = max(slot * 0.78, 1.0)
     parts = [
         f'<svg viewBox="0 0 {left + plot_w + right} {height}" role="img" '
-        f'aria-label="Deliveries per day by step">'
+        f'aria-label="{_e(_w(w, "Deliveries per day by step"))}">'
     ]
     for v in range(0, top + 1, step_y):
         y = upper + plot_h - v / top * plot_h
@@ -198,7 +233,7 @@ def _chart(deliveries: Sequence[Record], summary: Record) -> str:
             parts.append(
                 f'<rect class="bar" x="{x:.2f}" y="{base:.2f}" width="{bar_w:.2f}" '
                 f'height="{h:.2f}" fill="{colours[step]}"><title>{_e(day)} · {_e(step)}: '
-                f"{c:,} of {totals[day]:,}</title></rect>"
+                f"{c:,} / {totals[day]:,}</title></rect>"
             )
         if i % label_every == 0:
             cx = left + i * slot + slot / 2
@@ -207,31 +242,31 @@ def _chart(deliveries: Sequence[Record], summary: Record) -> str:
                 f"{_e(day[5:] or day)}</text>"
             )
     parts.append(
-        f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">day</text>'
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">{_e(_w(w, "day"))}</text>'
         f'<text transform="translate(14 {upper + plot_h / 2:.0f}) rotate(-90)" '
-        f'text-anchor="middle">deliveries</text></svg>'
+        f'text-anchor="middle">{_e(_w(w, "deliveries"))}</text></svg>'
     )
     legend = "".join(f'<li><i style="background:{colours[s]}"></i>{_e(s)}</li>' for s in steps)
     return "".join(parts) + f'<ul class="legend">{legend}</ul>'
 
 
-def _kv_table(title: str, data: Mapping[Any, Any], heads: tuple[str, str]) -> str:
+def _kv_table(title: str, data: Mapping[Any, Any], heads: tuple[str, str], w: Mapping[str, str]) -> str:
     rows = (
-        "".join(f'<tr><td>{_e(k)}</td><td class="n">{_fmt(v)}</td></tr>' for k, v in data.items())
-        or '<tr><td colspan="2">none</td></tr>'
+        "".join(f'<tr><td>{_e(_w(w, str(k)))}</td><td class="n">{_fmt(v)}</td></tr>' for k, v in data.items())
+        or f'<tr><td colspan="2">{_e(_w(w, "none"))}</td></tr>'
     )
     return (
-        f'<div class="card"><h3>{_e(title)}</h3><table><thead><tr><th>{_e(heads[0])}</th>'
-        f"<th>{_e(heads[1])}</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        f'<div class="card"><h3>{_e(_w(w, title))}</h3><table><thead><tr><th>{_e(_w(w, heads[0]))}</th>'
+        f"<th>{_e(_w(w, heads[1]))}</th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 
-def _list_card(title: str, items: Iterable[Any], cls: str = "") -> str:
-    lis = "".join(f"<li>{_fmt(i)}</li>" for i in items) or "<li>none</li>"
-    return f'<div class="card{cls}"><h3>{_e(title)}</h3><ul>{lis}</ul></div>'
+def _list_card(title: str, items: Iterable[Any], w: Mapping[str, str], cls: str = "") -> str:
+    lis = "".join(f"<li>{_fmt(i)}</li>" for i in items) or f"<li>{_e(_w(w, 'none'))}</li>"
+    return f'<div class="card{cls}"><h3>{_e(_w(w, title))}</h3><ul>{lis}</ul></div>'
 
 
-def _goals_card(goals: Record) -> str:
+def _goals_card(goals: Record, w: Mapping[str, str]) -> str:
     rows = []
     for name, g in goals.items():
         if isinstance(g, Mapping):
@@ -243,33 +278,34 @@ def _goals_card(goals: Record) -> str:
             )
         else:
             rows.append(f'<tr><td>{_e(name)}</td><td colspan="3">{_fmt(g)}</td></tr>')
-    body = "".join(rows) or '<tr><td colspan="4">none</td></tr>'
+    body = "".join(rows) or f'<tr><td colspan="4">{_e(_w(w, "none"))}</td></tr>'
+    heads = "".join(f"<th>{_e(_w(w, h))}</th>" for h in ("goal", "reached", "of", "rate"))
     return (
-        '<div class="card"><h3>goals</h3><table><thead><tr><th>goal</th><th>reached</th>'
-        f"<th>of</th><th>rate</th></tr></thead><tbody>{body}</tbody></table></div>"
+        f'<div class="card"><h3>{_e(_w(w, "goals"))}</h3><table><thead><tr>{heads}'
+        f"</tr></thead><tbody>{body}</tbody></table></div>"
     )
 
 
-def _summary_tables(summary: Record) -> str:
+def _summary_tables(summary: Record, w: Mapping[str, str]) -> str:
     cards, other = [], {}
     for key, value in summary.items():
         name = str(key)
         if name in _HEADER_KEYS:
             continue
         if name == "goals" and isinstance(value, Mapping):
-            cards.append(_goals_card(value))
+            cards.append(_goals_card(value, w))
         elif name == "warnings" and isinstance(value, list | tuple):
-            cards.append(_list_card("warnings", value, " warn"))
+            cards.append(_list_card("warnings", value, w, " warn"))
         elif isinstance(value, Mapping):
-            cards.append(_kv_table(name, value, _TABLE_HEADS.get(name, ("key", "value"))))
+            cards.append(_kv_table(name, value, _TABLE_HEADS.get(name, ("key", "value")), w))
         elif isinstance(value, list | tuple):
-            cards.append(_list_card(name, value))
+            cards.append(_list_card(name, value, w))
         else:
             other[name] = value
     if other:
-        cards.append(_kv_table("other", other, ("key", "value")))
+        cards.append(_kv_table("other", other, ("key", "value"), w))
     if not cards:
-        return '<p class="empty">The summary has no further details.</p>'
+        return f'<p class="empty">{_e(_w(w, "The summary has no further details."))}</p>'
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
@@ -286,7 +322,7 @@ def _sort_key(d: Record) -> tuple[float, str]:
         return (math.inf, at)
 
 
-def _transcript(deliveries: Sequence[Record], max_members: int) -> str:
+def _transcript(deliveries: Sequence[Record], max_members: int, w: Mapping[str, str]) -> str:
     groups: dict[str, list[Record]] = {}
     names: dict[str, str] = {}
     for d in deliveries:
@@ -300,42 +336,42 @@ def _transcript(deliveries: Sequence[Record], max_members: int) -> str:
     left_out = members[len(shown) :]
     order = ([_NO_MEMBER] if _NO_MEMBER in groups else []) + shown
     out = [
-        '<p><input id="q" type="search" placeholder="Search member id, name or text…" '
-        'aria-label="Search the transcript" autocomplete="off"><span id="qcount"></span></p>'
+        f'<p><input id="q" type="search" placeholder="{_e(_w(w, "Search member id, name or text…"))}" '
+        f'aria-label="{_e(_w(w, "Search the transcript"))}" autocomplete="off">'
+        f'<span id="qcount" data-says="{_e(_w(w, "groups match"))}"></span></p>'
     ]
     if left_out:
         hidden = sum(len(groups[k]) for k in left_out)
-        out.append(
-            f'<p class="note">Transcript limited to {len(shown):,} members: '
-            f"{len(left_out):,} more members ({hidden:,} deliveries) were left out "
-            "and are not searchable here; they are still counted in the chart and summary.</p>"
-        )
+        said = _w(w, "Transcript limited to {shown} members: {left} more members ({hidden} deliveries) were left out "
+                  "and are not searchable here; they are still counted in the chart and summary.")
+        out.append(f'<p class="note">{_e(said.format(shown=f"{len(shown):,}", left=f"{len(left_out):,}", hidden=f"{hidden:,}"))}</p>')
     for key in order:
         rows = sorted(groups[key], key=_sort_key)
         is_channel = key == _NO_MEMBER
         if is_channel:
-            heading, search_key = "Channel destinations (no member)", "channel"
+            heading, search_key = _e(_w(w, "Channel destinations (no member)")), "channel"
         else:
             name = names.get(key, "")
             heading = f"{_e(key)} — {_e(name)}" if name else _e(key)
             search_key = f"{key} {name}".strip().lower()
-            heading = f"member {heading}"
-        extra_head = "<th>to</th>" if is_channel else ""
+            heading = f"{_e(_w(w, 'member'))} {heading}"
+        extra_head = f"<th>{_e(_w(w, 'to'))}</th>" if is_channel else ""
         body = []
         for d in rows:
             at = str(d.get("at") or "")
             extra = f"<td>{_e(d.get('to'))}</td>" if is_channel else ""
             body.append(
                 f'<tr><td class="t" title="{_e(at)}">{_e(_local_time(at))}</td>'
-                f"<td>{_e(_step_of(d))}</td><td>{_e(d.get('channel'))}</td>{extra}"
+                f"<td>{_e(_step_of(d, w))}</td><td>{_e(d.get('channel'))}</td>{extra}"
                 f"<td>{_e(d.get('variant') or '')}</td>"
                 f'<td class="text">{_e(d.get("text"))}</td></tr>'
             )
+        head = "".join(f"<th>{_e(_w(w, h))}</th>" for h in ("time", "step", "channel"))
+        tail = "".join(f"<th>{_e(_w(w, h))}</th>" for h in ("variant", "text"))
         out.append(
             f'<section class="member" data-key="{_e(search_key)}"><h3>{heading} '
-            f"<small>({len(rows):,} deliveries)</small></h3><table><thead><tr><th>time</th>"
-            f"<th>step</th><th>channel</th>{extra_head}<th>variant</th><th>text</th></tr>"
-            f"</thead><tbody>{''.join(body)}</tbody></table></section>"
+            f"<small>({len(rows):,} {_e(_w(w, 'deliveries'))})</small></h3><table><thead><tr>{head}"
+            f"{extra_head}{tail}</tr></thead><tbody>{''.join(body)}</tbody></table></section>"
         )
     return "".join(out)
 
@@ -347,7 +383,7 @@ def _local_time(at: str) -> str:
     return at[:16].replace("T", " ") + (f" {offset}" if offset else "")
 
 
-def _header(deliveries: Sequence[Record], summary: Record, title: str) -> str:
+def _header(deliveries: Sequence[Record], summary: Record, title: str, w: Mapping[str, str]) -> str:
     start, end, days = summary.get("start"), summary.get("end"), summary.get("days")
     span = []
     if start is not None or end is not None:
@@ -355,14 +391,14 @@ def _header(deliveries: Sequence[Record], summary: Record, title: str) -> str:
             f"{_e(start if start is not None else '?')} → {_e(end if end is not None else '?')}"
         )
     if days is not None:
-        span.append(f"{_fmt(days)} days")
+        span.append(f"{_fmt(days)} {_e(_w(w, 'days'))}")
     members = {str(d.get("member")) for d in deliveries if d.get("member") is not None}
     total = summary.get("deliveries", len(deliveries))
     deferred = summary.get("deferred")
     tiles = [
         ("deliveries", total),
         ("members reached", len(members)),
-        ("steps", len({_step_of(d) for d in deliveries})),
+        ("steps", len({_step_of(d, w) for d in deliveries})),
         ("channels", len({str(d.get("channel")) for d in deliveries})),
     ]
     if "pending" in summary:
@@ -372,11 +408,11 @@ def _header(deliveries: Sequence[Record], summary: Record, title: str) -> str:
     if isinstance(summary.get("warnings"), list | tuple):
         tiles.append(("warnings", len(summary["warnings"])))
     tiles_html = "".join(
-        f'<div class="total"><b>{_fmt(v)}</b><span>{_e(k)}</span></div>' for k, v in tiles
+        f'<div class="total"><b>{_fmt(v)}</b><span>{_e(_w(w, k))}</span></div>' for k, v in tiles
     )
-    span_html = " · ".join(span) or "span not given"
+    span_html = " · ".join(span) or _e(_w(w, "span not given"))
     return (
-        f'<header><h1>{_e(title)}</h1><div class="span">Dry run: {span_html}</div>'
+        f'<header><h1>{_e(title)}</h1><div class="span">{_e(_w(w, "Dry run: "))}{span_html}</div>'
         f'<div class="totals">{tiles_html}</div></header>'
     )
 
@@ -392,22 +428,21 @@ def render_report(
     """Return the report as one HTML document with no external references. ``lang`` is
     the playbooks' locale (zh-CN: browsers then pick Chinese glyphs for the texts)."""
     summary = summary if isinstance(summary, Mapping) else {}
+    w = _words(lang)
     if deliveries:
-        chart = _chart(deliveries, summary)
-        transcript = _transcript(deliveries, max_members)
+        chart = _chart(deliveries, summary, w)
+        transcript = _transcript(deliveries, max_members, w)
     else:
-        chart = (
-            '<p class="empty">No deliveries: the dry run planned no messages in this window.</p>'
-        )
-        transcript = '<p class="empty">No deliveries, so there is no transcript.</p>'
+        chart = f'<p class="empty">{_e(_w(w, "No deliveries: the dry run planned no messages in this window."))}</p>'
+        transcript = f'<p class="empty">{_e(_w(w, "No deliveries, so there is no transcript."))}</p>'
     return (
         f'<!DOCTYPE html>\n<html lang="{_e(lang)}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"{_header(deliveries, summary, title)}"
-        f'<h2>Deliveries per day by step</h2><div class="chart">{chart}</div>'
-        f"<h2>Summary</h2>{_summary_tables(summary)}"
-        f'<h2>Transcript</h2><div id="transcript">{transcript}</div>'
+        f"{_header(deliveries, summary, title, w)}"
+        f'<h2>{_e(_w(w, "Deliveries per day by step"))}</h2><div class="chart">{chart}</div>'
+        f"<h2>{_e(_w(w, 'Summary'))}</h2>{_summary_tables(summary, w)}"
+        f'<h2>{_e(_w(w, "Transcript"))}</h2><div id="transcript">{transcript}</div>'
         f"<script>{_JS}</script></body></html>\n"
     )
 

@@ -117,7 +117,7 @@ def test_chart_has_one_rect_per_nonzero_day_step(sample):
     expected = Counter((d["at"][:10], d["step"]) for d in sample)
     assert len(bars) == len(expected) == 5
     for (day, step), n in expected.items():
-        assert f"{day} · {step}: {n} of" in " | ".join(bars)
+        assert f"{day} · {step}: {n} / " in " | ".join(bars)
     assert doc.count('<ul class="legend">') == 1
     for step in ("welcome", "remind", "digest"):
         assert f"</i>{step}</li>" in doc
@@ -326,9 +326,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
 @pytest.mark.parametrize(
     ("query", "visible", "count"),
     [
-        ("成员7", ["m07 成员7"], "1 of 31 groups match"),
-        ("第50条", ["channel"], "1 of 31 groups match"),
-        ("M2", [f"m{i:02d} 成员{i}" for i in range(20, 30)], "10 of 31 groups match"),
+        ("成员7", ["m07 成员7"], "1 / 31 groups match"),
+        ("第50条", ["channel"], "1 / 31 groups match"),
+        ("M2", [f"m{i:02d} 成员{i}" for i in range(20, 30)], "10 / 31 groups match"),
     ],
 )
 def test_search_box_filters_in_headless_chromium(tmp_path, query, visible, count):
@@ -345,3 +345,15 @@ def test_search_box_filters_in_headless_chromium(tmp_path, query, visible, count
     assert len(sections) == 31, proc.stderr.decode("utf-8", "replace")[-2000:]
     assert [key for key, hidden in sections if not hidden] == visible
     assert f'id="qcount">{count}<' in dom
+
+
+def test_a_report_for_chinese_playbooks_speaks_chinese(sample):
+    """The page was tagged zh-CN, and its headings were the summary's JSON keys
+    (per_day, queued_behind_active) under "key / value", all of it in English."""
+    doc = render_report(sample, summary_for(sample), title="读书打卡：演练", lang="zh-CN")
+    for words in ("每日送达（按步骤）", "<h2>汇总</h2>", "<h2>逐条记录</h2>", "<h3>每日送达</h3>", "<th>日期</th>",
+                  "<th>送达</th>", "<span>触达成员</span>", 'data-says="组匹配"', "<th>内容</th>"):
+        assert words in doc, words
+    assert "per_day" not in doc and "Transcript" not in doc
+    english = render_report(sample, summary_for(sample), title="t", lang="en")
+    assert "<h3>per_day</h3>" in english and "<h2>Transcript</h2>" in english  # unchanged in English
