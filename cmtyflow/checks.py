@@ -105,12 +105,9 @@ def _check_timezone(ctx: CheckContext, loc: Loc, allow_member: bool) -> list[Pro
             ctx.at(loc, f"timezone '{value}' cannot be read: this machine has no time-zone database "
                         "(install the tzdata package: pip install tzdata)")
         ]
-    return [
-        ctx.at(
-            loc,
-            f"unknown timezone '{value}'{did_you_mean(value, zones)}; use an IANA name such as Asia/Shanghai",
-        )
-    ]
+    same = [z for z in zones if z.lower() == value.strip().lower()]  # asia/shanghai: the case, or spaces
+    hint = f" (did you mean '{same[0]}'?)" if same else did_you_mean(value, zones)
+    return [ctx.at(loc, f"unknown timezone '{value}'{hint}; use an IANA name such as Asia/Shanghai")]
 
 
 _CRON_FIELDS = (

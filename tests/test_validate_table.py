@@ -128,6 +128,19 @@ CASES = [
         """\
         cmtyflow: 1
         name: demo
+        timezone: asia/shanghai
+        flows: {}
+        """,
+        {},
+        [
+            "pb.yaml:3:11: error: unknown timezone 'asia/shanghai' (did you mean 'Asia/Shanghai'?); use an IANA name such as Asia/Shanghai",
+        ],
+        id="timezone_in_lower_case",
+    ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
         channels:
           group: {adapter: console}
         triggers:
