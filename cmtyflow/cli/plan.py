@@ -45,6 +45,7 @@ def plan(paths: tuple[str, ...], state: str | None, fmt: str) -> int:
                 click.echo(f"  {group.count} run{'s' if group.count != 1 else ''} of {group.flow} on "
                            f"{group.version[:SHORT]} at {group.at}")
             continue
+        assert p.new is not None  # given
         if p.old is None:
             click.echo(f"{p.name}: not run yet; `run` will start it at version {p.new[:SHORT]}")
             continue

@@ -194,7 +194,7 @@ class RunGroup:
 class PlaybookPlan:
     name: str
     old: str | None  # the version last run (None: never run)
-    new: str
+    new: str | None  # the version given (None: the playbook was not given, ``left_behind``)
     changes: list[StepChange] = field(default_factory=list)
     triggers: list[str] = field(default_factory=list)
     other: list[str] = field(default_factory=list)  # what else changed: settings, channels, templates
@@ -441,7 +441,7 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
         # they are, each on its own version; nothing to compare them with.
         versions = known.get(name, [])
         last = versions[-1][0] if versions else ""
-        left = PlaybookPlan(name, last or None, last, left_behind=sum(groups.values()))
+        left = PlaybookPlan(name, last or None, None, left_behind=sum(groups.values()))
         snaps = dict(versions)
         for (version, flow, pc), n in sorted(groups.items()):
             old = rebuild(snaps[version], version, formats) if version in snaps else None

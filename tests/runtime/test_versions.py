@@ -308,6 +308,10 @@ def test_plan_names_a_playbook_renamed_with_runs_in_flight(tmp_path, capsys):
     assert "live2: not run yet" in out
     assert "live: not among the playbooks given; its runs in flight go on to their end, each on its version" in out
     assert "  1 run of w on " in out and " at w[1]\n" in out
+    assert main(["plan", str(path), "--state", state, "--format", "json"]) == 0
+    left = next(p for p in json.loads(capsys.readouterr().out) if p["name"] == "live")
+    # Its last version is the old one; there is no new one (the JSON said new == old).
+    assert left["left_behind"] == 1 and left["new"] is None and left["old"] is not None
 
 
 QUEUED_HEAD = ("cmtyflow: 1\nname: qv\ntimezone: UTC\nchannels: {dm: {adapter: file, path: \"%s\"}}\n"
