@@ -188,7 +188,7 @@ def _check_triggers(ctx: CheckContext) -> list[Problem]:
                 ids[tid] = loc
         flow = trigger.get("flow")
         if isinstance(flow, str) and flow not in flows:
-            hint = did_you_mean(flow, list(flows)) or f"; flows are {listing(flows)}"
+            hint = did_you_mean(flow, list(flows)) or (f"; flows are {listing(flows)}" if flows else "; the playbook has no flows")
             found.append(
                 ctx.at((*loc, "flow"), f"trigger starts flow '{flow}', which does not exist{hint}")
             )
@@ -384,7 +384,7 @@ def _check_sends(ctx: CheckContext) -> list[Problem]:
             found.append(
                 ctx.at(
                     (*loc, "channel"),
-                    f"unknown channel '{channel}'{hint}; channels are {listing(channels)}",
+                    f"unknown channel '{channel}'{hint}; " + (f"channels are {listing(channels)}" if channels else "the playbook has no channels"),
                 )
             )
         to = send.get("to")
@@ -395,7 +395,7 @@ def _check_sends(ctx: CheckContext) -> list[Problem]:
                     hint = did_you_mean(role, list(roles))
                     found.append(
                         ctx.at(
-                            (*loc, "to"), f"unknown role '{role}'{hint}; roles are {listing(roles)}"
+                            (*loc, "to"), f"unknown role '{role}'{hint}; " + (f"roles are {listing(roles)}" if roles else "the playbook has no roles")
                         )
                     )
             else:

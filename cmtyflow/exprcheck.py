@@ -207,7 +207,8 @@ def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
         if key not in options:
             what = {"vars": "var", "roles": "role"}.get(base.name, base.name)
             found.append(StaticProblem(
-                f"unknown {what} '{key}'{_near(key, options)}; {base.name} are {', '.join(options) or 'none'}",
+                f"unknown {what} '{key}'{_near(key, options)}; "
+                + (f"{base.name} are {', '.join(options)}" if options else f"the playbook has no {base.name}"),
                 node.lineno,
             ))
     return found

@@ -502,3 +502,22 @@ flows:
         (8, "warning", "this 'at' falls on 2027-01-05, outside the window (2026-12-01 .. 2026-12-21): it never fires"),
         (9, "warning", "this 'at' falls on 2026-12-22, outside the window (2026-12-01 .. 2026-12-21): it never fires"),
     ]
+
+
+def test_a_name_unknown_where_the_playbook_has_none_of_its_kind_says_so():
+    """It said "roles are none", "vars are none"."""
+    text = """\
+cmtyflow: 1
+name: a
+timezone: Asia/Shanghai
+channels:
+  dm: {adapter: console}
+triggers:
+  - {id: x, event: a.b, flow: f}
+flows:
+  f:
+    - send: {to: roles.mods, text: "{{ vars.word }}"}
+"""
+    messages = [p.message for p in load_text(text).problems]
+    assert "unknown role 'mods'; the playbook has no roles" in messages
+    assert any(m.startswith("unknown var 'word'; the playbook has no vars") for m in messages), messages
