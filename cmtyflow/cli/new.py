@@ -109,6 +109,11 @@ def _pick(texts: dict[str, str], lang: str) -> str:
     return texts.get(lang) or next(iter(texts.values()), "")
 
 
+def _say(lang: str, en: str, zh: str) -> str:
+    """What ``new`` prints, in the language chosen (its default is Chinese)."""
+    return en if lang == "en" else zh
+
+
 def _list(root: Path, lang: str) -> None:
     items = entries(root)
     width = max(len(e.name) for e in items)
@@ -121,9 +126,10 @@ def _list(root: Path, lang: str) -> None:
         click.echo(f"  {e.name.ljust(width)}  {_pick(e.title, lang)}")
         click.echo(f"  {' ' * width}  {_pick(e.purpose, lang)}")
     click.echo(
-        f"\n{len(items)} playbooks; --lang zh-CN|en chooses the language of titles and templates."
+        f"\n{len(items)} playbooks; --lang zh-CN|en chooses the language of this listing and of the copy's "
+        "locale (the templates of both languages are copied)."
         if lang == "en"
-        else f"\n共 {len(items)} 个剧本；--lang zh-CN|en 选择标题和模板的语言。"
+        else f"\n共 {len(items)} 个剧本；--lang zh-CN|en 选择此列表的语言和副本的 locale（两种语言的模板都会复制）。"
     )
 
 
@@ -244,23 +250,29 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
         for path in written:  # nothing is left half copied
             path.unlink(missing_ok=True)
         raise UserError(f"cannot write {exc.filename or dest}: {exc.strerror or exc}; nothing was written") from None
-    click.echo(f"Copied {name} ({_pick(entry.title, lang)}) from the library:")
+    title = _pick(entry.title, lang)
+    click.echo(_say(lang, f"Copied {name} ({title}) from the library:", f"已从剧本库复制 {name}（{title}）："))
     for path in writes:
-        click.echo(f"  wrote {path}")
+        click.echo(_say(lang, f"  wrote {path}", f"  写入 {path}"))
     if keep_defaults:
-        click.echo(
-            f"  kept your {defaults} (folder defaults: channels, roles, policies); the library's was not copied"
-        )
+        click.echo(_say(
+            lang,
+            f"  kept your {defaults} (folder defaults: channels, roles, policies); the library's was not copied",
+            f"  保留了你的 {defaults}（目录默认设置：频道、角色、策略），未复制剧本库的版本",
+        ))
     for note in notes:
-        click.echo(f"  note: {note}")
-    click.echo("\nNext:")
+        click.echo(_say(lang, f"  note: {note}", f"  注意：{note}"))
+    click.echo(_say(lang, "\nNext:", "\n下一步："))
     for command in _suggest(root, entry, dest):
         click.echo(f"  {command}")
     if schema_line:
-        click.echo(f"  cmtyflow schema -o {dest / 'playbook.schema.json'}    # completion and checks in your editor")
-    click.echo(
-        f"\nThen read the comment at the top of {dest / f'{name}.yaml'} (what to change first)."
-    )
+        click.echo(f"  cmtyflow schema -o {dest / 'playbook.schema.json'}    "
+                   + _say(lang, "# completion and checks in your editor", "# 编辑器里的补全和检查"))
+    click.echo(_say(
+        lang,
+        f"\nThen read the comment at the top of {dest / f'{name}.yaml'} (what to change first).",
+        f"\n然后阅读 {dest / f'{name}.yaml'} 开头的注释（先改哪些地方）。",
+    ))
 
 
 @click.command("new")

@@ -50,7 +50,9 @@ def test_new_copy_of_each_playbook_validates_clean(tmp_path, capsys, name, lang)
     dest = tmp_path / "mine"
     assert main(["new", name, "--lang", lang, "--dir", str(dest)]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {dest / (name + '.yaml')}" in out
+    # Said in the language chosen (the copy's lines were in English for zh-CN).
+    assert (f"wrote {dest / (name + '.yaml')}" if lang == "en" else f"写入 {dest / (name + '.yaml')}") in out
+    assert ("Next:" in out) == (lang == "en") and ("下一步：" in out) == (lang != "en")
     assert f"cmtyflow validate {dest / (name + '.yaml')}" in out and "cmtyflow dry-run" in out
     result = load([dest / f"{name}.yaml"])
     assert [str(p) for p in result.problems] == []
@@ -117,7 +119,7 @@ def test_new_keeps_an_existing_folder_defaults_file_and_says_so(tmp_path, capsys
     (tmp_path / "cmtyflow.yaml").write_text(theirs, encoding="utf-8")
     assert main(["new", "daily-brief", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"kept your {tmp_path / 'cmtyflow.yaml'}" in out
+    assert f"保留了你的 {tmp_path / 'cmtyflow.yaml'}" in out
     assert (tmp_path / "cmtyflow.yaml").read_text(encoding="utf-8") == theirs
     assert load([tmp_path / "daily-brief.yaml"]).problems == []
 
