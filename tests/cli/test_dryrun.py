@@ -77,7 +77,7 @@ def test_report_is_written(tmp_path, capsys):
     assert "早安" in html and "{{ 7*7 }}" in html
     # Members by id and name from the roster, in the heading and the search key (the
     # transcript showed ids only, and a search for a name found nothing).
-    assert "member u2 — Bob" in html and 'data-key="u2 bob"' in html
+    assert "成员 u2 — Bob" in html and 'data-key="u2 bob"' in html
     # The jsonl output is unchanged by it.
     assert main(["dry-run", *_files(tmp_path), "--format", "jsonl"]) == 0
     assert "member_name" not in capsys.readouterr().out
