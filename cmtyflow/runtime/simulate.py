@@ -7,8 +7,12 @@ Rules:
   Any dotted name is taken as it is.
 - Draws come from one seeded generator walking members in roster order, day by day,
   so the same seed, roster and span give the same events.
-- An event falls at a uniformly drawn moment of its day; one that would land in the
-  member's night (23:00-07:00 local) is moved twelve hours on, within the same day.
+- Each day of the span (the playbook's) stands for one local day of each member: the
+  member's date at its midpoint. An event falls at a uniformly drawn moment of that
+  date's waking hours (07:00-23:00 where the member is) that lies within the span's
+  day. So each member-local day gets at most one event of a kind: a member eight
+  hours behind the playbook got two check-ins on one of their days, and the
+  duplicate reply, from a playbook that was right.
 - Members who opted out or left still behave; the engine decides what reaches them.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -80,23 +84,36 @@ class Simulation:
             zone = self._zones[name] = ZoneInfo(name)
         return zone
 
+    def _waking(self, zone_name: str | None, start: datetime, end: datetime) -> tuple[datetime, int]:
+        """The waking hours of the member-local day that [start, end) stands for, within
+        it: their first moment and length in seconds (0: none)."""
+        tz = self._zone(zone_name)
+        day = (start + (end - start) / 2).astimezone(tz).date()
+        lo = max(start, datetime.combine(day, time(7), tzinfo=tz))
+        hi = min(end, datetime.combine(day, time(23), tzinfo=tz))
+        return lo, max(0, int((hi - lo).total_seconds()))
+
     def events_for(self, start: datetime, end: datetime, store: Any) -> Iterator[Event]:
-        span = int((end - start).total_seconds())
-        if span <= 0:
+        if end <= start:
             return
         self._day += 1
         rng = self.rng
         random_ = rng.random
+        hours: dict[str | None, tuple[datetime, int]] = {}  # a member's timezone -> its waking hours in the span
         for member in store.iter_members():
             mid = member["id"]
+            zone_name = member.get("timezone")
+            waking = hours.get(zone_name)
+            if waking is None:
+                waking = hours[zone_name] = self._waking(zone_name, start, end)
+            lo, length = waking
             for etype, p in self.behaviours:
                 if random_() >= p:
                     continue
-                offset = int(random_() * span)
-                at = start + timedelta(seconds=offset)
-                hour = at.astimezone(self._zone(member.get("timezone"))).hour
-                if hour >= 23 or hour < 7:
-                    at = start + timedelta(seconds=(offset + 12 * 3600) % span)
+                offset = int(random_() * length)
+                if not length:
+                    continue  # a partial last day that holds none of their waking hours
+                at = lo + timedelta(seconds=offset)
                 data: dict[str, Any] = {}
                 if etype == "message.posted":
                     data = {"text": "hello", "channel": "group"}

@@ -45,3 +45,23 @@ def test_same_seed_same_events_and_rates_are_plausible():
         tz = ZoneInfo("America/New_York" if int(e.member[1:]) % 2 else "Asia/Shanghai")
         assert 7 <= e.at.astimezone(tz).hour < 23
         assert datetime(2026, 12, 1, tzinfo=SH) <= e.at < datetime(2026, 12, 2, tzinfo=SH)
+
+
+def test_each_member_local_day_gets_one_event_of_a_kind_whatever_the_timezone():
+    """A day of the playbook's (Shanghai) covers parts of two of a London member's
+    days: drawn anywhere in it, two check-ins fell on one London day (and the playbook
+    answered "already checked in"), another London day had none."""
+    store = MemoryStore()
+    zones = ["Europe/London", "America/Los_Angeles", "Asia/Kolkata", "Asia/Tokyo", "Pacific/Honolulu", "Asia/Shanghai"]
+    store.put_members({"id": f"m{i}", "timezone": z} for i, z in enumerate(zones))
+    sim = Simulation(parse_spec("checkin=1"), seed=4, default_tz="Asia/Shanghai")
+    start = datetime(2026, 12, 1, tzinfo=SH)
+    days = 14
+    events = [e for d in range(days) for e in sim.events_for(start + timedelta(days=d), start + timedelta(days=d + 1), store)]
+    for i, zone in enumerate(zones):
+        tz = ZoneInfo(zone)
+        local = [e.at.astimezone(tz) for e in events if e.member == f"m{i}"]
+        dates = [at.date() for at in local]
+        assert len(dates) == days and len(set(dates)) == days, zone  # one a day, consecutive days
+        assert all(7 <= at.hour < 23 for at in local), zone
+    assert all(start <= e.at < start + timedelta(days=days) for e in events)
