@@ -84,11 +84,20 @@ class StorePool:
             store = self._free.pop() if self._free else None
         if store is None:
             store = PostgresStore(self.url, schema=self.schema, exclusive=False)
+        import psycopg
+
+        cut_off = False
         try:
             yield store
+        except psycopg.OperationalError:
+            # The server went away (a restart): the idle connections are as dead as this
+            # one, and each would fail the next job handed it.
+            cut_off = True
+            self.close()
+            raise
         finally:
             conn = store._conn
-            if conn is None or conn.closed or conn.broken:
+            if cut_off or conn is None or conn.closed or conn.broken:
                 store.close()
             else:
                 with self._lock:
@@ -198,10 +207,15 @@ class Worker:
             retry_exceptions={psycopg.OperationalError, procrastinate.exceptions.ConnectorException},
         )
 
+        # The periodic jobs are not retried: the next one (a second later for the tick)
+        # does the work. A retry of one put it back under its queueing lock, where the
+        # next periodic job already was: procrastinate's update failed, the job stayed
+        # "doing" on a live worker for good, and its lock held every later tick (after a
+        # database restart nothing ran again).
         @app.periodic(cron="* * * * * *", periodic_id="tick")
-        @app.task(name=TICK_TASK, queue=QUEUE, lock=TICK_TASK, queueing_lock=TICK_TASK, retry=retry, priority=PRIORITY["tick"])
+        @app.task(name=TICK_TASK, queue=QUEUE, lock=TICK_TASK, queueing_lock=TICK_TASK, priority=PRIORITY["tick"])
         def tick(timestamp: int) -> None:
-            with self._retried(TICK_TASK):
+            with self._next_does_it(TICK_TASK):
                 self.tick()
 
         @app.task(name=TIMERS_TASK, queue=QUEUE, retry=retry, priority=PRIORITY["timers"])
@@ -214,14 +228,14 @@ class Worker:
             with self._retried(SEND_TASK):
                 await self.send(int(context.job.id))
 
-        # Retried too: a recovery cut off by a database restart would otherwise stay
-        # "failed for good", a stuck job in ``cmtyflow status`` though the next one works.
+        # Cut off by a database restart, it ends as done, not "failed for good" (a stuck
+        # job in ``cmtyflow status``); the next one, 5 seconds on, does the work.
         # A 6th column is seconds (procrastinate, croniter): every 5 seconds, not "every
         # second of every fifth minute", which "*/5 * * * * *" is.
         @app.periodic(cron="* * * * * */5", periodic_id="recover")
-        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, retry=retry, priority=PRIORITY["tick"])
+        @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, priority=PRIORITY["tick"])
         async def recover(timestamp: int) -> None:
-            with self._retried(RECOVER_TASK):
+            with self._next_does_it(RECOVER_TASK):
                 await self.recover()
 
         return app
@@ -237,6 +251,17 @@ class Worker:
         except psycopg.OperationalError as exc:
             self.log("job_retry", task=task, error=type(exc).__name__)
             raise
+
+    @contextlib.contextmanager
+    def _next_does_it(self, task: str) -> Iterator[None]:
+        """A periodic job cut off from the database ends here, said; the next one does
+        its work (what it had not committed is rolled back)."""
+        import psycopg
+
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            self.log("job_cut_off", task=task, error=type(exc).__name__, detail="the next one does its work")
 
     def _defer(self, task: str, arg: str, priority: int) -> Any:
         """The ``Defer`` of ``promote_*``: one ``task`` job per batch, at ``priority``
@@ -331,15 +356,15 @@ class Worker:
     async def send(self, job: int) -> None:
         with self.pool.store() as store:
             shared = SharedWork(store)
-            earlier = shared.job_inflight(job)
-            if earlier:
-                resend = [r.message.key for r in earlier if self._resendable(r)]
-                hold = [r.message.key for r in earlier if not self._resendable(r)]
-                store.finish_messages([(k, "queued", {}) for k in resend] + [(k, "in_doubt", {}) for k in hold])
-                for key in resend:
-                    self.log("in_doubt_resent", key=key)
-                for key in hold:
-                    self.log("in_doubt_held", key=key)
+            # An earlier try of this job that did not finish (its worker died): a row
+            # whose request had not begun goes again; one that had is in doubt unless
+            # the platform deduplicates (it held every row the try had claimed).
+            resend, held = shared.settle_job_inflight(job, self._resendable)
+            for key in resend:
+                self.log("in_doubt_resent", key=key)
+            for row in held:
+                m = row.message
+                self.log("in_doubt_held", key=m.key, playbook=m.playbook, step=m.step, channel=m.channel, member=m.member)
             dispatcher = Dispatcher(
                 _JobRows(store, shared, job), self.channels, self.clock.now,
                 policies=self.policies, concurrency=self.concurrency, log=self.log,
@@ -459,10 +484,20 @@ class Worker:
         finally:
             try:
                 if self._presence is not None:
+                    import psycopg
+
                     t = self.totals
-                    with self.pool.store() as store:  # a live connection, whatever became of the presence's
-                        store.record(self.clock.now(), "worker_stopped", inputs=self.inputs, sent=t.sent,
-                                     failed=t.failed, dead=t.dead, cancelled=t.cancelled)
+                    for last_try in (False, True):
+                        # A live connection, whatever became of the presence's: an idle one
+                        # of the pool may have died with a database restart (then a new one).
+                        try:
+                            with self.pool.store() as store:
+                                store.record(self.clock.now(), "worker_stopped", inputs=self.inputs, sent=t.sent,
+                                             failed=t.failed, dead=t.dead, cancelled=t.cancelled)
+                            break
+                        except psycopg.OperationalError:
+                            if last_try:
+                                raise
             finally:
                 self.pool.close()
                 if self._presence is not None:

@@ -193,23 +193,39 @@ class SharedWork:
         sends abandoned, or it failed for good): back to the queue under their key when
         ``resendable`` or never started (not in ``sending``), else in doubt (SPEC 5.2).
         Returns (keys back in the queue, held rows)."""
+        with self.conn.transaction():
+            return self._settle([rows.outbox_row(r) for r in self.conn.execute(ORPHANED_INFLIGHT).fetchall()], resendable)
+
+    def settle_job_inflight(self, job: int, resendable: Callable[[OutboxRow], bool]) -> tuple[list[str], list[OutboxRow]]:
+        """The rows this send job claimed on an earlier try that did not finish (its
+        worker died), settled as ``settle_inflight`` does: only a row whose call to the
+        platform began is in doubt (it held every row it had claimed)."""
+        with self.conn.transaction():
+            found = [rows.outbox_row(r) for r in self.conn.execute(JOB_INFLIGHT, (job,)).fetchall()]
+            return self._settle(found, resendable, keep_job=True)
+
+    def _settle(
+        self, found: list[OutboxRow], resendable: Callable[[OutboxRow], bool], keep_job: bool = False
+    ) -> tuple[list[str], list[OutboxRow]]:
+        """``keep_job``: rows back in the queue stay with their job, which sends them now."""
         conn = self.conn
-        with conn.transaction():
-            found = [rows.outbox_row(r) for r in conn.execute(ORPHANED_INFLIGHT).fetchall()]
-            if not found:
-                return [], []
+        if found:
             keys = [r.message.key for r in found]
             # Only a row whose call to the platform began is in doubt; one never started
             # goes back to the queue (SPEC 5.2, as at a runner's start: Store.mark_sending).
             started = {r[0] for r in conn.execute("SELECT key FROM sending WHERE key = ANY(%s)", (keys,)).fetchall()}
             resend = [r.message.key for r in found if resendable(r) or r.message.key not in started]
             held = [r for r in found if not resendable(r) and r.message.key in started]
-            conn.execute("UPDATE outbox SET status = 'queued', job = NULL WHERE key = ANY(%s)", (resend,))
+            requeue = "UPDATE outbox SET status = 'queued' WHERE key = ANY(%s)" if keep_job else (
+                "UPDATE outbox SET status = 'queued', job = NULL WHERE key = ANY(%s)"
+            )
+            conn.execute(requeue, (resend,))
             conn.execute(
                 "UPDATE outbox SET status = 'in_doubt', job = NULL, attempts = attempts + 1 WHERE key = ANY(%s)", ([r.message.key for r in held],)
             )
             conn.execute("DELETE FROM sending WHERE key = ANY(%s)", (keys,))
-        return resend, held
+            return resend, held
+        return [], []
 
     # a timer job ------------------------------------------------------------------------------
     def job_timers(self, ids: Sequence[str]) -> list[tuple[Timer, str | None]]:
@@ -228,10 +244,6 @@ class SharedWork:
             found = self.conn.execute(CLAIM_JOB_MESSAGES, {"job": job, "until": until, "limit": limit}).fetchall()
         found.sort(key=rows.claim_order)
         return [(rows.outbox_row(r[3:]), loads(r[2]) if r[2] is not None else None) for r in found]
-
-    def job_inflight(self, job: int) -> list[OutboxRow]:
-        """Rows this job claimed on an earlier try that did not finish (a worker died)."""
-        return [rows.outbox_row(r) for r in self.conn.execute(JOB_INFLIGHT, (job,)).fetchall()]
 
     def release_job_messages(self, job: int) -> None:
         """Rows this job leaves to retry later are free for promotion when due."""

@@ -116,7 +116,8 @@ def test_an_immediate_postgres_restart_under_load_loses_no_intent(
     finally:
         codes = fleet.stop()
     check_exactly_once(sink, members)
-    assert fleet.logged("job_retry") + fleet.logged("worker_restarting") > 0, fleet.logs()  # the cut was felt
+    felt = fleet.logged("job_retry") + fleet.logged("job_cut_off") + fleet.logged("worker_restarting")
+    assert felt > 0, fleet.logs()  # the cut was felt
     assert codes == [0, 0]
 
 
@@ -181,10 +182,44 @@ def test_a_dead_send_jobs_rows_never_started_go_back_to_the_queue(state: str) ->
         store.close()
 
 
+def test_a_send_job_run_again_holds_only_what_its_earlier_try_had_begun_to_send(state: str) -> None:
+    """A send job run again after its worker was killed held every row its earlier try
+    had claimed in doubt (777 of 800 had never been sent); as `settle_inflight` does,
+    only a row whose request began is held, the others go again with the job."""
+    from datetime import UTC, datetime
+
+    from cmtyflow.engine.model import Decision, QueuedMessage
+    from cmtyflow.store.pg_shared import SharedWork, ensure_queue_schema
+    from cmtyflow.store.postgres import PostgresStore
+
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    store = PostgresStore(state, exclusive=False)
+    try:
+        ensure_queue_schema(store)
+        store.apply(Decision(messages=[
+            QueuedMessage(k, "pb", "r", "f", "s", 1, "ch", "telegram", None, "channel", "hi", "plain", None, False, at, at)
+            for k in ("started", "unstarted")
+        ]))
+        store.conn.execute("UPDATE outbox SET job = 77")
+        shared = SharedWork(store)
+        assert len(shared.claim_job_messages(77, at, 10)) == 2  # the earlier try
+        assert store.mark_sending("started", None, False)
+        resent, held = shared.settle_job_inflight(77, lambda row: False)
+        assert resent == ["unstarted"] and [r.message.key for r in held] == ["started"]
+        assert {r.message.key: r.status for r in store.outbox()} == {"started": "in_doubt", "unstarted": "queued"}
+        # The one never started goes with this job, now.
+        assert [row.message.key for row, _ in shared.claim_job_messages(77, at, 10)] == ["unstarted"]
+    finally:
+        store.close()
+
+
 def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path) -> None:
-    """A database restart fails whatever job is running; each must be retried, not left
-    failed for good (a stuck job in `cmtyflow status`). The recovery, run every 5 s,
-    was the one without a retry."""
+    """A database restart fails whatever job is running; none may be left failed for
+    good (a stuck job in `cmtyflow status`). Batches are retried. The periodic jobs
+    (tick, recovery) end as done, said, and the next one does the work: retried, a tick
+    went back under its queueing lock where the next tick already was, procrastinate's
+    update failed, and the job stayed "doing" on a live worker, its lock holding every
+    later tick (after a restart nothing ran again)."""
     import psycopg
     from procrastinate.jobs import Job
 
@@ -202,13 +237,56 @@ def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path
 
     playbook = wf.write_playbook(tmp_path, "http://127.0.0.1:9/hook")
     result, programs = load_programs([playbook])
-    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock())
-    for name in (TICK_TASK, TIMERS_TASK, SEND_TASK, RECOVER_TASK):
+    lines: list[tuple[str, dict[str, Any]]] = []
+    w = Worker(result, programs, state, ChannelSet(programs, {}), SystemClock(),
+               log=lambda kind, **fields: lines.append((kind, fields)))
+    for name in (TIMERS_TASK, SEND_TASK):
         strategy = w.app.tasks[name].retry_strategy
         job = Job(queue=QUEUE, lock=None, queueing_lock=None, task_name=name, task_kwargs={}, attempts=3)
         assert strategy is not None, name
         assert strategy.get_retry_decision(exception=psycopg.OperationalError("server closed the connection"), job=job), name
         assert strategy.get_retry_decision(exception=ValueError("a bug"), job=job) is None, name
+    assert w.app.tasks[TICK_TASK].retry_strategy is None and w.app.tasks[RECOVER_TASK].retry_strategy is None
+
+    def cut_off() -> None:
+        raise psycopg.OperationalError("terminating connection due to administrator command")
+
+    async def cut_off_async() -> None:
+        cut_off()
+
+    w.tick = cut_off  # type: ignore[method-assign]
+    w.recover = cut_off_async  # type: ignore[method-assign]
+    w.app.tasks[TICK_TASK].func(timestamp=0)  # ends as done
+    asyncio.run(w.app.tasks[RECOVER_TASK].func(timestamp=0))
+    assert [(kind, f["task"]) for kind, f in lines] == [("job_cut_off", TICK_TASK), ("job_cut_off", RECOVER_TASK)]
+
+    def bug() -> None:
+        raise ValueError("a bug")
+
+    w.tick = bug  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        w.app.tasks[TICK_TASK].func(timestamp=0)  # a bug is not hidden
+
+
+def test_a_lost_connection_drops_the_pools_idle_connections_too(state: str) -> None:
+    """After a restart each idle connection failed the next job handed it, one by one
+    (AdminShutdown after AdminShutdown)."""
+    import psycopg
+
+    from cmtyflow.runtime.worker import StorePool
+
+    pool = StorePool(state, None)
+    try:
+        with pool.store(), pool.store():
+            pass
+        assert len(pool._free) == 2
+        with pytest.raises(psycopg.OperationalError), pool.store():
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        assert pool._free == []
+        with pool.store() as store:  # a new one
+            assert store.conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()
 
 def test_a_schema_named_in_mixed_case_is_the_one_the_workers_connections_use(cluster: pg_server.Cluster, tmp_path: Path) -> None:
     """`run` quoted the schema's name and `worker` did not: the server folded Team_A to
