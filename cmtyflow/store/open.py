@@ -36,7 +36,20 @@ def state_location(option: str | None, environ: Mapping[str, str]) -> str:
             else "give an SQLite file as a path, or a postgresql:// URL"
         )
         raise UserError(f"the state {mask_url(location)} is a {scheme}:// URL, which cmtyflow does not open: {hint}")
+    if _CONNINFO.search(location) and not _URL.match(location):
+        # "host=... dbname=... password=..." was taken for an SQLite file of that name:
+        # made in the current folder, and printed with its password.
+        from .pg_connect import mask_url
+
+        raise UserError(
+            f"the state '{mask_url(location)}' is a libpq connection string; give PostgreSQL as a URL, "
+            "postgresql://USER@HOST:PORT/DBNAME (the password in PGPASSWORD or ~/.pgpass, or percent-encoded in the URL)"
+        )
     return location
+
+
+# libpq's "key=value" form (host=, dbname=, user=, password=, port=, ...).
+_CONNINFO = re.compile(r"(?:^|\s)(?:host|hostaddr|dbname|user|password|port|sslmode|service)\s*=", re.IGNORECASE)
 
 
 def is_postgres(location: str) -> bool:

@@ -46,7 +46,7 @@ def _raw_password(url: str) -> str | None:
 def mask_url(url: str) -> str:
     """``url`` with its password (in the user part or a ``password=`` parameter) as ***."""
     if "://" not in url:  # a "key=value ..." connection string
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url, flags=re.IGNORECASE)
     # A password written raw with '/', '?', '#' or '@' in it (a generated one) is not
     # where a URL's parts say: everything from the user's ':' to the last '@' goes.
     if _raw_password(url) is not None:
@@ -55,7 +55,7 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:  # not a URL Python can split (a broken [IPv6] host): by pattern
         url = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
-        return re.sub(r"((?:^|[?&])password=)[^&#\s]*", r"\1***", url)
+        return re.sub(r"((?:^|[?&])password=)[^&#\s]*", r"\1***", url, flags=re.IGNORECASE)
     netloc = parts.netloc
     if "@" in netloc:
         user, _, hosts = netloc.rpartition("@")
@@ -64,7 +64,7 @@ def mask_url(url: str) -> str:
         netloc = f"{user}@{hosts}"
     query = parts.query
     if query:
-        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*/:", quote_via=quote)
     return _unsplit(parts.scheme, netloc, parts.path, query, parts.fragment)
 
@@ -104,7 +104,8 @@ def split_schema(url: str, schema: str | None = None) -> tuple[str, str]:
             )
         try:
             parts = urlsplit(url)
-            parts.port  # noqa: B018 - read for its check: a port that is not a number
+            if "," not in parts.netloc:  # several hosts (h1:5432,h2:5433): libpq reads them
+                parts.port  # noqa: B018 - read for its check: a port that is not a number
         except ValueError as exc:
             raise UserError(f"{mask_url(url)}: not a valid PostgreSQL URL: {exc}") from None
         pairs = parse_qsl(parts.query, keep_blank_values=True)

@@ -109,6 +109,23 @@ def test_a_url_python_cannot_split_is_a_user_error_without_the_password() -> Non
     assert mask_url("postgresql://cf:s3cret-pw@[::1:5432/db?password=again") == "postgresql://cf:***@[::1:5432/db?password=***"
 
 
+def test_several_hosts_pass_and_connection_strings_and_upper_case_passwords_are_masked() -> None:
+    """A URL naming two hosts (libpq and psql take it) was refused ("Port could not be
+    cast to integer"); a libpq key=value string was taken for an SQLite file of that
+    name, made in the current folder and printed with its password; PASSWORD= in a
+    query was printed as written."""
+    from cmtyflow.store.open import state_location
+
+    two = "postgresql://cm:pw@127.0.0.1:54330,127.0.0.1:54329/community?schema=s"
+    assert split_schema(two) == ("postgresql://cm:pw@127.0.0.1:54330,127.0.0.1:54329/community", "s")
+    with pytest.raises(UserError, match="is a libpq connection string; give PostgreSQL as a URL") as caught:
+        state_location("host=127.0.0.1 port=54329 user=cm password=hunter2 dbname=community", {})
+    assert "hunter2" not in str(caught.value) and "password=***" in str(caught.value)
+    assert state_location("data/state=2026.db", {}) == "data/state=2026.db"  # a file name with '=' stays one
+    assert mask_url("postgresql://u@db/x?passfile=/x&PASSWORD=hunter2") == "postgresql://u@db/x?passfile=/x&PASSWORD=***"
+    assert mask_url("host=db PASSWORD=hunter2") == "host=db PASSWORD=***"
+
+
 def test_open_creates_the_schema_and_reopen_is_idempotent(opened: Callable[..., PostgresStore], pg_url: str,
                                                           postgres_url: str) -> None:
     schema = schema_of(pg_url)
