@@ -52,7 +52,7 @@ from ..spec.duration import parse_duration
 from ..store.base import ScheduleUpdate, Store
 
 MAX_BATCH = 1000
-PASS_INPUTS = 10_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
+PASS_INPUTS = 2_000  # inputs a runner's pass (or a worker's tick) takes before it sends and lets go
 PASS_SLICE = 250  # inputs a runner takes before it lets its event loop go (the intake answers)
 # Members of a firing over the audience handled per transaction: a firing over a million
 # members was one input, one transaction and one Decision (3.65 GB, 2 minutes in which

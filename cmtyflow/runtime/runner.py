@@ -240,12 +240,15 @@ def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
     total.abandoned += stats.abandoned
 
 
+LOG_FIRING_EVERY = 10_000  # runs a firing under way starts between its log lines
+
+
 class DecisionLog:
     """The log lines decisions are worth: runs started and the notes in LOGGED_NOTES.
 
     The chunks of a firing over the audience (1,000 members each) add their runs up:
-    one line when the firing completes, and one a pass while it is under way
-    (``flush``), not one a chunk (a thousand lines for a million members). Each
+    one line when the firing completes, and one every ``LOG_FIRING_EVERY`` runs while
+    it is under way (``flush``, after each pass), not one a chunk (a thousand lines for a million members). Each
     ``runs_started`` line counts the runs started since the one before it. Called from
     one thread at a time."""
 
@@ -269,8 +272,9 @@ class DecisionLog:
                 self.log(note["kind"], **note_fields(note))
 
     def flush(self) -> None:
-        """The runs a firing still under way has started since the last line."""
-        if self.pending:
+        """The runs a firing still under way has started since the last line, once they
+        are ``LOG_FIRING_EVERY`` or more (a pass takes a few chunks)."""
+        if self.pending >= LOG_FIRING_EVERY:
             self.log("runs_started", count=self.pending, firing="under way")
             self.pending = 0
 

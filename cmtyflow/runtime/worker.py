@@ -296,6 +296,9 @@ class Worker:
             # The engine lock stops every batch of waits while it is held: taken only
             # when a firing or an event is due, or the roster has a new timezone (its
             # member-local schedules need a first due time).
+            # Messages due go to send jobs first: a tick taking a pass of events (a large
+            # import) held back what earlier ticks had queued until it was done.
+            shared.promote_messages(self.clock.now(), self._defer(SEND_TASK, "keys", PRIORITY["send"]), batch=self.send_batch)
             now = self.clock.now()
             zones = len(store.member_timezones())
             # The schedules this driver fires, with their positions, read (without them a

@@ -209,6 +209,7 @@ async def test_the_runner_logs_a_firing_once_a_pass_not_once_a_chunk(tmp_path, c
     from cmtyflow.runtime import runner as runner_module
 
     monkeypatch.setattr(runner_module, "PASS_INPUTS", 6)  # a pass takes two chunks
+    monkeypatch.setattr(runner_module, "LOG_FIRING_EVERY", 5)  # a line for five runs or more
     path = write_playbook(tmp_path / "pb", PLAYBOOK)
     lines: list[tuple[str, dict[str, Any]]] = []
     h = harness([path], AT - timedelta(minutes=1), log=lambda kind, **fields: lines.append((kind, fields)))

@@ -464,6 +464,9 @@ def test_a_tick_fires_a_due_schedule_and_goes_on_with_it_chunk_by_chunk(state: s
 
     monkeypatch.setattr(worker, "PASS_INPUTS", 5)
     monkeypatch.setattr(driver, "FIRING_CHUNK", 3)
+    from cmtyflow.runtime import runner
+
+    monkeypatch.setattr(runner, "LOG_FIRING_EVERY", 5)
     at = datetime(2026, 12, 24, 12, 0, tzinfo=UTC)
     clock = VirtualClock(at - timedelta(minutes=5))
     lines: list[tuple[str, dict[str, Any]]] = []
