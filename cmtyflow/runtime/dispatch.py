@@ -71,6 +71,10 @@ RATE_JITTER = 0.1  # a rate-limited retry waits up to 10% longer than asked
 CHUNK = 1000  # rows claimed at a time
 COMMIT_EVERY = 256  # outcomes per group commit (also committed when a chunk ends)
 BACKLOG = 2  # groups of outcomes that may wait for their commit while sends go on
+# Outcomes are committed at least this often (seconds), a group not yet full too: a
+# process killed after the platform answered resends what it had not committed (a send
+# job's 200 rows were committed only when it ended, and a kill resent them all).
+COMMIT_WITHIN = 1.0
 # The collector while ``run_due`` runs (``collector``): a claimed chunk is a few
 # thousand objects alive until sent, all freed by reference counting. With Python's
 # default (700, 10, 10) they were walked on their way to the oldest generation, about
@@ -239,8 +243,10 @@ class Dispatcher:
         now = self.now
         outbound_of = self._outbound
         log_sent = None if self._quiet else self._log_sent
+        commit_by = monotonic() + COMMIT_WITHIN  # when the outcomes so far are committed, however few
 
         async def worker() -> None:
+            nonlocal commit_by
             try:
                 while True:
                     if not todo:
@@ -280,7 +286,8 @@ class Dispatcher:
                     stats.sent += 1
                     if log_sent is not None:
                         log_sent(row, opened)
-                    if len(results) >= COMMIT_EVERY:
+                    if len(results) >= COMMIT_EVERY or monotonic() >= commit_by:
+                        commit_by = monotonic() + COMMIT_WITHIN
                         self._flush(calls)
                         await calls.settle(BACKLOG)
             except BaseException:

@@ -290,3 +290,24 @@ async def test_a_platforms_error_is_kept_and_logged_on_one_line() -> None:
     errors = {r.message.key: r.last_error for r in store.outbox()}
     assert errors == {"k00000": "chat: HTTP 400: bad [2J request", "k00001": "chat: busy line two"}
     assert sorted(e["error"] for e in logged if "error" in e) == sorted(errors.values())
+
+
+async def test_outcomes_are_committed_within_a_second_however_few(tmp_path: Path) -> None:
+    """A send job's 200 rows were fewer than a group (256): their outcomes were committed
+    when the job ended, and a worker killed after the platform answered sent them all
+    again. A second after the last commit, what is sent is committed, a group or not."""
+    store = RecordingSqlite(tmp_path / "state.db")
+    fill(store, 10)
+    clock = [0.0]
+
+    async def slow(message: OutboundMessage) -> None:
+        clock[0] += 0.3  # each answer takes 0.3 s of the dispatcher's clock
+        await asyncio.sleep(0)
+
+    d = dispatcher(store, Hook(slow), concurrency=1)
+    d.monotonic = lambda: clock[0]
+    stats = await d.run_due(NOW)
+    assert stats.sent == 10
+    commits = [n for name, _, n in store.calls.log if name == "finish"]
+    assert len(commits) >= 3 and max(commits) <= 4 and sum(commits) == 10  # about every 1 s, not all 10 at the end
+    store.close()
