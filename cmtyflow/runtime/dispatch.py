@@ -226,7 +226,8 @@ class Dispatcher:
     async def _run_due(self, until: datetime, drain: float, budget: float | None) -> DispatchStats:
         stats = DispatchStats()
         monotonic = self.monotonic
-        deadline = None if budget is None else monotonic() + budget
+        started = monotonic()
+        deadline = None if budget is None else started + budget
         paused = False  # the budget is spent: start nothing more
         calls = _StoreCalls(self.store)
         todo: deque[Sendable] = deque()  # claimed rows not started yet, oldest first
@@ -243,7 +244,7 @@ class Dispatcher:
         now = self.now
         outbound_of = self._outbound
         log_sent = None if self._quiet else self._log_sent
-        commit_by = monotonic() + COMMIT_WITHIN  # when the outcomes so far are committed, however few
+        commit_by = started + COMMIT_WITHIN  # when the outcomes so far are committed, however few
 
         async def worker() -> None:
             nonlocal commit_by
@@ -257,7 +258,8 @@ class Dispatcher:
                         continue
                     row, member, opened = todo.popleft()
                     key = row.message.key
-                    if deadline is not None and not paused and monotonic() >= deadline:
+                    clock = monotonic()  # read once a message: the budget, then the commit's time
+                    if deadline is not None and not paused and clock >= deadline:
                         pause()
                     if self.stopping or paused:
                         left.append(key)
@@ -286,8 +288,8 @@ class Dispatcher:
                     stats.sent += 1
                     if log_sent is not None:
                         log_sent(row, opened)
-                    if len(results) >= COMMIT_EVERY or monotonic() >= commit_by:
-                        commit_by = monotonic() + COMMIT_WITHIN
+                    if len(results) >= COMMIT_EVERY or clock >= commit_by:
+                        commit_by = clock + COMMIT_WITHIN
                         self._flush(calls)
                         await calls.settle(BACKLOG)
             except BaseException:
