@@ -15,7 +15,7 @@ from ..clock import Clock, SystemClock, VirtualClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
 from ..runtime.prepare import load_programs, parse_now
-from ..runtime.runner import Runner, StateLock, build_runner, json_log, text_log
+from ..runtime.runner import LibraryLog, Runner, StateLock, build_runner, json_log, text_log
 from ..store.open import is_postgres
 from . import EXIT_OK, cli
 from .state import import_roster, state_option, store_at
@@ -71,7 +71,8 @@ def run(
         runner = build_runner(
             result, programs, store, channels, clock, log=log, concurrency=concurrency, poll=poll, drain=drain
         )
-        asyncio.run(_serve(runner, once=once, intake=intake, default_tz=tz, log=log))
+        with LibraryLog(log).installed():
+            asyncio.run(_serve(runner, once=once, intake=intake, default_tz=tz, log=log))
         click.echo(runner.summary("done" if once else "stopped"), err=True)
     finally:
         store.close()

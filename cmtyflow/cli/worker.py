@@ -14,7 +14,7 @@ from ..clock import SystemClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
 from ..runtime.prepare import load_programs
-from ..runtime.runner import json_log, text_log
+from ..runtime.runner import LibraryLog, json_log, text_log
 from ..store.open import ENV_VAR, is_postgres, shown, state_location
 from . import EXIT_OK, cli
 from .state import state_option
@@ -62,7 +62,8 @@ def worker(paths: tuple[str, ...], state: str | None, jobs: int, concurrency: in
         tz = programs[0].tz
         log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
         w = Worker(result, programs, location, channels, clock, jobs=jobs, concurrency=concurrency, drain=drain, log=log)
-        asyncio.run(_serve(w, log, limiter))
+        with LibraryLog(log).installed():
+            asyncio.run(_serve(w, log, limiter))
     finally:
         set_default_limiter(None)
     click.echo(w.summary(), err=True)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -420,6 +422,46 @@ def text_log(out: TextIO, now: Callable[[], datetime], tz: Any) -> Log:
         out.flush()
 
     return log
+
+
+_SECRETS = (
+    (re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(://[^:/@\s]*:)[^@\s]*@"), r"\1***@"),
+)
+
+
+class LibraryLog(logging.Handler):
+    """What the libraries under a runner or a worker log (procrastinate, psycopg's pool,
+    asyncio), as one line of its log each, in its format: where, what, and the
+    exception's type and first line, never a traceback nor a password. A database
+    restart printed dozens of tracebacks into a JSON log."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                message = f"{message}: {type(exc).__name__}" + (f": {first}" if first else "")
+            for pattern, masked in _SECRETS:
+                message = pattern.sub(masked, message)
+            self.log("library", source=record.name, level=record.levelname.lower(), message=message[:500])
+        except Exception:  # noqa: BLE001 - a log line must never stop the process
+            self.handleError(record)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """On the root logger (replacing Python's last-resort printing) while inside."""
+        root = logging.getLogger()
+        root.addHandler(self)
+        try:
+            yield
+        finally:
+            root.removeHandler(self)
 
 
 def json_log(out: TextIO, now: Callable[[], datetime]) -> Log:

@@ -870,3 +870,30 @@ def test_sigterm_stops_claiming_and_drains_within_the_timeout(tmp_path):
     finally:
         sink.call(lambda: sink.sink.release.set() if sink.sink.release is not None else None)
         sink.stop()
+
+
+def test_what_libraries_log_is_one_line_of_the_runners_log_without_traceback_or_password():
+    """A database restart under a worker printed dozens of tracebacks (procrastinate,
+    psycopg's pool, asyncio's "Task exception was never retrieved") into a JSON log."""
+    import io
+    import json
+    import logging
+
+    from cmtyflow.runtime.runner import LibraryLog, json_log
+
+    out = io.StringIO()
+    handler = LibraryLog(json_log(out, lambda: T0))
+    with handler.installed():
+        try:
+            raise ConnectionError("connection to server at 127.0.0.1 failed\nIs the server running?")
+        except ConnectionError:
+            logging.getLogger("procrastinate.worker").exception("Side task listener failed, stopping worker")
+        logging.getLogger("psycopg.pool").warning("error connecting in 'pool-1': postgresql://cm:s3cret@db/x password=s3cret")
+        logging.getLogger("asyncio").info("not at warning level: left out")
+    assert handler not in logging.getLogger().handlers  # taken away after
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(d["event"], d["source"], d["level"]) for d in lines] == [
+        ("library", "procrastinate.worker", "error"), ("library", "psycopg.pool", "warning")
+    ]
+    assert lines[0]["message"] == "Side task listener failed, stopping worker: ConnectionError: connection to server at 127.0.0.1 failed"
+    assert "s3cret" not in out.getvalue() and "Traceback" not in out.getvalue()
