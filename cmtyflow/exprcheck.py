@@ -141,11 +141,21 @@ def static_problems_expression(
             raise TemplateSyntaxError(f"unexpected {describe_token(token)} after the expression", token.lineno)
     except TemplateSyntaxError as exc:
         message = (exc.message or "invalid expression").replace("'end of template'", "end of expression")
+        if "{{" in source or "{%" in source:
+            message += "; an expression is written without {{ }}: member.name, not {{ member.name }}"
         return [StaticProblem(f"expression syntax error: {message}", exc.lineno or 1)]
     except RecursionError:
         return [StaticProblem("expression nested too deeply (parentheses, brackets or operators)", 1)]
     # find_all looks below a node, never at the node itself: give the expression a parent.
     problems = _tree_problems(nodes.Template([nodes.Output([tree])]), extra_names, known)
+    if (isinstance(tree, nodes.Name) and problems and problems[0].message.startswith("unknown name")
+            and not _near(tree.name, sorted(SCOPE_NAMES))):
+        # `set: {word: hello}`: a word meant as text, read as a name.
+        word = tree.name
+        problems[0] = StaticProblem(
+            f"unknown name '{word}'; if '{word}' is meant as text, quote it inside the YAML quotes: \"'{word}'\"",
+            problems[0].lineno,
+        )
     return problems or _compile_problems(compile_expression, source, "expression")
 
 

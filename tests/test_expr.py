@@ -283,3 +283,15 @@ def test_data_keys_named_like_mapping_methods_read_the_data():
     assert compile_expression("state.get('count', 0) + state.points").evaluate(ctx) == 2
     with pytest.raises(RenderError, match=r"'items' is a function, not a value to print"):
         compile_template("{{ state.items }}").render(ctx)
+
+
+def test_expression_mistakes_of_template_habits_get_hints():
+    """`set: {word: hello}` said only "unknown name 'hello'"; `if: "{{ member.name }}"`
+    said "expected token ':', got '}'"."""
+    (word,) = static_problems_expression("hello")
+    assert word.message == "unknown name 'hello'; if 'hello' is meant as text, quote it inside the YAML quotes: \"'hello'\""
+    (typo,) = static_problems_expression("stat")
+    assert "(did you mean 'state'?)" in typo.message  # a near name keeps its own hint
+    (braces,) = static_problems_expression("{{ member.name }}")
+    assert braces.message.endswith("an expression is written without {{ }}: member.name, not {{ member.name }}")
+    assert static_problems_expression("member.name") == []
