@@ -160,3 +160,38 @@ def test_json_schema_accepts_every_shipped_playbook(path):
     data = json.loads(json.dumps(YAML(typ="safe").load(path.read_text(encoding="utf-8")), default=str))
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(data)]
     assert errors == []
+
+
+def test_json_schema_accepts_the_short_forms_validate_accepts():
+    """`checkin:` and `stop:` with nothing, `manual:` with no inputs, `tag: vip`, role
+    members given as numbers: validate takes them, and the schema marked them wrong in
+    editors."""
+    import json
+
+    import jsonschema
+    from ruamel.yaml import YAML
+
+    from cmtyflow.loader import load_text
+
+    text = """\
+cmtyflow: 1
+name: short
+timezone: Asia/Shanghai
+channels: {dm: {adapter: console}}
+roles: {moderators: [1001, u2]}
+triggers:
+  - id: go
+    manual:
+    flow: f
+flows:
+  f:
+    - checkin:
+    - tag: vip
+    - untag: new
+    - send: {text: hi}
+    - stop:
+"""
+    assert [p.message for p in load_text(text).problems] == []
+    schema = json.loads((ROOT / "cmtyflow" / "schema" / "playbook.schema.json").read_text(encoding="utf-8"))
+    data = YAML(typ="safe").load(text)
+    assert [f"{list(e.absolute_path)}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(data)] == []

@@ -93,6 +93,25 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False, validate_default=False)
 
 
+def _also(field: str, *others: dict[str, Any]) -> ConfigDict:
+    """A model's config whose JSON Schema also takes ``others`` at ``field``: the forms
+    its ``BeforeValidator`` reads (``checkin:`` with nothing, ``tag: vip``), which
+    validate takes and editors marked as wrong."""
+
+    def widen(schema: dict[str, Any]) -> None:
+        own = schema["properties"][field]
+        schema["properties"][field] = {"anyOf": [own, *others]}
+
+    return ConfigDict(extra="forbid", populate_by_name=False, validate_default=False, json_schema_extra=widen)
+
+
+_NULL: dict[str, Any] = {"type": "null"}
+# Member ids such as 1001 are read by YAML as numbers; roles take them (``_role_names``).
+_ROLES_SCHEMA: dict[str, Any] = {
+    "additionalProperties": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}
+}
+
+
 # --- section 1: playbook-wide settings -------------------------------------------
 
 
@@ -221,6 +240,7 @@ class ManualSpec(Model):
 
 
 class ManualTrigger(TriggerBase):
+    model_config = _also("manual", _NULL)
     kind: ClassVar[str] = "manual"
     manual: Annotated[ManualSpec, BeforeValidator(lambda v: {} if v is None else v)]
 
@@ -370,11 +390,13 @@ def _names(value: Any) -> Any:
 
 
 class TagStep(StepBase):
+    model_config = _also("tag", {"type": "string"})
     kind: ClassVar[str] = "tag"
     tag: Annotated[list[str], BeforeValidator(_names)]
 
 
 class UntagStep(StepBase):
+    model_config = _also("untag", {"type": "string"})
     kind: ClassVar[str] = "untag"
     untag: Annotated[list[str], BeforeValidator(_names)]
 
@@ -394,6 +416,7 @@ class CheckinSpec(Model):
 
 
 class CheckinStep(StepBase):
+    model_config = _also("checkin", _NULL)
     kind: ClassVar[str] = "checkin"
     checkin: Annotated[CheckinSpec, BeforeValidator(lambda v: {} if v is None else v)]
 
@@ -464,6 +487,7 @@ class EmitStep(StepBase):
 
 
 class StopStep(StepBase):
+    model_config = _also("stop", _NULL, {"type": "number"}, {"type": "boolean"})
     kind: ClassVar[str] = "stop"
     stop: Annotated[str, BeforeValidator(lambda v: "stopped" if v is None else str(v))]
 
@@ -504,7 +528,7 @@ class Defaults(Model):
     cmtyflow: int | None = None
     policies: dict[str, Any] = Field(default_factory=dict)
     channels: dict[str, Channel] = Field(default_factory=dict)
-    roles: dict[str, list[str]] = Field(default_factory=dict)
+    roles: dict[str, list[str]] = Field(default_factory=dict, json_schema_extra=_ROLES_SCHEMA)
 
 
 def _version(value: Any) -> int:
@@ -527,7 +551,7 @@ class Playbook(Model):
     vars: dict[str, Any] = Field(default_factory=dict)
     channels: dict[str, Channel] = Field(default_factory=dict)
     audience: Audience | None = None
-    roles: dict[str, list[str]] = Field(default_factory=dict)
+    roles: dict[str, list[str]] = Field(default_factory=dict, json_schema_extra=_ROLES_SCHEMA)
     policies: Policies = Field(default_factory=Policies)
     goals: dict[str, Goal] = Field(default_factory=dict)
     triggers: list[Trigger] = Field(default_factory=list)
