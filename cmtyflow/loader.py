@@ -9,7 +9,12 @@ Rules:
 - A folder's ``cmtyflow.yaml`` (policies, channels, roles) applies to the playbooks in
   that folder; the playbook's own keys win, merged per key (each policy key, each
   channel name, each role name). Problems inside it point into that file.
-- A file over 1 MiB is refused before it is parsed; so is one that is not UTF-8 text.
+- A file over 1 MiB is refused before it is parsed; so is one that is not UTF-8 text,
+  and a path that is no regular file (a named pipe, a device: opening one would wait
+  forever); the other files are still checked.
+- One file reached twice (named twice, a symbolic link beside its target) is read once.
+- A plain text value cut short by a `` #`` comment (``text: 话题 #读书``) is a warning
+  in the parts of a playbook that hold messages and conditions (``yamldata``).
 - Every problem is collected: YAML structure, the models (``spec.errors``), then the
   semantic checks (``checks``), which work on the raw data so that they still run
   when the models reject something else in the file.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +34,11 @@ from pydantic import BaseModel, ValidationError
 
 from . import channelchecks, checks
 from .errors import UserError
-from .problems import ERROR, Problem
+from .problems import ERROR, WARNING, Problem
 from .spec.errors import describe, translate
 from .spec.models import LANGUAGE_VERSION, Defaults, Playbook
 from .spec.sourcemap import Mark, Origin, SourceMap, split_lines
-from .spec.yamldata import parse_yaml
+from .spec.yamldata import CommentCut, parse_yaml
 from .templates import TemplateReadError, TemplateSource, find_templates, template_dirs
 
 MAX_BYTES = 1024 * 1024
@@ -90,9 +96,27 @@ def _decode(path: Path, raw: bytes) -> tuple[str | None, Problem | None]:
         return None, _file_problem(path, "not UTF-8 text", line)
 
 
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def _not_regular(mode: int) -> str:
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), "something else")
+    return f"not a regular file but {what}; a playbook is a text file"
+
+
 def _read(path: Path) -> tuple[str | None, Problem | None]:
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            # Opening a named pipe waits for a writer: forever, for a validate run.
+            return None, _file_problem(path, _not_regular(info.st_mode))
+        size = info.st_size
         if size > MAX_BYTES:
             return None, _file_problem(
                 path, f"file is {size:,} bytes; a playbook may be at most 1 MiB ({MAX_BYTES:,} bytes)"
@@ -147,7 +171,7 @@ def _unique(paths: list[Path]) -> list[Path]:
     seen: set[str] = set()
     out = []
     for path in paths:
-        key = os.path.normcase(os.path.abspath(path))
+        key = os.path.normcase(os.path.realpath(path))
         if key not in seen:
             seen.add(key)
             out.append(path)
@@ -246,14 +270,10 @@ class _Session:
         version = data.get("cmtyflow", LANGUAGE_VERSION)
         if version != LANGUAGE_VERSION or isinstance(version, bool):
             # A playbook for another language version: its other keys mean other things.
-            self.problems.append(
-                problem_at(
-                    smap.mark(("cmtyflow",)),
-                    f"unsupported language version {_yaml_text(version)}; "
-                    f"this cmtyflow reads version {LANGUAGE_VERSION}",
-                )
-            )
+            at = smap.key_mark(("cmtyflow",)) if version is None else smap.mark(("cmtyflow",))
+            self.problems.append(problem_at(at, _version_message(version)))
             return None
+        self.problems.extend(_comment_cuts(parsed.comment_cuts, origin))
         defaults = self.defaults_for(path.parent) if with_folder else None
         if defaults is not None:
             data = _merge(data, smap, defaults)
@@ -278,6 +298,41 @@ class _Session:
                 self.problems.append(Problem(str(exc.path), 1, 1, ERROR, f"template {exc.reason}"))
                 found[name] = []
         return found
+
+
+def _version_message(version: Any) -> str:
+    if version is None:
+        return f"cmtyflow: needs the language version: write cmtyflow: {LANGUAGE_VERSION}"
+    if isinstance(version, str) and version.strip() == str(LANGUAGE_VERSION):
+        return (
+            f"cmtyflow: should be the number {LANGUAGE_VERSION}, not the text '{version}': "
+            f"write cmtyflow: {LANGUAGE_VERSION} without quotes"
+        )
+    return f"unsupported language version {_yaml_text(version)}; this cmtyflow reads version {LANGUAGE_VERSION}"
+
+
+# Where a playbook holds message text, conditions and names (a ' #' there is most likely
+# a hashtag): the values of these top-level keys, at any depth.
+_TEXT_PARTS = ("title", "vars", "audience", "goals", "triggers", "flows")
+
+
+def _comment_cuts(cuts: list[CommentCut], origin: Origin) -> list[Problem]:
+    found = []
+    for cut in cuts:
+        if not cut.loc or cut.loc[0] not in _TEXT_PARTS:
+            continue
+        found.append(
+            Problem(
+                origin.path,
+                cut.line,
+                cut.col,
+                WARNING,
+                f"the text stops at ' #' (YAML reads the rest of the line as a comment, so this value is "
+                f"'{cut.value}'): quote the whole value to keep it",
+                origin.line(cut.line),
+            )
+        )
+    return found
 
 
 def _yaml_text(value: Any) -> str:

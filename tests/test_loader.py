@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import pytest
 
 from cmtyflow.errors import UserError
@@ -341,9 +345,55 @@ def test_a_file_named_twice_is_loaded_once(write, tmp_path, monkeypatch):
     assert len(result.playbooks) == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_in_a_folder_is_a_problem_not_a_hang(write, tmp_path, monkeypatch):
+    """`validate DIR` blocked forever in open() on a FIFO named p.yaml."""
+    monkeypatch.chdir(tmp_path)
+    write("a.yaml", VALID)
+    fifo = tmp_path / "p.yaml"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # a reader blocked on the pipe gets text, so a regression fails, not hangs
+        for _ in range(50):
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader (ENXIO): nothing opened it (yet)
+                time.sleep(0.1)
+                continue
+            os.write(fd, b"x\n")
+            os.close(fd)
+            return
+
+    threading.Thread(target=unblock, daemon=True).start()
+    result = load(["."])
+    assert [f"{p.path}:{p.line}:{p.col}: {p.message}" for p in result.problems] == [
+        "p.yaml:1:1: not a regular file but a named pipe (FIFO); a playbook is a text file",
+    ]
+    assert [p.playbook.name for p in result.playbooks] == ["demo"]  # the other file is still checked
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_a_link_to_a_playbook_beside_it_is_read_once(write, tmp_path, monkeypatch):
+    """It was read twice and said "playbook name 'demo' is also used by a.yaml"."""
+    monkeypatch.chdir(tmp_path)
+    write("a.yaml", VALID)
+    (tmp_path / "link.yaml").symlink_to("a.yaml")
+    result = load(["."])
+    assert result.problems == []
+    assert [str(p.path) for p in result.playbooks] == ["a.yaml"]
+
+
 def test_a_version_written_as_text_is_quoted():
     (problem,) = load_text('cmtyflow: "1"\nname: x\n').problems
-    assert problem.message == "unsupported language version '1'; this cmtyflow reads version 1"
+    assert (problem.line, problem.col) == (1, 11)
+    assert problem.message == "cmtyflow: should be the number 1, not the text '1': write cmtyflow: 1 without quotes"
+
+
+def test_a_missing_version_says_it_is_missing():
+    """`cmtyflow:` with nothing after it said "unsupported language version nothing"."""
+    (problem,) = load_text("cmtyflow:\nname: x\n").problems
+    assert (problem.line, problem.col) == (1, 1)
+    assert problem.message == "cmtyflow: needs the language version: write cmtyflow: 1"
 
 
 def test_channels_of_folder_defaults_are_checked_without_playbooks(write, tmp_path, monkeypatch):

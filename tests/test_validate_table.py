@@ -864,6 +864,34 @@ CASES = [
         ],
         id="unknown_var_and_role_keys",
     ),
+    pytest.param(
+        """\
+        cmtyflow: 1
+        name: demo
+        channels:
+          group: {adapter: console}
+        triggers:
+          - {id: joined, event: member.joined, flow: onboard, for_each: audience}
+          - {id: go, manual: {}, flow: onboard, timezone: Asia/Shanghai}
+        flows:
+          onboard:
+            - wait: 90
+            - wait: [3d]
+            - send: {text: 你好}
+        """,
+        {},
+        [
+            "pb.yaml:6:55: error: 'for_each' applies to cron and at triggers only; "
+            "an event trigger starts a run for the event's member",
+            "pb.yaml:7:41: error: 'timezone' applies to cron and at triggers only; "
+            "a manual trigger starts one run each time cmtyflow launch names it",
+            "pb.yaml:10:13: error: 'wait' should be a duration such as 90s, 3d or 1h30m, or a mapping with for, "
+            "until or event, not the number 90; a duration needs its unit, as in 90s or 90m",
+            "pb.yaml:11:7: error: 'wait' should be a duration such as 90s, 3d or 1h30m, or a mapping with for, "
+            "until or event, not a list",
+        ],
+        id="schedule_keys_on_other_triggers_and_a_wait_of_a_number",
+    ),
 ]
 
 

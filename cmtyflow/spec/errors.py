@@ -10,6 +10,8 @@ Rules:
 - A step or trigger without exactly one kind key is explained from its raw mapping
   (SPEC 3, 4).
 - Errors raised by the models themselves (``PydanticCustomError``) keep their message.
+- A key that belongs to other kinds of trigger (``for_each`` on an event trigger) says
+  which kinds take it; a wait of the wrong type says a duration is allowed too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, Tag, ValidationError
 from pydantic_core.core_schema import ErrorType
 
-from .models import STEP_KINDS, TRIGGER_KINDS, Defaults, Playbook
+from .models import STEP_KINDS, TRIGGER_KINDS, Defaults, EventTrigger, ManualTrigger, Playbook
 from .sourcemap import Loc
 from .wording import TYPE_WORDS, allowed_keys, describe, did_you_mean, noun, place_name, shape
 from .yamldata import FULL_WIDTH_COLON
@@ -178,10 +180,25 @@ def _kind_error(loc: Loc, value: Any, kinds: tuple[str, ...], what: str) -> Spec
     return SpecError(loc, f"{what} has no kind; expected one of {listed}")
 
 
+# Steps whose value may be written in more than one shape (SPEC 4: `wait: 3d`).
+_STEP_SHAPES = {"wait": "a duration such as 90s, 3d or 1h30m, or a mapping with for, until or event"}
+
+# Keys of schedules (cron, at) that other triggers do not take, and what those start.
+_SCHEDULE_KEYS = ("for_each", "timezone")
+_TRIGGER_STARTS: dict[type[BaseModel], str] = {
+    EventTrigger: "an event trigger starts a run for the event's member",
+    ManualTrigger: "a manual trigger starts one run each time cmtyflow launch names it",
+}
+
+
 def _expected(loc: Loc, fallback: str, root: type[BaseModel]) -> str:
     """What the value at ``loc`` should be; the playbook's own shapes apply to
     playbooks only (an adapter setting called ``to`` is no send's ``to``)."""
-    return shape(loc, fallback) if root in (Playbook, Defaults) else fallback
+    if root not in (Playbook, Defaults):
+        return fallback
+    if len(loc) >= 4 and loc[0] == "flows" and loc[-1] in _STEP_SHAPES:
+        return _STEP_SHAPES[str(loc[-1])]
+    return shape(loc, fallback)
 
 
 def _type_message(err: Any, place: _Place, value: Any, root: type[BaseModel]) -> str:
@@ -196,6 +213,9 @@ def _type_message(err: Any, place: _Place, value: Any, root: type[BaseModel]) ->
         # `if: true`, `text: 2026`: YAML read a boolean or a number where text goes.
         written = ("true" if value else "false") if isinstance(value, bool) else str(value)
         return f"{what} should be text, not {describe(value)}; write it in quotes: \"{written}\""
+    if expected == _STEP_SHAPES["wait"] and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # `wait: 90`: a number without its unit.
+        return f"{what} should be {expected}, not {describe(value)}; a duration needs its unit, as in {_number(value)}s or {_number(value)}m"
     return f"{what} should be {expected}, not {describe(value)}"
 
 
@@ -214,6 +234,10 @@ def _one(err: Any, root: type[BaseModel], data: Any) -> SpecError | None:
         return SpecError(loc, err["msg"])
     if kind == "extra_forbidden":
         key = loc[-1] if loc else "?"
+        if key in _SCHEDULE_KEYS and place.owner in _TRIGGER_STARTS:
+            return SpecError(
+                loc, f"'{key}' applies to cron and at triggers only; {_TRIGGER_STARTS[place.owner]}", at_key=True
+            )
         if _is_model(place.owner):
             hint = did_you_mean(str(key), allowed_keys(place.owner))
             return SpecError(loc, f"unknown key '{key}' in {noun(place.owner)}{hint}", at_key=True)

@@ -13,12 +13,18 @@ Rules:
 - Duplicate keys are errors at the second key; ``<<`` merge keys are supported and
   never count as duplicates (explicit keys win, earlier merges win over later ones).
 - Mapping keys are text: a scalar key such as ``2024`` is kept as the text written.
+- A plain (unquoted) text value followed on its line by `` #`` and a non-blank lost the
+  rest of the line to a YAML comment (``text: 话题 #读书 欢迎``); each is recorded in
+  ``ParsedYaml.comment_cuts`` for the caller to warn about where it matters.
+- ``{{`` at the start of a value is YAML's flow mapping, not a template: refused with a
+  hint to quote the value (as a syntax error, when the parser stops on it).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +33,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .sourcemap import Loc, Mark, Origin, SourceMap
+from .sourcemap import Loc, Mark, Origin, SourceMap, split_lines
 
 MAX_DEPTH = 64
 MAX_NODES = 100_000
@@ -46,12 +52,24 @@ class YamlProblem:
     message: str
 
 
+@dataclass(frozen=True)
+class CommentCut:
+    """A plain text value at ``loc`` whose line goes on with `` #`` and a non-blank: YAML
+    read the rest of the line as a comment (``text: 话题 #读书``)."""
+
+    loc: Loc
+    line: int  # of the '#'
+    col: int
+    value: str  # what YAML kept
+
+
 @dataclass
 class ParsedYaml:
     data: Any  # None for an empty document
     source_map: SourceMap
     problems: list[YamlProblem] = field(default_factory=list)
     usable: bool = True  # False: the data must not be validated further
+    comment_cuts: list[CommentCut] = field(default_factory=list)
 
 
 class _Refused(Exception):
@@ -115,6 +133,89 @@ def _odd_break(text: str) -> tuple[int, int, str] | None:
     return line, col, f"; the file holds {name} here, which YAML reads as a line break (copied from a web page?): delete it"
 
 
+_BRACES_VALUE = re.compile(r"(?:^|[\s,{\[])(?:([^\s:,{}\[\]#][^:]*?):\s+|-\s+)(\{\{.*)$")
+
+
+def _quoted(value: str) -> str:
+    value = value.strip()
+    # Inside braces or brackets (``{text: {{ x }} hi}``) the line goes on with their end.
+    for opening, closing in ("{}", "[]"):
+        while value.endswith(closing) and value.count(closing) > value.count(opening):
+            value = value[:-1].rstrip()
+    return f"'{value}'" if '"' in value else f'"{value}"'
+
+
+def _braces_hint(origin: Origin, lines: list[int]) -> tuple[int, int, str] | None:
+    """For a syntax error on a line whose value starts with ``{{`` (a template written
+    without quotes): (line, column of the first '{', hint). YAML reads '{' as the start
+    of a mapping, so the parser stops somewhere after it."""
+    for number in lines:
+        text = origin.line(number)
+        if text is None:
+            continue
+        found = _BRACES_VALUE.search(text)
+        if found is None:
+            continue
+        key, value = found.group(1), found.group(2).rstrip()
+        example = f"{key.strip()}: {_quoted(value)}" if key else f"- {_quoted(value)}"
+        return number, found.start(2) + 1, f"; {_BRACES_HINT}, as in {example}"
+    return None
+
+
+_HASH = re.compile(r"[ \t]#")
+
+
+def _comment_in_braces(origin: Origin, first: int, last: int) -> tuple[int, int, str] | None:
+    """For a syntax error inside { } or [ ]: (line, column, hint) of a ' #' outside
+    quotes on the lines from the opening bracket to the error, as in ``{text: 话题
+    #读书}``. YAML reads it as a comment, which takes the closing bracket with it."""
+    for number in range(first, last + 1):
+        text = origin.line(number) or ""
+        for found in _HASH.finditer(text):
+            before, after = text[: found.start()], text[found.end() :]
+            hides = "}" in after or "]" in after  # else an ordinary comment of a long { }
+            if hides and before.count('"') % 2 == 0 and before.count("'") % 2 == 0:
+                return number, found.start() + 2, (
+                    "; the ' #' here starts a YAML comment, which hides the rest of the line, "
+                    "the closing bracket too: quote the value that holds it"
+                )
+    return None
+
+
+_EXPRESSION_KEYS = ("if", "where", "while")  # keys whose value is an expression, not a template
+_BRACES_HINT = "a value starting with '{' must be quoted (YAML reads '{' as the start of a mapping)"
+
+
+def _control_character(exc: YAMLError, origin: Origin, text: str) -> YamlProblem | None:
+    """libyaml reports a character it refuses (a control character) at its offset in
+    the UTF-8 bytes; the problem is put at its line and column in characters, and the
+    character is named (it is invisible in most editors)."""
+    position = getattr(exc, "position", None)
+    if not isinstance(position, int) or not text:
+        return None
+    encoded = text.encode("utf-8")
+    before = encoded[:position].decode("utf-8", errors="ignore")
+    lines = split_lines(before)
+    line, col = len(lines), len(lines[-1]) + 1
+    reason = getattr(exc, "reason", None) or str(exc)
+    code = getattr(exc, "character", None)
+    if isinstance(code, int) and len(before) < len(text) and ord(text[len(before)]) == code:
+        name = unicodedata.name(chr(code), "") or _CONTROL_NAMES.get(code, "")
+        shown = f"U+{code:04X}" + (f" ({name})" if name else "")
+        return YamlProblem(
+            line, col, f"YAML syntax error: {reason}: this line holds {shown}, an invisible character "
+            "(copied from another program?); delete it"
+        )
+    return YamlProblem(line, col, f"YAML syntax error: {reason}")
+
+
+# unicodedata has no names for the C0 and C1 controls.
+_CONTROL_NAMES = {
+    0x07: "BELL", 0x08: "BACKSPACE", 0x0B: "LINE TABULATION", 0x0C: "FORM FEED",
+    0x1B: "ESCAPE", 0x7F: "DELETE",
+}
+
+
 def _syntax_problem(exc: YAMLError, origin: Origin, text: str = "") -> YamlProblem:
     odd = _odd_break(text) if isinstance(exc, MarkedYAMLError) else None
     if odd is not None:
@@ -132,14 +233,17 @@ def _syntax_problem(exc: YAMLError, origin: Origin, text: str = "") -> YamlProbl
         colon = _full_width_colon(origin, near)
         if colon is not None:
             return YamlProblem(colon[0], colon[1], message + colon[2])
+        if ctx is not None and str(exc.context).startswith("while parsing a flow"):
+            hashed = _comment_in_braces(origin, ctx.line + 1, line)
+            if hashed is not None:
+                return YamlProblem(hashed[0], hashed[1], message + hashed[2])
+        braces = _braces_hint(origin, sorted({line} | ({ctx.line + 1} if ctx is not None else set())))
+        if braces is not None:
+            return YamlProblem(braces[0], braces[1], message + braces[2])
         return YamlProblem(line, max(col, 1), message + _time_in_braces(origin, line, col, exc.problem))
-    position = getattr(exc, "position", None)
-    if isinstance(position, int):
-        before = "\n".join(origin.lines)[:position]
-        line = before.count("\n") + 1
-        col = position - (before.rfind("\n") + 1) + 1
-        reason = getattr(exc, "reason", None) or str(exc)
-        return YamlProblem(line, col, f"YAML syntax error: {reason}")
+    found = _control_character(exc, origin, text)  # a ReaderError: libyaml's reader refused a character
+    if found is not None:
+        return found
     return YamlProblem(1, 1, f"YAML syntax error: {exc}")
 
 
@@ -172,7 +276,7 @@ def parse_yaml(text: str, origin: Origin) -> ParsedYaml:
         data = builder.build(root, (), 1)
     except _Refused as exc:
         return ParsedYaml(None, smap, [*builder.problems, exc.problem], usable=False)
-    return ParsedYaml(data, smap, builder.problems, usable=not builder.refused)
+    return ParsedYaml(data, smap, builder.problems, usable=not builder.refused, comment_cuts=builder.cuts)
 
 
 def _expanded_size(node: Node, memo: dict[int, int], active: set[int], depth: int) -> int:
@@ -216,6 +320,7 @@ class _Builder:
         self.active: set[int] = set()
         self.problems: list[YamlProblem] = []
         self.refused = False  # a refused tag: report every one, validate nothing
+        self.cuts: list[CommentCut] = []
 
     def _mark(self, node: Node) -> Mark:
         style = getattr(node, "style", None) or ""
@@ -243,7 +348,10 @@ class _Builder:
             raise _Refused(m.line, m.col, "an alias refers to a value that contains it")
         self.smap.set_value(loc, self._mark(node))
         if isinstance(node, ScalarNode):
+            self._comment_cut(node, loc)
             return self._scalar(node)
+        if isinstance(node, MappingNode) and self._braces(node, loc):
+            return None
         self.active.add(id(node))
         try:
             if isinstance(node, SequenceNode):
@@ -260,6 +368,33 @@ class _Builder:
             self.active.discard(id(node))
         self._refuse_soft(node, "unsupported YAML node")
         return None
+
+    def _comment_cut(self, node: ScalarNode, loc: Loc) -> None:
+        if node.style not in (None, "") or node.tag != _STR or not node.value:
+            return
+        end = node.end_mark
+        rest = (self.origin.line(end.line + 1) or "")[end.column :]
+        if rest.startswith(" #") and len(rest) > 2 and rest[2] not in " \t":
+            self.cuts.append(CommentCut(loc, end.line + 1, end.column + 2, str(node.value)))
+
+    def _braces(self, node: MappingNode, loc: Loc) -> bool:
+        """``text: {{ member.name }}``: a template without quotes, which YAML reads as a
+        mapping inside a mapping. Refused at the first '{' with the quoted value."""
+        start, end = node.start_mark, node.end_mark
+        text = self.origin.line(start.line + 1) or ""
+        if not text[start.column :].startswith("{{"):
+            return False
+        value = text[start.column : end.column] if end.line == start.line else text[start.column :]
+        key = loc[-1] if loc and isinstance(loc[-1], str) else None
+        inner = value.strip()
+        if key in _EXPRESSION_KEYS and inner.startswith("{{") and inner.endswith("}}"):
+            self._refuse_soft(
+                node, f"an expression is written without {{{{ }}}}: write {key}: {inner[2:-2].strip()}"
+            )
+            return True
+        example = f"{key}: {_quoted(value)}" if key is not None else f"- {_quoted(value)}"
+        self._refuse_soft(node, f"{_BRACES_HINT}: write {example}")
+        return True
 
     def _scalar(self, node: ScalarNode) -> Any:
         tag, text = node.tag, node.value
