@@ -521,3 +521,144 @@ flows:
     messages = [p.message for p in load_text(text).problems]
     assert "unknown role 'mods'; the playbook has no roles" in messages
     assert any(m.startswith("unknown var 'word'; the playbook has no vars") for m in messages), messages
+
+
+LOOP = """\
+cmtyflow: 1
+name: loop
+timezone: Asia/Shanghai
+channels: {group: {adapter: console}}
+triggers:
+  - {id: ping, event: ping.x, flow: a MODE}
+  - {id: go, manual: {}, flow: a}
+flows:
+  a:
+    - send: {text: hi}
+STEPS
+"""
+
+
+def _loop_problems(steps: str, mode: str = "") -> list[str]:
+    text = LOOP.replace(" MODE", mode).replace("STEPS\n", steps)
+    return [f"{p.line}:{p.col}: {p.severity}: {p.message}" for p in load_text(text, "pb.yaml").problems]
+
+
+def test_a_flow_that_emits_the_event_that_starts_it_is_warned_about_at_the_emit():
+    """A dry run sent 101 messages, then warned that a chain of emits was cut."""
+    assert _loop_problems("    - emit: {event: ping.x}\n") == [
+        "11:21: warning: flow 'a' emits 'ping.x', which starts flow 'a' again (trigger 'ping'): "
+        "each run starts the next, until the chain is cut at 100",
+    ]
+
+
+def test_an_emit_under_a_condition_can_start_its_flow_again():
+    steps = "    - choose:\n        - if: member.name == 'x'\n          steps:\n            - emit: {event: ping.x}\n"
+    assert _loop_problems(steps) == [
+        "14:29: warning: flow 'a' emits 'ping.x', which can start flow 'a' again (trigger 'ping'): "
+        "each run can start the next, until the chain is cut at 100",
+    ]
+    assert _loop_problems("    - if: member.name == 'x'\n      emit: {event: ping.x}\n") == [
+        "12:21: warning: flow 'a' emits 'ping.x', which can start flow 'a' again (trigger 'ping'): "
+        "each run can start the next, until the chain is cut at 100",
+    ]
+
+
+def test_a_cycle_through_another_flow_is_warned_about_at_each_emit():
+    text = """\
+cmtyflow: 1
+name: loop
+timezone: Asia/Shanghai
+channels: {group: {adapter: console}}
+triggers:
+  - {id: ping, event: ping.x, flow: a}
+  - {id: pong, event: pong.x, flow: b}
+flows:
+  a:
+    - emit: {event: pong.x}
+  b:
+    - send: {text: hi}
+    - repeat:
+        times: 2
+        steps:
+          - emit: {event: ping.x}
+"""
+    assert [f"{p.line}:{p.col}: {p.message}" for p in load_text(text, "pb.yaml").problems] == [
+        "10:21: flow 'a' emits 'pong.x', which starts flow 'b' (trigger 'pong'), whose run emits 'ping.x', "
+        "which starts flow 'a' again (trigger 'ping'): each run starts the next, until the chain is cut at 100",
+        "16:27: flow 'b' emits 'ping.x', which starts flow 'a' (trigger 'ping'), whose run emits 'pong.x', "
+        "which starts flow 'b' again (trigger 'pong'): each run starts the next, until the chain is cut at 100",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "mode"),
+    [
+        # a run waiting after its emit: the new firing is dropped (mode single) or waits its turn (queued)
+        ("    - emit: {event: ping.x}\n    - wait: 1h\n", ""),
+        ("    - emit: {event: ping.x}\n    - wait: 1h\n", ", mode: queued"),
+        # a wait before the emit: one run an hour, not a chain at one instant
+        ("    - wait: 1h\n    - emit: {event: ping.x}\n", ", mode: parallel"),
+        ("    - repeat: {times: 2, steps: [{wait: 1h}, {emit: {event: ping.x}}]}\n", ", mode: parallel"),
+        # another event, or a flow no trigger maps it to
+        ("    - emit: {event: pong.x}\n", ""),
+    ],
+    ids=["wait-after-single", "wait-after-queued", "wait-before", "wait-in-the-loop", "other-event"],
+)
+def test_an_emit_that_cannot_chain_at_one_instant_is_not_warned_about(steps, mode):
+    assert _loop_problems(steps, mode) == []
+
+
+@pytest.mark.parametrize(
+    ("steps", "at"),
+    [
+        ("    - emit: {event: ping.x}\n    - wait: 1h\n", "11:21"),
+        ("    - repeat: {times: 2, steps: [{emit: {event: ping.x}}, {wait: 1h}]}\n", "11:49"),
+    ],
+    ids=["wait-after", "wait-after-in-the-loop"],
+)
+def test_an_emit_before_a_wait_chains_when_each_firing_starts_a_run(steps, at):
+    assert _loop_problems(steps, ", mode: parallel") == [
+        f"{at}: warning: flow 'a' emits 'ping.x', which starts flow 'a' again (trigger 'ping'): "
+        "each run starts the next, until the chain is cut at 100",
+    ]
+
+
+def test_the_chain_cut_named_is_the_runners():
+    from cmtyflow.checks import EMIT_CHAIN_CUT
+    from cmtyflow.runtime.driver import MAX_EMIT_DEPTH
+
+    assert EMIT_CHAIN_CUT == MAX_EMIT_DEPTH
+
+
+@pytest.mark.parametrize(
+    ("policies", "times", "expected"),
+    [
+        ("", 2000, ["8:23: error: repeat times 2000 is more than policies.max_loop (1000): every run would fail here; "
+                    "raise policies.max_loop or lower times"]),
+        ("", 1000, []),
+        ("policies: {max_loop: 10}\n", 11, ["9:23: error: repeat times 11 is more than policies.max_loop (10): every run "
+                                           "would fail here; raise policies.max_loop or lower times"]),
+        ("policies: {max_loop: 5000}\n", 2000, []),
+    ],
+    ids=["default", "at-the-limit", "own-limit", "raised"],
+)
+def test_a_repeat_of_more_times_than_max_loop_is_an_error_at_times(policies, times, expected):
+    """Every run sent max_loop rounds of messages, then failed."""
+    text = SMALL.replace("TRIGGER", '{id: c, event: a.b, flow: f}').replace(
+        "STEP", f"repeat: {{times: {times}, steps: [{{send: {{channel: dm, text: x}}}}]}}"
+    ).replace("flows:\n", policies + "flows:\n")
+    assert [f"{p.line}:{p.col}: {p.severity}: {p.message}" for p in load_text(text, "pb.yaml").problems] == expected
+
+
+def test_a_max_loop_of_the_folder_defaults_applies_to_repeat_times(tmp_path):
+    (tmp_path / "cmtyflow.yaml").write_text("policies: {max_loop: 10}\n", encoding="utf-8")
+    (tmp_path / "pb.yaml").write_text(
+        SMALL.replace("TRIGGER", '{id: c, event: a.b, flow: f}').replace(
+            "STEP", "repeat: {times: 20, steps: [{send: {channel: dm, text: x}}]}"
+        ),
+        encoding="utf-8",
+    )
+    assert [f"{p.line}:{p.col}: {p.message}" for p in load([tmp_path]).problems] == [
+        "8:23: repeat times 20 is more than policies.max_loop (10): every run would fail here; "
+        "raise policies.max_loop or lower times",
+    ]

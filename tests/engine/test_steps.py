@@ -436,7 +436,7 @@ def test_repeat_while_is_bounded_by_max_loop(simulate, tmp_path):
 
 def test_repeat_times_over_max_loop_fails(simulate, tmp_path):
     out, summary = simulate(
-        REPEAT.format(repeat="times: 6"), [{"id": "m"}], [ev("e", "ping", "2026-12-01T10:00:00+08:00")],
+        REPEAT.format(repeat="times: \"3 + 3\""), [{"id": "m"}], [ev("e", "ping", "2026-12-01T10:00:00+08:00")],
         "2026-12-01", 1, tmp_path,
     )
     assert len(out) == 5
