@@ -45,7 +45,12 @@ def validate(paths: tuple[str, ...], fmt: str) -> int:
     problems = unusable + result.problems
     files = len(result.files)
     if not files and not problems:  # a mistyped folder must not pass a CI step
-        raise UserError(f"no playbooks found in {', '.join(paths)}")
+        message = f"no playbooks found in {', '.join(paths)}"
+        if fmt != "json":
+            raise UserError(message)
+        problems = [Problem(given, 1, 1, ERROR, "no playbooks found in this folder") for given in paths]
+        click.echo(format_json(problems, files=0))
+        return EXIT_ERROR
     if fmt == "json":
         click.echo(format_json(problems, files=files))
     else:

@@ -11,6 +11,10 @@ Spec file ``NAME.test.yaml`` (paths relative to it)::
     days: 14
     simulate: checkin=0.7                          # optional, with seed
     expected: onboarding.expected.jsonl            # default: NAME.expected.jsonl
+
+A spec is read as playbooks are (UTF-8, the safe YAML reader, no tags, duplicate keys
+refused); what keeps it from being read is ``file:line:col: message``, one a line, and
+so is an unknown key (with the key it may stand for).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from ..errors import UserError
+from ..loader import MAX_BYTES
+from ..spec.errors import translate_errors
+from ..spec.sourcemap import Origin, split_lines
+from ..spec.yamldata import parse_yaml
 from .dryrun import build_dry_run
 from .prepare import load_programs, parse_start
 from .simulate import SimulationSpecError
@@ -75,18 +81,61 @@ def discover(paths: list[str]) -> list[Path]:
     return found
 
 
-def read_spec(path: Path) -> GoldenSpec:
+MAX_SPEC_BYTES = MAX_BYTES  # as a playbook's
+
+
+def _refuse(path: Path, problems: list[tuple[int, int, str]]) -> UserError:
+    return UserError("\n".join(f"{path}:{line}:{col}: {message}" for line, col, message in sorted(problems)))
+
+
+def _spec_text(path: Path) -> str:
     try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a golden spec is a mapping (playbook, roster, start, days, ...)")
-        return GoldenSpec.model_validate({k: str(v) if k == "start" else v for k, v in data.items()})
-    except (YAMLError, OSError) as exc:
-        raise UserError(f"{path}: {exc}") from None
+        if not path.is_file():  # a named pipe would block the read forever
+            raise UserError(f"{path}: not a regular file; a golden spec is a text file")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise _refuse(path, [(1, 1, f"a golden spec may be at most 1 MiB ({MAX_SPEC_BYTES:,} bytes)")])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", errors="replace")) + 1
+        raise _refuse(path, [(line, col, "not UTF-8 text: save the file as UTF-8")]) from None
+
+
+def read_spec(path: Path) -> GoldenSpec:
+    text = _spec_text(path)
+    origin = Origin(str(path), split_lines(text))
+    parsed = parse_yaml(text, origin)
+    if parsed.problems:
+        raise _refuse(path, [(p.line, p.col, p.message.replace("in a playbook", "in a golden spec"))
+                             for p in parsed.problems])
+    data, smap = parsed.data, parsed.source_map
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a golden spec is a mapping (playbook, roster, start, days, ...)")
+    # A start written as a date or a year is read as its text (YAML timestamps are text here).
+    given = {k: str(v) if k == "start" and isinstance(v, (int, float)) and not isinstance(v, bool) else v
+             for k, v in data.items()}
+    try:
+        return GoldenSpec.model_validate(given)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: {where}: {first['msg']}") from None
+        errors = exc.errors(include_url=False)
+        # An unknown key first, at its place and with the key it may stand for (rooster:
+        # is why roster is missing); the others as before, the first of them.
+        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+        lines = [
+            f"{path}:{line}:{col}: {found.message}"
+            for found in translate_errors(unknown, GoldenSpec, given)
+            for line, col in [smap.key_locate(found.loc)]
+        ]
+        rest = [e for e in errors if e["type"] != "extra_forbidden"]
+        if rest:
+            lines.append(f"{path}: {'.'.join(str(p) for p in rest[0]['loc'])}: {rest[0]['msg']}")
+        raise UserError("\n".join(lines)) from None
 
 
 def transcript(spec_path: Path) -> tuple[GoldenSpec, list[str]]:

@@ -3,6 +3,7 @@ formats each channel's adapter takes. Shared by dry-run, run, preview and test."
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -29,10 +30,13 @@ def adapter_formats(result: LoadResult) -> dict[str, tuple[str, ...]]:
 
 
 def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program]]:
-    """Load and compile; a playbook with errors is refused with its problems."""
+    """Load and compile; a playbook with errors is refused with its problems. Its
+    warnings are printed on stderr as ``validate`` prints them, and it goes on."""
     result = load(paths)
     if not result.ok:
         raise UserError("the playbooks have errors, so nothing was done:\n" + format_text(result.problems))
+    if result.problems:
+        print(format_text(result.problems), file=sys.stderr, flush=True)
     if not result.playbooks:
         raise UserError(f"no playbooks found in {', '.join(str(p) for p in paths)}")
     formats = adapter_formats(result)

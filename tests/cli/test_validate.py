@@ -211,3 +211,50 @@ def test_a_folder_defaults_file_is_checked_with_the_playbooks_that_inherit_it(tm
     assert main(["validate", str(tmp_path / "cmtyflow.yaml")]) == 1
     out = capsys.readouterr().out
     assert "pb.yaml" in out and "dm" in out and "2 files" in out
+
+
+def test_json_format_when_a_folder_holds_no_playbooks(tmp_path, monkeypatch, capsys):
+    """It printed "error: no playbooks found in empty" on stderr and nothing on stdout."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, "validate", "--format", "json", "empty")
+    assert (code, err) == (1, "")
+    assert json.loads(out) == {
+        "files": 0,
+        "errors": 1,
+        "warnings": 0,
+        "problems": [
+            {"path": "empty", "line": 1, "col": 1, "severity": "error", "message": "no playbooks found in this folder"},
+        ],
+    }
+
+
+WARNED = """\
+cmtyflow: 1
+name: warned
+channels:
+  group: {adapter: console}
+triggers:
+  - {id: joined, event: member.joined, flow: onboard}
+flows:
+  onboard:
+    - send:
+        text: 本周话题 #读书
+  spare:
+    - stop: done
+"""
+
+
+def test_dry_run_and_plan_print_the_warnings_validate_prints(write, tmp_path, monkeypatch, capsys):
+    """dry-run, run --once and plan dropped validate's warnings (they printed problems
+    only when there were errors); on stderr, so that the output stays the same."""
+    monkeypatch.chdir(tmp_path)
+    write("pb.yaml", WARNED)
+    write("m.csv", "id,name\nu1,Ann\n")
+    code, out, _err = run(capsys, "validate", "pb.yaml")
+    warnings = out[: out.rindex("1 file, 0 errors, 2 warnings")]
+    assert code == 0 and warnings.count(": warning: ") == 2
+    code, out, err = run(capsys, "dry-run", "pb.yaml", "--roster", "m.csv", "--start", "2026-12-01", "--days", "1")
+    assert code == 0 and err == warnings and ": warning: " not in out
+    code, _out, err = run(capsys, "plan", "pb.yaml", "--state", str(tmp_path / "state.db"))
+    assert err.startswith(warnings)
