@@ -301,11 +301,30 @@ class Dispatcher:
             paused = True
             hungry.set()  # the claiming loop ends
 
+        ticker_failed: list[BaseException] = []
+
+        async def ticker() -> None:
+            """Commits what is answered at least every ``COMMIT_WITHIN`` seconds, also
+            while every send in flight is slow (a worker commits only after a send)."""
+            try:
+                while True:
+                    await asyncio.sleep(COMMIT_WITHIN)
+                    if results:
+                        self._flush(calls)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a failed commit: raised by ``run_due``
+                ticker_failed.append(exc)
+                hungry.set()
+
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        committer = asyncio.create_task(ticker())
         try:
             while not self.stopping and not paused:
                 await hungry.wait()
                 hungry.clear()
+                if ticker_failed:
+                    raise ticker_failed[0]
                 for task in workers:
                     if task.done() and not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
@@ -346,6 +365,9 @@ class Dispatcher:
                 self._inflight.clear()
             else:
                 everything.result()
+            committer.cancel()
+            if ticker_failed:
+                raise ticker_failed[0]
             if left:
                 self._results.extend((key, "queued", {}) for key in left)
                 stats.requeued += len(left)
@@ -354,6 +376,8 @@ class Dispatcher:
             self._flush(calls)
             await calls.settle()
         finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
             for task in workers:
                 if not task.done():
                     task.cancel()
