@@ -311,16 +311,15 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         kind = type(obj)
-        if kind is dict:
-            # A key before a dict's own methods: ``event.data.values`` and ``vars.items``
-            # read the data (Jinja's attribute-first order gave the bound method, printed
-            # with its memory address).
+        if kind is dict and attribute not in _DICT_NAMES:
+            # A key at once (Jinja tries the attribute first, and raises and catches an
+            # AttributeError on the way). A name of a dict's own (items, values, get)
+            # stays the method, as Jinja reads it: `event.data.items()` iterates; the
+            # key is `event.data['items']`, and a method printed says so (_blank_none).
             value = obj.get(attribute, _NO_KEY)
             return _sandbox_getattr(self, obj, attribute) if value is _NO_KEY else value
         names = _ITEM_FIRST.get(kind)
-        # Names of the class (``state.items``, ``state.get``) are its methods unless the
-        # mapping holds such a key: then the data, as for a dict.
-        if names is not None and (attribute not in names or attribute in obj):
+        if names is not None and attribute not in names:
             try:
                 return obj[attribute]
             except (TypeError, LookupError):
@@ -333,6 +332,7 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 
 _sandbox_getattr = ImmutableSandboxedEnvironment.getattr
 _NO_KEY = object()
+_DICT_NAMES = frozenset(dir(dict))
 
 
 def _blank_none(value: Any) -> Any:

@@ -191,7 +191,7 @@ def _tree_problems(tree: nodes.Template, extra_names: Iterable[str], known: Know
     return problems
 
 
-_MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+_MAPPING_METHODS = frozenset(n for n in dir(dict) if not n.startswith("_"))
 
 
 def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
@@ -208,6 +208,13 @@ def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
         if isinstance(node, nodes.Getattr):
             key = node.attr
             if key in _MAPPING_METHODS:
+                if key in keys[base.name]:  # vars.items, with a var named items: the method
+                    found.append(StaticProblem(
+                        f"{base.name}.{key} is the mapping's method {key}, not the "
+                        f"{ {'vars': 'var', 'roles': 'role'}.get(base.name, base.name)} '{key}': "
+                        f"write {base.name}['{key}']",
+                        node.lineno,
+                    ))
                 continue
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
             key = node.arg.value

@@ -261,28 +261,28 @@ def test_a_constant_part_that_always_fails_or_nesting_too_deep_is_a_static_probl
     ]
 
 
-def test_data_keys_named_like_mapping_methods_read_the_data():
-    """Jinja reads ``obj.name`` as an attribute first: ``event.data.values`` printed a
-    bound method with its memory address (different bytes in the dry run and the
-    run), ``state.items`` the member's whole state, and ``for i in vars.items``
-    failed. A key of that name is now read; a method printed is an error."""
+def test_a_mapping_method_printed_says_to_read_the_key_and_methods_stay_methods():
+    """`{{ event.data.values }}` printed a bound method with its memory address (other
+    bytes in the dry run and the run); it is an error that says how to read the key.
+    Names of a mapping's own stay its methods, as Jinja reads them: `.items()` iterates
+    data that holds an "items" key too."""
     from datetime import date
 
     from cmtyflow.engine.context import MemberView, StateView
 
     ctx = {
-        "state": StateView({"items": ["a", "b"]}, date(2026, 12, 1)),
-        "event": {"data": {"values": [5, 6], "keys": "k"}},
+        "state": StateView({"items": ["a", "b"], "count": 2}, date(2026, 12, 1)),
+        "event": {"data": {"values": [5, 6], "items": ["book"], "order": "A1"}},
         "vars": {"items": ["书", "笔"]},
-        "member": MemberView({"id": "m", "items": "x"}),
+        "member": MemberView({"id": "m", "city": "杭州"}),
     }
-    text = "{{ state.items }} {{ event.data.values }} {{ event.data.keys }} {% for i in vars.items %}{{ i }}{% endfor %} {{ member.items }}"
-    assert compile_template(text).render(ctx) == "['a', 'b'] [5, 6] k 书笔 x"
-    assert compile_expression("event.data.get('values')").evaluate(ctx) == [5, 6]  # methods still there
-    ctx["state"] = StateView({"count": 2}, date(2026, 12, 1))
+    for source in ("{{ event.data.values }}", "{{ state.items }}", "{{ vars.items }}"):
+        with pytest.raises(RenderError, match=r"is a function, not a value to print; call it, or read a key of that name with \["):
+            compile_template(source).render(ctx)
+    text = "{% for k, v in event.data.items() %}{{ k }}={{ v }};{% endfor %} {{ event.data['values'] }} {{ vars['items'] }}"
+    assert compile_template(text).render(ctx) == "values=[5, 6];items=['book'];order=A1; [5, 6] ['书', '笔']"
     assert compile_expression("state.get('count', 0) + state.points").evaluate(ctx) == 2
-    with pytest.raises(RenderError, match=r"'items' is a function, not a value to print"):
-        compile_template("{{ state.items }}").render(ctx)
+    assert compile_template("{{ event.data.order }} {{ member.city }}").render(ctx) == "A1 杭州"
 
 
 def test_expression_mistakes_of_template_habits_get_hints():
@@ -295,3 +295,12 @@ def test_expression_mistakes_of_template_habits_get_hints():
     (braces,) = static_problems_expression("{{ member.name }}")
     assert braces.message.endswith("an expression is written without {{ }}: member.name, not {{ member.name }}")
     assert static_problems_expression("member.name") == []
+
+
+def test_a_var_named_like_a_mapping_method_read_as_an_attribute_is_refused():
+    """`vars.items` with a var named items is the mapping's method (Jinja's order):
+    validate says to write vars['items']."""
+    known = {"vars": ["items", "x"], "roles": []}
+    (found,) = static_problems_template("{% for i in vars.items %}{{ i }}{% endfor %}", known=known)
+    assert found.message == "vars.items is the mapping's method items, not the var 'items': write vars['items']"
+    assert static_problems_template("{{ vars['items'] }} {{ vars.get('x') }} {{ vars.x }}", known=known) == []
