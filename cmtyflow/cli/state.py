@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 
 from ..clock import SystemClock
-from ..engine.core import ROSTER_EVENTS
 from ..engine.model import Launch
 from ..engine.program import Program
 from ..errors import UserError
@@ -54,14 +53,15 @@ PROGRESS_EVERY = 100_000  # rows between an import's progress lines
 class Stops:
     """Ctrl-C and SIGTERM during a long import or prune (``terminated_as_interrupted``).
     Inside ``held()`` (a batch's commit and its count) a stop waits until both are
-    done, so that the note's count is what was committed."""
+    done, so that the note's count is what was committed; a second one stops at once
+    (a batch waiting for another writer's lock waited up to its 10 s)."""
 
     def __init__(self) -> None:
         self.holding = False
         self.pending = False
 
     def signal(self, signum: int, frame: Any) -> None:
-        if self.holding:
+        if self.holding and not self.pending:  # a second one stops at once (a batch waiting for a lock)
             self.pending = True
             return
         raise KeyboardInterrupt
@@ -338,8 +338,11 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
             except ValueError as exc:
                 raise UserError(f"event: {exc}") from None
         fresh = store.add_event(event)
-        unknown = (event.member is not None and event.member_update is None and event.type not in ROSTER_EVENTS
-                   and store.get_member(event.member) is None)  # those events add the member
+        # member.joined adds the member; any other event for an id the roster does not
+        # know is noted (member.opted_out for a typo made a record of the typo, and the
+        # member meant was never opted out).
+        unknown = (event.member is not None and event.member_update is None and event.type != "member.joined"
+                   and store.get_member(event.member) is None)
     finally:
         store.close()
     click.echo(f"queued event {event.id}" if fresh else f"event {event.id} was seen before; nothing queued")
@@ -347,8 +350,9 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
         # Taken all the same (the roster may be imported before the runner takes it),
         # but a typo in an id otherwise showed only as a line in the runner's log.
         click.echo(
-            f"note: no member '{event.member}' in the roster yet; the runner starts nothing for an unknown member. "
-            "Import the roster first, or give --member as a JSON object with the member's fields",
+            f"note: no member '{event.member}' in the roster yet; check the id (an event for an unknown member starts "
+            "nothing, and an opt-out or a leave is kept for that id only). Import the roster first, or give --member "
+            "as a JSON object with the member's fields",
             err=True,
         )
     return EXIT_OK

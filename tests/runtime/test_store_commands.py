@@ -734,6 +734,9 @@ def test_emit_takes_a_member_object_and_notes_an_unknown_member(tmp_path, capsys
     assert code == 0 and err == ""
     code, _, err = cli(capsys, "emit", "message.posted", "--member", "m97", "--state", state)
     assert code == 0 and "note: no member 'm97' in the roster yet" in err
+    # An opt-out for a typo made a record of the typo; the member meant was never opted out.
+    code, _, err = cli(capsys, "emit", "member.opted_out", "--member", "m1O", "--state", state)
+    assert code == 0 and "note: no member 'm1O' in the roster yet; check the id" in err
     code, _, err = cli(capsys, "emit", "member.joined", "--member", '{"id": ', "--state", state)
     assert code == 1 and "--member is not an id nor a JSON object" in err
 
@@ -814,3 +817,26 @@ def test_status_shows_the_next_firings_and_its_times_in_the_playbooks_timezone(t
     doc = json.loads(out)
     assert doc["next_firings"][1] == {"due": "2026-12-02T21:00:00+00:00", "playbook": "night", "trigger": "nightly",
                                       "timezone": "Europe/London"}
+
+
+def test_a_second_ctrl_c_stops_an_import_whose_batch_waits(tmp_path, capsys, monkeypatch):
+    """The first stop waits for the batch and its count; a batch waiting for another
+    writer's lock swallowed every Ctrl-C until SQLite's 10 s busy timeout."""
+    import signal
+
+    from cmtyflow.cli import state as state_cli
+    from cmtyflow.store.sqlite import SqliteStore
+
+    monkeypatch.setattr(state_cli, "IMPORT_BATCH", 2)
+    (tmp_path / "m.csv").write_text("id\n" + "".join(f"m{i}\n" for i in range(5)), encoding="utf-8")
+    reached = []
+
+    def waits_for_a_lock(self, rows):  # type: ignore[no-untyped-def]
+        reached.append(1)
+        signal.raise_signal(signal.SIGINT)  # the first: it waits
+        signal.raise_signal(signal.SIGINT)  # the second: stops now, nothing of the batch written
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(SqliteStore, "put_members", waits_for_a_lock)
+    code, _, err = cli(capsys, "members", "import", str(tmp_path / "m.csv"), "--state", str(tmp_path / "state.db"))
+    assert code == 130 and reached == [1] and "not reached" not in err
