@@ -590,11 +590,16 @@ def _posted_in_group(
         who = f"{to}"
     else:
         return []
+    if isinstance(to, str) and to.startswith("roles."):
+        said = (f"this send to {who} is posted in the robot's group, for all of it to read: right if that group "
+                "is theirs alone, else send it through a channel that reaches people one by one "
+                "(telegram, email, slack or discord with a bot token)")
+    else:
+        said = (f"this send to {who} is posted in the group, for everyone to read; send it through a channel that "
+                "reaches people one by one (telegram, email, slack or discord with a bot token)")
     return [ctx.at(
         (*loc, "to") if to is not None else loc,
-        f"channel '{channel}' is a {adapter} robot, whose one destination is its group: this send to {who} is "
-        "posted in the group, for everyone to read; send it through a channel that reaches people one by one "
-        "(telegram, email, slack or discord with a bot token), or write to: channel if the group is meant",
+        f"channel '{channel}' is a {adapter} robot, whose one destination is its group: {said}",
         WARNING,
         key=to is None,
     )]

@@ -475,7 +475,7 @@ flows:
         (12, 15, "warning"), (13, 26, "warning"), (15, 26, "warning")
     ]
     assert found[0][3].startswith("channel 'dm' is a wecom robot, whose one destination is its group: this send to the member")
-    assert "this send to roles.moderators is posted in the group" in found[1][3]
+    assert "this send to roles.moderators is posted in the robot's group, for all of it to read: right if that group is theirs alone" in found[1][3]
     assert "this send to these members" in found[2][3]
 
 

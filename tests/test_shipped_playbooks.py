@@ -94,6 +94,35 @@ def test_a_crisis_declared_the_day_after_one_was_resolved_gets_a_full_response(t
     assert "钓鱼链接" in reminders[1][1] and "处理中" in reminders[1][1]
 
 
+def test_a_crisis_resolved_while_watched_is_said_in_the_group(tmp_path, capsys):
+    """The group was told "still on it" at the follow-up; a crisis.resolved in the day
+    of watching after it was taken and nothing said."""
+    lines = [
+        {"id": "a", "type": "crisis.declared", "at": "2026-12-01T10:00:00+08:00", "data": {"summary": "A"}},
+        {"id": "a-ack", "type": "crisis.acknowledged", "at": "2026-12-01T10:05:00+08:00", "member": "u002", "data": {"by": "陈静"}},
+        {"id": "a-res", "type": "crisis.resolved", "at": "2026-12-01T16:30:00+08:00", "data": {"note": "已处理完毕"}},
+    ]
+    import json
+
+    events = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    sent = dry_run_deliveries(capsys, tmp_path, "crisis-response", events, "2026-12-01", 3)
+    group = [(d["at"][:16], d["step"], d["text"]) for d in sent if d["member"] is None]
+    assert [(at, step) for at, step, _ in group] == [
+        ("2026-12-01T10:05", "holding-statement"), ("2026-12-01T12:05", "follow-up"), ("2026-12-01T16:30", "resolved-later")
+    ]
+    assert "问题已解决" in group[2][2] and "已处理完毕" in group[2][2]
+
+
+def test_a_crisis_launched_without_a_summary_is_paged_all_the_same(tmp_path, capsys):
+    """`launch` now refuses a manual input without a default; in a crisis a page
+    without a summary beats none, so the summary has one."""
+    from cmtyflow.cli import main
+
+    state = str(tmp_path / "state.db")
+    assert main(["launch", str(ROOT / "playbooks" / "crisis-response.yaml"), "declare", "--state", state]) == 0
+    assert "queued" in capsys.readouterr().out
+
+
 def test_onboarding_does_not_report_an_opted_out_newcomer_as_silent(tmp_path, capsys):
     """u011 opted out: she gets no welcome, so the moderators were told, falsely, that
     she had had the welcome and reminders and was still silent a week later."""
