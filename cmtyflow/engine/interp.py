@@ -147,8 +147,8 @@ class Interpreter:
                     if budget < 0:
                         raise RunFailed(
                             f"flow '{run.flow}' ran more than {prog.max_loop * (end + 1) + 10} steps without waiting "
-                            f"(policies.max_loop {prog.max_loop} times the flow's {end} steps; the steps of nested "
-                            "repeats count each round)"
+                            f"(about policies.max_loop, {prog.max_loop}, times the flow's length; the steps of "
+                            "nested repeats count each round)"
                         )
                 ins = instrs[pc]
                 op = ins.op

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import re
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -430,6 +431,9 @@ _SECRETS = (
 )
 
 
+_OURS = str(Path(__file__).resolve().parent.parent)  # the cmtyflow package's folder
+
+
 class LibraryLog(logging.Handler):
     """What the libraries under a runner or a worker log (procrastinate, psycopg's pool,
     asyncio), as one line of its log each, in its format: where, what, and the
@@ -443,13 +447,21 @@ class LibraryLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
+            fields: dict[str, Any] = {}
             if record.exc_info and record.exc_info[1] is not None:
                 exc = record.exc_info[1]
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 message = f"{message}: {type(exc).__name__}" + (f": {first}" if first else "")
+                frames = traceback.extract_tb(exc.__traceback__)
+                if any(_OURS in frame.filename for frame in frames):
+                    # A fault of cmtyflow's own ("Task exception was never retrieved" of
+                    # one of its tasks): where it happened is kept, the last frames.
+                    fields["where"] = " <- ".join(
+                        f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-5:])
+                    )
             for pattern, masked in _SECRETS:
                 message = pattern.sub(masked, message)
-            self.log("library", source=record.name, level=record.levelname.lower(), message=message[:500])
+            self.log("library", source=record.name, level=record.levelname.lower(), message=message[:500], **fields)
         except Exception:  # noqa: BLE001 - a log line must never stop the process
             self.handleError(record)
 

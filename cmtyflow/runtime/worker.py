@@ -90,10 +90,13 @@ class StorePool:
         try:
             yield store
         except psycopg.OperationalError:
-            # The server went away (a restart): the idle connections are as dead as this
-            # one, and each would fail the next job handed it.
-            cut_off = True
-            self.close()
+            conn = store._conn
+            if conn is None or conn.closed or conn.broken:
+                # The server went away (a restart): the idle connections are as dead as
+                # this one, and each would fail the next job handed it. (A deadlock or a
+                # serialization failure is an OperationalError too, on a live connection.)
+                cut_off = True
+                self.close()
             raise
         finally:
             conn = store._conn

@@ -740,5 +740,5 @@ def test_nested_repeats_past_the_flows_step_budget_say_so(simulate, tmp_path):
     assert summary["runs"]["failed"] == 1 and len(out) < 4
     (warning,) = summary["warnings"]
     assert "more than 5 loop iterations" not in warning
-    assert "steps without waiting (policies.max_loop 5 times the flow's" in warning
+    assert "steps without waiting (about policies.max_loop, 5, times the flow's length" in warning
     assert "the steps of nested repeats count each round" in warning

@@ -897,3 +897,25 @@ def test_what_libraries_log_is_one_line_of_the_runners_log_without_traceback_or_
     ]
     assert lines[0]["message"] == "Side task listener failed, stopping worker: ConnectionError: connection to server at 127.0.0.1 failed"
     assert "s3cret" not in out.getvalue() and "Traceback" not in out.getvalue()
+    assert "where" not in lines[0]  # the library's own fault: no frames of ours
+
+
+def test_a_fault_of_cmtyflows_own_logged_by_asyncio_keeps_where_it_happened():
+    """An unretrieved exception of one of cmtyflow's tasks lost its traceback with the
+    one-line form: the last frames of ours are kept, in one field."""
+    import io
+    import json
+    import logging
+
+    from cmtyflow.runtime import runner
+    from cmtyflow.runtime.runner import LibraryLog, json_log
+
+    out = io.StringIO()
+    with LibraryLog(json_log(out, lambda: T0)).installed():
+        try:
+            runner.note_fields(None)  # type: ignore[arg-type]  # a fault inside cmtyflow
+        except AttributeError:
+            logging.getLogger("asyncio").exception("Task exception was never retrieved")
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert line["message"].startswith("Task exception was never retrieved: AttributeError")
+    assert "runner.py:" in line["where"] and "note_fields" in line["where"]

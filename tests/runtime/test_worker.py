@@ -274,14 +274,21 @@ def test_a_lost_connection_drops_the_pools_idle_connections_too(state: str) -> N
     import psycopg
 
     from cmtyflow.runtime.worker import StorePool
+    from cmtyflow.store.pg_connect import split_schema
 
     pool = StorePool(state, None)
     try:
         with pool.store(), pool.store():
             pass
         assert len(pool._free) == 2
+        # An OperationalError on a live connection (a deadlock) keeps the pool.
         with pytest.raises(psycopg.OperationalError), pool.store():
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        assert len(pool._free) == 2
+        with pytest.raises(psycopg.OperationalError), pool.store() as store:
+            with psycopg.connect(split_schema(state)[0], autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
+            store.conn.execute("SELECT 1")  # the server cut it: as in a restart
         assert pool._free == []
         with pool.store() as store:  # a new one
             assert store.conn.execute("SELECT 1").fetchone() == (1,)
