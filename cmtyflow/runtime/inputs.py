@@ -4,7 +4,7 @@ Rules:
 - A bad row is reported with its file and line number and skipped; it never stops
   the read (issue: "bad rows are reported ... never crash the run").
 - Roster CSV: a header row; ``id`` required; ``tags`` split on ``;``; ``opted_out``
-  true/false; ``joined_at`` ISO date or datetime; every other column is
+  and ``left`` true/false; ``joined_at`` ISO date or datetime; every other column is
   ``member.<column>``. Empty cells are left out. JSON lines: the same fields.
 - Events: ``{"id", "type", "at", "member", "data"}``; ``at`` ISO 8601 (without an
   offset: in the given default timezone); ``member`` an id or an object that
@@ -109,11 +109,13 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             value = value.strip()
         if key == "tags":
             value = [t.strip() for t in value.split(";") if t.strip()] if isinstance(value, str) else list(value)
-        elif key == "opted_out":
+        elif key in ("opted_out", "left"):
+            # `left` too: the text "false" in a roster column read as true, and the
+            # member as gone.
             if isinstance(value, str):
                 low = value.lower()
                 if low not in _TRUE | _FALSE:
-                    raise ValueError(f"opted_out must be true or false, not '{quoted(value)}'")
+                    raise ValueError(f"{key} must be true or false, not '{quoted(value)}'")
                 value = low in _TRUE
             else:
                 value = bool(value)

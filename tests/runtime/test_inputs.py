@@ -262,3 +262,14 @@ def test_a_derived_event_id_stays_the_same_from_one_release_to_the_next():
     event = {"type": "checkin.posted", "member": "u1", "at": "2026-12-01T10:00:00+08:00"}
     assert parse_event(event, ZoneInfo("UTC")).id == "auto-091b8cbcb5f0e8df1158"
     assert parse_event(dict(reversed(event.items())), ZoneInfo("UTC")).id == "auto-091b8cbcb5f0e8df1158"
+
+
+def test_a_left_column_is_read_as_true_or_false(tmp_path):
+    """The text "false" in a `left` column was kept as text, which reads as true: the
+    member was taken as gone."""
+    path = tmp_path / "m.csv"
+    path.write_text("id,left\na,false\nb,true\nc,no\nd,maybe\n", encoding="utf-8")
+    problems: list[RowProblem] = []
+    rows = list(read_roster(path, problems))
+    assert [(r["id"], r["left"]) for r in rows] == [("a", False), ("b", True), ("c", False)]
+    assert [str(p) for p in problems] == [f"{path}:5: left must be true or false, not 'maybe'"]
