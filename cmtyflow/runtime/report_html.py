@@ -338,7 +338,7 @@ def _transcript(deliveries: Sequence[Record], max_members: int, w: Mapping[str, 
     out = [
         f'<p><input id="q" type="search" placeholder="{_e(_w(w, "Search member id, name or text…"))}" '
         f'aria-label="{_e(_w(w, "Search the transcript"))}" autocomplete="off">'
-        f'<span id="qcount" data-says="{_e(_w(w, "groups match"))}"></span></p>'
+        f'<span data-says="{_e(_w(w, "groups match"))}" id="qcount"></span></p>'
     ]
     if left_out:
         hidden = sum(len(groups[k]) for k in left_out)
