@@ -316,10 +316,18 @@ def _version_message(version: Any) -> str:
 _TEXT_PARTS = ("title", "vars", "audience", "goals", "triggers", "flows")
 
 
+# The keys whose value is text people read, where "#读书" is a hashtag; elsewhere (an
+# id, an event type, a duration: `wait: 3d #three-days`) it is a comment, and quoting
+# the whole value, as the warning says, would break the value.
+_TEXT_KEYS = frozenset({"text", "title", "subject", "description"})
+
+
 def _comment_cuts(cuts: list[CommentCut], origin: Origin) -> list[Problem]:
     found = []
     for cut in cuts:
         if not cut.loc or cut.loc[0] not in _TEXT_PARTS:
+            continue
+        if cut.loc[0] != "vars" and cut.loc[-1] not in _TEXT_KEYS:
             continue
         found.append(
             Problem(
