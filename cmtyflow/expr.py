@@ -311,14 +311,17 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         kind = type(obj)
-        if kind is dict and attribute not in _DICT_NAMES:
-            # A key at once (Jinja tries the attribute first, and raises and catches an
-            # AttributeError on the way). A name of a dict's own (items, values, get)
-            # stays the method, as Jinja reads it: `event.data.items()` iterates; the
-            # key is `event.data['items']`, and a method printed says so (_blank_none).
-            value = obj.get(attribute, _NO_KEY)
-            return _sandbox_getattr(self, obj, attribute) if value is _NO_KEY else value
+        if kind is dict:
+            if attribute not in _DICT_NAMES:
+                # A key at once (Jinja tries the attribute first, and raises and
+                # catches an AttributeError on the way).
+                value = obj.get(attribute, _NO_KEY)
+                return _sandbox_getattr(self, obj, attribute) if value is _NO_KEY else value
+            if attribute in obj:
+                return self.undefined(hint=_ambiguous(attribute), obj=obj, name=attribute)
         names = _ITEM_FIRST.get(kind)
+        if names is not None and attribute in names and _has_key(obj, attribute):
+            return self.undefined(hint=_ambiguous(attribute), obj=obj, name=attribute)
         if names is not None and attribute not in names:
             try:
                 return obj[attribute]
@@ -333,6 +336,21 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 _sandbox_getattr = ImmutableSandboxedEnvironment.getattr
 _NO_KEY = object()
 _DICT_NAMES = frozenset(dir(dict))
+
+
+def _ambiguous(name: str) -> str:
+    """`event.data.items` where the data holds a key "items": Jinja gives the mapping's
+    method, which a condition reads as true whatever the data says, and a loop cannot
+    go through. Neither is guessed: the run fails, saying how to write each."""
+    return (f"'{name}' is both a key of this data and a method of every mapping: write ['{name}'] for the key "
+            f"(as in event.data['{name}']), or go through the data with |dictsort")
+
+
+def _has_key(obj: Any, name: str) -> bool:
+    try:
+        return name in getattr(obj, "_data", ())
+    except TypeError:
+        return False
 
 
 def _blank_none(value: Any) -> Any:

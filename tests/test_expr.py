@@ -261,26 +261,30 @@ def test_a_constant_part_that_always_fails_or_nesting_too_deep_is_a_static_probl
     ]
 
 
-def test_a_mapping_method_printed_says_to_read_the_key_and_methods_stay_methods():
+def test_a_name_that_is_both_a_key_and_a_mapping_method_is_not_guessed():
     """`{{ event.data.values }}` printed a bound method with its memory address (other
-    bytes in the dry run and the run); it is an error that says how to read the key.
-    Names of a mapping's own stay its methods, as Jinja reads them: `.items()` iterates
-    data that holds an "items" key too."""
+    bytes in the dry run and the run), and `if: event.data.items` was true whatever
+    the data said (a method is true). Reading the key first instead broke
+    `event.data.items()`. Where the data holds such a key, the run fails saying how to
+    write either; elsewhere the method is the method, as Jinja reads it."""
     from datetime import date
 
     from cmtyflow.engine.context import MemberView, StateView
 
     ctx = {
-        "state": StateView({"items": ["a", "b"], "count": 2}, date(2026, 12, 1)),
-        "event": {"data": {"values": [5, 6], "items": ["book"], "order": "A1"}},
-        "vars": {"items": ["书", "笔"]},
+        "state": StateView({"values": 1, "count": 2}, date(2026, 12, 1)),
+        "event": {"data": {"items": 0, "order": "A1"}},
+        "vars": {"x": 1},
         "member": MemberView({"id": "m", "city": "杭州"}),
     }
-    for source in ("{{ event.data.values }}", "{{ state.items }}", "{{ vars.items }}"):
-        with pytest.raises(RenderError, match=r"is a function, not a value to print; call it, or read a key of that name with \["):
+    for source in ("{% if event.data.items %}yes{% endif %}", "{{ state.values }}", "{{ event.data.items() }}"):
+        with pytest.raises(RenderError, match=r"'(items|values)' is both a key of this data and a method of every mapping: write \["):
             compile_template(source).render(ctx)
-    text = "{% for k, v in event.data.items() %}{{ k }}={{ v }};{% endfor %} {{ event.data['values'] }} {{ vars['items'] }}"
-    assert compile_template(text).render(ctx) == "values=[5, 6];items=['book'];order=A1; [5, 6] ['书', '笔']"
+    assert compile_expression("event.data['items'] == 0").evaluate(ctx) is True
+    text = "{% for k, v in event.data|dictsort %}{{ k }}={{ v }};{% endfor %} {% for k, v in vars.items() %}{{ k }}{% endfor %}"
+    assert compile_template(text).render(ctx) == "items=0;order=A1; x"
+    with pytest.raises(RenderError, match=r"'items' is a function, not a value to print; call it, or read a key"):
+        compile_template("{{ vars.items }}").render(ctx)  # no such key: the method, printed
     assert compile_expression("state.get('count', 0) + state.points").evaluate(ctx) == 2
     assert compile_template("{{ event.data.order }} {{ member.city }}").render(ctx) == "A1 杭州"
 
