@@ -346,9 +346,15 @@ class Dispatcher:
             everything.add_done_callback(lambda f: f.cancelled() or f.exception())
             stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
             try:
-                await asyncio.wait({everything, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                # The committer ends only when a commit of its failed: then at once.
+                await asyncio.wait({everything, stopped, committer}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stopped.cancel()
+            if ticker_failed:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(everything, return_exceptions=True)
+                raise ticker_failed[0]  # the rows not committed stay inflight: in doubt at the next start
             if not everything.done():
                 # Stopping: sends in flight get ``drain`` seconds, then are abandoned.
                 _, pending = await asyncio.wait(workers, timeout=drain)

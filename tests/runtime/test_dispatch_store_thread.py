@@ -320,3 +320,24 @@ async def test_outcomes_are_committed_within_a_second_however_few(tmp_path: Path
     assert committed_while_hanging == [1]  # k00000's outcome, while k00001 hung
     assert statuses(tmp_path / "state.db") == dict.fromkeys(["k00000", "k00001", "k00002"], "sent")
     store.close()
+
+
+async def test_a_commit_the_committer_could_not_make_stops_run_due_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once every row was claimed nothing heard the committer's failure: the sends went
+    on until a worker's own commit failed too (a second later)."""
+    monkeypatch.setattr(dispatch, "COMMIT_WITHIN", 0.05)
+
+    class FailingMemory(RecordingMemory):
+        def finish_messages(self, results: Any) -> None:
+            raise OSError("the state went away")
+
+    store = FailingMemory()
+    fill(store, 10)
+
+    async def slow(message: OutboundMessage) -> None:
+        await asyncio.sleep(0.3)
+
+    hook = Hook(slow)
+    with pytest.raises(OSError, match="the state went away"):
+        await dispatcher(store, hook, concurrency=1).run_due(NOW)
+    assert hook.got == ["k00000"]  # its commit failed while the second was under way: that one is stopped
