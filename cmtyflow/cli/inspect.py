@@ -455,7 +455,7 @@ def _playbook_name(text: str) -> str:
     if path.is_file():
         from ..runtime.prepare import load_programs
 
-        _, programs = load_programs([path])
+        _, programs = load_programs([path], warn=False)
         return programs[0].name
     return text
 
@@ -469,7 +469,7 @@ def _playbook_zone(store: Store, name: str, given: str) -> ZoneInfo:
     if Path(given).is_file():
         from ..runtime.prepare import load_programs
 
-        _, programs = load_programs([Path(given)])
+        _, programs = load_programs([Path(given)], warn=False)
         zone = programs[0].playbook.timezone
     else:
         zone = playbook_zones(store).get(name)

@@ -15,7 +15,15 @@ from ..clock import Clock, SystemClock, VirtualClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
 from ..runtime.prepare import load_programs, parse_now
-from ..runtime.runner import LibraryLog, Runner, StateLock, build_runner, json_log, text_log
+from ..runtime.runner import (
+    LibraryLog,
+    Runner,
+    StateLock,
+    build_runner,
+    json_log,
+    log_warnings,
+    text_log,
+)
 from ..store.open import is_postgres
 from . import EXIT_OK, cli
 from .state import import_roster, state_option, store_at
@@ -48,7 +56,7 @@ def run(
         if not once:
             raise UserError("--now needs --once: a runner that keeps running follows the real clock")
         clock = VirtualClock(parse_now(now_text))
-    result, programs = load_programs(paths)
+    result, programs = load_programs(paths, warn=log_format != "json")  # in JSON, logged as lines of the log
     intake = None
     if listen:
         from ..runtime.intake import IntakeConfig, parse_listen
@@ -68,6 +76,8 @@ def run(
             click.echo(f"imported {done.members} members from {roster}", err=True)
         tz = programs[0].tz
         log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
+        if log_format == "json":
+            log_warnings(log, result.problems)
         runner = build_runner(
             result, programs, store, channels, clock, log=log, concurrency=concurrency, poll=poll, drain=drain
         )

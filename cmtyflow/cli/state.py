@@ -503,7 +503,7 @@ def _launch_program(playbook: str, state: str | None) -> Program:
     from ..runtime.prepare import load_programs
 
     if Path(playbook).is_file():
-        return load_programs([Path(playbook)])[1][0]
+        return load_programs([Path(playbook)], warn=False)[1][0]
     if Path(playbook).suffix in (".yaml", ".yml") or "/" in playbook or "\\" in playbook:
         raise UserError(f"{playbook}: no such file")
     from ..runtime.versions import not_in_state, rebuild, recorded

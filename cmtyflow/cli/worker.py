@@ -14,7 +14,7 @@ from ..clock import SystemClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
 from ..runtime.prepare import load_programs
-from ..runtime.runner import LibraryLog, json_log, text_log
+from ..runtime.runner import LibraryLog, json_log, log_warnings, text_log
 from ..store.open import ENV_VAR, is_postgres, shown, state_location
 from . import EXIT_OK, cli
 from .state import state_option
@@ -51,7 +51,7 @@ def worker(paths: tuple[str, ...], state: str | None, jobs: int, concurrency: in
     from ..runtime.worker import Worker
     from ..store.pg_ratelimit import PgRateLimiter
 
-    result, programs = load_programs(paths)
+    result, programs = load_programs(paths, warn=log_format != "json")  # in JSON, logged as lines of the log
     # Platform rate limits shared with the other workers: installed before the
     # channels are built, as adapters take the default limiter when they are.
     limiter = PgRateLimiter(location)
@@ -61,6 +61,8 @@ def worker(paths: tuple[str, ...], state: str | None, jobs: int, concurrency: in
         clock = SystemClock()
         tz = programs[0].tz
         log = json_log(sys.stderr, clock.now) if log_format == "json" else text_log(sys.stderr, clock.now, tz)
+        if log_format == "json":
+            log_warnings(log, result.problems)
         w = Worker(result, programs, location, channels, clock, jobs=jobs, concurrency=concurrency, drain=drain, log=log)
         with LibraryLog(log).installed():
             asyncio.run(_serve(w, log, limiter))

@@ -29,13 +29,15 @@ def adapter_formats(result: LoadResult) -> dict[str, tuple[str, ...]]:
     return formats
 
 
-def load_programs(paths: Sequence[str | Path]) -> tuple[LoadResult, list[Program]]:
+def load_programs(paths: Sequence[str | Path], *, warn: bool = True) -> tuple[LoadResult, list[Program]]:
     """Load and compile; a playbook with errors is refused with its problems. Its
-    warnings are printed on stderr as ``validate`` prints them, and it goes on."""
+    warnings are printed on stderr as ``validate`` prints them (``warn``: a command that
+    reads a playbook only for its name or timezone, or logs them as it logs, says
+    nothing), and it goes on."""
     result = load(paths)
     if not result.ok:
         raise UserError("the playbooks have errors, so nothing was done:\n" + format_text(result.problems))
-    if result.problems:
+    if result.problems and warn:
         print(format_text(result.problems), file=sys.stderr, flush=True)
     if not result.playbooks:
         raise UserError(f"no playbooks found in {', '.join(str(p) for p in paths)}")

@@ -476,6 +476,13 @@ class LibraryLog(logging.Handler):
             root.removeHandler(self)
 
 
+def log_warnings(log: Log, problems: Sequence[Any]) -> None:
+    """validate's warnings as lines of a JSON log (``--log-format json``), where its
+    text form, with its caret lines, broke the JSON lines."""
+    for p in problems:
+        log("validate_warning", file=str(p.path), line=p.line, col=p.col, message=p.message)
+
+
 def json_log(out: TextIO, now: Callable[[], datetime]) -> Log:
     import json
 

@@ -258,3 +258,13 @@ def test_dry_run_and_plan_print_the_warnings_validate_prints(write, tmp_path, mo
     assert code == 0 and err == warnings and ": warning: " not in out
     code, _out, err = run(capsys, "plan", "pb.yaml", "--state", str(tmp_path / "state.db"))
     assert err.startswith(warnings)
+    # A JSON log gets them as lines of its own; report and launch, which read the
+    # playbook only for its name or timezone, say nothing (report said them twice).
+    import json
+
+    code, _out, err = run(capsys, "run", "pb.yaml", "--once", "--state", str(tmp_path / "state.db"), "--log-format", "json")
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert code == 0 and [d["event"] for d in logged].count("validate_warning") == 2
+    assert all(line.startswith("{") for line in err.splitlines()[:-1])  # JSON lines, then run's last line
+    code, _out, err = run(capsys, "report", "pb.yaml", "--state", str(tmp_path / "state.db"))
+    assert code == 0 and ": warning: " not in err
