@@ -449,7 +449,7 @@ def test_a_reference_that_is_not_one_is_an_error_not_a_literal_secret(value):
 
 def test_a_send_to_members_through_a_group_robot_is_a_warning():
     """A robot (wecom, dingtalk, feishu) has one destination, its group: a 'private'
-    reminder to a member, or a page to the moderators, is posted for everyone to read.
+    reminder to a member is posted for everyone to read.
     A campaign run's default (the channel) and to: channel are not warned of."""
     text = """\
 cmtyflow: 1
@@ -471,12 +471,11 @@ flows:
     - {id: v, send: {text: "早上好"}}
 """
     found = [(p.line, p.col, p.severity, p.message) for p in load_text(text).problems]
-    assert [(line, col, severity) for line, col, severity, _ in found] == [
-        (12, 15, "warning"), (13, 26, "warning"), (15, 26, "warning")
-    ]
+    # A role is not warned of: a robot of the moderators' own group is the usual way to
+    # page them (the crisis playbook suggests it), and the warning prints on every run.
+    assert [(line, col, severity) for line, col, severity, _ in found] == [(12, 15, "warning"), (15, 26, "warning")]
     assert found[0][3].startswith("channel 'dm' is a wecom robot, whose one destination is its group: this send to the member")
-    assert "this send to roles.moderators is posted in the robot's group, for all of it to read: right if that group is theirs alone" in found[1][3]
-    assert "this send to these members" in found[2][3]
+    assert "this send to these members" in found[1][3]
 
 
 def test_an_at_outside_the_window_is_a_warning():
