@@ -53,15 +53,16 @@ PROGRESS_EVERY = 100_000  # rows between an import's progress lines
 class Stops:
     """Ctrl-C and SIGTERM during a long import or prune (``terminated_as_interrupted``).
     Inside ``held()`` (a batch's commit and its count) a stop waits until both are
-    done, so that the note's count is what was committed; a second one stops at once
-    (a batch waiting for another writer's lock waited up to its 10 s)."""
+    done, so that the note's count is what was committed; a second one stops as soon
+    as Python code runs again (SQLite's own wait for another writer's lock, up to
+    10 s, is not cut short: signals are handled when it returns)."""
 
     def __init__(self) -> None:
         self.holding = False
         self.pending = False
 
     def signal(self, signum: int, frame: Any) -> None:
-        if self.holding and not self.pending:  # a second one stops at once (a batch waiting for a lock)
+        if self.holding and not self.pending:  # a second one stops at once
             self.pending = True
             return
         raise KeyboardInterrupt

@@ -820,8 +820,9 @@ def test_status_shows_the_next_firings_and_its_times_in_the_playbooks_timezone(t
 
 
 def test_a_second_ctrl_c_stops_an_import_whose_batch_waits(tmp_path, capsys, monkeypatch):
-    """The first stop waits for the batch and its count; a batch waiting for another
-    writer's lock swallowed every Ctrl-C until SQLite's 10 s busy timeout."""
+    """The first stop waits for the batch and its count; a second one stops at once
+    (each was held, so a batch that took long took every Ctrl-C with it). SQLite's own
+    wait for a lock is C code, in which no signal handler runs until it returns."""
     import signal
 
     from cmtyflow.cli import state as state_cli
