@@ -188,7 +188,9 @@ class _Session:
         path = folder / DEFAULTS_NAME
         key = os.path.normpath(path)
         if key not in self._defaults:
-            self._defaults[key] = self._load_defaults(path) if path.is_file() else None
+            # A named pipe (or another file that is not regular) is reported by _read,
+            # not skipped without a word (the playbooks then had no channels).
+            self._defaults[key] = self._load_defaults(path) if path.exists() and not path.is_dir() else None
         return self._defaults[key]
 
     def _load_defaults(self, path: Path) -> _Defaults | None:

@@ -372,6 +372,18 @@ def test_a_named_pipe_in_a_folder_is_a_problem_not_a_hang(write, tmp_path, monke
     assert [p.playbook.name for p in result.playbooks] == ["demo"]  # the other file is still checked
 
 
+def test_a_named_pipe_for_folder_defaults_is_a_problem_not_skipped(write, tmp_path, monkeypatch):
+    """A cmtyflow.yaml that is a FIFO was skipped without a word: the playbooks then
+    had no channels, and nothing said why."""
+    monkeypatch.chdir(tmp_path)
+    write("a.yaml", VALID)
+    os.mkfifo(tmp_path / "cmtyflow.yaml")
+    result = load(["."])
+    assert "cmtyflow.yaml:1:1: not a regular file but a named pipe (FIFO); a playbook is a text file" in [
+        f"{p.path}:{p.line}:{p.col}: {p.message}" for p in result.problems
+    ]
+
+
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
 def test_a_link_to_a_playbook_beside_it_is_read_once(write, tmp_path, monkeypatch):
     """It was read twice and said "playbook name 'demo' is also used by a.yaml"."""

@@ -152,6 +152,13 @@ def test_a_template_followed_by_text_in_braces_says_to_quote_it_without_the_brac
     ]
 
 
+def test_a_template_after_another_key_in_braces_is_quoted_alone_in_the_hint():
+    """The example took the keys before it too: 'as in dm, text: "..."'."""
+    text = HEAD + "    - send: {channel: dm, text: {{ member.name }} 你好}\n"
+    (found,) = problems(text)
+    assert found.endswith(f'{QUOTE}, as in text: "{{{{ member.name }}}} 你好"'), found
+
+
 def test_an_expression_in_braces_says_to_leave_them_out():
     text = HEAD + "    - if: {{ member.name }}\n      stop: x\n"
     assert problems(text) == ["7:11: error: an expression is written without {{ }}: write if: member.name"]

@@ -133,7 +133,7 @@ def _odd_break(text: str) -> tuple[int, int, str] | None:
     return line, col, f"; the file holds {name} here, which YAML reads as a line break (copied from a web page?): delete it"
 
 
-_BRACES_VALUE = re.compile(r"(?:^|[\s,{\[])(?:([^\s:,{}\[\]#][^:]*?):\s+|-\s+)(\{\{.*)$")
+_BRACES_VALUE = re.compile(r"(?:^|[\s,{\[])(?:([^\s:,{}\[\]#][^:,{}\[\]]*?):\s+|-\s+)(\{\{.*)$")
 
 
 def _quoted(value: str) -> str:
