@@ -623,7 +623,7 @@ def test_an_emit_before_a_wait_chains_when_each_firing_starts_a_run(steps, at):
 
 
 def test_the_chain_cut_named_is_the_runners():
-    from cmtyflow.checks import EMIT_CHAIN_CUT
+    from cmtyflow.loopchecks import EMIT_CHAIN_CUT
     from cmtyflow.runtime.driver import MAX_EMIT_DEPTH
 
     assert EMIT_CHAIN_CUT == MAX_EMIT_DEPTH
