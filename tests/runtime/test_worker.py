@@ -5,10 +5,12 @@ loopback webhook sink that honours Idempotency-Key."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,62 +157,59 @@ def test_a_single_runner_and_workers_exclude_each_other(state: str) -> None:
 
 
 
-def test_a_dead_send_jobs_rows_never_started_go_back_to_the_queue(state: str) -> None:
-    """SPEC 5.2, as at a runner's start: a worker killed during a send held every row of its
-    batch in doubt, 158 of 300 never sent; and its rows stayed in `sending` for good."""
-    from datetime import UTC, datetime
+AT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
+
+@contextlib.contextmanager
+def _two_queued(state: str) -> Iterator[Any]:
+    """A PostgreSQL store with the queue's tables and two telegram messages queued,
+    "started" and "unstarted"."""
     from cmtyflow.engine.model import Decision, QueuedMessage
-    from cmtyflow.store.pg_shared import SharedWork, ensure_queue_schema
+    from cmtyflow.store.pg_shared import ensure_queue_schema
     from cmtyflow.store.postgres import PostgresStore
 
-    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
     store = PostgresStore(state, exclusive=False)
     try:
         ensure_queue_schema(store)
         store.apply(Decision(messages=[
-            QueuedMessage(k, "pb", "r", "f", "s", 1, "ch", "telegram", None, "channel", "hi", "plain", None, False, at, at)
+            QueuedMessage(k, "pb", "r", "f", "s", 1, "ch", "telegram", None, "channel", "hi", "plain", None, False, AT, AT)
             for k in ("started", "unstarted")
         ]))
-        store.claim_due_messages(at)
+        yield store
+    finally:
+        store.close()
+
+
+def test_a_dead_send_jobs_rows_never_started_go_back_to_the_queue(state: str) -> None:
+    """SPEC 5.2, as at a runner's start: a worker killed during a send held every row of its
+    batch in doubt, 158 of 300 never sent; and its rows stayed in `sending` for good."""
+    from cmtyflow.store.pg_shared import SharedWork
+
+    with _two_queued(state) as store:
+        store.claim_due_messages(AT)
         assert store.mark_sending("started", None, False)
         resent, held = SharedWork(store).settle_inflight(lambda row: False)
         assert resent == ["unstarted"] and [r.message.key for r in held] == ["started"]
         assert {r.message.key: r.status for r in store.outbox()} == {"started": "in_doubt", "unstarted": "queued"}
         assert store.conn.execute("SELECT count(*) FROM sending").fetchone() == (0,)
-    finally:
-        store.close()
 
 
 def test_a_send_job_run_again_holds_only_what_its_earlier_try_had_begun_to_send(state: str) -> None:
     """A send job run again after its worker was killed held every row its earlier try
     had claimed in doubt (777 of 800 had never been sent); as `settle_inflight` does,
     only a row whose request began is held, the others go again with the job."""
-    from datetime import UTC, datetime
+    from cmtyflow.store.pg_shared import SharedWork
 
-    from cmtyflow.engine.model import Decision, QueuedMessage
-    from cmtyflow.store.pg_shared import SharedWork, ensure_queue_schema
-    from cmtyflow.store.postgres import PostgresStore
-
-    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
-    store = PostgresStore(state, exclusive=False)
-    try:
-        ensure_queue_schema(store)
-        store.apply(Decision(messages=[
-            QueuedMessage(k, "pb", "r", "f", "s", 1, "ch", "telegram", None, "channel", "hi", "plain", None, False, at, at)
-            for k in ("started", "unstarted")
-        ]))
+    with _two_queued(state) as store:
         store.conn.execute("UPDATE outbox SET job = 77")
         shared = SharedWork(store)
-        assert len(shared.claim_job_messages(77, at, 10)) == 2  # the earlier try
+        assert len(shared.claim_job_messages(77, AT, 10)) == 2  # the earlier try
         assert store.mark_sending("started", None, False)
         resent, held = shared.settle_job_inflight(77, lambda row: False)
         assert resent == ["unstarted"] and [r.message.key for r in held] == ["started"]
         assert {r.message.key: r.status for r in store.outbox()} == {"started": "in_doubt", "unstarted": "queued"}
         # The one never started goes with this job, now.
-        assert [row.message.key for row, _ in shared.claim_job_messages(77, at, 10)] == ["unstarted"]
-    finally:
-        store.close()
+        assert [row.message.key for row, _ in shared.claim_job_messages(77, AT, 10)] == ["unstarted"]
 
 
 def test_every_job_runs_again_after_a_lost_connection(state: str, tmp_path: Path) -> None:
