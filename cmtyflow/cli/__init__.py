@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-COMMAND_MODULES = ["validate", "schema", "dryrun", "preview", "golden", "adapters", "run", "state", "inspect", "plan", "statecmd", "new", "worker"]
+COMMAND_MODULES = ["validate", "schema", "dryrun", "preview", "golden", "adapters", "run", "state", "inspect", "status", "report", "plan", "statecmd", "new", "worker"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}")
