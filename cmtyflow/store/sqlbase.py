@@ -48,6 +48,9 @@ def pyformat(sql: str) -> str:
 
 class SqlStore(ABC):
     MEMBER_BATCH: int  # members merged per round trip (the store says how many)
+    # ``get_run`` decodes a run of its own at each call, which no one else holds: the
+    # engine changes it in place without a copy (``engine.txn.Txn``).
+    fresh_runs = True
     # the primitives a store provides ---------------------------------------------------------
     @abstractmethod
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Row]:
