@@ -9,9 +9,12 @@ Rules:
   not handled, and noted ``emit_chain_cut``) past ``MAX_EMIT_DEPTH`` events emitted
   one by the other, or past ``MAX_EMITTED`` events from one input: a flow that emits
   the event that starts it again would otherwise never let the input end.
-- Each input's decision is applied in one transaction together with what it consumed
-  (the timer, the event, the schedule position), so a crash either replays the input
-  or has fully applied it.
+- Each input's decision is applied together with what it consumed (the timer, the
+  event, the schedule position), so a crash either replays the input or has fully
+  applied it. On a store that can (SQLite), the inputs of a call are committed a
+  group at a time (``GROUP_WRITES``, ``GROUP_SECONDS``): a crash replays the group
+  not yet committed; a fault part way keeps the inputs handled before it. What a
+  group queued is sent only once it is committed (the dispatcher reads the store).
 - Catch-up (SPEC 5.3): when a schedule's due firings lie in the past, the latest is
   fired late if it is within ``catch_up.grace`` and the others are coalesced into it;
   firings older than the grace are skipped. Both are reported. A firing taken late is
@@ -40,6 +43,7 @@ import hashlib
 import json
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +67,12 @@ LAUNCH_EVENT = "cmtyflow.launch"
 NOTED_FIRINGS = 10  # missed firings noted one by one; the rest in one note with their count
 MAX_EMIT_DEPTH = 100  # events emitted one by the other, from one input
 MAX_EMITTED = 10_000  # events emitted from one input, in all
+# A store that can (``SqliteStore.grouped``) commits the inputs' transactions a group at
+# a time: up to this many writes or this long. A commit per input was 60% of the time
+# of an event that starts a run (WAL frames and checkpoints for pages the next input
+# writes again).
+GROUP_WRITES = 250
+GROUP_SECONDS = 0.2
 
 
 def schedule_key(prog: Program, trigger: Any, zone: str) -> str:
@@ -230,17 +240,19 @@ class Driver:
         a step at a time: up to ``MAX_BATCH`` waits, the firings, up to ``MAX_BATCH``
         events, each with the events it emitted); the next call goes on where this one
         stopped, in the same order."""
-        handled = 0
-        self.firing_under_way = False
-        self.init_schedules(now)
-        while limit is None or handled < limit:
-            instant = self.next_instant()
-            if instant is None or instant > now or not self._may_take(instant):
-                return handled
-            handled += self._process_instant(instant, now)
-            if self.firing_under_way and limit is not None:
-                return handled
-        return handled
+        grouped = getattr(self.store, "grouped", None)
+        with grouped(GROUP_WRITES, GROUP_SECONDS) if grouped is not None else nullcontext():
+            handled = 0
+            self.firing_under_way = False
+            self.init_schedules(now)
+            while limit is None or handled < limit:
+                instant = self.next_instant()
+                if instant is None or instant > now or not self._may_take(instant):
+                    return handled
+                handled += self._process_instant(instant, now)
+                if self.firing_under_way and limit is not None:
+                    return handled
+            return handled
 
     def _may_take(self, instant: datetime) -> bool:
         """Whether the inputs due at ``instant`` may be taken now (see ``handles_timers``)."""

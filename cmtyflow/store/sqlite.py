@@ -6,7 +6,9 @@ Rules: as ``store.base``, and:
   side of everything else.
 - Every write method is one ``BEGIN IMMEDIATE`` ... ``COMMIT``: ``apply`` (a whole
   decision with what it consumed), ``finish_messages`` (a batch of results and their
-  deliveries), ``add_events``. An exception inside rolls all of it back.
+  deliveries), ``add_events``. An exception inside rolls all of it back. Inside
+  ``grouped`` (the driver's inputs) each write is a savepoint instead, and a group
+  of them is one transaction: undone alone when it fails, committed with the group.
 - Inputs are not removed when read: ``pending_events``/``take_event`` and
   ``due_timers`` return them and ``apply(consumed_event=, consumed_timer=)`` marks
   them done, in the decision's transaction; a crash before that replays them.
@@ -34,6 +36,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -202,6 +205,17 @@ def _identity(path: str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+@dataclass
+class _Group:
+    """The transaction that ``SqliteStore.grouped`` keeps open between writes."""
+
+    most: int
+    within: float
+    writes: int = 0
+    begun: float = 0.0
+    commits: int = 0
+
+
 class SqliteStore(SqlStore):
     MEMBER_BATCH = 500  # ids per ``IN (...)`` when merging member records
     thread_safe = True  # calls may come from any thread; ``_lock`` makes them one at a time
@@ -211,6 +225,7 @@ class SqliteStore(SqlStore):
         self._lock = threading.RLock()  # held by each call: one thread at a time on the connection
         self._db: sqlite3.Connection | None = _open(self.path)
         self._file = _identity(self.path)
+        self._group: _Group | None = None  # writes made inside ``grouped``
 
     def check_file(self) -> None:
         """Raise ``UserError`` when the file at ``path`` is no longer the one opened
@@ -250,6 +265,10 @@ class SqliteStore(SqlStore):
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             db = self.db
+            group = self._group
+            if group is not None:
+                yield from self._grouped_write(db, group)
+                return
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -258,6 +277,59 @@ class SqliteStore(SqlStore):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    def _grouped_write(self, db: sqlite3.Connection, group: _Group) -> Iterator[sqlite3.Connection]:
+        """A write inside ``grouped``: a savepoint of the group's transaction (begun by
+        the first write), so that a write that fails is undone alone; the group is
+        committed once it holds ``most`` writes or has been open ``within`` seconds."""
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+            group.begun = time.monotonic()
+            group.writes = 0
+        db.execute("SAVEPOINT write")
+        try:
+            yield db
+        except BaseException:
+            try:
+                if db.in_transaction:  # (an I/O error may have ended the transaction already)
+                    db.execute("ROLLBACK TO write")
+                    db.execute("RELEASE write")
+            except sqlite3.Error:
+                db.execute("ROLLBACK")  # never commit part of a write: the group's other writes replay
+            raise
+        db.execute("RELEASE write")
+        group.writes += 1
+        if group.writes >= group.most or time.monotonic() - group.begun >= group.within:
+            db.execute("COMMIT")
+            group.commits += 1
+
+    @contextmanager
+    def grouped(self, most: int, within: float) -> Iterator[None]:
+        """The writes made inside, by this thread, committed a group at a time: one
+        transaction for up to ``most`` writes or ``within`` seconds, whichever comes
+        first, and what is left when the block ends (also when it raises: the writes
+        that completed are kept; a write that failed was undone alone). A crash loses
+        the writes of the group not yet committed, as it loses a write under way
+        outside a group. Other threads' calls wait until the block ends: their writes
+        must not become part of a transaction that is not yet committed. Nested
+        ``grouped`` blocks are one group."""
+        with self._lock:
+            if self._group is not None:
+                yield
+                return
+            db = self.db
+            self._group = _Group(most, within)
+            try:
+                yield
+            finally:
+                self._group = None
+                if db.in_transaction:
+                    try:
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
 
     # the primitives of ``SqlStore`` ------------------------------------------------------------
     # Every engine read goes through these: ``self._db or self.db`` spares the property's

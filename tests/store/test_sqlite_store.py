@@ -205,6 +205,66 @@ def test_a_writer_waits_for_the_other_writers_transaction(opened: Callable[..., 
     assert [e.id for e in runner.pending_events(at(9))] == ["e1"]
 
 
+# grouped writes ---------------------------------------------------------------------------------
+
+
+def _commits(store: SqliteStore) -> list[str]:
+    """The COMMITs ``store`` makes from now on, as SQLite runs them."""
+    seen: list[str] = []
+    store.db.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+def test_grouped_writes_commit_a_group_at_a_time(opened: Callable[..., SqliteStore]) -> None:
+    store, other = opened(), opened()
+    commits = _commits(store)
+    with store.grouped(most=4, within=3600):
+        for i in range(10):
+            store.apply(Decision(messages=[message(f"k{i}", at(i))]))
+            # What is committed is what another connection sees: groups of 4.
+            assert other.outbox_counts().get("queued", 0) == (i + 1) // 4 * 4
+        assert len(commits) == 2
+    assert len(commits) == 3  # the last two, when the block ends
+    assert other.outbox_counts()["queued"] == 10
+
+
+def test_grouped_writes_commit_after_the_time_given(opened: Callable[..., SqliteStore]) -> None:
+    store, other = opened(), opened()
+    with store.grouped(most=1000, within=0.0):  # every write is already old enough
+        store.apply(Decision(messages=[message("k1", at(1))]))
+        assert other.outbox_counts()["queued"] == 1
+
+
+def test_a_failed_write_in_a_group_is_undone_alone(opened: Callable[..., SqliteStore]) -> None:
+    store, other = opened(), opened()
+    with pytest.raises(KeyError), store.grouped(most=100, within=3600):
+        store.apply(Decision(messages=[message("k1", at(1))]))
+        # A result for a key that is not there: its transaction's writes roll back
+        # (the counter it had added, say), the earlier write stays and is committed.
+        store.finish_messages([("k1", "sent", {"sent_at": at(1), "attempts": 1}), ("nope", "sent", {"sent_at": at(1), "attempts": 1})])
+    assert other.outbox_counts()["queued"] == 1 and other.outbox_counts()["sent"] == 0
+    assert other.counters().get("messages_sent", 0) == 0
+    assert not store.db.in_transaction
+    store.apply(Decision(messages=[message("k2", at(2))]))  # the store goes on as before
+    assert other.outbox_counts()["queued"] == 2
+
+
+def test_other_threads_wait_for_the_group(opened: Callable[..., SqliteStore]) -> None:
+    """A write of another thread (the dispatcher's) must not join a group not yet
+    committed: it would count as done and be lost with the group in a crash."""
+    store = opened()
+    done: list[str] = []
+    writer = threading.Thread(target=lambda: (store.add_events([event("e1", at(1))]), done.append("written")))
+    with store.grouped(most=100, within=3600):
+        store.apply(Decision(messages=[message("k1", at(1))]))
+        writer.start()
+        time.sleep(0.2)
+        assert done == []
+    writer.join(5)
+    assert done == ["written"]
+    assert store.outbox_counts()["queued"] == 1 and [e.id for e in store.pending_events(at(9))] == ["e1"]
+
+
 def _old_sent_messages(store: SqliteStore, n: int) -> None:
     store.put_members([{"id": "m1"}])
     store.apply(Decision(messages=[message(f"k{i}", at(i)) for i in range(n)]))
