@@ -64,6 +64,7 @@ def check_playbook(ctx: CheckContext) -> list[Problem]:
     found += _check_credential_urls(ctx)
     found += textchecks.check_expressions(ctx)
     found += textchecks.check_templates(ctx)
+    found += textchecks.check_state_reads(ctx)
     found += scopechecks.check_scope(ctx)
     return found
 

@@ -10,6 +10,9 @@ Rules:
 - With ``known`` (a playbook's ``vars`` and ``roles``), a misspelled key of them is one.
 - ``names_out_of_scope`` reports names that cannot hold where a source runs
   (``scopechecks`` says which).
+- ``state_keys_read`` lists the keys of ``state`` a source reads as ``state.KEY`` or
+  ``state['KEY']`` without a guard (``is defined``, ``'KEY' in state``): the caller
+  compares them with the keys the playbook writes.
 - Sources are parsed exactly as ``expr`` compiles them, so the checks and the runs
   accept the same text.
 """
@@ -273,3 +276,43 @@ def names_out_of_scope(
         reported.add(name.name)
         found.append(StaticProblem(why, name.lineno))
     return found
+
+
+def state_keys_read(source: str, template: bool) -> list[tuple[str, int]]:
+    """(key, line) of each ``state.KEY`` or ``state['KEY']`` that ``source`` reads
+    unguarded (rules above); a method (``state.get``) is not a key. A source that does
+    not parse, or that assigns ``state`` itself, is left to the other checks."""
+    try:
+        if template:
+            tree: nodes.Node = ENV.parse(source)
+        else:
+            parser = Parser(ENV, source, state="variable")
+            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
+    except (TemplateSyntaxError, RecursionError):
+        return []
+    if "state" in _assigned_names(tree):
+        return []
+    found: list[tuple[str, int]] = []
+    guarded: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr) and node.attr in _MAPPING_METHODS:
+            continue  # state.get, state.items: the mapping's methods
+        found += _state_keys_of(node)
+    for test in tree.find_all((nodes.Test,)):
+        if isinstance(test, nodes.Test) and test.name in ("defined", "undefined"):
+            guarded.update(key for key, _ in _state_keys_of(test.node))
+    for compare in tree.find_all((nodes.Compare,)):
+        if isinstance(compare, nodes.Compare) and isinstance(compare.expr, nodes.Const):
+            for op in compare.ops:
+                if op.op in ("in", "notin") and isinstance(op.expr, nodes.Name) and op.expr.name == "state":
+                    guarded.add(str(compare.expr.value))
+    return [(key, line) for key, line in found if key not in guarded]
+
+
+def _state_keys_of(node: nodes.Node) -> list[tuple[str, int]]:
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "state":
+        return [(node.attr, node.lineno)]
+    if (isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == "state"
+            and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)):
+        return [(node.arg.value, node.lineno)]
+    return []

@@ -9,6 +9,10 @@ Rules:
 - ``template:`` names must resolve for the playbook's locale or for no locale, in any
   format; every file found for a referenced name is checked, with problems pointing
   into that file.
+- A ``state.KEY`` read that no ``set`` step of the playbook writes (and that is not a
+  built-in key) is a warning: each run that reaches it fails, unless the key was
+  written by an earlier version of the playbook. ``state.get('KEY', default)`` and
+  ``is defined`` guard a read.
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ from typing import Any
 
 from .adapters.base import FORMATS
 from .checkbase import CheckContext, RawStep, iter_steps, iter_triggers, problem, sends
-from .exprcheck import StaticProblem, static_problems_expression, static_problems_template
-from .problems import ERROR, Problem
+from .engine.context import BUILTIN_STATE
+from .exprcheck import (
+    StaticProblem,
+    state_keys_read,
+    static_problems_expression,
+    static_problems_template,
+)
+from .problems import ERROR, WARNING, Problem
 from .spec.sourcemap import Loc, first_non_blank
 from .templates import TemplateSource, pick, valid_name
 
@@ -151,6 +161,59 @@ def check_templates(ctx: CheckContext) -> list[Problem]:
                     # each playbook that uses it.
                     keys = static_problems_template(source.source, TEMPLATE_NAMES, known)
                     found += problems_in_file(str(source.path), source.source, keys, f" (in playbook {ctx.path.name})")
+    return found
+
+
+def _state_written(ctx: CheckContext) -> set[str]:
+    """The state keys this playbook's steps write: ``set`` keys and the built-in ones
+    (``award`` and ``checkin`` write only those)."""
+    written = set(BUILTIN_STATE)
+    for step in iter_steps(ctx.data):
+        body = step.body.get("set") if step.kind == "set" else None
+        if isinstance(body, dict):
+            written.update(str(key) for key in body)
+    return written
+
+
+def _unset_key(key: str, written: set[str]) -> str:
+    own = [k for k in sorted(written) if k not in BUILTIN_STATE]
+    hint = _near_key(key, sorted(written)) or (f" (its steps set {', '.join(own)})" if own else "")
+    return (
+        f"state '{key}' is read but no step of this playbook sets it{hint}, so a run that reads it fails; "
+        f"write it with set: {{{key}: ...}}, or read it as state.get('{key}', 0)"
+    )
+
+
+def _near_key(key: str, options: list[str]) -> str:
+    from difflib import get_close_matches
+
+    close = get_close_matches(key, options, n=1, cutoff=0.7)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_state_reads(ctx: CheckContext) -> list[Problem]:
+    """``state.KEY`` reads of keys the playbook never writes (rules above)."""
+    written = _state_written(ctx)
+    found: list[Problem] = []
+    texts = [(loc, source, False) for loc, source in _expressions(ctx)]
+    texts += [(loc, source, True) for loc, source in _inline_templates(ctx)]
+    for loc, source, template in texts:
+        if isinstance(source, str):
+            for key, lineno in state_keys_read(source, template):
+                if key not in written:
+                    found.append(problem(ctx.smap.text_mark(loc, lineno, source), _unset_key(key, written), WARNING))
+    seen: set[str] = set()
+    for _loc, name in _template_refs(ctx):
+        for source in ctx.templates.get(name, []) if valid_name(name) else []:
+            if str(source.path) in seen:
+                continue
+            seen.add(str(source.path))
+            lines = source.source.splitlines()
+            for key, lineno in state_keys_read(source.source, True):
+                if key not in written:
+                    line = lines[lineno - 1] if 0 < lineno <= len(lines) else None
+                    found.append(Problem(str(source.path), lineno, first_non_blank(line), WARNING,
+                                         _unset_key(key, written) + f" (in playbook {ctx.path.name})", line))
     return found
 
 
