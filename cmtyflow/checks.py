@@ -25,7 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import CroniterBadDateError, croniter
 
 from . import channelchecks, loopchecks, scopechecks, textchecks
-from .adapters import registry
+from .adapters.destinations import describe as describe_destination
+from .adapters.destinations import single_destination
 from .checkbase import (
     CheckContext,
     iter_steps,
@@ -338,17 +339,13 @@ def _check_step_ids(ctx: CheckContext) -> list[Problem]:
 
 
 def _group_only(channels: dict[str, Any]) -> dict[str, str]:
-    """Channel -> adapter, for the channels whose adapter has one destination, a group."""
+    """Channel -> adapter, for the channels with one destination (a group robot, a
+    webhook without a bot token: ``adapters.destinations``)."""
     out = {}
     for name, channel in channels.items():
         adapter = channel.get("adapter") if isinstance(channel, dict) else None
-        if isinstance(adapter, str):
-            try:
-                cls = registry.get(adapter)
-            except (registry.UnknownAdapterError, ImportError):
-                continue  # reported by the channel checks
-            if cls.capabilities.group_only:
-                out[str(name)] = adapter
+        if isinstance(adapter, str) and single_destination(adapter, channel):
+            out[str(name)] = adapter
     return out
 
 
@@ -413,8 +410,8 @@ def _check_sends(ctx: CheckContext) -> list[Problem]:
 def _posted_in_group(
     ctx: CheckContext, loc: Loc, send: dict[str, Any], channel: str, adapter: str, runs: tuple[str, str] | None
 ) -> list[Problem]:
-    """A send to a member or members through a robot: posted in its group (a warning,
-    as it may be meant: "@小明 打卡了吗" in the group)."""
+    """A send to a member or members through a channel with one destination: posted in
+    its group (a warning, as it may be meant: "@小明 打卡了吗" in the group)."""
     to = send.get("to")
     if to is None:
         if runs is not None and runs[0] == scopechecks.CAMPAIGN_RUNS:
@@ -427,12 +424,13 @@ def _posted_in_group(
     else:
         # A role (roles.moderators): a robot of the moderators' own group is the usual
         # way to page them, which the warning, printed on every run, could not be told.
+        # It is posted once (the engine does not post it once per moderator).
         return []
-    said = (f"this send to {who} is posted in the group, for everyone to read; send it through a channel that "
+    said = (f"this send to {who} is posted there, for everyone to read; send it through a channel that "
             "reaches people one by one (telegram, email, slack or discord with a bot token)")
     return [ctx.at(
         (*loc, "to") if to is not None else loc,
-        f"channel '{channel}' is a {adapter} robot, whose one destination is its group: {said}",
+        f"channel '{channel}' is {describe_destination(adapter)}: {said}",
         WARNING,
         key=to is None,
     )]

@@ -478,6 +478,33 @@ flows:
     assert "this send to these members" in found[1][3]
 
 
+def test_a_send_to_a_member_through_a_webhook_without_a_bot_token_is_a_warning():
+    """slack and discord without a bot token post through their webhook, in its one
+    channel: a 'private' badge message went to the public channel without a word."""
+    text = """\
+cmtyflow: 1
+name: w
+timezone: UTC
+channels:
+  d: {adapter: discord, webhook_url: "${env:DISCORD_HOOK}"}
+  s: {adapter: slack, webhook_url: "${env:SLACK_HOOK}"}
+  bot: {adapter: discord, bot_token: "${env:DISCORD_TOKEN}", webhook_url: "${env:DISCORD_HOOK}"}
+triggers:
+  - {id: j, event: member.joined, flow: f}
+flows:
+  f:
+    - {id: a, send: {channel: d, text: "your badge"}}
+    - {id: b, send: {channel: s, to: member, text: "your badge"}}
+    - {id: c, send: {channel: bot, text: "your badge"}}
+    - {id: e, send: {channel: d, to: channel, text: "welcome"}}
+"""
+    found = [(p.line, p.severity, p.message) for p in load_text(text).problems]
+    assert [(line, severity) for line, severity, _ in found] == [(12, "warning"), (13, "warning")]
+    assert found[0][2].startswith("channel 'd' is a discord webhook without a bot token, whose one destination is its "
+                                  "channel: this send to the member is posted there")
+    assert found[1][2].startswith("channel 's' is a slack webhook without a bot token")
+
+
 def test_an_at_outside_the_window_is_a_warning():
     """Triggers fire only inside the window (SPEC 1): such an `at` never fires, and
     validate said nothing. Its day is read in its timezone, as the engine reads it."""

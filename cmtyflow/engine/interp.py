@@ -226,6 +226,10 @@ class Interpreter:
             recipients: Any = ((run.member, "member"),)  # as _recipients()
         else:
             recipients = self._recipients(prog, run, to)
+            if len(recipients) > 1 and channel in prog.single_destination:
+                # A role or a list of ids through a group robot or a webhook: one post
+                # where they all read it, not the same post once per person.
+                recipients = ((None, recipients[0][1] if isinstance(to, str) else "channel"),)
         tz = _ZONES.get(run.timezone) or zone(run.timezone, prog.tz)
         txn = self.txn
         d = txn.decision

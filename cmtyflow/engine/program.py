@@ -14,7 +14,7 @@ Rules:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -111,6 +111,9 @@ class Program:
     window: tuple[date, date | None] | None  # (first local date, last local date or None)
     at_times: dict[str, datetime] = field(default_factory=dict)
     default_channel: str | None = None
+    # Channels with one destination (a group robot, a webhook): a send to a role or a
+    # list of ids through one is one post, not the same post once per person.
+    single_destination: frozenset[str] = frozenset()
     uses_audience: bool = False
     audience_static: bool = False  # the audience reads only member, vars and roles
     queued_flows: frozenset[str] = frozenset()
@@ -218,9 +221,12 @@ class _Flattener:
 def compile_program(
     loaded: Any,
     channel_formats: Mapping[str, tuple[str, ...]],
+    single_destination: Iterable[str] = (),
 ) -> Program:
     """``loaded`` is a ``loader.LoadedPlaybook``; ``channel_formats`` maps each adapter
-    name to the formats it takes, best first (from the adapter registry)."""
+    name to the formats it takes, best first (from the adapter registry);
+    ``single_destination`` names its channels that have one destination
+    (``adapters.destinations``)."""
     pb: m.Playbook = loaded.playbook
     sends: dict[int, SendPlan] = {}
     single = next(iter(pb.channels)) if len(pb.channels) == 1 else None
@@ -265,6 +271,7 @@ def compile_program(
         window=window,
         at_times=at_times,
         default_channel=single,
+        single_destination=frozenset(single_destination),
         audience_static=pb.audience is not None and _static_names(pb.audience.where),
         queued_flows=frozenset(t.flow for t in pb.triggers if t.mode == "queued"),
         straight_flows=frozenset(name for name, instrs in flows.items() if all(i.op != "loop" for i in instrs)),

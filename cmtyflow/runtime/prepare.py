@@ -1,5 +1,6 @@
 """From paths on disk to compiled programs: load, refuse on errors, compile with the
-formats each channel's adapter takes. Shared by dry-run, run, preview and test."""
+formats each channel's adapter takes and which channels have one destination. Shared by
+dry-run, run, preview and test."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..adapters import registry
+from ..adapters.destinations import single_destination
 from ..engine.program import Program, compile_program
 from ..errors import UserError
 from ..loader import LoadResult, load
@@ -42,7 +45,13 @@ def load_programs(paths: Sequence[str | Path], *, warn: bool = True) -> tuple[Lo
     if not result.playbooks:
         raise UserError(f"no playbooks found in {', '.join(str(p) for p in paths)}")
     formats = adapter_formats(result)
-    return result, [compile_program(loaded, formats) for loaded in result.playbooks]
+    return result, [compile_program(loaded, formats, single_destinations(loaded)) for loaded in result.playbooks]
+
+
+def single_destinations(loaded: Any) -> list[str]:
+    """The playbook's channels with one destination (``adapters.destinations``)."""
+    return [name for name, channel in loaded.playbook.channels.items()
+            if single_destination(channel.adapter, channel.settings())]
 
 
 def parse_now(text: str, *, option: str = "--now") -> datetime:

@@ -80,13 +80,13 @@ def rebuild(snap: dict[str, Any], version: str, formats: dict[str, tuple[str, ..
         result = load([root / snap["file"]])
         if not result.ok or not result.playbooks:
             return None
-        from .prepare import adapter_formats
+        from .prepare import adapter_formats, single_destinations
 
         # The formats of its own channels' adapters (an edit may have changed them: its
         # templates are the ones it was written with). The rebuilt copy hashes its
         # temporary paths; it is the stored version.
         own = {**formats, **adapter_formats(result)}
-        return compile_program(replace(result.playbooks[0], version=version), own)
+        return compile_program(replace(result.playbooks[0], version=version), own, single_destinations(result.playbooks[0]))
 
 
 def recorded(store: Store) -> dict[str, list[tuple[str, dict[str, Any]]]]:

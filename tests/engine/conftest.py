@@ -23,7 +23,7 @@ from cmtyflow.loader import load
 from cmtyflow.problems import ERROR
 from cmtyflow.runtime.dryrun import DryRun
 from cmtyflow.runtime.inputs import parse_event
-from cmtyflow.runtime.prepare import adapter_formats, parse_start
+from cmtyflow.runtime.prepare import adapter_formats, parse_start, single_destinations
 from cmtyflow.store.memory import MemoryStore
 
 
@@ -61,7 +61,7 @@ def compile_paths(paths: Sequence[Path]) -> list[Program]:
     assert not errors, "\n".join(str(p) for p in errors)
     assert result.playbooks, "no playbook loaded"
     formats = adapter_formats(result)
-    return [compile_program(loaded, formats) for loaded in result.playbooks]
+    return [compile_program(loaded, formats, single_destinations(loaded)) for loaded in result.playbooks]
 
 
 def compile_text(

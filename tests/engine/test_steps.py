@@ -269,6 +269,45 @@ def test_a_send_to_a_role_exposes_no_one_to_the_goal(simulate, tmp_path):
     assert summary["goals"]["onboard/first_post per run"] == {"reached": 0, "of": 1}
 
 
+ROBOT_PAGE = """
+cmtyflow: 1
+name: page
+timezone: Asia/Shanghai
+channels:
+  mods: {adapter: wecom, webhook_url: "${env:WECOM_HOOK}"}
+  hook: {adapter: slack, webhook_url: "${env:SLACK_HOOK}"}
+  bot: {adapter: slack, bot_token: "${env:SLACK_TOKEN}"}
+  dm: {adapter: console}
+roles: {moderators: [m1, m2, m3]}
+triggers:
+  - {id: joined, event: member.joined, flow: f}
+flows:
+  f:
+    - {id: robot, send: {channel: mods, to: roles.moderators, text: "{{ member.id }} joined", urgent: true}}
+    - {id: listed, send: {channel: hook, to: [m1, m2], text: "{{ member.id }} joined"}}
+    - {id: one, send: {channel: mods, to: [m1], text: "{{ member.id }} joined"}}
+    - {id: each-bot, send: {channel: bot, to: roles.moderators, text: "{{ member.id }} joined"}}
+    - {id: each-dm, send: {channel: dm, to: roles.moderators, text: "{{ member.id }} joined"}}
+"""
+
+
+def test_a_role_or_list_through_a_single_destination_channel_is_one_post(simulate, tmp_path, monkeypatch):
+    """A group robot, or slack/discord without a bot token, posts every message in its
+    one group: a page to three moderators was the same post three times there."""
+    for name in ("WECOM_HOOK", "SLACK_HOOK", "SLACK_TOKEN"):
+        monkeypatch.setenv(name, "https://example.org/x" if name.endswith("HOOK") else "xoxb-1")
+    roster = [{"id": "u1"}, {"id": "m1"}, {"id": "m2"}, {"id": "m3"}]
+    out, _ = simulate(ROBOT_PAGE, roster, [ev("j", "member.joined", "2026-12-01T10:00:00+08:00", "u1")], "2026-12-01", 1, tmp_path)
+    got = sorted((d["step"], d["member"], d["to"]) for d in out)
+    assert got == [
+        ("each-bot", "m1", "roles.moderators"), ("each-bot", "m2", "roles.moderators"), ("each-bot", "m3", "roles.moderators"),
+        ("each-dm", "m1", "roles.moderators"), ("each-dm", "m2", "roles.moderators"), ("each-dm", "m3", "roles.moderators"),
+        ("listed", None, "channel"),
+        ("one", "m1", "m1"),
+        ("robot", None, "roles.moderators"),
+    ]
+
+
 def test_a_goals_days_are_the_members_calendar_days(simulate, tmp_path):
     """SPEC 2: days are calendar days in the run's timezone, a member's own. Seven days
     from 12:00 on 5 March in New York end at 12:00 EDT on 12 March (DST began on the 8th);
