@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -91,6 +92,53 @@ def valid_timezone(name: str) -> bool:
     return True
 
 
+# Abbreviations people write for a zone, and the IANA names they usually mean: the
+# nearest spelling among the zones was wrong for each ('PST': did you mean 'MST'?).
+_ABBREVIATIONS = {
+    "PST": "America/Los_Angeles", "PDT": "America/Los_Angeles", "PT": "America/Los_Angeles",
+    "MDT": "America/Denver", "MT": "America/Denver",
+    "CST": "America/Chicago (US Central) or Asia/Shanghai (China)", "CDT": "America/Chicago", "CT": "America/Chicago",
+    "EDT": "America/New_York", "ET": "America/New_York",
+    "AKST": "America/Anchorage", "AKDT": "America/Anchorage",
+    "BST": "Europe/London", "CEST": "Europe/Paris", "EEST": "Europe/Athens",
+    "IST": "Asia/Kolkata (India) or Europe/Dublin (Ireland)", "JST": "Asia/Tokyo", "KST": "Asia/Seoul",
+    "SGT": "Asia/Singapore", "HKT": "Asia/Hong_Kong", "AEST": "Australia/Sydney", "AEDT": "Australia/Sydney",
+    "NZST": "Pacific/Auckland", "NZDT": "Pacific/Auckland", "BJT": "Asia/Shanghai",
+}
+# Valid names that keep one offset all year where people usually want their city's
+# clock (with its daylight saving).
+_FIXED = {"EST": "America/New_York", "MST": "America/Denver (or America/Phoenix, which keeps no daylight saving)"}
+_OFFSET = re.compile(r"(?:UTC|GMT)\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?", re.IGNORECASE)
+
+
+def _abbreviation(value: str) -> str | None:
+    """For a name that is no zone but a known abbreviation or a UTC offset: what to
+    write instead; else None."""
+    upper = value.strip().upper()
+    if upper in _ABBREVIATIONS:
+        return f"write the place's IANA name, e.g. {_ABBREVIATIONS[upper]} (an abbreviation is not a timezone)"
+    offset = _OFFSET.fullmatch(value.strip())
+    if offset:
+        return ("a UTC offset is not a timezone: write the IANA name of a place with that offset, e.g. "
+                "Asia/Shanghai for UTC+8, Europe/Berlin for UTC+1, America/New_York for UTC-5; a place's "
+                "name also follows its daylight saving")
+    return None
+
+
+def _fixed_zone(value: str) -> str | None:
+    """A warning for a valid zone that keeps one offset all year, or whose offset reads
+    backwards (Etc/GMT+8 is UTC-8); else None."""
+    if value in _FIXED:
+        return (f"timezone '{value}' is a fixed offset all year, with no daylight saving: from March to November "
+                f"its times are an hour off the local clock; write {_FIXED[value]}")
+    etc = re.fullmatch(r"Etc/GMT([+-])(\d{1,2})", value)
+    if etc:
+        real = "-" if etc.group(1) == "+" else "+"
+        return (f"timezone '{value}' is UTC{real}{etc.group(2)} (the Etc names read the sign backwards); "
+                "write the IANA name of a place, e.g. Asia/Shanghai for UTC+8")
+    return None
+
+
 def _check_timezone(ctx: CheckContext, loc: Loc, allow_member: bool) -> list[Problem]:
     container: Any = ctx.data
     for part in loc[:-1]:
@@ -101,7 +149,11 @@ def _check_timezone(ctx: CheckContext, loc: Loc, allow_member: bool) -> list[Pro
     if value == "member":
         return [ctx.at(loc, "timezone: member applies to triggers with for_each: audience only")]
     if valid_timezone(value):
-        return []
+        fixed = _fixed_zone(value)
+        return [ctx.at(loc, fixed, WARNING)] if fixed else []
+    named = _abbreviation(value)
+    if named:
+        return [ctx.at(loc, f"unknown timezone '{value}': {named}")]
     zones = _zones()
     if not zones:  # no zone is known at all: the machine lacks the database, not the name
         return [

@@ -688,3 +688,22 @@ def test_a_max_loop_of_the_folder_defaults_applies_to_repeat_times(tmp_path):
         "8:23: repeat times 20 is more than policies.max_loop (10): every run would fail here; "
         "raise policies.max_loop or lower times",
     ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "severity", "says"),
+    [
+        ("EST", "warning", "timezone 'EST' is a fixed offset all year, with no daylight saving"),
+        ("Etc/GMT+8", "warning", "timezone 'Etc/GMT+8' is UTC-8 (the Etc names read the sign backwards)"),
+        ("PST", "error", "unknown timezone 'PST': write the place's IANA name, e.g. America/Los_Angeles"),
+        ("cst", "error", "e.g. America/Chicago (US Central) or Asia/Shanghai (China)"),
+        ("GMT+8", "error", "unknown timezone 'GMT+8': a UTC offset is not a timezone"),
+        ("UTC+05:30", "error", "a UTC offset is not a timezone"),
+    ],
+)
+def test_abbreviations_offsets_and_fixed_zones_say_what_to_write(zone, severity, says):
+    """'PST' was answered 'did you mean MST?', 'UTC+1' 'did you mean UTC?', and 'EST'
+    (UTC-5 all year) was taken without a word: reminders an hour late all summer."""
+    text = f'cmtyflow: 1\nname: t\ntimezone: "{zone}"\nchannels:\n  dm: {{adapter: console}}\nflows:\n  f:\n    - send: {{text: hi}}\n'
+    found = [(p.severity, p.message) for p in load_text(text).problems if "timezone" in p.message]
+    assert len(found) == 1 and found[0][0] == severity and says in found[0][1], found
