@@ -16,7 +16,7 @@ from ..runtime.dryrun import build_dry_run
 from ..runtime.inputs import RowProblem
 from ..runtime.prepare import default_days, load_programs, parse_start
 from ..runtime.simulate import SimulationSpecError
-from . import EXIT_OK, cli
+from . import EXIT_ERROR, EXIT_OK, cli
 from .state import note_repeats
 from .timeline import TextTimeline, print_summary
 
@@ -49,7 +49,8 @@ def dry_run(
 
     The same engine as `run`, on a virtual clock with an in-memory store; nothing is
     sent. The span is [start, start + days); messages due after it are counted as
-    pending.
+    pending. Exits 1 when runs failed or inputs were set aside (each said in the
+    warnings): what it shows then leaves their messages out.
     """
     if report and not Path(report).resolve().parent.is_dir():  # before the dry run, not after it
         raise UserError(f"--report {report}: the folder {Path(report).parent} does not exist")
@@ -112,6 +113,16 @@ def dry_run(
         except OSError as exc:
             raise UserError(f"--report {report}: cannot write it: {exc.strerror or exc}") from None
         click.echo(f"report written to {report}", err=True)
+    failed = summary["runs"]["failed"]
+    set_aside = sum(1 for note in sim.store.notes() if note["kind"] == "input_failed")
+    if failed or set_aside:
+        said = " and ".join(part for part in (
+            f"{failed} run{'s' if failed != 1 else ''} failed" if failed else "",
+            f"{set_aside} input{'s were' if set_aside != 1 else ' was'} set aside" if set_aside else "",
+        ) if part)
+        click.echo(f"error: {said} (see the warnings): what `run` would send includes their messages only once "
+                   "they are fixed", err=True)
+        return EXIT_ERROR
     return EXIT_OK
 
 

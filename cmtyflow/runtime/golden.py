@@ -164,6 +164,12 @@ def transcript(spec_path: Path) -> tuple[GoldenSpec, list[str]]:
     if problems:
         raise UserError(f"{spec_path}: bad input rows:\n" + "\n".join(str(p) for p in problems))
     sim.run()
+    broken = [w for w in sim.summary()["warnings"] if w.startswith(("run ", "set aside: ", "... and "))]
+    if broken:
+        # A transcript without the messages of runs that failed would pass for as long
+        # as they keep failing (`test --update` recorded 0 deliveries, then "ok").
+        raise UserError(f"{spec_path}: runs failed in the dry run, so no transcript is compared or written:\n"
+                        + "\n".join(f"  {w}" for w in broken))
     return spec, lines
 
 

@@ -358,3 +358,22 @@ def test_the_summary_aligns_chinese_step_and_variant_names(tmp_path, capsys):
     assert steps == ["  z/欢迎流程[0]  8", "  z/hello        8"]
     variants = out.split("deliveries per variant:\n")[1].split("runs:")[0].splitlines()
     assert sorted(v.rstrip("0123456789") for v in variants) == ["  z/hello:乙方案很长的名字  ", "  z/hello:甲                "]
+
+
+def test_failed_runs_fail_the_dry_run_and_the_golden_test(tmp_path, capsys):
+    """A template reading a roster column that no member has failed every run: the dry
+    run exited 0, `test --update` recorded 0 deliveries and `test` then said ok."""
+    args = _files(tmp_path)
+    _setup(tmp_path)
+    broken = PLAYBOOK.replace("你好 {{ member.name }}", "你好 {{ member.first_name }}")
+    (tmp_path / "hello.yaml").write_text(broken, encoding="utf-8")
+    assert main(["dry-run", *args]) == 1
+    captured = capsys.readouterr()
+    assert "warning: run hello/joined:e1 failed at hi" in captured.out
+    assert captured.err.strip().endswith(
+        "error: 2 runs failed (see the warnings): what `run` would send includes their messages only once they are fixed")
+    assert main(["test", str(tmp_path), "--update"]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {tmp_path / 'hello.test.yaml'}: runs failed in the dry run, so no transcript is compared or written:" in out
+    assert "  run hello/joined:e1 failed at hi:" in out
+    assert not (tmp_path / "hello.expected.jsonl").exists()
