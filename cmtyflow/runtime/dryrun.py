@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..adapters import registry
 from ..clock import VirtualClock
 from ..engine.core import Engine
 from ..engine.model import Event, QueuedMessage
@@ -76,6 +77,10 @@ class DryRunStats:
     ignored_events: int = 0
     held_opted_out: int = 0
     held_left: int = 0  # queued, then the member left: cancelled when due
+    # Dead-lettered as the run would: the member has not the address their channel's
+    # adapter sends to (an email without ``email``), (channel, member) of the first.
+    no_address: int = 0
+    first_no_address: tuple[str, str, str] | None = None
     inputs: int = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -148,6 +153,7 @@ class DryRun:
         self.stats = DryRunStats(start, self.end, days)
         self._zones: dict[str, Any] = {}  # playbook -> the zone its delivery times are shown in
         self._steps: dict[tuple[str, str], str] = {}  # (playbook, step) -> "playbook/step"
+        self._handles: dict[tuple[str, str], str | None] = {}  # (playbook, channel) -> the address field a member needs
         self._utc_last: tuple[datetime | None, datetime | None] = (None, None)  # see _utc
         self._utc_before: tuple[datetime | None, datetime | None] = (None, None)
 
@@ -240,6 +246,15 @@ class DryRun:
                         stats.held_left += 1
                     continue
                 playbook = message.playbook
+                if member is not None:
+                    handle = self._handle(playbook, message.channel)
+                    if handle is not None and not (isinstance(member.get(handle), str) and member[handle].strip()):
+                        # As the adapter does: a permanent failure, dead-lettered.
+                        results.append((message.key, "dead", {"last_error": f"member {message.member} has no {handle}"}))
+                        stats.no_address += 1
+                        if stats.first_no_address is None:
+                            stats.first_no_address = (message.channel, str(message.member), handle)
+                        continue
                 tz = zones.get(playbook)
                 if tz is None:
                     tz = zones[playbook] = self._tz_of(message)
@@ -285,6 +300,22 @@ class DryRun:
         self._utc_before, self._utc_last = self._utc_last, (moment, utc)
         return utc
 
+    def _handle(self, playbook: str, channel: str) -> str | None:
+        """The member field the channel's adapter sends to (``needs_handle``), unless the
+        channel has one destination (a webhook posts in its channel whoever it names)."""
+        key = (playbook, channel)
+        if key not in self._handles:
+            prog = self.engine.programs.get(playbook)
+            adapter = prog.channel_adapters.get(channel) if prog is not None else None
+            handle = None
+            if adapter is not None and channel not in prog.single_destination:  # type: ignore[union-attr]
+                try:
+                    handle = registry.get(adapter).capabilities.needs_handle
+                except (LookupError, ImportError):
+                    handle = None
+            self._handles[key] = handle
+        return self._handles[key]
+
     def _tz_of(self, message: QueuedMessage) -> Any:
         prog = self.engine.programs.get(message.playbook)
         return prog.tz if prog is not None else self.tz
@@ -325,6 +356,13 @@ class DryRun:
         unknown = [n for n in notes if n["kind"] == "unknown_member"]
         if unknown:
             warnings.append(f"{len(unknown)} references to members not in the roster (first: {unknown[0]['member']})")
+        if self.stats.no_address:
+            channel, member, handle = self.stats.first_no_address or ("?", "?", "?")
+            n = self.stats.no_address
+            warnings.append(
+                f"{n} message{'s' if n != 1 else ''} would be dead-lettered, not sent: the member has no address for "
+                f"the channel (first: member {member} has no {handle}, channel '{channel}'); add the column to the roster"
+            )
         kept = [n for n in notes if n["kind"] == "opt_out_kept"]
         if kept:
             warnings.append(

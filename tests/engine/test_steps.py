@@ -296,7 +296,7 @@ def test_a_role_or_list_through_a_single_destination_channel_is_one_post(simulat
     one group: a page to three moderators was the same post three times there."""
     for name in ("WECOM_HOOK", "SLACK_HOOK", "SLACK_TOKEN"):
         monkeypatch.setenv(name, "https://example.org/x" if name.endswith("HOOK") else "xoxb-1")
-    roster = [{"id": "u1"}, {"id": "m1"}, {"id": "m2"}, {"id": "m3"}]
+    roster = [{"id": "u1"}, {"id": "m1", "slack": "U1"}, {"id": "m2", "slack": "U2"}, {"id": "m3", "slack": "U3"}]
     out, _ = simulate(ROBOT_PAGE, roster, [ev("j", "member.joined", "2026-12-01T10:00:00+08:00", "u1")], "2026-12-01", 1, tmp_path)
     got = sorted((d["step"], d["member"], d["to"]) for d in out)
     assert got == [
