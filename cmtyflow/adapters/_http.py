@@ -4,10 +4,21 @@ mapping of transport failures and HTTP statuses to delivery errors (SPEC 5.4).
 Rules:
 - The runner passes one shared ``aiohttp.ClientSession``; an adapter given none makes
   its own in ``open()`` and closes only that one.
+- A request waits for its rate-limit tokens in the caller's task for at most
+  ``MAX_WAIT_IN_WORKER`` seconds; a longer wait raises a rate-limited
+  ``TransientDeliveryError`` with the wait, taking no token, so that the dispatcher
+  puts the message off (no attempt counted) and its worker takes the next one.
 - Every request has a total timeout. A timeout, a refused or dropped connection, a
   429, a 408 and any 5xx are transient; any other 4xx is permanent; a redirect is
   permanent (an API endpoint never legitimately redirects a POST) unless an adapter
   knows better. Platform conventions inside a 2xx body are mapped by each adapter.
+- For an adapter that cannot deduplicate, a timeout or a dropped connection after the
+  body began to be written is ``InDoubtDeliveryError`` (the platform may have the
+  message); before that (no connection, a refused one, none free in time) it is an
+  ordinary transient failure. The body is handed to aiohttp as a payload that notes
+  when its write begins: aiohttp writes a body only through its payload, and a
+  platform cannot act on a request whose body it did not get whole (its length is
+  sent first). A write that began and failed at once counts as in doubt too.
 - Error messages name the host, never the URL: webhook URLs carry credentials.
 - A message split in parts remembers how many parts went out, so a retry in the same
   process resumes after them instead of repeating them.
@@ -19,6 +30,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -34,6 +46,7 @@ from yarl import URL
 from .base import (
     BEFORE_WRITE,
     Capabilities,
+    InDoubtDeliveryError,
     OutboundMessage,
     PermanentDeliveryError,
     Receipt,
@@ -43,7 +56,7 @@ from .base import (
     redact,
     secret_values,
 )
-from .ratelimit import Bucket, RateLimiter, default_limiter
+from .ratelimit import Bucket, Limiter, RateLimiter, WaitTooLong, default_limiter
 
 
 class Reply(NamedTuple):
@@ -86,6 +99,16 @@ _CHARSET = re.compile(r"charset\s*=\s*([\"']?[\w.:-]+[\"']?)", re.IGNORECASE)
 # The most of a reply read (receipts and error details are small); the rest is dropped.
 MAX_REPLY = 1 << 20
 JSON_TYPE = "application/json; charset=utf-8"
+MAX_DETAIL = 300  # characters of a platform's error text kept in the error
+# The longest a request waits for its rate-limit tokens inside the send (the
+# dispatcher's worker). A longer wait (a robot blocked for 10 minutes, a flood wait,
+# a row of messages to one group at 20 a minute) is raised as a rate limit, which the
+# dispatcher retries after that wait without counting an attempt, and the worker takes
+# the next message: asleep, each such message held one of the ``--concurrency``
+# workers, and enough of them every other channel and the runner's next pass.
+# 5 s lets a robot's sends go 3 s apart (20 a minute) in place, and is as long as the
+# runner's send pass (``runner.SEND_PASS_SECONDS``).
+MAX_WAIT_IN_WORKER = 5.0
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
@@ -115,19 +138,37 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     return body[:MAX_REPLY]
 
 
+class _Body(aiohttp.BytesPayload):
+    """A request body that notes when aiohttp begins to write it (``written``)."""
+
+    written = False
+
+    async def write(self, writer: Any) -> None:
+        self.written = True
+        await super().write(writer)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        self.written = True
+        await super().write_with_length(writer, content_length)
+
+
 def dumps(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """``Retry-After`` as seconds: a number, or an HTTP date (RFC 9110 10.2.3)."""
+    """``Retry-After`` as seconds: a number, or an HTTP date (RFC 9110 10.2.3); None
+    for anything else (``inf`` and ``nan`` too). Not capped here: the dispatcher and
+    the limiter cap it, and the dispatcher counts an attempt for a wait past its cap."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, number) if math.isfinite(number) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -163,7 +204,8 @@ class HttpAdapter:
         self.channel = channel or self.name
         self.timeout = timeout
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)  # one object for every request
-        self.limiter = limiter if limiter is not None else default_limiter()
+        self.limiter: Limiter = limiter if limiter is not None else default_limiter()
+        self.max_wait = MAX_WAIT_IN_WORKER  # seconds a request may wait for its tokens
         self._session = session
         self._own_session = False
         self._parts_sent: dict[str, list[str | None]] = {}
@@ -209,24 +251,39 @@ class HttpAdapter:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         buckets: tuple[Bucket, ...] = (),
+        prepare: Callable[[], tuple[str | URL, bytes | None]] | None = None,
     ) -> Reply:
+        """One request, after its rate-limit tokens. ``prepare``, when given, is called
+        after the wait for the URL and body to send (a signature whose timestamp must
+        be fresh); ``url`` then names the host in errors."""
         session = self._session
         if session is None or session.closed:
             await self.open()
             session = self._session
         assert session is not None
         if buckets:
-            await self.limiter.acquire(*buckets)
+            try:
+                await self.limiter.acquire(*buckets, most=self.max_wait)
+            except WaitTooLong as exc:
+                # Pacing, not a failure: the text is what `cmtyflow outbox` shows meanwhile.
+                raise TransientDeliveryError(
+                    f"{self.name}: waiting for {host_of(url)}'s rate limit, {math.ceil(exc.wait)}s",
+                    retry_after=exc.wait,
+                    rate_limited=True,
+                ) from None
         hook = BEFORE_WRITE.get()  # ``about_to_write()``, inline: one call less per request
         if hook is not None:
             await hook()
+        if prepare is not None:
+            url, body = prepare()
         if body is not None and (headers is None or "Content-Type" not in headers):
             headers = {**headers, "Content-Type": JSON_TYPE} if headers else {"Content-Type": JSON_TYPE}
+        watched = _Body(body) if body is not None and not self.capabilities.idempotent else None
         try:
             async with session.request(
                 method,
                 url,
-                data=body,
+                data=watched if watched is not None else body,
                 headers=headers,
                 params=params,
                 timeout=self._client_timeout,
@@ -237,10 +294,20 @@ class HttpAdapter:
                     return Reply(resp.status, resp.headers, await resp.read())  # the usual reply
                 return Reply(resp.status, resp.headers, await _read_capped(resp))
         except TimeoutError as exc:
+            if watched is not None and watched.written:
+                raise InDoubtDeliveryError(
+                    f"{self.name}: {host_of(url)} did not answer within {self.timeout:g}s "
+                    "after the message was sent; it may have arrived"
+                ) from exc
             raise TransientDeliveryError(
                 f"{self.name}: {host_of(url)} did not answer within {self.timeout:g}s"
             ) from exc
         except aiohttp.ClientError as exc:
+            if watched is not None and watched.written:
+                raise InDoubtDeliveryError(
+                    f"{self.name}: {host_of(url)} dropped the connection after the message was sent "
+                    f"({type(exc).__name__}); it may have arrived"
+                ) from exc
             raise TransientDeliveryError(
                 f"{self.name}: cannot reach {host_of(url)} ({type(exc).__name__})"
             ) from exc
@@ -257,7 +324,8 @@ class HttpAdapter:
         status = reply.status
         if 200 <= status < 300:
             return
-        detail = one_line(detail or reply.text)[:300] or reply_reason(status)
+        # Redacted before it is cut: a secret cut in two no longer matches.
+        detail = self.redact(one_line(detail or reply.text))[:MAX_DETAIL] or reply_reason(status)
         if status == 429:
             wait = (
                 retry_after

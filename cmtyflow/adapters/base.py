@@ -5,7 +5,8 @@ Rules:
   model (secrets as ``SecretStr``, every field described), and ``capabilities``.
 - ``send(message)`` (the message is read, never changed) returns a ``Receipt`` or
   raises ``TransientDeliveryError`` (retry later, optionally after ``retry_after`` seconds) or
-  ``PermanentDeliveryError`` (dead-letter now). It never returns False.
+  ``PermanentDeliveryError`` (dead-letter now). It never returns False. A transient
+  failure after the platform may have seen the message is ``InDoubtDeliveryError``.
 - ``describe()`` never shows a secret.
 - An adapter that sends to a platform awaits ``about_to_write()`` just before the
   platform can first see the message (after any wait for a rate limit), and says so
@@ -63,6 +64,14 @@ class TransientDeliveryError(DeliveryError):
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+
+
+class InDoubtDeliveryError(TransientDeliveryError):
+    """The request was written and no answer came (a timeout, a dropped connection):
+    the platform may have the message (SPEC 5.2, in doubt). The dispatcher resends it
+    only where that is harmless or asked for (the adapter deduplicates by key, the
+    send is urgent, ``policies.in_doubt: resend``), and otherwise holds it for
+    ``cmtyflow outbox``."""
 
 
 class PermanentDeliveryError(DeliveryError):
@@ -210,17 +219,32 @@ _URL_CRED = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+)@", r
 _QUERY_SECRET = re.compile(r"([?&](?:key|token|access_token|secret|sign|password)=)[^&#\s]+", re.I)
 
 
+# The pieces of a secret value that are secrets on their own: a header's token after
+# its scheme (``Bearer <token>``, ``Bot <token>``, ``Basic <base64>``), a Telegram
+# token's secret half after ``<bot id>:``. Shorter pieces (a scheme's name) are not.
+_SECRET_PIECES = re.compile(r"[\s:]+")
+_HEADER_PIECES = re.compile(r"\s+")
+PIECE_MIN = 8
+
+
+def _pieces(value: str, between: re.Pattern[str]) -> list[str]:
+    return [value, *(piece for piece in between.split(value) if len(piece) >= PIECE_MIN)]
+
+
 def secret_values(settings: BaseModel) -> list[str]:
-    """The values in ``settings`` that ``masked`` hides, and the long parts of its URLs
-    (a webhook URL's path or query often is the credential): what must not be shown
-    when a platform echoes it back in an error. Longest first, for ``redact``."""
+    """The values in ``settings`` that ``masked`` hides, with their pieces of at least
+    ``PIECE_MIN`` characters (the token of ``Bearer <token>``, the part of a Telegram
+    token after its ``:``), and the long parts of its URLs (a webhook URL's path or
+    query often is the credential): what must not be shown when a platform echoes it
+    back in an error. Longest first, for ``redact``."""
     found: set[str] = set()
     for _, value in settings:
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-            found.add(value)
+            found.update(_pieces(value, _SECRET_PIECES))
         if isinstance(value, Mapping):
-            found.update(str(v) for v in value.values())
+            for v in value.values():
+                found.update(_pieces(str(v), _HEADER_PIECES))
         elif isinstance(value, str) and "://" in value:
             # A secret URL too (a Slack, Discord or WeCom webhook): the platform may echo
             # its key or path without the rest of it.

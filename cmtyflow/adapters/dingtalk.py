@@ -10,8 +10,9 @@ msg=timestamp + "\\n" + secret)); both are added to the URL's query, URL-encoded
 
 The answer is ``{"errcode", "errmsg"}``. Each robot may send 20 messages a minute;
 past that it answers errcode 130101 ("send too fast") and is blocked for 10
-minutes, so that error is transient with ``retry_after`` 600 s. -1 ("system busy")
-is transient; anything else (310000 bad signature, keyword or IP; 300001 bad token;
+minutes, so that error is transient with ``retry_after`` 600 s. A redirect is
+transient too, after 600 s, but costs an attempt (it is not documented as the limit,
+and a webhook URL that always redirects must end). -1 ("system busy") is transient; anything else (310000 bad signature, keyword or IP; 300001 bad token;
 ...) is permanent. ``isAtAll`` is always false and no ``atMobiles`` are sent, so no
 text can mention anyone. A robot has one destination, its group.
 """
@@ -24,7 +25,7 @@ import hmac
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 from pydantic import Field, SecretStr
@@ -55,6 +56,22 @@ def sign(secret: str, timestamp_ms: str) -> str:
         secret.encode("utf-8"), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256
     ).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+def _place(url: str, location: str | None) -> str:
+    """Where a redirect points: its scheme and host (with a port), never its path or
+    query; a relative one is on the webhook's own host."""
+    if not location:
+        return "an unnamed place"
+    parts = urlsplit(urljoin(url, location.strip()))
+    if not parts.hostname:
+        return "an unnamed place"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}"
 
 
 class DingtalkSettings(AdapterSettings):
@@ -117,13 +134,15 @@ class DingtalkAdapter(HttpAdapter):
             else:
                 payload = {"msgtype": "text", "text": {"content": part}}
             payload["at"] = {"isAtAll": False}
+            body = dumps(payload)
             reply = await self.request(
                 "POST",
-                self._signed(url),
-                body=dumps(payload),
+                url,
                 buckets=((bucket, DINGTALK_PER_ROBOT),),
+                # Signed after the rate-limit wait: the timestamp must be fresh.
+                prepare=lambda: (self._signed(url), body),
             )
-            self._check(reply, bucket)
+            self._check(reply, bucket, url)
             return None
 
         return await self.send_parts(message, parts, one)
@@ -139,16 +158,21 @@ class DingtalkAdapter(HttpAdapter):
         joined = f"{base}{'&' if '?' in base else '?'}timestamp={timestamp}&sign={signature}"
         return URL(joined, encoded=True)
 
-    def _check(self, reply: Reply, bucket: Any) -> None:
+    def _check(self, reply: Reply, bucket: Any, url: str) -> None:
         data = reply.json()
         detail = None
         if isinstance(data, dict) and "errmsg" in data:
             detail = f"{data.get('errmsg')} (errcode {data.get('errcode')})"
-        if reply.status in (301, 302, 303, 307):
-            # Over the limit DingTalk has also been seen to redirect instead of answering.
-            self.limiter.defer(bucket, BLOCKED_FOR)
+        if reply.status in (301, 302, 303, 307, 308):
+            # A blocked robot has been seen to redirect instead of answering, so this is
+            # retried after the block's 10 minutes; but nothing documents it as the
+            # limit, and a webhook URL that always redirects (moved, http:// upgraded,
+            # a proxy's login page) must end: each try counts an attempt. The target's
+            # scheme and host only: its query may carry the token.
             raise TransientDeliveryError(
-                "dingtalk: robot is being throttled", retry_after=BLOCKED_FOR, rate_limited=True
+                f"dingtalk: HTTP {reply.status} redirect to {_place(url, reply.headers.get('Location'))}; "
+                "check webhook_url if this lasts",
+                retry_after=BLOCKED_FOR,
             )
         self.check_status(reply, detail, defer=bucket)
         if not isinstance(data, dict) or not isinstance(data.get("errcode"), int):

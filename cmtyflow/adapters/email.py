@@ -12,20 +12,35 @@ one-click needs HTTPS). ``{member}`` in it is the member's id, URL-encoded; a me
 the channel's own address (a list) gets the header only when the URL does not name a
 member.
 
-smtplib runs in a worker thread (``asyncio.to_thread``); its socket timeout bounds
-every step. SMTP replies 4xx are transient and 5xx permanent; a refused or dropped
-connection or a timeout is transient; a server without STARTTLS, or a certificate
-that does not verify, is a configuration error and permanent.
+smtplib runs in a thread of the process's SMTP pool (``SMTP_THREADS``; not asyncio's
+default executor, where aiohttp resolves host names: stuck SMTP sends there left every
+HTTP adapter without DNS). Its socket timeout bounds every step, and the whole send
+must end within ``SEND_STEPS`` times that: when it does not (a server that trickles its
+lines, a tarpit), its connection is shut from the event loop, which ends the thread's
+wait, and the send is a transient failure. SMTP replies 4xx are transient and 5xx
+permanent; a refused or dropped connection or a timeout is transient; a server without
+STARTTLS, or a certificate that does not verify, is a configuration error and
+permanent. A connection that drops, or a timeout, after the message itself was
+written (after the server's 354) and before the server's answer to it is
+``InDoubtDeliveryError``: the server may have taken it (RFC 5321 6.1), and the
+dispatcher holds it rather than send it twice. One that ends after the server
+accepted the message (a slow QUIT) is delivered. A login without TLS (neither
+``starttls`` nor ``tls``) is refused in the settings unless the server is on this
+machine (loopback): the password would cross the network in clear text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import re
 import smtplib
 import socket
 import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Annotated, Any, ClassVar
@@ -40,6 +55,7 @@ from .base import (
     AdapterSettings,
     Capabilities,
     DeliveryError,
+    InDoubtDeliveryError,
     OutboundMessage,
     PermanentDeliveryError,
     Receipt,
@@ -52,6 +68,37 @@ from .base import (
 from .text import escape_html, html_to_text, plain_to_html
 
 _ADDRESS = re.compile(r"[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+")
+
+# Threads for SMTP sends, shared by the process's email channels (smtplib blocks).
+SMTP_THREADS = 8
+# A send (connection, greeting, TLS, login, message, quit) ends within this many times
+# the adapter's timeout, which smtplib applies to each step: a healthy server answers
+# each in well under a second, and a whole send in a few; a server that sends its lines
+# slowly keeps each step under the timeout and the send going for ever.
+SEND_STEPS = 3
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def smtp_pool() -> ThreadPoolExecutor:
+    """The process's threads for SMTP sends (made on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(SMTP_THREADS, thread_name_prefix="cmtyflow-smtp")
+        return _pool
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is this machine: ``localhost`` or a loopback address."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_address(value: str) -> str:
@@ -116,6 +163,17 @@ class EmailSettings(AdapterSettings):
             )
         if self.password is not None and self.username is None:
             raise ValueError("password is used with username")
+        if (
+            self.username is not None
+            and not (self.tls or self.starttls)
+            and not ENV_REF.search(self.host)  # checked again once resolved
+            and not is_loopback(self.host)
+        ):
+            # RFC 8314: the login would cross the network in clear text.
+            raise ValueError(
+                "username and password need TLS: set starttls: true (port 587) or tls: true (port 465); "
+                "a login without TLS is allowed only to a server on this machine (localhost)"
+            )
         # Ports that fix the kind of TLS (RFC 8314): a mismatch never connects, and each
         # message would go through its whole retry schedule before being dead-lettered.
         if self.tls and "port" not in self.model_fields_set:
@@ -192,7 +250,22 @@ class EmailAdapter:
         except (ValueError, TypeError) as exc:
             raise PermanentDeliveryError(f"email: cannot build the message: {exc}") from exc
         await about_to_write()
-        await asyncio.to_thread(self._deliver, mail, address)
+        deadline = _Deadline()
+        total = SEND_STEPS * self.timeout
+        work = asyncio.get_running_loop().run_in_executor(smtp_pool(), self._deliver, mail, address, deadline)
+        try:
+            await asyncio.wait_for(work, total)
+        except TimeoutError:
+            deadline.expire()  # the thread's wait ends; a send not started never starts
+            if deadline.accepted:  # the server took it; only its QUIT was slow
+                return Receipt(platform_id=str(mail["Message-ID"]))
+            late = f"email: {self.settings.host} did not finish the send within {total:g}s"
+            if deadline.written:
+                raise InDoubtDeliveryError(f"{late} after the message was sent; it may have arrived") from None
+            raise TransientDeliveryError(late) from None
+        except BaseException:
+            deadline.expire()  # cancelled (the runner stopping): the thread ends too
+            raise
         return Receipt(platform_id=str(mail["Message-ID"]))
 
     def _address(self, message: OutboundMessage) -> str:
@@ -274,15 +347,16 @@ class EmailAdapter:
 
     # ------------------------------------------------------------ SMTP (worker thread)
 
-    def _deliver(self, mail: EmailMessage, address: str) -> None:
+    def _deliver(self, mail: EmailMessage, address: str, deadline: _Deadline | None = None) -> None:
         s = self.settings
+        deadline = deadline or _Deadline()
         context = ssl.create_default_context(cafile=s.ca_file)
         try:
             smtp: smtplib.SMTP
             if s.tls:
-                smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=self.timeout, context=context)
+                smtp = _SmtpSsl(deadline, s.host, s.port, timeout=self.timeout, context=context)
             else:
-                smtp = smtplib.SMTP(s.host, s.port, timeout=self.timeout)
+                smtp = _Smtp(deadline, s.host, s.port, timeout=self.timeout)
             try:
                 smtp.ehlo()
                 if s.starttls:
@@ -291,6 +365,7 @@ class EmailAdapter:
                 if s.username:
                     smtp.login(s.username, s.password.get_secret_value() if s.password else "")
                 smtp.send_message(mail, from_addr=s.from_address, to_addrs=[address])
+                deadline.accepted = True
             finally:
                 try:
                     smtp.quit()
@@ -299,7 +374,100 @@ class EmailAdapter:
         except DeliveryError:
             raise
         except Exception as exc:
-            raise smtp_error(exc, s.host) from exc
+            if deadline.accepted:  # only the QUIT after it failed
+                return
+            error = smtp_error(exc, s.host)
+            if deadline.written and not isinstance(exc, smtplib.SMTPResponseException):
+                # No answer to the message itself: the server may have taken it.
+                raise InDoubtDeliveryError(f"{error} (after the message was sent; it may have arrived)") from exc
+            raise error from exc
+        finally:
+            deadline.close()
+
+
+class _Deadline:
+    """Shuts a send's connection from the event loop's thread when its time is up:
+    smtplib's timeout bounds each read, not the send. The send's thread hands over
+    each connection as it opens (``adopt``); a copy of it is kept (the TLS layer
+    takes the original over) and shut down, which ends a read in progress."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._expired = False
+        self.written = False  # the message itself began to be written (after the 354)
+        self.accepted = False  # the server answered the message with success
+
+    def adopt(self, sock: socket.socket) -> socket.socket:
+        """In the send's thread, as the connection opens (refused once expired)."""
+        copy: socket.socket | None = sock.dup()
+        with self._lock:
+            if not self._expired:
+                self._sock, copy = copy, None
+        if copy is not None:
+            copy.close()
+            sock.close()
+            raise TimeoutError("the send's time was up")
+        return sock
+
+    def expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):  # already closed by the peer
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """In the send's thread, when it ends."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+
+
+class _Watched(smtplib.SMTP):
+    """Notes, on its ``_Deadline``, when the message itself begins to be written:
+    ``data`` sends the DATA command, then (after the 354) the message, each through
+    ``send``."""
+
+    _deadline: _Deadline
+    _data_sends: int | None = None
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self._data_sends = 0
+        try:
+            return super().data(msg)
+        finally:
+            self._data_sends = None
+
+    def send(self, s: Any) -> None:
+        if self._data_sends is not None:
+            self._data_sends += 1
+            if self._data_sends > 1:
+                self._deadline.written = True
+        super().send(s)
+
+
+class _Smtp(_Watched):
+    def __init__(self, deadline: _Deadline, host: str, port: int, *, timeout: float) -> None:
+        self._deadline = deadline
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        return self._deadline.adopt(sock)
+
+
+class _SmtpSsl(_Watched, smtplib.SMTP_SSL):
+    def __init__(self, deadline: _Deadline, host: str, port: int, *, timeout: float, context: ssl.SSLContext) -> None:
+        self._deadline = deadline
+        smtplib.SMTP_SSL.__init__(self, host, port, timeout=timeout, context=context)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # SMTP_SSL's own, with the plain connection adopted before it is wrapped.
+        plain: socket.socket = smtplib.SMTP._get_socket(self, host, port, timeout)  # type: ignore[attr-defined]
+        self._deadline.adopt(plain)
+        return self.context.wrap_socket(plain, server_hostname=self._host)  # type: ignore[attr-defined]
 
 
 def smtp_error(exc: Exception, host: str) -> DeliveryError:

@@ -9,7 +9,8 @@ shape: the joined string is the HMAC *key* and the message is empty.
 The answer is ``{"code", "msg", "data"}`` (older deployments also send
 ``StatusCode``/``StatusMessage``). ``code`` 0 is success. 11232 is the bot's
 frequency limit (100 per minute and 5 per second per bot), and 99991400 the Open
-Platform's (with HTTP 400 and ``x-ogw-ratelimit-reset``, seconds): both rate limits.
+Platform's (with HTTP 400 and ``x-ogw-ratelimit-reset``, seconds): both rate limits,
+which hold the bot for that long, or ``NO_WAIT_HOLD`` (a minute) when no wait is given.
 9499 is "Bad Request" (malformed body, or over the 20 KB body limit) and 19021
 (signature or timestamp) are permanent, as is any other code. HTTP 429 is transient.
 
@@ -49,6 +50,10 @@ from .text import defuse_feishu_at, pick, split_text
 # measured as the text is in the body (``body_len``).
 MAX_BYTES = 18000
 RATE_LIMITED = frozenset({11232, 99991400})
+# 11232 (and 9499 "too many request") say neither which of the bot's two windows was
+# hit nor for how long: the bot is then held for the longer window, a minute, so that
+# the other messages of the pass do not go into the limit too.
+NO_WAIT_HOLD = 60.0
 # 9499 is the gateway's general refusal ("Bad Request", a body too large), and also what
 # a custom bot answers, with HTTP 400, when it is sent to too fast: {"code": 9499, "msg":
 # "too many request"}. Only the latter waits and goes again.
@@ -124,14 +129,16 @@ class FeishuAdapter(HttpAdapter):
                 "msg_type": "text",
                 "content": {"text": defuse_feishu_at(part)},
             }
-            if self.settings.secret is not None:
+
+            def signed() -> tuple[str, bytes | None]:
+                # After the rate-limit wait: the timestamp must be fresh (19021 otherwise).
+                secret = self.settings.secret
+                if secret is None:
+                    return url, dumps(payload)
                 timestamp = str(int(self._clock()))
-                payload = {
-                    "timestamp": timestamp,
-                    "sign": sign(self.settings.secret.get_secret_value(), timestamp),
-                    **payload,
-                }
-            reply = await self.request("POST", url, body=dumps(payload), buckets=buckets)
+                return url, dumps({"timestamp": timestamp, "sign": sign(secret.get_secret_value(), timestamp), **payload})
+
+            reply = await self.request("POST", url, buckets=buckets, prepare=signed)
             self._check(reply, buckets[0][0])
             return None
 
@@ -151,8 +158,8 @@ class FeishuAdapter(HttpAdapter):
             self.check_status(reply, detail, retry_after=wait, defer=bucket)
         if isinstance(code, int) and rate_limited(code, data):
             # The bot's limit does not say which of its two windows was hit, nor for how long.
-            if wait:
-                self.limiter.defer(bucket, wait)
+            wait = wait or NO_WAIT_HOLD
+            self.limiter.defer(bucket, wait)
             raise TransientDeliveryError(f"feishu: {detail}", retry_after=wait, rate_limited=True)
         self.check_status(reply, detail, defer=bucket)
         if not isinstance(code, int):

@@ -41,6 +41,11 @@ from .text import escape_slack, escape_slack_mrkdwn, fit_parts, pick
 # (``ratelimited``, with HTTP 429) and the limit on posting (``rate_limited``: "Application
 # has posted too many messages", with HTTP 200). Retried without costing an attempt.
 RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
+# How long a ``rate_limited`` (or ``ratelimited``) answer without ``Retry-After`` holds
+# the destination: Slack gives no wait with the posting limit, which is about a message
+# a second per channel with short bursts, and several hundred a minute per workspace.
+# The other messages to the channel wait too, instead of each going into the limit.
+NO_WAIT_HOLD = 30.0
 # chat.postMessage errors that mean "try again later" rather than "this will never work".
 TRANSIENT_ERRORS = RATE_LIMIT_ERRORS | {
     "fatal_error", "internal_error", "service_unavailable", "request_timeout"
@@ -165,11 +170,12 @@ class SlackAdapter(HttpAdapter):
         if not data.get("ok"):
             if error in TRANSIENT_ERRORS:
                 wait = parse_retry_after(reply.headers.get("Retry-After"))
+                limited = error in RATE_LIMIT_ERRORS
+                if limited and not wait:
+                    wait = NO_WAIT_HOLD
                 if wait:
                     self.limiter.defer(bucket, wait)
-                raise TransientDeliveryError(
-                    f"slack: {error}", retry_after=wait, rate_limited=error in RATE_LIMIT_ERRORS
-                )
+                raise TransientDeliveryError(f"slack: {error}", retry_after=wait, rate_limited=limited)
             raise PermanentDeliveryError(f"slack: {error or 'request refused'}")
         ts = data.get("ts")
         return str(ts) if ts is not None else None

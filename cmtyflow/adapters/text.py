@@ -40,25 +40,43 @@ def pick(message: OutboundMessage, formats: tuple[str, ...]) -> tuple[str, str]:
     return "plain", message.text
 
 
+# A link target worth keeping in text: an absolute URL (not a script or inline data).
+_LINK_TARGET = re.compile(r"(?!(?:javascript|vbscript|data):)[a-z][a-z0-9+.-]*:\S+", re.IGNORECASE)
+
+
 class _TextOnly(HTMLParser):
+    """The text of an HTML document; a link's target follows its text, as ``text
+    <https://...>``, unless the text is the target already (a reader of the text alone
+    can still confirm or unsubscribe)."""
+
     _BREAKS = frozenset({"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self._skip = 0
+        self._links: list[tuple[str | None, int]] = []  # open <a>: its target, where its text starts
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style", "head"):
             self._skip += 1
         elif tag in self._BREAKS:
             self.out.append("\n")
+        elif tag == "a":
+            href = (dict(attrs).get("href") or "").strip()
+            self._links.append((href if _LINK_TARGET.fullmatch(href) else None, len(self.out)))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("script", "style", "head"):
             self._skip = max(0, self._skip - 1)
         elif tag in ("p", "div", "tr", "h1", "h2", "h3", "h4", "h5", "h6"):
             self.out.append("\n")
+        elif tag == "a" and self._links:
+            href, start = self._links.pop()
+            if href is not None and not self._skip:
+                shown = "".join(self.out[start:]).strip()
+                if shown not in (href, href.removeprefix("mailto:"), href.removeprefix("tel:")):
+                    self.out.append(f" <{href}>")
 
     def handle_data(self, data: str) -> None:
         if not self._skip:

@@ -18,10 +18,16 @@ Rules:
   row is claimed: the same read screens the opt-out and addresses the message.
 - Failures: ``PermanentDeliveryError`` dead-letters at once. A rate limit (the
   platform's 429 or equivalent) waits at least as long as the platform asked and
-  costs no attempt. Any other failure counts an attempt; after ``retry.attempts`` the
-  message is dead; otherwise it is retried after an exponential backoff with jitter
-  (``BACKOFF_BASE`` doubling per attempt, capped at ``retry.max_delay``), never
-  sooner than a ``Retry-After`` the platform gave.
+  costs no attempt, unless it asked for more than ``MAX_HOLD`` (24 h): then it counts
+  an attempt and waits 24 h. Any other failure counts an attempt; after
+  ``retry.attempts`` the message is dead; otherwise it is retried after an
+  exponential backoff with jitter (``BACKOFF_BASE`` doubling per attempt, capped at
+  ``retry.max_delay``), never sooner than a ``Retry-After`` the platform gave, up to
+  ``retry.max_delay``.
+- A send whose request was written and got no answer (a timeout, a dropped
+  connection: ``InDoubtDeliveryError``) is in doubt too, and follows the same rule
+  as a crash's, below: retried as any transient failure where a resend is allowed,
+  otherwise held (status ``in_doubt``, the attempt counted).
 - In doubt (a row left inflight by a process that died): resent with the same key
   when the adapter deduplicates by key, when the send is urgent, or when the
   playbook says ``policies.in_doubt: resend``; otherwise held for ``cmtyflow outbox``
@@ -41,6 +47,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import deque
@@ -52,6 +59,7 @@ from typing import Any
 
 from ..adapters.base import (
     BEFORE_WRITE,
+    InDoubtDeliveryError,
     OutboundMessage,
     PermanentDeliveryError,
     Receipt,
@@ -60,6 +68,7 @@ from ..adapters.base import (
     TransientDeliveryError,
     one_line,
 )
+from ..adapters.ratelimit import MAX_HOLD
 from ..spec.duration import parse_duration
 from ..spec.models import Policies
 from ..store.base import OutboxRow, Store
@@ -99,10 +108,11 @@ class DispatchStats:
     requeued: int = 0
     paused: int = 0  # of ``requeued``: left for the next call when the budget was spent
     abandoned: int = 0
+    held: int = 0  # in doubt (its request written, no answer) and held for `cmtyflow outbox`
     by_status: dict[str, int] = field(default_factory=dict)
 
     def total(self) -> int:
-        return self.sent + self.failed + self.dead + self.cancelled
+        return self.sent + self.failed + self.dead + self.cancelled + self.held
 
 
 def backoff(attempts: int, max_delay: float, rng: random.Random) -> float:
@@ -467,8 +477,18 @@ class Dispatcher:
             error = hide(error)
         if isinstance(exc, PermanentDeliveryError):
             self._dead(row, error, row.attempts + 1, stats)
+        elif isinstance(exc, InDoubtDeliveryError) and not resendable(row, self.channels, self.policies):
+            self._held(row, error, stats)
         else:
             self._retry(row, exc, error, stats)
+
+    def _held(self, row: OutboxRow, error: str, stats: DispatchStats) -> None:
+        """SPEC 5.2: its request was written and no answer came; held for ``cmtyflow
+        outbox`` (at most once), as a crash's in-doubt rows are."""
+        m = row.message
+        self._results.append((m.key, "in_doubt", {"attempts": row.attempts + 1, "last_error": error}))
+        stats.held += 1
+        self.log("in_doubt_held", key=m.key, playbook=m.playbook, step=m.step, channel=m.channel, member=m.member, error=error)
 
     def _log_sent(self, row: OutboxRow, opened: OpenChannel) -> None:
         # The adapter that sent it: a channel's adapter may have changed since the
@@ -483,18 +503,23 @@ class Dispatcher:
         attempts_allowed = policy.retry.attempts if policy is not None else 5
         max_delay = parse_duration(policy.retry.max_delay).approx_seconds() if policy is not None else 600.0
         now = self.now()
-        if exc.rate_limited:
+        asked = exc.retry_after
+        if asked is not None and not math.isfinite(asked):
+            asked = math.inf  # NaN too: no wait a platform can mean
+        if exc.rate_limited and (asked is None or asked <= MAX_HOLD):
             attempts = row.attempts
-            wait = exc.retry_after if exc.retry_after is not None else backoff(1, max_delay, self.rng)
+            wait = asked if asked is not None else backoff(1, max_delay, self.rng)
             delay = wait * (1 + self.rng.uniform(0, RATE_JITTER))
         else:
+            if exc.rate_limited:  # a wait past the cap: an attempt, so that ``retry.attempts`` ends it
+                error = f"{error} (asked to wait more than {MAX_HOLD / 3600:g} h: counted as a failed attempt)"
             attempts = row.attempts + 1
             if attempts >= attempts_allowed:
                 self._dead(row, error, attempts, stats)
                 return
             delay = backoff(attempts, max_delay, self.rng)
-            if exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)
+            if asked is not None:
+                delay = max(delay, min(asked, MAX_HOLD if exc.rate_limited else max_delay))
         when = now + timedelta(seconds=delay)
         self._results.append((m.key, "failed", {"attempts": attempts, "next_attempt": when, "last_error": error}))
         stats.failed += 1

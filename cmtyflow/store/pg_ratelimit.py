@@ -10,7 +10,12 @@ Rules:
   neither takes a token without seeing the other's; the next computes the start
   instant on the database's ``clock_timestamp()`` (hosts with skewed clocks agree),
   writes the new due times and returns the seconds to wait. A key given twice in one
-  call counts once. ``acquire`` awaits ``reserve``, then sleeps.
+  call counts once. ``acquire`` awaits ``reserve``, then sleeps. With ``most``, the
+  same statement takes the tokens only when their start is at most that many seconds
+  away (nothing is written otherwise), and ``acquire`` raises ``WaitTooLong``, as
+  ``RateLimiter``'s. A sleeper that wakes to a hold this process's ``defer`` put on
+  its buckets meanwhile reserves again after it (another process's ``defer`` reaches
+  it only at its next reservation: a wait in a worker is short, ``HttpAdapter``).
 - Bucket keys may hold credentials (webhook URLs): only their ``bucket_digest``
   (sha256 of a stable text of the key) is stored, sent or logged.
 - ``defer`` and ``forget`` stay synchronous, as adapters call them: they apply to the
@@ -42,7 +47,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from ..adapters.ratelimit import Bucket, Limit, RateLimiter
+from ..adapters.ratelimit import MAX_HOLD, Bucket, Limit, RateLimiter, WaitTooLong
 from ..errors import UserError
 from .pg_connect import _password, _reason, connect, mask_url, split_schema
 from .pg_migrations import lock_key
@@ -84,13 +89,16 @@ given AS (
 start AS (SELECT greatest(max(given.earliest), (SELECT t FROM now)) AS t FROM given),
 taken AS (
     UPDATE {table} AS b SET due = greatest(g.due, start.t) + make_interval(secs => g.iv)
-    FROM given AS g, start WHERE b.key = g.key
+    FROM given AS g, start, now
+    WHERE b.key = g.key AND start.t <= now.t + make_interval(secs => %s::float8)
     RETURNING b.key, b.due
 )
-SELECT taken.key, extract(epoch FROM taken.due - now.t)::float8,
-       extract(epoch FROM start.t - now.t)::float8
-FROM taken, start, now
+SELECT given.key, extract(epoch FROM coalesce(taken.due, given.due) - now.t)::float8,
+       extract(epoch FROM start.t - now.t)::float8, taken.key IS NOT NULL
+FROM given LEFT JOIN taken ON taken.key = given.key CROSS JOIN start CROSS JOIN now
 """
+# ``most`` for a reservation without one: far beyond any wait (an interval's bound).
+_NO_MOST = 1e12
 
 _FORGET = """
 DELETE FROM {table} WHERE key IN (
@@ -207,33 +215,54 @@ class PgRateLimiter:
 
     # ------------------------------------------------------------ the limiter
 
-    async def reserve(self, *buckets: Bucket) -> float:
-        """Take one token from every bucket; return the seconds to wait before sending."""
+    async def reserve(self, *buckets: Bucket, most: float | None = None) -> float:
+        """Take one token from every bucket; return the seconds to wait before sending.
+        With ``most``, a wait longer than that takes nothing (and is returned): the
+        tokens are taken when, and only when, the wait returned is at most ``most``."""
         if not buckets:
             return 0.0
         chosen: dict[str, tuple[Hashable, Limit]] = {}
         for key, limit in buckets:
             chosen.setdefault(bucket_digest(key), (key, limit))
         try:
-            wait, dues = await self._shared(lambda conn: self._take(conn, chosen))
+            wait, taken, dues = await self._shared(lambda conn: self._take(conn, chosen, most))
         except _Down:
             self.fallbacks += 1
-            return self.local.reserve(*buckets)
+            return self.local.reserve(*buckets, most=most)
         for digest, due_in in dues:  # the local limiter follows the shared buckets
-            self.local.defer(chosen[digest][0], due_in)
-        return max(0.0, float(wait))
+            self.local.follow(chosen[digest][0], due_in)
+        wait = max(0.0, float(wait))
+        if most is not None:
+            # What PostgreSQL decided, in the returned figure (its rounding may differ).
+            wait = min(wait, most) if taken else max(wait, math.nextafter(most, math.inf))
+        return wait
 
-    async def acquire(self, *buckets: Bucket) -> float:
-        delay = await self.reserve(*buckets)
-        if delay > 0:
+    async def acquire(self, *buckets: Bucket, most: float | None = None) -> float:
+        """Wait for a token from every bucket; return the seconds waited. With ``most``:
+        raise ``WaitTooLong``, taking nothing, when the wait would be longer."""
+        waited = 0.0
+        while True:
+            delay = await self.reserve(*buckets, most=most)
+            if most is not None and delay > most:
+                raise WaitTooLong(delay)
+            if delay <= 0:
+                return waited
+            # When the token is due here; a millisecond more covers the clocks' rounding
+            # between this process and PostgreSQL (a hold written before the reservation
+            # ends by then).
+            due = self._monotonic() + delay + 1e-3
             await self._sleep(delay)
-        return delay
+            waited += delay
+            if self.local.held_until(*buckets) <= due:
+                return waited
 
     def defer(self, key: Hashable, seconds: float) -> None:
         """The platform asked us to hold off ``seconds`` on this bucket: here at once,
-        in PostgreSQL as soon as it is written (see the module's rules)."""
-        if seconds <= 0:
+        in PostgreSQL as soon as it is written (see the module's rules). At most
+        ``MAX_HOLD``, as ``RateLimiter.defer``."""
+        if not seconds > 0:  # also NaN
             return
+        seconds = min(seconds, MAX_HOLD)
         self.local.defer(key, seconds)
         self._queue(bucket_digest(key), _Change(until=self._monotonic() + seconds))
         self._write_soon()
@@ -294,17 +323,24 @@ class PgRateLimiter:
                 log.warning("shared rate limits: %s is back", self.url)
             return result
 
-    async def _take(self, conn: Any, chosen: dict[str, tuple[Hashable, Limit]]) -> tuple[float, list[tuple[str, float]]]:
+    async def _take(
+        self, conn: Any, chosen: dict[str, tuple[Hashable, Limit]], most: float | None
+    ) -> tuple[float, bool, list[tuple[str, float]]]:
+        """(the wait, whether the tokens were taken, each bucket's due time from now)."""
         digests = sorted(chosen)
         intervals = [_micros_up(chosen[d][1].interval) for d in digests]
         tolerances = [_micros_down((chosen[d][1].burst - 1) * chosen[d][1].interval) for d in digests]
+        bound = _NO_MOST if most is None else max(0.0, most)
         async with conn.transaction():
             await conn.execute(sql.SQL(_LOCK).format(table=self._table), (digests,))
-            cur = await conn.execute(sql.SQL(_TAKE).format(table=self._table), (digests, intervals, tolerances))
+            cur = await conn.execute(
+                sql.SQL(_TAKE).format(table=self._table), (digests, intervals, tolerances, bound)
+            )
             rows = await cur.fetchall()
-        if len(rows) != len(digests):  # a row vanished under its lock: never expected
+        if len(rows) != len(digests) or (most is None and not all(r[3] for r in rows)):
+            # a row vanished under its lock: never expected
             raise psycopg.DataError("rate bucket rows missing after locking them")
-        return float(rows[0][2]), [(key, float(due_in)) for key, due_in, _ in rows]
+        return float(rows[0][2]), bool(rows[0][3]), [(key, float(due_in)) for key, due_in, _, _ in rows]
 
     async def _write_queue(self, conn: Any) -> None:
         if not self._pending:

@@ -459,7 +459,7 @@ CASES = [
         None,
         inert_feishu,
         body_errors=lambda f: [
-            (f.code(11232, "frequency limited psm"), "Transient", None),
+            (f.code(11232, "frequency limited psm"), "Transient", 60.0),  # no wait given: a minute
             (f.code(9499, "Bad Request"), "Permanent", None),
             (f.code(19021, "sign match fail"), "Permanent", None),
         ],

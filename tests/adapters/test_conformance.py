@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from adapter_cases import CASES, HOSTILE, Case
+from platform_fakes import FakeClock
 
 from cmtyflow.adapters import registry
 from cmtyflow.adapters.base import (
@@ -90,7 +91,7 @@ def platform_description(body: str) -> str:
     return body
 
 
-async def test_platform_error_conventions_in_body(case: Case, start: Any) -> None:
+async def test_platform_error_conventions_in_body(case: Case, start: Any, clock: FakeClock) -> None:
     adapter, fake = await start(case)
     for responder, kind, retry_after in case.body_errors(fake):
         fake.then(responder)
@@ -98,6 +99,7 @@ async def test_platform_error_conventions_in_body(case: Case, start: Any) -> Non
             await adapter.send(case.message())
         if kind == "Transient":
             assert caught.value.retry_after == retry_after
+            clock.now += retry_after or 0  # the dispatcher waits that long before the next
 
 
 async def test_hanging_server_times_out_as_transient(case: Case, start: Any) -> None:

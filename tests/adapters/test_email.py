@@ -4,10 +4,12 @@ on a certificate made for the test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from email import policy
 from email.parser import BytesParser
@@ -203,6 +205,17 @@ async def test_html_only_message_gets_a_text_part(
     assert plain.get_content().replace("\r\n", "\n").strip() == "News\n\nDay 3 & counting"
 
 
+async def test_an_html_only_messages_text_part_keeps_its_links(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    inbox, port = smtp
+    await adapter(port, certificate).send(
+        to_member('<p>请点击 <a href="https://club.example.org/confirm?m=u1">确认参加</a> 完成报名。</p>', fmt="html")
+    )
+    plain, _ = inbox.received[0]["message"].get_payload()
+    assert plain.get_content().strip() == "请点击 确认参加 <https://club.example.org/confirm?m=u1> 完成报名。"
+
+
 async def test_subject_cannot_inject_headers(smtp: tuple[Inbox, int], certificate: Any) -> None:
     inbox, port = smtp
     await adapter(port, certificate).send(to_member("x", subject="Hi\r\nBcc: evil@example.com"))
@@ -378,3 +391,167 @@ def test_a_host_that_cannot_be_resolved_is_retried_and_says_what_to_check() -> N
     error = smtp_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "smtp.exmaple.org")
     assert isinstance(error, TransientDeliveryError)
     assert str(error) == "email: cannot resolve smtp.exmaple.org (Name or service not known); check host if this lasts"
+
+
+async def test_a_server_that_trickles_its_lines_is_cut_off_at_the_send_deadline() -> None:
+    """A tarpit sends a '220-' line every 0.2 s, each within the 0.5 s step timeout, for
+    ever. The send ends as transient after three times the timeout, and its connection
+    is shut (its thread is free again)."""
+    closed = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while not reader.at_eof():
+                writer.write(b"220-still greeting you\r\n")
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reader.read(1024), 0.2)
+        except OSError:
+            pass
+        finally:
+            closed.set()
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = EmailAdapter(
+        EmailSettings.model_validate({"host": "127.0.0.1", "port": port, "from_address": "club@example.org"}),
+        timeout=0.5,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(TransientDeliveryError, match=r"127.0.0.1 did not finish the send within 1.5s"):
+            await asyncio.wait_for(mailer.send(to_member("x")), 10)
+        assert loop.time() - started < 3
+        await asyncio.wait_for(closed.wait(), 5)  # the connection was shut, not left to trickle
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_smtp_sends_do_not_use_asyncios_default_executor(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    """aiohttp resolves host names in the loop's default executor: SMTP sends stuck
+    there left every HTTP adapter without DNS. Here that executor is kept busy, and
+    the email still goes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inbox, port = smtp
+    loop = asyncio.get_running_loop()
+    busy = ThreadPoolExecutor(1)
+    loop.set_default_executor(busy)
+    held = threading.Event()
+    blocked = loop.run_in_executor(None, held.wait)
+    try:
+        await asyncio.wait_for(adapter(port, certificate).send(to_member("x")), 10)
+    finally:
+        held.set()
+        await blocked
+    assert len(inbox.received) == 1
+
+
+@pytest.mark.parametrize("host", ["smtp.example.org", "192.0.2.10"])
+def test_a_login_without_tls_is_refused_unless_the_server_is_local(host: str) -> None:
+    base = {"from_address": "club@example.org", "username": "club", "password": PASSWORD, "starttls": False}
+    with pytest.raises(ValueError, match="username and password need TLS: set starttls: true") as caught:
+        EmailSettings.model_validate({**base, "host": host})
+    assert PASSWORD not in str(caught.value)
+    for local in ("localhost", "127.0.0.1", "::1"):
+        EmailSettings.model_validate({**base, "host": local})
+    EmailSettings.model_validate({**base, "host": "${env:SMTP_HOST}"})  # checked once resolved
+    EmailSettings.model_validate({**base, "host": host, "starttls": True})
+    EmailSettings.model_validate({**base, "host": host, "tls": True})
+    EmailSettings.model_validate({"from_address": "club@example.org", "host": host, "starttls": False})
+
+
+class FakeSmtp:
+    """Plain SMTP, just enough of it, that misbehaves at one point (``mode``):
+    ``drop_at_data`` (closes on DATA, before its 354), ``drop_after_message``, ``hang_after_message``
+    (no answer to the message), ``slow_quit`` (accepts it, then sends its QUIT reply a
+    line every 0.1 s)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.messages = 0
+        self.release = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"220 fake ESMTP\r\n")
+            while line := await reader.readline():
+                command = line.strip().upper()
+                if command.startswith((b"EHLO", b"HELO")):
+                    writer.write(b"250 fake\r\n")
+                elif command.startswith((b"MAIL", b"RCPT")):
+                    writer.write(b"250 OK\r\n")
+                elif command == b"DATA":
+                    if self.mode == "drop_at_data":
+                        break
+                    writer.write(b"354 go on\r\n")
+                    await writer.drain()
+                    while (await reader.readline()) not in (b".\r\n", b""):
+                        pass
+                    self.messages += 1
+                    if self.mode == "drop_after_message":
+                        break
+                    if self.mode == "hang_after_message":
+                        await self.release.wait()
+                        break
+                    writer.write(b"250 queued\r\n")
+                elif command == b"QUIT":
+                    if self.mode == "slow_quit":
+                        while not self.release.is_set():
+                            writer.write(b"221-bye\r\n")
+                            await writer.drain()
+                            await asyncio.sleep(0.1)
+                    writer.write(b"221 bye\r\n")
+                    break
+                else:
+                    writer.write(b"502 no\r\n")
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [
+        ("drop_after_message", "in doubt"),
+        ("hang_after_message", "in doubt"),
+        ("drop_at_data", "retry"),
+        ("slow_quit", "delivered"),
+    ],
+)
+async def test_a_failure_after_the_message_was_written_is_in_doubt(mode: str, outcome: str) -> None:
+    """The server may have taken a message it did not answer (RFC 5321 6.1): in doubt,
+    held by the dispatcher rather than sent twice. Before the message went (at the
+    DATA command) it is retried; once the server accepted it, a slow QUIT does not
+    make it a failure."""
+    from cmtyflow.adapters.base import InDoubtDeliveryError
+
+    fake = FakeSmtp(mode)
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = EmailAdapter(
+        EmailSettings.model_validate({"host": "127.0.0.1", "port": port, "from_address": "club@example.org", "starttls": False}),
+        timeout=0.3,
+    )
+    try:
+        if outcome == "delivered":
+            receipt = await asyncio.wait_for(mailer.send(to_member("x")), 10)
+            assert receipt.platform_id
+        else:
+            with pytest.raises(TransientDeliveryError) as caught:
+                await asyncio.wait_for(mailer.send(to_member("x")), 10)
+            in_doubt = isinstance(caught.value, InDoubtDeliveryError)
+            assert in_doubt == (outcome == "in doubt"), caught.value
+            assert ("it may have arrived" in str(caught.value)) == in_doubt
+    finally:
+        fake.release.set()
+        server.close()
+        await server.wait_closed()
+    assert fake.messages == (0 if mode == "drop_at_data" else 1)

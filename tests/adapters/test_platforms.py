@@ -99,8 +99,15 @@ async def test_slack_rate_limit_holds_later_sends_back(adapter_for: Any, clock: 
     with pytest.raises(TransientDeliveryError) as caught:
         await adapter.send(message())
     assert caught.value.retry_after == 30
+    # The next send is put off for the rest of the hold (no request, no sleep in the
+    # send), then goes.
+    with pytest.raises(TransientDeliveryError, match="waiting for 127.0.0.1's rate limit, 30s") as held:
+        await adapter.send(message())
+    assert held.value.rate_limited and held.value.retry_after == pytest.approx(30)
+    assert len(fake.requests) == 1
+    clock.now += 30
     await adapter.send(message())
-    assert clock.slept == [30.0]
+    assert clock.slept == [] and len(fake.requests) == 2
 
 
 async def test_slack_posting_limit_rate_limited_is_retried_not_dead(adapter_for: Any) -> None:
@@ -303,8 +310,12 @@ async def test_wecom_frequency_limit_holds_the_robot_for_a_minute(
     fake.then(fake.code(45009, "api freq out of limit"))
     with pytest.raises(TransientDeliveryError, match="45009"):
         await adapter.send(message())
+    with pytest.raises(TransientDeliveryError, match="waiting for 127.0.0.1's rate limit, 60s") as held:
+        await adapter.send(message())
+    assert held.value.rate_limited and held.value.retry_after == pytest.approx(60)
+    clock.now += 60
     await adapter.send(message())
-    assert clock.slept == [60.0]
+    assert clock.slept == [] and len(fake.requests) == 2
 
 
 async def test_wecom_markdown_uses_markdown_msgtype_and_its_larger_limit(adapter_for: Any) -> None:
@@ -441,7 +452,7 @@ async def test_feishu_long_text_is_cut_by_its_size_in_the_json_body(adapter_for:
     assert "\n".join(sent) == text
 
 
-async def test_feishu_open_platform_rate_limit_waits_as_told(adapter_for: Any) -> None:
+async def test_feishu_open_platform_rate_limit_waits_as_told(adapter_for: Any, clock: FakeClock) -> None:
     """99991400 with HTTP 400 and ``x-ogw-ratelimit-reset``: a rate limit for that long,
     not a refusal; a header that is not a number is ignored, not a crash."""
     fake = FeishuFake()
@@ -455,13 +466,14 @@ async def test_feishu_open_platform_rate_limit_waits_as_told(adapter_for: Any) -
     with pytest.raises(TransientDeliveryError, match="99991400") as caught:
         await adapter.send(message())
     assert caught.value.rate_limited and caught.value.retry_after == 12
+    clock.now += 12  # the bot's bucket was held that long
     fake.then(lambda rec: as_json({"code": 9499, "msg": "Too Many Requests"}, 429, {"x-ogw-ratelimit-reset": "soon"}))
     with pytest.raises(TransientDeliveryError) as caught:
         await adapter.send(message())
     assert caught.value.rate_limited and caught.value.retry_after is None
 
 
-async def test_feishu_bot_sent_to_too_fast_waits_and_goes_again(adapter_for: Any) -> None:
+async def test_feishu_bot_sent_to_too_fast_waits_and_goes_again(adapter_for: Any, clock: FakeClock) -> None:
     """A custom bot over its 5 a second or 100 a minute answers HTTP 400 with 9499 "too
     many request": a rate limit (it was dead-lettered as a refusal). 9499 otherwise is
     the gateway's refusal of the request, and stays one."""
@@ -474,7 +486,8 @@ async def test_feishu_bot_sent_to_too_fast_waits_and_goes_again(adapter_for: Any
     fake.then(lambda rec: as_json({"code": 9499, "msg": "too many request", "data": {}}, 400))
     with pytest.raises(TransientDeliveryError, match="too many request") as caught:
         await adapter.send(message())
-    assert caught.value.rate_limited
+    assert caught.value.rate_limited and caught.value.retry_after == 60.0  # no wait given: a minute
+    clock.now += 60
     fake.then(lambda rec: as_json({"code": 9499, "msg": "Bad Request", "data": {}}, 400))
     with pytest.raises(PermanentDeliveryError, match="Bad Request"):
         await adapter.send(message())

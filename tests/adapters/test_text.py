@@ -43,6 +43,17 @@ def test_html_to_text_keeps_paragraphs_and_drops_scripts() -> None:
     assert html_to_text(markup) == "One\n\nTwo\nthree"
 
 
+def test_html_to_text_keeps_link_targets() -> None:
+    """A reader of the text part alone can still follow the link (confirm, unsubscribe);
+    a link whose text is its target, a script link or a relative one adds nothing."""
+    markup = '<p>请点击 <a href="https://club.example.org/confirm?m=u1&amp;k=2">确认参加</a> 完成报名。</p>'
+    assert html_to_text(markup) == "请点击 确认参加 <https://club.example.org/confirm?m=u1&k=2> 完成报名。"
+    assert html_to_text('<a href="mailto:club@example.org">write to us</a>') == "write to us <mailto:club@example.org>"
+    same = '<a href="https://x.org">https://x.org</a> <a href="mailto:a@b.org">a@b.org</a>'
+    assert html_to_text(same) == "https://x.org a@b.org"
+    assert html_to_text('<a href="javascript:go()">go</a> <a href="/rel">rel</a> <a>none</a>') == "go rel none"
+
+
 def test_plain_to_html_autoescapes_and_keeps_breaks() -> None:
     assert plain_to_html(f"Hi {NAME}\nline\n\npara") == (
         "<p>Hi @everyone &lt;b&gt;x&lt;/b&gt; *y*<br>\nline</p>\n<p>para</p>"

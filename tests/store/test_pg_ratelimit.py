@@ -175,6 +175,53 @@ async def test_defer_pushes_the_bucket_back_for_every_process(limiters: Callable
     assert await b.reserve((SLACK_HOOK, limit)) == 0
 
 
+async def test_a_deferral_is_held_a_day_at_most(limiters: Callable[..., PgRateLimiter]) -> None:
+    """A ``Retry-After`` date in 2100 holds the bucket 24 hours, not 73 years, here and
+    in the other processes."""
+    a, b = limiters(), limiters()
+    await warm(a, b)
+    since = time.monotonic()
+    a.defer(SLACK_HOOK, 2.3e9)
+    assert await a.flush()
+    assert due(await b.reserve((SLACK_HOOK, PER_SECOND)), 24 * 3600, since)
+    assert due(await a.reserve((SLACK_HOOK, PER_SECOND)), 24 * 3600 + 1, since)
+
+
+async def test_a_reservation_with_most_takes_nothing_past_it(limiters: Callable[..., PgRateLimiter]) -> None:
+    """``most``: the tokens are taken only when due within it; a longer wait is
+    returned, nothing is written, and ``acquire`` raises ``WaitTooLong``."""
+    from cmtyflow.adapters.ratelimit import WaitTooLong
+
+    a, b = limiters(), limiters()
+    await warm(a, b)
+    since = time.monotonic()
+    robot = (("robot", 2), Limit.per(1, 3.0))
+    assert await a.reserve(robot, most=5) == 0
+    assert due(await b.reserve(robot, most=5), 3, since)  # within 5 s: taken
+    assert due(await a.reserve(robot, most=5), 6, since) and await a.reserve(robot, most=5) > 5  # not taken
+    with pytest.raises(WaitTooLong) as caught:
+        await b.acquire(robot, most=5)
+    assert due(caught.value.wait, 6, since)
+    assert due(await b.reserve(robot), 6, since)  # the slot at 6 s was still free
+
+
+async def test_a_sleeper_waits_for_a_hold_this_process_made_meanwhile(limiters: Callable[..., PgRateLimiter]) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if not slept:
+            a.defer(("robot", 3), 20)  # another send's 429, while this one sleeps
+        slept.append(seconds)
+
+    a = limiters(sleep=sleep)
+    await warm(a)
+    robot = (("robot", 3), Limit.per(1, 3.0))
+    since = time.monotonic()
+    assert await a.reserve(robot) == 0
+    await a.acquire(robot)
+    assert len(slept) == 2 and due(slept[0], 3, since) and due(slept[1], 20, since), slept
+
+
 async def test_the_deferral_task_writes_without_another_reserve(limiters: Callable[..., PgRateLimiter]) -> None:
     a, b = limiters(), limiters()
     await warm(a, b)
@@ -339,6 +386,7 @@ async def test_an_installed_default_is_what_adapters_use(
         for _ in range(2):  # two "processes": each installs its own shared limiter
             set_default_limiter(limiters(sleep=sleep))
             adapter = WecomAdapter(WecomAdapter.Settings.model_validate({"webhook_url": url}))
+            adapter.max_wait = 30.0  # each send waits for its slot here (not put off)
             assert adapter.limiter is default_limiter()
             await adapter.open()
             adapters.append(adapter)
