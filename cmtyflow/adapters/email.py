@@ -27,6 +27,12 @@ dispatcher holds it rather than send it twice. One that ends after the server
 accepted the message (a slow QUIT) is delivered. A login without TLS (neither
 ``starttls`` nor ``tls``) is refused in the settings unless the server is on this
 machine (loopback): the password would cross the network in clear text.
+
+The subject: a message whose text starts with a line ``Subject: ...`` (or ``主题：``)
+has that subject, and the line (with the blank line after it) is not part of the
+body, so each template and each variant of an A/B test may carry its own; otherwise
+the channel's ``subject`` setting; otherwise the first line of the text, which stays
+in the body too.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Annotated, Any, ClassVar
@@ -139,7 +146,7 @@ class EmailSettings(AdapterSettings):
         None, description="address for messages to the channel itself, e.g. a mailing list"
     )
     subject: str | None = Field(
-        None, description="subject when the message has none (else its first line is used)"
+        None, description="subject of a message whose text does not start with a 'Subject: ...' line (else its first line is used)"
     )
     list_id: str | None = Field(
         None, description="List-Id header, e.g. 'Reading club <reading.example.org>'"
@@ -188,6 +195,32 @@ class EmailSettings(AdapterSettings):
 def message_id(key: str, from_address: str) -> str:
     domain = from_address.rsplit("@", 1)[-1] or "cmtyflow.invalid"
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}.cmtyflow@{domain}>"
+
+
+_SUBJECT_LINE = re.compile(r"\A\s*(?:subject|主题)\s*[:：][ \t]*([^\r\n]*)\r?\n?(?:[ \t]*\r?\n)?", re.IGNORECASE)
+
+
+def split_subject(text: str) -> tuple[str | None, str]:
+    """(the subject of a first line ``Subject: ...``, the text without it and the blank
+    line after it); (None, text) when the text does not start so."""
+    found = _SUBJECT_LINE.match(text)
+    if found is None or not found.group(1).strip():
+        return None, text
+    return found.group(1).strip(), text[found.end():]
+
+
+def own_subject(message: OutboundMessage) -> OutboundMessage:
+    """``message`` with the subject its text names (``split_subject``) in ``subject``
+    and the line taken out of its text and its plain alternative."""
+    if message.subject:
+        return message
+    subject, text = split_subject(message.text)
+    if subject is None:
+        return message
+    alternatives = dict(message.alternatives)
+    if "plain" in alternatives:
+        alternatives["plain"] = split_subject(alternatives["plain"])[1]
+    return replace(message, text=text, subject=subject, alternatives=alternatives)
 
 
 def _one_line(value: str, limit: int = 150) -> str:
@@ -285,6 +318,7 @@ class EmailAdapter:
 
     def bodies(self, message: OutboundMessage) -> tuple[str, str]:
         """(plain, html) for ``message``; HTML made from autoescaped plain text if need be."""
+        message = own_subject(message)
         alt = message.alternatives
         if message.format == "plain":
             plain = message.text
@@ -328,7 +362,7 @@ class EmailAdapter:
         mail = EmailMessage()
         mail["From"] = formataddr((s.from_name, s.from_address)) if s.from_name else s.from_address
         mail["To"] = address
-        mail["Subject"] = self._subject(message, plain)
+        mail["Subject"] = self._subject(own_subject(message), plain)
         mail["Date"] = formatdate(usegmt=True)
         mail["Message-ID"] = message_id(message.key, s.from_address)
         mail["Auto-Submitted"] = "auto-generated"

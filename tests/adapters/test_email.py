@@ -216,6 +216,26 @@ async def test_an_html_only_messages_text_part_keeps_its_links(
     assert plain.get_content().strip() == "请点击 确认参加 <https://club.example.org/confirm?m=u1> 完成报名。"
 
 
+async def test_a_subject_line_at_the_top_is_the_subject_of_that_message(
+    smtp: tuple[Inbox, int], certificate: Any
+) -> None:
+    """Each template (and each variant of an A/B test) may carry its own subject; the
+    channel's subject setting was given to every message, and nothing in a playbook
+    could set one."""
+    inbox, port = smtp
+    hook = adapter(port, certificate, subject="Club news")
+    await hook.send(to_member("Subject: Two minutes for us, Ann?\n\nHi Ann,\nplease answer."))
+    await hook.send(to_member("主题：本周话题\n大家好"))
+    await hook.send(to_member("Hi Ann, no subject line here"))
+    await hook.send(to_member("<p>Subject: inside markup is text</p>", fmt="html"))
+    mails = [r["message"] for r in inbox.received]
+    assert [m["Subject"] for m in mails] == ["Two minutes for us, Ann?", "本周话题", "Club news", "Club news"]
+    plain, html = mails[0].get_payload()
+    assert plain.get_content().replace("\r\n", "\n").strip() == "Hi Ann,\nplease answer."
+    assert "Subject:" not in html.get_content() and "<title>Two minutes for us, Ann?</title>" in html.get_content()
+    assert mails[1].get_payload()[0].get_content().strip() == "大家好"
+
+
 async def test_subject_cannot_inject_headers(smtp: tuple[Inbox, int], certificate: Any) -> None:
     inbox, port = smtp
     await adapter(port, certificate).send(to_member("x", subject="Hi\r\nBcc: evil@example.com"))
