@@ -33,7 +33,15 @@ from ..engine.model import Launch
 from ..engine.program import Program
 from ..errors import UserError
 from ..runtime.driver import launch_event
-from ..runtime.inputs import RowProblem, json_value, parse_event, read_events, read_roster
+from ..runtime.inputs import (
+    DuplicateKey,
+    RowProblem,
+    json_value,
+    parse_event,
+    quoted,
+    read_events,
+    read_roster,
+)
 from ..store.base import Store
 from ..store.open import open_store, shown, state_location
 from . import EXIT_ERROR, EXIT_OK, cli
@@ -311,16 +319,23 @@ def emit(event_type: str, member: str | None, data_text: str | None, at_text: st
     A runner takes it at once; one that is not running, at its next start. For
     example: cmtyflow emit message.posted --member u001 --data '{"text": "打卡"}'"""
     data: Any = {}
-    if data_text:
+    if data_text is not None:  # '' and null are mistakes, not {} (leave --data out for none)
         try:
             data = json_value(data_text)
+        except DuplicateKey as exc:
+            raise UserError(f"--data: {exc}") from None
         except ValueError as exc:
             raise UserError(f"--data is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            shown = quoted(json.dumps(data, ensure_ascii=False))
+            raise UserError(f"--data must be a JSON object such as '{{\"text\": \"hi\"}}', not {shown}")
     raw: dict[str, Any] = {"type": event_type, "at": at_text or SystemClock().now().isoformat(), "data": data}
     if member is not None:
         if member.lstrip().startswith("{"):  # SPEC 3: an object that updates the roster
             try:
                 raw["member"] = json_value(member)
+            except DuplicateKey as exc:
+                raise UserError(f"--member: {exc}") from None
             except ValueError as exc:
                 raise UserError(f"--member is not an id nor a JSON object: {exc}") from None
         else:

@@ -10,10 +10,19 @@ Rules:
   offset: in the given default timezone); ``member`` an id or an object that
   updates the roster (it must hold ``id``). An event without ``id`` gets one derived
   from its content, so importing the same file twice is still idempotent.
+- Ids (an event's, a member's) and event types are one line of plain text: a control
+  character (a line break, U+2028, an escape, a zero-width or direction mark) in one is
+  refused, naming the field; an event id with spaces around it is refused too (member
+  ids are read without them). An integer id is the same id as its digits.
+- A JSON object that names a key twice is refused (JSON readers disagree on which one
+  counts). Two events of one file or body with the same id and other content: the
+  second is refused, naming the first.
 - Files are UTF-8 (a BOM is allowed). One that is not, but reads whole as GB18030 (the
-  encoding Excel writes for "CSV" on a Chinese Windows, GBK's superset), is read as
-  that, with a note on stderr; any other is refused with the line of its first bad
-  byte (``UserError``).
+  encoding Excel writes for "CSV" on a Chinese Windows, GBK's superset) and reads like
+  Chinese text, is read as that, with a note on stderr; any other is refused with the
+  line of its first bad byte (``UserError``). Latin-1 or Windows-1252 text often reads
+  whole as GB18030 too ("caf\xe9s" as "caf閟"): there, most of the characters that are
+  not ASCII touch an ASCII letter, as almost none do in Chinese, and it is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import hashlib
 import io
 import json
 import math
+import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,9 +58,11 @@ class RowProblem:
     path: str
     line: int
     message: str
+    col: int | None = None  # where on the line, when known (a JSON error)
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        where = f"{self.line}:{self.col}" if self.col is not None else f"{self.line}"
+        return f"{self.path}:{where}: {self.message}"
 
 
 MAX_DEPTH = 64  # lists and objects inside each other, as a playbook's YAML may nest
@@ -59,25 +72,27 @@ def check_values(value: Any, where: str = "", depth: int = 0) -> None:
     """Refuse what JSON reads but the state cannot keep as text: a lone surrogate
     (``"\\ud800"``), a NUL character (``"\\u0000"``: PostgreSQL refuses it in text, and
     a message quoting it stopped the runner at every start) and a number that is not
-    finite (``NaN``, ``Infinity``, ``1e999``)."""
+    finite (``NaN``, ``Infinity``, ``1e999``). ``where`` (the keys leading to the value)
+    is quoted to 80 characters: a key of 300 KB was echoed whole."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"{where or 'a value'} holds {value[exc.start]!r}, a lone surrogate, not text") from None
+            raise ValueError(f"{quoted(where or 'a value')} holds {value[exc.start]!r}, a lone surrogate, not text") from None
         if "\x00" in value:
-            raise ValueError(f"{where or 'a value'} holds a NUL character (\\u0000), which is not text")
+            raise ValueError(f"{quoted(where or 'a value')} holds a NUL character (\\u0000), which is not text")
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{where or 'a value'} is {value}, not a finite number")
+            raise ValueError(f"{quoted(where or 'a value')} is {value}, not a finite number")
     elif isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
         # Deeper, it was taken, then failed every run reading it (RecursionError), and
         # the runner at every start while decoding it.
-        raise ValueError(f"{where.split('[')[0] or 'a value'} is nested deeper than {MAX_DEPTH} lists and objects")
+        raise ValueError(f"{quoted(where.split('[')[0] or 'a value')} is nested deeper than {MAX_DEPTH} lists and objects")
     elif isinstance(value, dict):
         for key, item in value.items():
             check_values(key, where or "a key", depth + 1)
-            check_values(item, f"{where}.{key}" if where else str(key), depth + 1)
+            name = quoted(str(key))  # the path is cut again where it is said; each key is cut here
+            check_values(item, f"{where}.{name}" if where else name, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_values(item, f"{where}[{index}]", depth + 1)
@@ -96,9 +111,9 @@ def _member(raw: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"a field name must be text, not {key!r}")
         key = key.strip()
         if key in member:
-            raise ValueError(f"two fields named '{key}'")
+            raise ValueError(f"two fields named '{quoted(key)}'")
         if isinstance(value, dict) or (isinstance(value, list) and key not in _MEMBER_TEXT_LISTS):
-            raise ValueError(f"{key} must be a single value, not {type(value).__name__}")
+            raise ValueError(f"{quoted(key)} must be a single value, not {type(value).__name__}")
         if key == "tags" and not (
             value is None or isinstance(value, str) or (isinstance(value, list) and all(isinstance(t, str) for t in value))
         ):
@@ -167,6 +182,25 @@ def _first_bad_line(chunks: Iterable[bytes], encoding: str) -> int | None:
     return None
 
 
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+_BY_A_LETTER = re.compile(r"(?<=[A-Za-z])[^\x00-\x7f]|[^\x00-\x7f](?=[A-Za-z])")
+
+
+def _reads_like_latin(chunks: Iterable[bytes]) -> bool:
+    """Whether bytes that read whole as GB18030 are rather Latin-1 or Windows-1252 text:
+    there an accented letter sits inside a word, and read as GB18030 it takes the next
+    ASCII letter with it ("caf\xe9s" as "caf閟", "M\xfcnchen" as "M黱chen"), so most of
+    the characters that are not ASCII touch an ASCII letter. In Chinese text almost
+    none do (a character beside a Latin word, as in "iPhone手机", is the exception)."""
+    decoder = codecs.getincrementaldecoder(FALLBACK_ENCODING)()
+    other = by_letter = 0
+    for chunk in chunks:
+        text = decoder.decode(chunk)
+        other += len(_NOT_ASCII.findall(text))
+        by_letter += len(_BY_A_LETTER.findall(text))
+    return by_letter * 2 > other
+
+
 @contextmanager
 def open_text(path: str | Path) -> Iterator[Any]:
     """A roster or event file as text (see the rules). A pipe (``/dev/stdin``, a shell's
@@ -197,6 +231,11 @@ def text_encoding(path: str | Path, data: bytes | None = None) -> str:
     if bad is None:
         return "utf-8-sig"
     if _first_bad_line(chunks(), FALLBACK_ENCODING) is None:
+        if _reads_like_latin(chunks()):
+            raise UserError(
+                f"{path}:{bad}: not UTF-8 text (it reads like Latin-1 or Windows-1252, which are not read); save the file "
+                "as UTF-8 (in Excel: \"CSV UTF-8\")"
+            )
         print(
             f"{path}: not UTF-8 (line {bad}); read as GB18030/GBK, which Excel and other Windows programs "
             "write on a Chinese system. Save it as UTF-8 (in Excel: \"CSV UTF-8\") to be sure of every character.",
@@ -230,11 +269,33 @@ def _delimiter(fh: Any, path: str) -> str:
     )
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice."""
+
+
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        twice = ""
+        for key, _ in pairs:
+            if key in seen:
+                twice = key
+                break
+            seen.add(key)
+        raise DuplicateKey(
+            f"an object names the key \"{quoted(twice)}\" twice (JSON readers differ on which one counts); "
+            "send each key once"
+        )
+    return value
+
+
 def json_value(text: str, *, strict: bool = False) -> Any:
     """``json.loads`` for input from outside (a file's line, a request's body, an option),
     with Python's own limits said in the sender's terms as ValueError: a value nested too
     deeply (a RecursionError stopped the command as a fault of its own), a number past
-    4,300 digits. ``json.JSONDecodeError`` (a ValueError too) is raised as it is. NaN and
+    4,300 digits, an object that names a key twice (``DuplicateKey``: read as the last,
+    while a proxy or filter may read the first). ``json.JSONDecodeError`` (a ValueError too) is raised as it is. NaN and
     Infinity are read, for ``parse_event`` to name the field that holds one, or with
     ``strict`` refused (they are not JSON)."""
 
@@ -242,7 +303,9 @@ def json_value(text: str, *, strict: bool = False) -> Any:
         raise ValueError(f"{name} is not a JSON value")
 
     try:
-        return json.loads(text, parse_constant=no_constant) if strict else json.loads(text)
+        if strict:
+            return json.loads(text, parse_constant=no_constant, object_pairs_hook=_one_of_each)
+        return json.loads(text, object_pairs_hook=_one_of_each)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except json.JSONDecodeError:
@@ -324,14 +387,40 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
             yield start, member
 
 
-def _id_text(value: Any, what: str) -> str:
-    """An event's or member's id: text that is not empty, or an integer."""
+def _id_text(value: Any, what: str, *, strip: bool = False) -> str:
+    """An event's or member's id: text that is not empty, or an integer (``7`` is the id
+    ``"7"``), one line of plain text; with ``strip``, without the spaces around it."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"{what} must be text or an integer, not {quoted(value)}")
-    text = str(value)
+    text = str(value).strip() if strip else str(value)
     if not text.strip():
         raise ValueError(f"{what} is empty")
+    plain_text(text, what)
     return text
+
+
+# Characters that are not printed as themselves: C0 and C1 controls (a line break, an
+# escape), format characters (zero-width and direction marks) and U+2028/U+2029.
+_UNPRINTED = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def unprinted(text: str) -> int | None:
+    """The index of the first character of ``text`` that is not printed as itself, or
+    None. (``isprintable`` is false for these, and for other spaces than U+0020.)"""
+    if text.isprintable():
+        return None
+    return next((i for i, c in enumerate(text) if unicodedata.category(c) in _UNPRINTED), None)
+
+
+def plain_text(text: str, what: str) -> None:
+    """Refuse an id or a type that holds a control character: it is printed in the log and
+    in tables, where a line break in one made a line of its own (a forged log line)."""
+    at = unprinted(text)
+    if at is not None:
+        raise ValueError(
+            f"{what} holds a control character (U+{ord(text[at]):04X}, character {at + 1}); "
+            "ids and types are one line of plain text"
+        )
 
 
 def quoted(value: Any, most: int = 80) -> str:
@@ -355,6 +444,7 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
         raise ValueError(f"type must be text (a dotted name such as message.posted), not {quoted(etype)}")
     if etype.startswith(RESERVED_PREFIX):
         raise ValueError(f"event types starting with '{RESERVED_PREFIX}' are cmtyflow's own (use cmtyflow launch)")
+    plain_text(etype, "type")
     why = event_type_fault(etype)
     if why is not None:
         raise ValueError(f"type {json.dumps(quoted(etype), ensure_ascii=False)} has {why}; write a dotted name such as message.posted")
@@ -388,9 +478,9 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
         member = update["id"]
     elif member is not None:
         # Without the spaces around it, as the roster's ids are read (" u1 " is u1).
-        member = _id_text(member, "member").strip()
+        member = _id_text(member, "member", strip=True)
     data = raw.get("data")
-    if data is None:
+    if data is None:  # as for every field, null is the field left out
         data = {}
     elif not isinstance(data, dict):  # 0, false, "" and [] too: not taken for {}
         raise ValueError("data must be a JSON object")
@@ -400,7 +490,35 @@ def parse_event(raw: Any, default_tz: ZoneInfo | None) -> Event:
         # next: a file imported again after an upgrade must find its events seen.
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:20]
         event_id = f"auto-{digest}"
-    return Event(id=_id_text(event_id, "id"), type=etype, at=at, member=member, data=data, member_update=update)
+    event_id = _id_text(event_id, "id")
+    if event_id != event_id.strip():
+        # Refused, not trimmed: " 7 " was taken as an event of its own, and ids stored so
+        # before would no longer be found seen.
+        raise ValueError(f"id '{quoted(event_id)}' has spaces around it; send the id without them")
+    return Event(id=event_id, type=etype, at=at, member=member, data=data, member_update=update)
+
+
+class SameIds:
+    """The events of one body or file by id: a second event with an id an earlier one had
+    and other content is a sender's mistake (two events under one id), where the store
+    would keep the first and count the second a duplicate without a word. The same event
+    twice is no mistake (a retry); it is let through, to be counted a duplicate."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int]] = {}  # id -> (where, fingerprint of the content)
+
+    def earlier(self, event: Event, where: int) -> int | None:
+        """Where the earlier event with ``event``'s id and other content was, or None."""
+        mark = _fingerprint(event)
+        first = self._seen.setdefault(event.id, (where, mark))
+        return first[0] if first[1] != mark else None
+
+
+def _fingerprint(event: Event) -> int:
+    def text(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+    return hash((event.type, event.at, event.member, text(event.data), text(event.member_update)))
 
 
 def read_events(path: str | Path, problems: list[RowProblem], default_tz: ZoneInfo | None) -> Iterator[Event]:
@@ -410,15 +528,24 @@ def read_events(path: str | Path, problems: list[RowProblem], default_tz: ZoneIn
 
 
 def _events_from_lines(fh: Any, name: str, problems: list[RowProblem], default_tz: ZoneInfo | None) -> Iterator[Event]:
+    same_ids = SameIds()
     for lineno, line in enumerate(fh, 1):
         if not line.strip():
             continue
         try:
-            yield parse_event(json_value(line), default_tz)
+            event = parse_event(json_value(line), default_tz)
         except json.JSONDecodeError as exc:
-            problems.append(RowProblem(name, lineno, f"not JSON: {exc.msg}"))
+            problems.append(RowProblem(name, lineno, f"not JSON: {exc.msg}", col=exc.colno))
+            continue
         except ValueError as exc:
             problems.append(RowProblem(name, lineno, str(exc)))
+            continue
+        earlier = same_ids.earlier(event, lineno)
+        if earlier is not None:
+            problems.append(RowProblem(name, lineno, f"id '{quoted(event.id)}' is also the id of line {earlier}, "
+                                                     "an event with other content; give each event an id of its own"))
+            continue
+        yield event
 
 
 def events_from_text(text: str, problems: list[RowProblem], default_tz: ZoneInfo, name: str = "<events>") -> list[Event]:

@@ -9,9 +9,14 @@ Rules:
   ``X-Cmtyflow-Signature``: HMAC-SHA256 of "<timestamp>." + raw body), the timestamp
   within ``max_skew`` seconds of ``now``. Either configured method suffices.
 - Checks run in this order, so that only an authenticated caller learns anything about
-  its body: credentials (401; a signature is checked once the body is read), size
-  (413, read at most ``max_body + 1`` bytes), Content-Type (415), JSON (400), count
-  (413), each event (400 with its ``index``).
+  its body: credentials (401; a signature is checked once the body is read), content
+  encoding (415), size (413, read at most ``max_body + 1`` bytes, before and after
+  decoding), Content-Type (415), JSON (400), count (413), each event (400 with its
+  ``index``). ``Expect: 100-continue`` is answered once the checks before the body
+  pass. A request answered before all of its body has arrived (refused) has its
+  connection closed after the answer: the rest of its body is not read.
+- Content-Encoding is decoded here, not by aiohttp (which answered br and zstd with a
+  plain-text 400 naming packages the server lacks, before the credentials).
 - A batch is all-or-nothing: one bad event and nothing is stored.
 - An event without ``at`` happens at ``now()`` (one instant for the whole batch) and
   must then carry an ``id``; an event with ``at`` but no ``id`` gets one derived from
@@ -21,9 +26,19 @@ Rules:
 - A body must arrive within ``read_timeout`` seconds of its headers (408 after), and a
   client that goes away while sending it is not an error of the intake's. On stop, the
   requests in flight get ``shutdown_timeout`` seconds.
+- A request's headers must arrive within ``header_timeout`` seconds of its connection
+  opening or of the answer before it on the connection (aiohttp's keep-alive timeout,
+  which otherwise let a client dribble headers for an hour); the connection is closed
+  after. At most ``max_connections`` connections are open at once (and at most a
+  quarter of the process's file descriptors): one more is answered 503 and closed.
+  Each held a descriptor, and with none left asyncio logged every failed accept.
+- Tokens and secrets are at least ``MIN_SECRET`` characters (``from_env``): a
+  one-character token was guessed in 24 tries.
 - With the runner's ``log``, the intake's warnings go there (one line each, JSON with
   ``--log-format json``), as do aiohttp's own reports of requests it could not parse,
-  reduced to what failed: the bytes it quotes may hold a token.
+  reduced to what failed: the bytes it quotes may hold a token. Refusals of one kind
+  (401 say) are logged once, then counted (``Repeats``: ``repeated=N`` at most once a
+  minute): 3,000 guesses at the token made 3,000 lines.
 """
 
 from __future__ import annotations
@@ -36,13 +51,15 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import resource
+import zlib
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import ClientPayloadError, EofStream, web
+from aiohttp import ClientPayloadError, EofStream, HttpVersion11, web
 from aiohttp.typedefs import Handler
 
 from ..adapters._http import read_upto
@@ -50,13 +67,16 @@ from ..adapters.base import one_line
 from ..adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from ..engine.model import Event
 from ..errors import UserError
-from .inputs import json_value, parse_event
+from .inputs import DuplicateKey, SameIds, json_value, parse_event, quoted
+from .runner import Repeats
 
 log = logging.getLogger("cmtyflow.intake")
 
 TOKEN_ENV = "CMTYFLOW_INTAKE_TOKEN"
 SECRET_ENV = "CMTYFLOW_INTAKE_SECRET"
 DEFAULT_HOST = "127.0.0.1"
+MIN_SECRET = 12  # characters of a token or secret
+MAKE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 Accept = Callable[[list[Event]], tuple[int, int] | Awaitable[tuple[int, int]]]
 Report = Callable[..., None]  # ``report(event, **fields)``: the runner's log, or ``logging``
@@ -86,6 +106,8 @@ class IntakeConfig:
     max_events: int = 10_000  # per request
     max_skew: float = 300.0  # seconds between X-Cmtyflow-Timestamp and now
     read_timeout: float = 30.0  # seconds for a body to arrive once its headers have
+    header_timeout: float = 10.0  # seconds for a request's headers, from its connection or the answer before
+    max_connections: int = 256  # open at once
 
     def __repr__(self) -> str:
         # Secrets are masked in every printed form (as apprise does for its channels).
@@ -95,13 +117,22 @@ class IntakeConfig:
         return (
             f"IntakeConfig(token={mask(self.token)}, hmac_secret={mask(self.hmac_secret)}, "
             f"max_body={self.max_body}, max_events={self.max_events}, max_skew={self.max_skew}, "
-            f"read_timeout={self.read_timeout})"
+            f"read_timeout={self.read_timeout}, header_timeout={self.header_timeout}, "
+            f"max_connections={self.max_connections})"
         )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **limits: Any) -> IntakeConfig:
+        """The token and the secret from the environment, each refused when it is shorter
+        than ``MIN_SECRET`` characters (``cmtyflow run --listen`` does not start)."""
+
         def read(name: str) -> str | None:
             value = environ.get(name, "").strip()
+            if value and len(value) < MIN_SECRET:
+                raise UserError(
+                    f"{name} is too short ({len(value)} of the {MIN_SECRET} characters the event intake takes at "
+                    f"least, so that it cannot be guessed); make one with: {MAKE_SECRET}"
+                )
             return value or None
 
         return cls(token=read(TOKEN_ENV), hmac_secret=read(SECRET_ENV), **limits)
@@ -113,7 +144,7 @@ class IntakeConfig:
                 f"the event intake needs authentication: set {TOKEN_ENV} (bearer token) "
                 f"or {SECRET_ENV} (HMAC signing secret)"
             )
-        for name in ("max_body", "max_events", "max_skew", "read_timeout"):
+        for name in ("max_body", "max_events", "max_skew", "read_timeout", "header_timeout", "max_connections"):
             if getattr(self, name) <= 0:
                 raise UserError(f"intake {name} must be positive, not {getattr(self, name)}")
 
@@ -127,9 +158,40 @@ def _error(
     return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
-# Content-Encodings the intake reads; the body is size-checked and signed as decoded.
-# (aiohttp itself answers br and zstd, without their optional packages, with a 400.)
+# Content-Encodings the intake reads (decoded here: aiohttp's own decoding is off); the
+# body is size-checked as sent and as decoded, and signed as decoded.
 _ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+
+
+class _BadData(Exception):
+    """A body that is not valid data of its Content-Encoding."""
+
+
+def _decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """``body`` decoded from gzip (members one after the other, as aiohttp reads them) or
+    deflate (zlib's wrapping or none); None when it decodes to more than ``limit`` bytes
+    (only ``limit + 1`` are ever decoded: a gzip bomb costs nothing)."""
+    if encoding in ("", "identity"):
+        return body
+    gzip = encoding != "deflate"
+    wbits = 31 if gzip else (15 if body[:1] and body[0] & 0x0F == 8 else -15)
+    out = bytearray()
+    data = body
+    try:
+        while True:
+            decoder = zlib.decompressobj(wbits)
+            out += decoder.decompress(data, limit + 1 - len(out))
+            if len(out) > limit or decoder.unconsumed_tail:
+                return None
+            if not decoder.eof:
+                raise _BadData  # cut short
+            data = decoder.unused_data
+            if not data:
+                return bytes(out)
+            if not gzip:
+                raise _BadData  # bytes after the end of the data
+    except zlib.error:
+        raise _BadData from None
 
 class _Refused(Exception):
     """A request answered with an error; raised inside the handler, answered once."""
@@ -208,6 +270,55 @@ class _Intake:
             )
         return timestamp.strip()
 
+    def _credentials(self, request: web.Request) -> str | None:
+        """Check what can be checked before the body: None for a valid bearer token, else
+        the signing timestamp (its signature is checked once the body is in)."""
+        bearer = self._bearer_ok(request)
+        if bearer:
+            return None
+        timestamp = self._check_timestamp(request)
+        if timestamp is None:
+            if bearer is False:
+                raise self._unauthorized("the bearer token is not valid")
+            raise self._unauthorized(self._missing_credentials())
+        return timestamp
+
+    def _before_body(self, request: web.Request) -> tuple[str | None, str]:
+        """Credentials, content encoding and a Content-Length over the limit: what is
+        refused before a byte of the body is read. (The timestamp, the encoding.)"""
+        timestamp = self._credentials(request)
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _ENCODINGS:
+            message = f"Content-Encoding {encoding} is not accepted: send the body as is, or as gzip or deflate"
+            raise _Refused(_error(415, message[:300]))
+        if request.content_length is not None and request.content_length > self.config.max_body:
+            raise self._too_large()
+        return timestamp, encoding
+
+    def _refused(self, request: web.Request, response: web.Response) -> web.Response:
+        if response.status in (401, 408):
+            self.report("intake_refused", remote=request.remote, status=response.status)
+        return response
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: the go-ahead only for a request that passes the checks
+        before the body; the others get their answer at once, and are closed (aiohttp's
+        own handler said 100 Continue to anyone, and then read the body to refuse it)."""
+        if request.version != HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").strip().lower() != "100-continue":
+            refused = _error(417, "the only Expect taken is 100-continue")
+            refused.force_close()
+            return refused
+        try:
+            self._before_body(request)
+        except _Refused as refused:
+            refused.response.force_close()
+            return self._refused(request, refused.response)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+        return None
+
     # -- the body --
 
     def _too_large(self) -> _Refused:
@@ -215,14 +326,8 @@ class _Intake:
             _error(413, f"the body is larger than the limit of {self.config.max_body} bytes")
         )
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request, encoding: str) -> bytes:
         limit = self.config.max_body
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        if encoding not in _ENCODINGS:
-            message = f"Content-Encoding {encoding} is not accepted: send the body as is, or as gzip or deflate"
-            raise _Refused(_error(415, message[:300]))
-        if request.content_length is not None and request.content_length > limit:
-            raise self._too_large()
         # Without Content-Length (chunked), read at most limit + 1 bytes: enough to know.
         # A body that stalls is given up (it held the connection, and the runner's stop).
         try:
@@ -232,17 +337,26 @@ class _Intake:
             message = f"the body did not arrive within {self.config.read_timeout:g} seconds"
             raise _Refused(_error(408, message)) from None
         except web.RequestPayloadError:
-            # The body is not what its Content-Encoding says (a client's mistake, not ours).
-            # The connection closes after the answer: the rest of the body cannot be read.
-            refused = _error(400, f"the body cannot be read as {encoding}: it is not valid {encoding} data")
+            # Its framing is broken (a chunk size that is not one): a client's mistake. The
+            # connection closes after the answer: the rest of the body cannot be read.
+            refused = _error(400, "the body cannot be read: its chunked framing is broken")
             refused.force_close()
-            request.content.feed_eof()  # nothing more to read (aiohttp tried, and logged the error again)
+            request.content.feed_eof()  # nothing more to read
             raise _Refused(refused) from None
         except (ConnectionError, EofStream, ClientPayloadError) as exc:
             raise _Gone(type(exc).__name__) from None
         if len(body) > limit:
             raise self._too_large()
-        return body
+        try:
+            decoded = _decoded(body, encoding, limit)
+        except _BadData:
+            # Not what its Content-Encoding says (a client's mistake, not ours).
+            refused = _error(400, f"the body cannot be read as {encoding}: it is not valid {encoding} data")
+            refused.force_close()
+            raise _Refused(refused) from None
+        if decoded is None:
+            raise self._too_large()
+        return decoded
 
     def _check_content_type(self, request: web.Request) -> None:
         if request.content_type != "application/json":
@@ -259,6 +373,8 @@ class _Intake:
 
         try:
             value = json_value(text, strict=True)
+        except DuplicateKey as exc:
+            raise _Refused(_error(400, f"the body is refused: {exc}")) from None
         except json.JSONDecodeError as exc:
             # Some of Python's messages end in "at" themselves ("Invalid control character at").
             message = f"the body is not JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
@@ -279,24 +395,25 @@ class _Intake:
     def _events(self, items: list[Any]) -> list[Event]:
         at = self.now().isoformat()
         events = []
+        same_ids = SameIds()
         for index, raw in enumerate(items):
             try:
-                events.append(parse_event(_with_defaults(raw, at), self.default_tz))
+                event = parse_event(_with_defaults(raw, at), self.default_tz)
+                earlier = same_ids.earlier(event, index)
+                if earlier is not None:
+                    raise ValueError(f"id '{quoted(event.id)}' is also the id of events[{earlier}], an event with "
+                                     "other content; give each event an id of its own")
             except (ValueError, TypeError) as exc:
                 raise _Refused(_error(400, f"events[{index}]: {exc}", index=index)) from None
+            events.append(event)
         return events
 
     # -- handlers --
 
     async def post_events(self, request: web.Request) -> web.Response:
         try:
-            bearer = self._bearer_ok(request)
-            timestamp = None if bearer else self._check_timestamp(request)
-            if not bearer and timestamp is None:
-                if bearer is False:
-                    raise self._unauthorized("the bearer token is not valid")
-                raise self._unauthorized(self._missing_credentials())
-            body = await self._read_body(request)
+            timestamp, encoding = self._before_body(request)
+            body = await self._read_body(request, encoding)
             if timestamp is not None and self.config.hmac_secret:
                 expected = sign(self.config.hmac_secret, timestamp, body)
                 if not _same(request.headers.get(SIGNATURE_HEADER, "").strip(), expected):
@@ -304,9 +421,7 @@ class _Intake:
             self._check_content_type(request)
             events = self._events(self._decode(body))
         except _Refused as refused:
-            if refused.response.status in (401, 408):
-                self.report("intake_refused", remote=request.remote, status=refused.response.status)
-            return refused.response
+            return self._refused(request, refused.response)
         except _Gone as gone:  # nobody is left to answer
             self.report("intake_client_gone", remote=request.remote, error=str(gone))
             return _error(400, "the body was cut short")
@@ -378,15 +493,46 @@ _LOGGED = {
     "intake_wake_failed": (logging.ERROR, "intake: waking the runner failed (the events are stored): {error}"),
     "intake_internal_error": (logging.ERROR, "intake: internal error on {method} {path}: {error}"),
     "intake_bad_request": (logging.WARNING, "intake: refused a request it could not read ({error})"),
+    "intake_busy": (logging.WARNING, "intake: refused a connection: {connections} are open, the most it takes"),
 }
 
 
 def _logging_report(event: str, /, **fields: Any) -> None:
     level, message = _LOGGED[event]
-    log.log(level, message.format(**fields))
+    repeated = fields.get("repeated")
+    log.log(level, message.format(**fields) + (f" (and {repeated} more like it)" if repeated else ""))
+
+
+# The reports said once and then counted, and the fields that make one of a kind.
+_COUNTED = {"intake_refused": ("status",), "intake_bad_request": ("error",), "intake_busy": ()}
+
+
+class _Counted:
+    """The intake's reports with refusals of one kind said once, then counted (``Repeats``):
+    a client guessing the token made a line of the log a guess."""
+
+    def __init__(self, report: Report, clock: Callable[[], float]) -> None:
+        self.report = report
+        self.repeats = Repeats(60.0, clock)
+
+    def __call__(self, event: str, /, **fields: Any) -> None:
+        keys = _COUNTED.get(event)
+        if keys is None:
+            self.report(event, **fields)
+            return
+        self._write(self.repeats.seen((event, *(fields.get(k) for k in keys)), fields))
+
+    def flush(self) -> None:
+        self._write(self.repeats.flush())
+
+    def _write(self, lines: list[tuple[Hashable, dict[str, Any], int]]) -> None:
+        for kind, fields, repeated in lines:
+            assert isinstance(kind, tuple)
+            self.report(kind[0], **fields, **({"repeated": repeated} if repeated else {}))
 
 
 _REPORT: web.AppKey[Report] = web.AppKey("report")
+_CONFIG: web.AppKey[IntakeConfig] = web.AppKey("config")
 
 
 def make_app(
@@ -403,11 +549,28 @@ def make_app(
     called on the event loop. ``wake`` is called after a batch that stored something new.
     ``log`` is the runner's (``log(event, **fields)``); without it, ``logging``'s."""
     config.check()
-    report = log or _logging_report
+    counted = _Counted(log or _logging_report, lambda: now().timestamp())
+    report: Report = counted
     intake = _Intake(accept, config, default_tz, now, wake, report)
-    app = web.Application(middlewares=[_json_errors(report)], client_max_size=config.max_body)
+    app = web.Application(
+        middlewares=[_json_errors(report)],
+        client_max_size=config.max_body,
+        # aiohttp's keep-alive timeout closes a connection whose next request's headers
+        # are not in within that time of its opening or of the answer before (it was an
+        # hour). Without lingering, a connection whose body has not all arrived when it
+        # is answered (a refused one) is closed after the answer: aiohttp read and
+        # dropped the rest for 10 s (5 GB of an endless body). Content-Encoding is
+        # decoded by the intake (see _decoded).
+        handler_args={"keepalive_timeout": config.header_timeout, "lingering_time": 0, "auto_decompress": False},
+    )
     app[_REPORT] = report
-    app.router.add_post("/events", intake.post_events)
+    app[_CONFIG] = config
+
+    async def flush(app: web.Application) -> None:
+        counted.flush()
+
+    app.on_cleanup.append(flush)
+    app.router.add_post("/events", intake.post_events, expect_handler=intake.expect)
     app.router.add_get("/healthz", _healthz)
     return app
 
@@ -426,6 +589,96 @@ class _ParserReports(logging.Handler):
         self.report("intake_bad_request", error=type(exc).__name__ if exc is not None else "unreadable request")
 
 
+_BUSY = json.dumps({"error": "the intake has as many connections open as it takes; retry in a moment"}).encode()
+_BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
+)
+
+
+class _Gate:
+    """The connections open at once, at most ``most``: one more is answered 503 and closed
+    before a byte of it is read."""
+
+    def __init__(self, server: Callable[[], asyncio.Protocol], most: int, report: Report) -> None:
+        self.server = server
+        self.most = most
+        self.report = report
+        self.open = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Door(self)
+
+
+class _Door(asyncio.Protocol):
+    """One connection: aiohttp's own protocol behind it, or none when it is refused. (A
+    connection is counted when it is made, and no longer once it is lost: asyncio calls
+    the two in pairs.)"""
+
+    def __init__(self, gate: _Gate) -> None:
+        self.gate = gate
+        self.inner: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gate = self.gate
+        if gate.open >= gate.most:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_BUSY_ANSWER)
+            transport.close()
+            gate.report("intake_busy", connections=gate.open)
+            return
+        gate.open += 1
+        self.inner = gate.server()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is not None:
+            self.gate.open -= 1
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class _Site(web.BaseSite):
+    """aiohttp's TCPSite with a ``_Gate`` before it."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, most: int, report: Report) -> None:
+        super().__init__(runner)
+        self._host, self._port, self._most, self._report = host, port, most, report
+
+    @property
+    def name(self) -> str:
+        return f"http://{_join(self._host, self._port)}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        gate = _Gate(server, self._most, self._report)
+        self._server = await asyncio.get_running_loop().create_server(gate, self._host, self._port)
+
+
+def _connections_allowed(most: int) -> int:
+    """``most``, or a quarter of the file descriptors the process may open when that is
+    fewer: the runner needs the rest (the state, the channels' connections), and asyncio
+    takes up to 100 waiting connections at once before the refused ones are closed."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return most if soft == resource.RLIM_INFINITY else max(1, min(most, soft // 4))
+
+
 async def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float = 10.0) -> web.AppRunner:
     """Start ``app`` on host:port; the caller calls ``runner.cleanup()`` when done, which
     gives the requests in flight ``shutdown_timeout`` seconds (aiohttp's default is 60)."""
@@ -442,7 +695,8 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_timeout:
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        most = _connections_allowed(app[_CONFIG].max_connections)
+        await _Site(runner, host, port, most, app[_REPORT]).start()
     except OSError as exc:
         await runner.cleanup()
         raise UserError(f"cannot listen on {_join(host, port)}: {exc.strerror or exc}") from exc

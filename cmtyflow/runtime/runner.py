@@ -24,8 +24,10 @@ import logging
 import os
 import random
 import re
+import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+import unicodedata
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -230,7 +232,8 @@ class Runner:
 
     def summary(self, verb: str) -> str:
         """The line ``run`` ends with."""
-        return summary(verb, self.inputs, self.decisions.runs_started, self.totals, self.driver.firing_under_way)
+        return summary(verb, self.inputs, self.decisions.runs_started, self.totals, self.driver.firing_under_way,
+                       self.decisions.runs_failed)
 
 
 def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
@@ -241,6 +244,7 @@ def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
     total.cancelled += stats.cancelled
     total.requeued += stats.requeued
     total.abandoned += stats.abandoned
+    total.held += stats.held
 
 
 LOG_FIRING_EVERY = 10_000  # runs a firing under way starts between its log lines
@@ -259,10 +263,12 @@ class DecisionLog:
         self.log = log
         self.pending = 0  # runs started by a firing's chunks, not logged yet
         self.runs_started = 0  # all of them, since this was made
+        self.runs_failed = 0  # runs that failed (each logged as run_failed), since this was made
 
     def __call__(self, decision: Decision) -> None:
         started = decision.counters.get("runs_started", 0)
         self.runs_started += started
+        self.runs_failed += decision.counters.get("runs_failed", 0)
         if decision.firing_after is not None:  # a chunk, and more of the firing to come
             self.pending += started
         else:
@@ -282,10 +288,11 @@ class DecisionLog:
             self.pending = 0
 
 
-def summary(verb: str, inputs: int, started: int, t: DispatchStats, firing_under_way: bool) -> str:
-    """A runner's or worker's last line: what it handled, started and sent."""
-    line = (f"{verb}: {inputs} inputs handled, {started} runs started, {t.sent} sent, {t.failed} to retry, "
-            f"{t.dead} dead-lettered, {t.cancelled} cancelled")
+def summary(verb: str, inputs: int, started: int, t: DispatchStats, firing_under_way: bool, failed: int = 0) -> str:
+    """A runner's or worker's last line: what it handled, started, saw fail and sent."""
+    runs_failed = f", {failed} run{'s' if failed != 1 else ''} failed (cmtyflow status says why)" if failed else ""
+    line = (f"{verb}: {inputs} inputs handled, {started} runs started{runs_failed}, {t.sent} sent, {t.failed} to retry, "
+            f"{t.dead} dead-lettered, {t.cancelled} cancelled" + (f", {t.held} held in doubt (cmtyflow outbox)" if t.held else ""))
     if firing_under_way:
         line += "; a firing over the audience stopped part way: the next run goes on with it (cmtyflow status)"
     return line
@@ -399,8 +406,30 @@ def _open_quietly(path: str) -> int | None:
 # log sinks -------------------------------------------------------------------------------------
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNPRINTED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def plain(text: str) -> str:
+    """``text`` with the characters that are not printed as themselves written as escapes
+    (a line break as \\n, an escape as \\x1b, U+2028 as \\u2028): a value a sender
+    chose (a member id "x\\n2026-11-23 runner: ...") made lines of its own in the log."""
+    if text.isprintable():  # the common case; false for these and for spaces other than U+0020
+        return text
+
+    def escaped(c: str) -> str:
+        if c in _ESCAPES:
+            return _ESCAPES[c]
+        if unicodedata.category(c) not in _UNPRINTED:
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+    return "".join(map(escaped, text))
+
+
 def text_log(out: TextIO, now: Callable[[], datetime], tz: Any) -> Log:
-    """Human log lines: time, what happened, the few fields that say which message."""
+    """Human log lines: time, what happened, the few fields that say which message. A
+    line is one line whatever its values hold (``plain``)."""
 
     def log(event: str, /, **fields: Any) -> None:
         stamp = now().astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
@@ -419,7 +448,7 @@ def text_log(out: TextIO, now: Callable[[], datetime], tz: Any) -> Log:
         else:
             detail = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
             line = f"{event.replace('_', ' ')}" + (f": {detail}" if detail else "")
-        out.write(f"{stamp} {line}\n")
+        out.write(f"{stamp} {plain(line)}\n")
         out.flush()
 
     return log
@@ -434,15 +463,76 @@ _SECRETS = (
 _OURS = str(Path(__file__).resolve().parent.parent)  # the cmtyflow package's folder
 
 
+class Repeats:
+    """Lines that repeat, said once and then counted. The first line of a kind goes out;
+    the same kind again within ``every`` seconds is counted, and the count goes out as
+    one line (``repeated=N``, with the fields of the last of them) with the first one
+    after those seconds, or with any line once they are over, or at ``flush``. A
+    kind that comes again after a quiet spell goes out as a first line again. Only the
+    ``MOST`` kinds seen last are kept (the count of one dropped goes out then)."""
+
+    MOST = 256
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._kinds: dict[Hashable, list[Any]] = {}  # kind -> [since, counted, fields of the last]
+        self._looked = float("-inf")
+
+    def seen(self, kind: Hashable, fields: dict[str, Any]) -> list[tuple[Hashable, dict[str, Any], int]]:
+        """The lines to write now for a line of ``kind``: (kind, fields, repeated), where
+        repeated is 0 for the line itself and N for a count."""
+        now = self.clock()
+        out = self._over(now, kind) if now - self._looked >= 1.0 else []
+        entry = self._kinds.pop(kind, None)  # put back last: the dict is in the order last seen
+        if entry is None or (entry[1] == 0 and now - entry[0] >= self.every):
+            entry = [now, 0, fields]
+            out.append((kind, fields, 0))
+        elif now - entry[0] < self.every:
+            entry[1] += 1
+            entry[2] = fields
+        else:
+            out.append((kind, fields, entry[1] + 1))
+            entry = [now, 0, fields]
+        self._kinds[kind] = entry
+        while len(self._kinds) > self.MOST:
+            oldest = next(iter(self._kinds))
+            since, counted, last = self._kinds.pop(oldest)
+            if counted:
+                out.append((oldest, last, counted))
+        return out
+
+    def _over(self, now: float, but: Hashable) -> list[tuple[Hashable, dict[str, Any], int]]:
+        """The counts of the kinds whose seconds are over (other than ``but``)."""
+        self._looked = now
+        out = []
+        for kind, entry in list(self._kinds.items()):
+            if kind != but and now - entry[0] >= self.every:
+                if entry[1]:
+                    out.append((kind, entry[2], entry[1]))
+                del self._kinds[kind]
+        return out
+
+    def flush(self) -> list[tuple[Hashable, dict[str, Any], int]]:
+        """Every count not said yet (at stop)."""
+        out = [(kind, entry[2], entry[1]) for kind, entry in self._kinds.items() if entry[1]]
+        self._kinds.clear()
+        return out
+
+
 class LibraryLog(logging.Handler):
     """What the libraries under a runner or a worker log (procrastinate, psycopg's pool,
     asyncio), as one line of its log each, in its format: where, what, and the
     exception's type and first line, never a traceback nor a password. A database
-    restart printed dozens of tracebacks into a JSON log."""
+    restart printed dozens of tracebacks into a JSON log. The same line again is counted,
+    not written (``Repeats``: the first, then ``repeated=N`` at most once a minute):
+    asyncio's "socket.accept() out of system resource" came thousands of times a second
+    while the process was out of file descriptors, and filled the disk."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, *, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(logging.WARNING)
         self.log = log
+        self.repeats = Repeats(every, clock)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -461,9 +551,14 @@ class LibraryLog(logging.Handler):
                     )
             for pattern, masked in _SECRETS:
                 message = pattern.sub(masked, message)
-            self.log("library", source=record.name, level=record.levelname.lower(), message=message[:500], **fields)
+            line = {"source": record.name, "level": record.levelname.lower(), "message": message[:500], **fields}
+            self._write(self.repeats.seen(tuple(line.items()), line))
         except Exception:  # noqa: BLE001 - a log line must never stop the process
             self.handleError(record)
+
+    def _write(self, lines: list[tuple[Hashable, dict[str, Any], int]]) -> None:
+        for _, fields, repeated in lines:
+            self.log("library", **fields, **({"repeated": repeated} if repeated else {}))
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -474,6 +569,8 @@ class LibraryLog(logging.Handler):
             yield
         finally:
             root.removeHandler(self)
+            with contextlib.suppress(Exception):
+                self._write(self.repeats.flush())
 
 
 def log_warnings(log: Log, problems: Sequence[Any]) -> None:
@@ -483,11 +580,17 @@ def log_warnings(log: Log, problems: Sequence[Any]) -> None:
         log("validate_warning", file=str(p.path), line=p.line, col=p.col, message=p.message)
 
 
+_JSON_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def json_log(out: TextIO, now: Callable[[], datetime]) -> Log:
     import json
 
     def log(event: str, /, **fields: Any) -> None:
-        out.write(json.dumps({**fields, "at": now().isoformat(), "event": event}, ensure_ascii=False, default=str) + "\n")
+        line = json.dumps({**fields, "at": now().isoformat(), "event": event}, ensure_ascii=False, default=str)
+        # JSON escapes the C0 controls; U+0085, U+2028 and U+2029 it leaves as they are,
+        # and readers that split lines as Python does (str.splitlines) split there.
+        out.write(line.translate(_JSON_BREAKS) + "\n")
         out.flush()
 
     return log

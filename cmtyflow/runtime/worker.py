@@ -525,4 +525,5 @@ class Worker:
     def summary(self) -> str:
         """The line ``worker`` ends with."""
         started = self._tick_decisions.runs_started + self._job_decisions.runs_started
-        return summary("stopped", self.inputs, started, self.totals, self._firing_under_way)
+        failed = self._tick_decisions.runs_failed + self._job_decisions.runs_failed
+        return summary("stopped", self.inputs, started, self.totals, self._firing_under_way, failed)

@@ -23,8 +23,8 @@ from cmtyflow.store.sqlite import SqliteStore
 TZ = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 TS = str(int(NOW.timestamp()))
-TOKEN = "tok-3f9a1c"
-SECRET = "sec-77d0e2"
+TOKEN = "tok-3f9a1c8e5b0d"
+SECRET = "sec-77d0e2a4c9f1"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JOINED = {"id": "e1", "type": "member.joined", "at": "2026-12-01T10:00:00", "member": "u1"}
 POSTED = {
@@ -674,7 +674,7 @@ def test_config_from_env_and_masked_repr():
     assert TOKEN not in repr(config)
     assert repr(config) == (
         "IntakeConfig(token='***', hmac_secret=None, max_body=1048576, max_events=10000, max_skew=300.0, "
-        "read_timeout=30.0)"
+        "read_timeout=30.0, header_timeout=10.0, max_connections=256)"
     )
     with pytest.raises(UserError):
         IntakeConfig.from_env({}).check()

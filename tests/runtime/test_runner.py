@@ -919,3 +919,32 @@ def test_a_fault_of_cmtyflows_own_logged_by_asyncio_keeps_where_it_happened():
     (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
     assert line["message"].startswith("Task exception was never retrieved: AttributeError")
     assert "runner.py:" in line["where"] and "note_fields" in line["where"]
+
+
+def test_run_once_ends_with_the_runs_that_failed(tmp_path, capsys):
+    """A template reading a roster column no member has failed every run, and `run
+    --once` ended 'done: 1 inputs handled, 1 runs started, 0 sent, ...' with nothing
+    said of the failure."""
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: p\ntimezone: UTC\nchannels:\n  dm: {adapter: console}\n"
+        "triggers:\n  - {id: j, event: member.joined, flow: f}\nflows:\n  f:\n"
+        "    - send: {text: \"hi {{ member.first_name }}\"}\n",
+        encoding="utf-8",
+    )
+    state = str(tmp_path / "s.db")
+    assert main(["emit", "member.joined", "--member", "u1", "--at", "2026-12-01T10:00:00+00:00", "--state", state]) == 0
+    capsys.readouterr()
+    assert main(["run", str(playbook), "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("done: 1 inputs handled, 1 runs started, 1 run failed (cmtyflow status says why), 0 sent"), last
+
+
+def test_the_last_line_counts_messages_held_in_doubt():
+    from cmtyflow.runtime.dispatch import DispatchStats
+    from cmtyflow.runtime.runner import add_stats, summary
+
+    total = DispatchStats()
+    add_stats(total, DispatchStats(sent=2, held=1))
+    add_stats(total, DispatchStats(held=2))
+    assert summary("done", 3, 1, total, False).endswith(", 3 held in doubt (cmtyflow outbox)")
