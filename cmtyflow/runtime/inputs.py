@@ -5,7 +5,9 @@ Rules:
   the read (issue: "bad rows are reported ... never crash the run").
 - Roster CSV: a header row; ``id`` required; ``tags`` split on ``;``; ``opted_out``
   and ``left`` true/false; ``joined_at`` ISO date or datetime; every other column is
-  ``member.<column>``. Empty cells are left out. JSON lines: the same fields.
+  ``member.<column>``. A column that spells a field cmtyflow reads in another case or
+  with ``-`` or a space for ``_`` (``Opted_Out``, ``Email``) is that field, with a note.
+  Empty cells are left out. JSON lines: the same fields.
 - Events: ``{"id", "type", "at", "member", "data"}``; ``at`` ISO 8601 (without an
   offset: in the given default timezone); ``member`` an id or an object that
   updates the roster (it must hold ``id``). An event without ``id`` gets one derived
@@ -245,6 +247,21 @@ def text_encoding(path: str | Path, data: bytes | None = None) -> str:
     raise UserError(f"{path}:{bad}: not UTF-8 text; save the file as UTF-8 (in Excel: \"CSV UTF-8\")")
 
 
+# The member fields cmtyflow reads itself (SPEC 6, and the adapters' addresses): a
+# roster column that spells one in another case, or with '-' or a space for '_'
+# (Opted_Out, opted-out, Email), is read as it.
+KNOWN_COLUMNS = frozenset({
+    "id", "name", "timezone", "locale", "tags", "opted_out", "left", "joined_at",
+    "email", "telegram", "slack", "discord",
+})
+
+
+def known_column(name: str) -> str:
+    """``name`` as the known field it spells (``KNOWN_COLUMNS``), else as it is."""
+    folded = re.sub(r"[\s-]+", "_", name.strip().lower())
+    return folded if folded in KNOWN_COLUMNS else name
+
+
 # Field separators a roster's header may use: a comma; a semicolon, which Excel writes
 # for "CSV" where the decimal mark is a comma; a tab, from a sheet copied as text.
 DELIMITERS = (",", ";", "\t")
@@ -260,7 +277,7 @@ def _delimiter(fh: Any, path: str) -> str:
         raise UserError(f"{path}:1: no header row: a roster is a CSV file whose first row names the columns, one of them 'id'")
     for delimiter in DELIMITERS:
         names = next(csv.reader([header], delimiter=delimiter))
-        if "id" in (n.strip().lstrip("\ufeff") for n in names):
+        if "id" in (known_column(n.strip().lstrip("\ufeff")) for n in names):
             return delimiter
     names = next(csv.reader([header]))
     shown = ", ".join(repr(n.strip()) for n in names[:8]) + (", ..." if len(names) > 8 else "")
@@ -354,10 +371,22 @@ def _roster_rows(path: str | Path, problems: list[RowProblem]) -> Iterator[tuple
             return
         # strict: a quote left open would otherwise take every later row into one cell.
         reader = csv.DictReader(fh, delimiter=_delimiter(fh, text_path), strict=True)
-        names = [n.strip().lstrip("\ufeff") for n in reader.fieldnames or []]
+        given = [n.strip().lstrip("\ufeff") for n in reader.fieldnames or []]
+        names = [known_column(n) for n in given]
         twice = sorted({n for n in names if n and names.count(n) > 1})
         if twice:
-            raise UserError(f"{text_path}:1: the header names {', '.join(repr(n) for n in twice)} more than once; each column needs a name of its own")
+            spelt = {n: list(dict.fromkeys(g for g, k in zip(given, names, strict=True) if k == n)) for n in twice}
+            if all(len(spelt[n]) == 1 for n in twice):
+                raise UserError(f"{text_path}:1: the header names {', '.join(repr(n) for n in twice)} more than once; "
+                                "each column needs a name of its own")
+            raise UserError(f"{text_path}:1: the header names {', '.join(' and '.join(repr(g) for g in spelt[n]) for n in twice)}, "
+                            "the same column more than once; each column needs a name of its own")
+        renamed = [(g, n) for g, n in zip(given, names, strict=True) if g != n]
+        if renamed:
+            # Read as the field it spells (an export's "Opted_Out" was a custom column,
+            # and an opted-out member got messages), and said once.
+            reader.fieldnames = names
+            print(f"note: {text_path}:1: " + ", ".join(f"column '{g}' read as {n}" for g, n in renamed), file=sys.stderr)
         # A column without a name (Excel's trailing commas) is left out while its cells
         # are empty; a value in one is a bad row (it was lost, or kept under the name "").
         unnamed = {f"\x00{i}": i for i, n in enumerate(names, 1) if not n}

@@ -273,3 +273,20 @@ def test_a_left_column_is_read_as_true_or_false(tmp_path):
     rows = list(read_roster(path, problems))
     assert [(r["id"], r["left"]) for r in rows] == [("a", False), ("b", True), ("c", False)]
     assert [str(p) for p in problems] == [f"{path}:5: left must be true or false, not 'maybe'"]
+
+
+def test_columns_that_spell_a_known_field_otherwise_are_that_field(tmp_path, capsys):
+    """An export's 'Opted_Out' (or 'opted-out', 'Name', 'Email') was a custom column: the
+    opt-out was ignored and the member messaged, the name printed blank."""
+    path = tmp_path / "m.csv"
+    path.write_text("ID,Name,Time Zone,Opted_Out,E-mail,Email,City\nx1,Ann,,true,old@x,ann@x,Paris\n", encoding="utf-8")
+    assert list(read_roster(path, [])) == [
+        {"id": "x1", "name": "Ann", "opted_out": True, "E-mail": "old@x", "email": "ann@x", "City": "Paris"}
+    ]
+    assert capsys.readouterr().err.strip() == (
+        f"note: {path}:1: column 'ID' read as id, column 'Name' read as name, column 'Opted_Out' read as opted_out, "
+        "column 'Email' read as email"
+    )
+    path.write_text("id,email,Email\nx1,a@x,b@x\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"the header names 'email' and 'Email', the same column more than once"):
+        list(read_roster(path, []))
