@@ -692,7 +692,9 @@ async def serve(app: web.Application, host: str, port: int, *, shutdown_timeout:
         server_log.propagate = propagate
 
     app.on_cleanup.append(restore)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    # aiohttp reads a shutdown timeout of 0 as none at all (it waited for a body still
+    # arriving): --drain 0 means at once, so the least it takes is a millisecond.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=max(shutdown_timeout, 0.001))
     await runner.setup()
     try:
         most = _connections_allowed(app[_CONFIG].max_connections)

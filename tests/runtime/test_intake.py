@@ -714,3 +714,18 @@ def test_parse_listen_rejects(text, error):
     with pytest.raises(UserError) as info:
         parse_listen(text)
     assert str(info.value) == error
+
+
+async def test_a_drain_of_zero_stops_at_once_with_a_body_still_arriving(store):
+    """aiohttp reads a shutdown timeout of 0 as none: `run --drain 0` waited for a body
+    still arriving (up to its read timeout) before it stopped."""
+    app = make_app(store.accept, IntakeConfig(token=TOKEN, read_timeout=30), default_tz=TZ, now=lambda: NOW)
+    runner = await serve(app, "127.0.0.1", 0, shutdown_timeout=0)
+    port = runner.addresses[0][1]
+    head = f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head += "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[{"
+    _, stalled = await _raw(port, head.encode())
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(runner.cleanup(), 5)
+    stalled.close()
+    assert store.events == {}
