@@ -99,9 +99,9 @@ def _walk_problems(tree: nodes.Node, extra_names: Iterable[str]) -> list[StaticP
         if isinstance(call, nodes.Filter) and call.name == "attr":
             problems.append(StaticProblem("the attr filter is not allowed in playbooks", call.lineno))
         elif isinstance(call, nodes.Filter) and call.name not in ENV.filters:
-            problems.append(StaticProblem(f"unknown filter '{call.name}'", call.lineno))
+            problems.append(StaticProblem(f"unknown filter '{call.name}'{_near(call.name, sorted(ENV.filters))}", call.lineno))
         if isinstance(call, nodes.Test) and call.name not in ENV.tests:
-            problems.append(StaticProblem(f"unknown test '{call.name}'", call.lineno))
+            problems.append(StaticProblem(f"unknown test '{call.name}'{_near(call.name, sorted(ENV.tests))}", call.lineno))
     for power in tree.find_all((nodes.Mul, nodes.Pow)):
         try:
             _const(power)

@@ -308,3 +308,9 @@ def test_a_var_named_like_a_mapping_method_read_as_an_attribute_is_refused():
     (found,) = static_problems_template("{% for i in vars.items %}{{ i }}{% endfor %}", known=known)
     assert found.message == "vars.items is the mapping's method items, not the var 'items': write vars['items']"
     assert static_problems_template("{{ vars['items'] }} {{ vars.get('x') }} {{ vars.x }}", known=known) == []
+
+
+def test_a_misspelt_filter_or_test_is_told_the_near_one():
+    found = [p.message for p in static_problems_template("{{ vars | defualt('y') }}{% if vars is defind %}{% endif %}{{ vars | zzz }}")]
+    assert found == ["unknown filter 'defualt' (did you mean 'default'?)", "unknown test 'defind' (did you mean 'defined'?)",
+                     "unknown filter 'zzz'"]
