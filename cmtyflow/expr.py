@@ -316,7 +316,9 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
                 # A key at once (Jinja tries the attribute first, and raises and
                 # catches an AttributeError on the way).
                 value = obj.get(attribute, _NO_KEY)
-                return _sandbox_getattr(self, obj, attribute) if value is _NO_KEY else value
+                if value is _NO_KEY:
+                    return self.undefined(hint=_no_key(obj, attribute), obj=obj, name=attribute)
+                return value
             if attribute in obj:
                 return self.undefined(hint=_ambiguous(attribute), obj=obj, name=attribute)
         names = _ITEM_FIRST.get(kind)
@@ -336,6 +338,15 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
 _sandbox_getattr = ImmutableSandboxedEnvironment.getattr
 _NO_KEY = object()
 _DICT_NAMES = frozenset(dir(dict))
+
+
+def _no_key(obj: dict[Any, Any], name: str) -> str:
+    """A missing key of a mapping (event data, a var), said in a playbook's terms:
+    Jinja's "'dict object' has no attribute 'report_id'" named neither the keys there
+    are nor the way to read an optional one."""
+    keys = sorted(str(k) for k in obj)
+    there = (f"its keys are {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" if keys else "it is empty")
+    return f"no key '{name}' here ({there}); .get('{name}') reads a key that may be missing"
 
 
 def _ambiguous(name: str) -> str:

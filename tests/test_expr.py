@@ -205,7 +205,8 @@ def test_a_template_that_loads_another_is_refused_at_its_line():
     [
         # an undefined value returned bare: strict undefined failed later, where it was used
         # (a condition, a stored value), as "cmtyflow hit a bug"
-        ("event.data.nope", "undefined name or key: 'dict object' has no attribute 'nope'"),
+        # (and says so in a playbook's terms: Jinja's "'dict object' has no attribute")
+        ("event.data.nope", "undefined name or key: no key 'nope' here (it is empty); .get('nope') reads a key that may be missing"),
         ("[1, event.data.nope]", "undefined name or key"),
         ("{'a': event.data.nope}", "undefined name or key"),
         ("'\\ud800'", "the text holds '\\ud800', a lone surrogate, not a character"),
