@@ -321,6 +321,13 @@ class CmtyflowEnvironment(ImmutableSandboxedEnvironment):
                 return value
             if attribute in obj:
                 return self.undefined(hint=_ambiguous(attribute), obj=obj, name=attribute)
+        if obj is None:
+            # A campaign run's member, an event that names no member, an unset value.
+            return self.undefined(
+                hint=f"'.{attribute}' of nothing: the value before it is none (a campaign run, or an event that "
+                     f"names no member, has no member); test it first, as in: x.{attribute} if x else ''",
+                obj=obj, name=attribute,
+            )
         names = _ITEM_FIRST.get(kind)
         if names is not None and attribute in names and _has_key(obj, attribute):
             return self.undefined(hint=_ambiguous(attribute), obj=obj, name=attribute)

@@ -315,3 +315,12 @@ def test_a_misspelt_filter_or_test_is_told_the_near_one():
     found = [p.message for p in static_problems_template("{{ vars | defualt('y') }}{% if vars is defind %}{% endif %}{{ vars | zzz }}")]
     assert found == ["unknown filter 'defualt' (did you mean 'default'?)", "unknown test 'defind' (did you mean 'defined'?)",
                      "unknown filter 'zzz'"]
+
+
+def test_a_key_of_nothing_says_what_is_none_and_how_to_guard_it():
+    """An anonymous report (an event naming no member) failed with "'None' has no
+    attribute 'name'"."""
+    with pytest.raises(RenderError, match=re.escape(
+            "'.name' of nothing: the value before it is none (a campaign run, or an event that names no member, "
+            "has no member); test it first, as in: x.name if x else ''")):
+        compile_template("{{ member.name }}").render(scope({"member": None}))
