@@ -24,8 +24,10 @@ Rules:
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,18 @@ def entries(root: Path) -> list[Entry]:
             Entry(name, path, _by_language(_title(text).split(" / ")), _header(text, name))
         )
     return found
+
+
+def default_lang(env: Mapping[str, str]) -> str:
+    """The library's language for this environment: en when its language (the first of
+    LC_ALL, LC_MESSAGES, LANG that is set) is English, else zh-CN, the language of the
+    communities the library was written for (an English user's first screen was
+    Chinese)."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(name, "")
+        if value:
+            return "en" if value.lower().startswith("en") else "zh-CN"
+    return "zh-CN"
 
 
 def _pick(texts: dict[str, str], lang: str) -> str:
@@ -280,9 +294,9 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
 @click.option(
     "--lang",
     type=click.Choice(LANGS),
-    default="zh-CN",
-    show_default=True,
-    help="language of the listing and the copy's locale (templates of both languages are copied)",
+    default=None,
+    help="language of the listing and the copy's locale (templates of both languages are copied); "
+         "default: en when the environment's language (LC_ALL, LC_MESSAGES, LANG) is English, else zh-CN",
 )
 @click.option(
     "--dir",
@@ -292,9 +306,10 @@ def _copy(root: Path, name: str, lang: str, dest: Path) -> None:
     show_default=True,
     help="where to copy the playbook (DIR/NAME.yaml, DIR/templates/, DIR/cmtyflow.yaml)",
 )
-def new(name: str | None, lang: str, directory: str) -> int:
+def new(name: str | None, lang: str | None, directory: str) -> int:
     """List the playbook library, or copy playbook NAME (with its templates and the folder
     defaults) into a folder of your own."""
+    lang = lang or default_lang(os.environ)
     root = library_root()
     if name is None:
         _list(root, lang)

@@ -23,7 +23,16 @@ LIBRARY = sorted(
 )
 
 
-def test_new_lists_the_library_in_chinese_by_default(capsys):
+def _language(monkeypatch, value):
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    if value is not None:
+        monkeypatch.setenv("LANG", value)
+
+
+@pytest.mark.parametrize("lang", [None, "C.UTF-8", "zh_CN.UTF-8"])
+def test_new_lists_the_library_in_chinese_by_default(capsys, monkeypatch, lang):
+    _language(monkeypatch, lang)
     assert main(["new"]) == 0
     out = capsys.readouterr().out
     assert len(LIBRARY) == 10
@@ -34,8 +43,13 @@ def test_new_lists_the_library_in_chinese_by_default(capsys):
     assert "共 10 个剧本" in out
 
 
-def test_new_lists_the_library_in_english(capsys):
-    assert main(["new", "--lang", "en"]) == 0
+@pytest.mark.parametrize("how", ["--lang", "LANG", "LC_ALL"])
+def test_new_lists_the_library_in_english(capsys, monkeypatch, how):
+    """An English user's first screen was Chinese: the environment's language counts."""
+    _language(monkeypatch, "zh_CN.UTF-8")
+    if how != "--lang":
+        monkeypatch.setenv(how, "en_US.UTF-8")
+    assert main(["new", "--lang", "en"] if how == "--lang" else ["new"]) == 0
     out = capsys.readouterr().out
     assert "Weekly topic night" in out
     assert "weekly knowledge-share night: host reminder, topic post, recap prompt." in out
