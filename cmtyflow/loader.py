@@ -157,6 +157,9 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
                 defaults.append(path)
             elif path.name.endswith(".test.yaml"):
                 raise UserError(f"{given}: a golden test spec, not a playbook; run it with `cmtyflow test {given}`")
+            elif path.name.endswith(".j2"):
+                raise UserError(f"{given}: a message template, not a playbook; templates are checked through the "
+                                "playbooks that use them: validate the playbook, or its folder")
             else:
                 playbooks.append(path)
         elif path.exists():

@@ -187,11 +187,14 @@ def test_validate_fails_when_it_checked_nothing(tmp_path, capsys):
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "x.test.yaml").write_text("playbook: x.yaml\n", encoding="utf-8")
+    (tmp_path / "hi.en.md.j2").write_text("Hi {{ member.name }}\n", encoding="utf-8")
     assert main(["validate", str(tmp_path / "empty")]) == 1
     assert f"no playbooks found in {tmp_path / 'empty'}" in capsys.readouterr().err
     cases = [
         (str(tmp_path / "x.test.yaml"), "a golden test spec, not a playbook; run it with `cmtyflow test"),
         ("/dev/null", "/dev/null:1:1: error: not a playbook file or a folder of them"),
+        # It was read as YAML: "did not find expected alphabetic or numeric character".
+        (str(tmp_path / "hi.en.md.j2"), "a message template, not a playbook; templates are checked through the playbooks"),
     ]
     for path, message in cases:
         assert main(["validate", path]) == 1
