@@ -707,3 +707,27 @@ def test_abbreviations_offsets_and_fixed_zones_say_what_to_write(zone, severity,
     text = f'cmtyflow: 1\nname: t\ntimezone: "{zone}"\nchannels:\n  dm: {{adapter: console}}\nflows:\n  f:\n    - send: {{text: hi}}\n'
     found = [(p.severity, p.message) for p in load_text(text).problems if "timezone" in p.message]
     assert len(found) == 1 and found[0][0] == severity and says in found[0][1], found
+
+
+def test_a_kinds_keys_written_one_level_out_say_to_indent_them():
+    """`send:` alone on its line, its keys below it at the same indent: 'unknown key
+    channel in send step' (channel is a send key) sent the newcomer looking elsewhere."""
+    text = """\
+cmtyflow: 1
+name: t
+timezone: UTC
+channels:
+  c: {adapter: console}
+triggers:
+  - {id: j, event: member.joined, flow: f}
+flows:
+  f:
+    - send:
+      channel: c
+      text: "hello"
+      bogus: 1
+"""
+    found = [f"{p.line}:{p.col}: {p.message}" for p in load_text(text).problems]
+    assert "11:7: 'channel' is a key of send: indent it under 'send:', two spaces further in than 'send'" in found
+    assert "12:7: 'text' is a key of send: indent it under 'send:', two spaces further in than 'send'" in found
+    assert any(f.startswith("13:7: unknown key 'bogus' in send step") for f in found)

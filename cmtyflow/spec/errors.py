@@ -219,6 +219,21 @@ def _type_message(err: Any, place: _Place, value: Any, root: type[BaseModel]) ->
     return f"{what} should be {expected}, not {describe(value)}"
 
 
+def _key_of_kind(owner: type[BaseModel], key: str, step: Any) -> str | None:
+    """The step kind ``key`` belongs under when a step's kind key is empty and ``key``
+    is one of its keys: written one level too far out (``send:`` on a line of its own,
+    ``channel:`` below it at the same indent); else None."""
+    kind = getattr(owner, "kind", None)
+    if not isinstance(kind, str) or not isinstance(step, dict) or step.get(kind) is not None:
+        return None
+    field = owner.model_fields.get(kind)
+    spec = getattr(field, "annotation", None) if field is not None else None
+    for tp in (spec, getattr(spec, "__origin__", None), *get_args(spec)):  # the model, or inside Annotated
+        if _is_model(tp) and key in allowed_keys(tp):
+            return kind
+    return None
+
+
 def _one(err: Any, root: type[BaseModel], data: Any) -> SpecError | None:
     kind = err["type"]
     place = _walk(tuple(err["loc"]), root)
@@ -239,6 +254,10 @@ def _one(err: Any, root: type[BaseModel], data: Any) -> SpecError | None:
                 loc, f"'{key}' applies to cron and at triggers only; {_TRIGGER_STARTS[place.owner]}", at_key=True
             )
         if _is_model(place.owner):
+            under = _key_of_kind(place.owner, str(key), _get(data, loc[:-1]))
+            if under is not None:
+                return SpecError(loc, f"'{key}' is a key of {under}: indent it under '{under}:', two spaces "
+                                      f"further in than '{under}'", at_key=True)
             hint = did_you_mean(str(key), allowed_keys(place.owner))
             return SpecError(loc, f"unknown key '{key}' in {noun(place.owner)}{hint}", at_key=True)
         return SpecError(loc, f"unknown key '{key}'", at_key=True)
