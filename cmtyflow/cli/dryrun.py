@@ -58,7 +58,9 @@ def dry_run(
     begin = parse_start(start, programs, SystemClock().now())
     span = days or default_days(programs, begin)
     collected: list[dict[str, Any]] = []
-    timeline = TextTimeline(sys.stdout) if fmt == "text" else None
+    zones = {p.playbook.timezone for p in programs}
+    shared = None if len(zones) == 1 else begin.tzinfo  # several: all in the first playbook's, as --start is
+    timeline = TextTimeline(sys.stdout, shared) if fmt == "text" else None
 
     names: dict[str, str | None] = {}
     repeats: list[RowProblem] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, TextIO
 
 from .columns import pad, text_width
@@ -11,13 +11,22 @@ _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 class TextTimeline:
-    def __init__(self, out: TextIO) -> None:
+    """The deliveries day by day. Each time is its playbook's local time; with ``zone``
+    (playbooks in several timezones) every time is in that one, said once at the top
+    (each in its own zone, 20:00 in New York came after 23:00 UTC under one day)."""
+
+    def __init__(self, out: TextIO, zone: tzinfo | None = None) -> None:
         self.out = out
         self.day: str | None = None
         self.count = 0
+        self.zone = zone
 
     def add(self, record: dict[str, Any]) -> None:
         at = datetime.fromisoformat(record["at"])
+        if self.zone is not None:
+            if self.count == 0 and self.day is None:
+                self.out.write(f"(times in {self.zone}: the playbooks are in several timezones)\n")
+            at = at.astimezone(self.zone)
         day = at.date().isoformat()
         if day != self.day:
             if self.day is not None:

@@ -377,3 +377,19 @@ def test_failed_runs_fail_the_dry_run_and_the_golden_test(tmp_path, capsys):
     assert f"ERROR {tmp_path / 'hello.test.yaml'}: runs failed in the dry run, so no transcript is compared or written:" in out
     assert "  run hello/joined:e1 failed at hi:" in out
     assert not (tmp_path / "hello.expected.jsonl").exists()
+
+
+def test_playbooks_in_several_timezones_share_one_clock_in_the_timeline(tmp_path, capsys):
+    """Each line was in its own playbook's zone: 20:00 in New York was printed after 23:00
+    UTC under the same day, with nothing to say which clock each was."""
+    body = "channels:\n  c: {adapter: console}\nflows:\n  f:\n    - send: {text: hi}\n"
+    (tmp_path / "a.yaml").write_text("cmtyflow: 1\nname: a-utc\ntimezone: UTC\ntriggers:\n"
+                                     "  - {id: utc, cron: \"0 23 * * *\", flow: f}\n" + body, encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("cmtyflow: 1\nname: b-ny\ntimezone: America/New_York\ntriggers:\n"
+                                     "  - {id: ny, cron: \"0 20 * * *\", flow: f}\n" + body, encoding="utf-8")
+    (tmp_path / "r.csv").write_text("id\nu1\n", encoding="utf-8")
+    assert main(["dry-run", str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--roster", str(tmp_path / "r.csv"),
+                 "--start", "2026-12-01", "--days", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("(times in UTC: the playbooks are in several timezones)\n== 2026-12-01 Tue ==\n"
+                          "01:00:00  b-ny/f[0]  c -> #c\n    hi\n23:00:00  a-utc/f[0]  c -> #c\n")
