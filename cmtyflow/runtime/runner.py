@@ -28,7 +28,7 @@ import time
 import traceback
 import unicodedata
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,6 +64,11 @@ LOGGED_NOTES = {
     "opt_out_kept": "kept a recorded opt-out: the event's member data said opted_out false (only a member.opted_in event undoes one)",
     "input_failed": "set an input aside (it broke on a fault of cmtyflow's own; see docs/semantics.md, Runs)",
 }
+
+
+# How far this start's clock may be behind the last start's or stop's before it is said
+# (clocks of two machines sharing a PostgreSQL state differ by a little).
+CLOCK_SLACK = timedelta(minutes=1)
 
 
 class Runner:
@@ -113,6 +118,7 @@ class Runner:
     async def start(self) -> None:
         await self.channels.open()
         now = self.clock.now()
+        self._check_clock(now)
         self.driver.init_schedules(now)
         resent, held = self.dispatcher.recover_in_doubt()
         if resent or held:
@@ -122,6 +128,18 @@ class Runner:
             version = next(p.version for p in self.programs if p.name == name)[:12]
             detail = "first run" if first else "a new version; runs in flight finish on the one they started on"
             self.log("version", playbook=name, version=version, detail=detail)
+
+    def _check_clock(self, now: datetime) -> None:
+        """Say so when this start's time is earlier than the last start's or stop's: the
+        schedules and waits already went past it (a rehearsal with ``--now`` ahead, run
+        on the live state, moved a daily firing a week on, and the real runs after it
+        sent nothing, without a word)."""
+        last = self.store.audit(["runner_started", "runner_stopped"], limit=1)
+        before = last[-1].get("at") if last else None
+        if isinstance(before, datetime) and now < before - CLOCK_SLACK:
+            self.log("clock_behind", now=now.isoformat(), last_run=before.isoformat(),
+                     hint="schedules and waits went on as of the later time; a rehearsal with --now belongs on a "
+                          "state of its own (--state)")
 
     async def close(self) -> None:
         try:

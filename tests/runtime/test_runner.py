@@ -948,3 +948,20 @@ def test_the_last_line_counts_messages_held_in_doubt():
     add_stats(total, DispatchStats(sent=2, held=1))
     add_stats(total, DispatchStats(held=2))
     assert summary("done", 3, 1, total, False).endswith(", 3 held in doubt (cmtyflow outbox)")
+
+
+def test_a_start_earlier_than_the_last_run_says_so(tmp_path, capsys):
+    """A rehearsal with --now a week ahead, on the live state, moved the daily firing on;
+    the real runs after it sent nothing, and nothing said why."""
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text(
+        "cmtyflow: 1\nname: p\ntimezone: UTC\nchannels:\n  dm: {adapter: console}\n"
+        "triggers:\n  - {id: daily, cron: \"0 9 * * *\", flow: f}\nflows:\n  f:\n    - send: {text: hi}\n",
+        encoding="utf-8",
+    )
+    state = str(tmp_path / "s.db")
+    assert main(["run", str(playbook), "--state", state, "--once", "--now", "2026-12-08T10:00:00+00:00"]) == 0
+    assert "clock behind" not in capsys.readouterr().err
+    assert main(["run", str(playbook), "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00"]) == 0
+    err = capsys.readouterr().err
+    assert "clock behind: now=2026-12-01T10:00:00+00:00, last_run=2026-12-08T10:00:00+00:00, hint=schedules and waits" in err
