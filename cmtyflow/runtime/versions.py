@@ -391,11 +391,18 @@ def _templates_of(ins: Any) -> set[str]:
     return names | {v.template for v in (spec.variants or {}).values() if v.template}
 
 
+QUEUED = -1  # the place of a start queued behind an active run (mode: queued): not begun
+
+
 def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...]]) -> list[PlaybookPlan]:
     known = recorded(store)
     active: dict[str, Counter[tuple[str, str, int]]] = {}
     for run in store.runs(status="active"):
         active.setdefault(run.playbook, Counter())[(run.version, run.flow, run.pc)] += 1
+    # A start queued behind an active run runs on the version it was queued under, from
+    # its first step: plan said "no runs in flight on an older version" of one.
+    for record in store.waiting_starts():
+        active.setdefault(record["playbook"], Counter())[(record["version"], record["flow"], QUEUED)] += 1
     plans = []
     for prog in current:
         versions = known.get(prog.name, [])
@@ -419,9 +426,12 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
                 result.unknown_versions += n
                 continue
             instrs = old.flows.get(flow, [])
-            at = instrs[pc].label if pc < len(instrs) else "(end)"
+            queued = pc == QUEUED
+            pc = 0 if queued else pc
+            at = "(queued behind an active run, not begun)" if queued else instrs[pc].label if pc < len(instrs) else "(end)"
             changes = diff(old, prog)
-            on, beyond = reachable(instrs, pc), reachable(instrs, pc, beyond=True)
+            on = reachable(instrs, pc)
+            beyond = on if queued else reachable(instrs, pc, beyond=True)
             # A step added goes before the step at its place: ahead when that place comes
             # after where the runs are (not the step they are in), or at the end (every
             # run gets there).
@@ -446,7 +456,10 @@ def plan(store: Store, current: list[Program], formats: dict[str, tuple[str, ...
         for (version, flow, pc), n in sorted(groups.items()):
             old = rebuild(snaps[version], version, formats) if version in snaps else None
             instrs = old.flows.get(flow, []) if old is not None else []
-            at = instrs[pc].label if pc < len(instrs) else ("(end)" if old is not None else "?")
+            if pc == QUEUED:
+                at = "(queued behind an active run, not begun)"
+            else:
+                at = instrs[pc].label if pc < len(instrs) else ("(end)" if old is not None else "?")
             left.runs.append(RunGroup(version, flow, at, n))
         plans.append(left)
     return plans

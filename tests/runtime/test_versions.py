@@ -371,3 +371,20 @@ def test_plan_does_not_count_a_step_put_just_before_the_waiting_one_as_ahead(tmp
     after = v1.replace("    - wait: 1d\n", '    - wait: 1d\n    - send: {channel: dm, text: "插入"}\n')
     group, _ = _plan_after_edit(tmp_path / "after", capsys, v1, after)
     assert [(c["step"], c["change"]) for c in group["ahead"]] == [("w[2]", "added")]
+
+
+def test_plan_lists_a_start_queued_behind_an_active_run_on_its_version(tmp_path, capsys):
+    """A queued start runs on the version it was queued under, from its first step: plan
+    said 'no runs in flight on an older version' of it, and it then sent v2's texts after
+    v2 was undone."""
+    _queued_runs(tmp_path, [
+        ("queued", "v1", "A", "2026-12-01T10:00:00+00:00"),
+        ("queued", "v1", "B", "2026-12-01T10:10:00+00:00"),
+    ])
+    folder, state = tmp_path / "pb", str(tmp_path / "state.db")
+    path = write_playbook(folder, QUEUED_HEAD % (tmp_path / "out.jsonl", "queued", "v3", "v3"))
+    capsys.readouterr()
+    assert main(["plan", str(path), "--state", state, "--format", "json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    groups = sorted((g["flow"], g["at"], g["count"], [c["step"] for c in g["ahead"]]) for g in doc["runs"])
+    assert groups == [("w", "(queued behind an active run, not begun)", 1, ["a", "b"]), ("w", "ww", 1, ["b"])]
