@@ -26,10 +26,11 @@ from . import EXIT_OK, cli
               help='the member\'s playbook state to render with, JSON, e.g. \'{"streak": 7, "points": 30}\' (a '
                    'streak without last_checkin is read as current: the last check-in today). Not a state file: '
                    'preview reads no store')
+@click.option("--variant", help="the variant of an A/B test to render (default: the one the member falls into)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def preview_cmd(
     playbook: str, step: str, member_id: str | None, roster: str | None, at: str | None,
-    state_json: str | None, fmt: str,
+    state_json: str | None, variant: str | None, fmt: str,
 ) -> int:
     """Render the message of send step STEP (its id, or flow[N]) for one member."""
     _, programs = load_programs([playbook])
@@ -60,14 +61,16 @@ def preview_cmd(
         if not isinstance(state, dict):
             raise UserError("--member-state must be a JSON object")
     try:
-        result = preview(programs, step, member_id, members, now, state)
+        result = preview(programs, step, member_id, members, now, state, variant)
     except RenderError as exc:
         raise UserError(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(asdict(result), ensure_ascii=False))
     else:
         variant = f" variant {result.variant}" if result.variant else ""
-        to = result.member or f"#{result.channel}"
+        # Who the step sends to: a role, ids or the channel when it says so (the header
+        # named the member the preview was rendered for).
+        to = (f"#{result.channel}" if result.to == "channel" else result.to) or result.member or f"#{result.channel}"
         click.echo(f"{result.playbook}/{result.step}{variant} -> {to} via {result.channel} ({result.adapter}, {result.format})")
         click.echo(result.text)
     return EXIT_OK

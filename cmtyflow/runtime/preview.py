@@ -26,6 +26,7 @@ class Preview:
     variant: str | None
     format: str
     text: str
+    to: str | None = None  # the step's `to` when it is not the member: a role, ids, the channel
 
 
 def send_labels(prog: Program) -> list[str]:
@@ -56,8 +57,10 @@ def campaign_only(prog: Program, flow: str) -> str | None:
 
 def preview(
     programs: list[Program], step: str, member_id: str | None, members: list[dict[str, Any]], now: datetime,
-    state: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None, variant: str | None = None,
 ) -> Preview:
+    """The message of send step ``step`` for ``member_id``; with ``variant``, that variant
+    of an A/B test (else the one the member falls into)."""
     prog, flow, ins = find_step(programs, step)
     store = MemoryStore()
     store.put_members(members)
@@ -83,6 +86,12 @@ def preview(
     spec = ins.step.send
     channel = spec.channel or prog.default_channel or ""
     plan = prog.sends[id(ins)]
-    variant = variant_for(plan, prog.name, ins.label, member_id or run.id)
+    names = [name for name, _ in plan.weights]
+    if variant is not None and variant not in names:
+        raise UserError(f"step {ins.label} has no variant '{variant}'"
+                        + (f"; its variants are {', '.join(names)}" if names else "; it has no variants"))
+    variant = variant or variant_for(plan, prog.name, ins.label, member_id or run.id)
     text, fmt = interp._render(prog, plan, variant, member, ctx, prog.channel_formats.get(channel, ("plain",)))  # noqa: SLF001
-    return Preview(prog.name, ins.label, channel, prog.channel_adapters.get(channel, ""), member_id, variant, fmt, text)
+    to = spec.to if isinstance(spec.to, str) else ", ".join(str(x) for x in spec.to) if spec.to else None
+    return Preview(prog.name, ins.label, channel, prog.channel_adapters.get(channel, ""), member_id, variant, fmt, text,
+                   None if to == "member" else to)

@@ -393,3 +393,29 @@ def test_playbooks_in_several_timezones_share_one_clock_in_the_timeline(tmp_path
     out = capsys.readouterr().out
     assert out.startswith("(times in UTC: the playbooks are in several timezones)\n== 2026-12-01 Tue ==\n"
                           "01:00:00  b-ny/f[0]  c -> #c\n    hi\n23:00:00  a-utc/f[0]  c -> #c\n")
+
+
+def test_preview_renders_the_variant_asked_for(capsys):
+    """An A/B test's other variant could be seen only by hunting for a member who falls
+    into it."""
+    root = Path(__file__).resolve().parents[2]
+    args = ["preview", str(root / "playbooks" / "onboarding.yaml"), "welcome-dm", "--member", "u003",
+            "--roster", str(root / "examples" / "members.csv")]
+    assert main(args) == 0
+    mine = capsys.readouterr().out.splitlines()[0]
+    other = "a" if mine.split(" variant ")[1].startswith("b") else "b"
+    assert main([*args, "--variant", other]) == 0
+    assert capsys.readouterr().out.startswith(f"onboarding/welcome-dm variant {other} -> u003")
+    assert main([*args, "--variant", "c"]) == 1
+    assert "step welcome-dm has no variant 'c'; its variants are a, b" in capsys.readouterr().err
+
+
+def test_preview_names_who_the_step_sends_to(capsys):
+    """A step that posts to the channel, or pages a role, was headed '-> u003' (the member
+    it was rendered for) or '-> #dm'."""
+    root = Path(__file__).resolve().parents[2]
+    assert main(["preview", str(root / "playbooks" / "onboarding.yaml"), "group-intro", "--member", "u003",
+                 "--roster", str(root / "examples" / "members.csv")]) == 0
+    assert capsys.readouterr().out.startswith("onboarding/group-intro -> #group via group")
+    assert main(["preview", str(root / "playbooks" / "crisis-response.yaml"), "page-moderators"]) == 0
+    assert capsys.readouterr().out.startswith("crisis-response/page-moderators -> roles.moderators via dm")
