@@ -377,10 +377,16 @@ class StateLock:
                 f"another runner is using {self.state}" + (f" (pid {holder})" if holder else "")
                 + "; stop it first, or give this one its own --state"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+        except OSError as exc:  # a full disk: the error said "No space left on device", naming no file
+            fh.close()
+            if db is not None:
+                os.close(db)
+            raise UserError(f"{self.path}: cannot write the runner's lock file: {exc.strerror or exc}") from None
         self._fh, self._db = fh, db
 
     @staticmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -965,3 +966,14 @@ def test_a_start_earlier_than_the_last_run_says_so(tmp_path, capsys):
     assert main(["run", str(playbook), "--state", state, "--once", "--now", "2026-12-01T10:00:00+00:00"]) == 0
     err = capsys.readouterr().err
     assert "clock behind: now=2026-12-01T10:00:00+00:00, last_run=2026-12-08T10:00:00+00:00, hint=schedules and waits" in err
+
+
+def test_a_lock_file_that_cannot_be_written_is_named(tmp_path):
+    """On a full disk the runner stopped with 'No space left on device', naming no file
+    (the pid is written into state.db.lock first). /dev/full stands in for the disk."""
+    from cmtyflow.errors import UserError
+    from cmtyflow.runtime.runner import StateLock
+
+    (tmp_path / "s.db.lock").symlink_to("/dev/full")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 's.db.lock'}: cannot write the runner's lock file: ")):
+        StateLock(tmp_path / "s.db").acquire()
