@@ -42,7 +42,7 @@ from ..engine.program import Program
 from ..errors import UserError
 from ..loader import LoadResult
 from ..store.base import OutboxRow
-from ..store.pg_connect import split_schema
+from ..store.pg_connect import ConnectFailed, split_schema
 from ..store.pg_shared import BatchReads, SharedWork, ensure_queue_schema
 from ..store.postgres import PostgresStore
 from . import driver as driver_module
@@ -82,9 +82,16 @@ class StorePool:
     def store(self) -> Iterator[PostgresStore]:
         with self._lock:
             store = self._free.pop() if self._free else None
-        if store is None:
-            store = PostgresStore(self.url, schema=self.schema, exclusive=False)
         import psycopg
+
+        if store is None:
+            try:
+                store = PostgresStore(self.url, schema=self.schema, exclusive=False)
+            except ConnectFailed as exc:
+                # The server is restarting: a job that meets it is retried (a periodic one
+                # ends, and the next does its work), as one cut off midway is; it failed
+                # for good, a stuck job in `cmtyflow status`.
+                raise psycopg.OperationalError(str(exc)) from None
 
         cut_off = False
         try:

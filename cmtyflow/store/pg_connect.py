@@ -34,6 +34,11 @@ _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s,]+)")
 _RAW_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#\s]*:)(\S*)@")
 
 
+class ConnectFailed(UserError):
+    """The server could not be reached (down, restarting, refusing): a worker's job that
+    meets it is retried, as one cut off from the database is."""
+
+
 def _raw_password(url: str) -> str | None:
     """What stands between the user's ':' and the last '@' of ``url``, when that is a
     password (not a host's port followed by a path or query holding an '@')."""
@@ -150,7 +155,7 @@ def connect(url: str, schema: str, shown: str, *, must_exist: bool = False) -> A
     except psycopg.ProgrammingError as exc:
         raise UserError(f"{shown}: not a valid PostgreSQL URL: {_reason(exc, secret)}") from None
     except psycopg.Error as exc:
-        raise UserError(f"{shown}: cannot connect to PostgreSQL: {_reason(exc, secret)}") from None
+        raise ConnectFailed(f"{shown}: cannot connect to PostgreSQL: {_reason(exc, secret)}") from None
     try:
         conn.execute(
             psycopg.sql.SQL(

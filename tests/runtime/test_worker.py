@@ -294,6 +294,25 @@ def test_a_lost_connection_drops_the_pools_idle_connections_too(state: str) -> N
     finally:
         pool.close()
 
+
+def test_a_server_that_cannot_be_reached_is_a_retried_error_for_a_job() -> None:
+    """A job that opened a connection while the server restarted ended "failed for good"
+    (a stuck job in `cmtyflow status`; a tick, and a send or timers job not retried):
+    the store's UserError was neither a cut-off nor a retried error."""
+    import socket
+
+    import psycopg
+
+    from cmtyflow.runtime.worker import StorePool
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens on it once closed
+    pool = StorePool(f"postgresql://nobody@127.0.0.1:{port}/x", None)
+    with pytest.raises(psycopg.OperationalError, match="cannot connect to PostgreSQL"), pool.store():
+        pass
+
+
 def test_a_schema_named_in_mixed_case_is_the_one_the_workers_connections_use(cluster: pg_server.Cluster, tmp_path: Path) -> None:
     """`run` quoted the schema's name and `worker` did not: the server folded Team_A to
     team_a, and the worker retried "Database error." for good."""
