@@ -234,6 +234,18 @@ def _unknown_keys(tree: nodes.Template, known: Known) -> list[StaticProblem]:
     return found
 
 
+def _parsed(source: str, template: bool) -> nodes.Node | None:
+    """``source`` parsed as a template, or as an expression under a template node (so
+    that ``find_all`` sees it); None when it does not parse (the other checks say so)."""
+    try:
+        if template:
+            return ENV.parse(source)
+        parser = Parser(ENV, source, state="variable")
+        return nodes.Template([nodes.Output([parser.parse_expression()])])
+    except (TemplateSyntaxError, RecursionError):
+        return None
+
+
 def names_out_of_scope(
     source: str, template: bool, undefined: Mapping[str, str], none: Mapping[str, str]
 ) -> list[StaticProblem]:
@@ -243,13 +255,8 @@ def names_out_of_scope(
     of them fails, unless the source also reads the name alone (``if member``, ``member
     or ...``), which guards it. A source that does not parse is left to the other
     checks."""
-    try:
-        if template:
-            tree: nodes.Node = ENV.parse(source)
-        else:
-            parser = Parser(ENV, source, state="variable")
-            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
-    except TemplateSyntaxError:
+    tree = _parsed(source, template)
+    if tree is None:
         return []
     assigned = _assigned_names(tree)
     tested = {
@@ -282,15 +289,8 @@ def state_keys_read(source: str, template: bool) -> list[tuple[str, int]]:
     """(key, line) of each ``state.KEY`` or ``state['KEY']`` that ``source`` reads
     unguarded (rules above); a method (``state.get``) is not a key. A source that does
     not parse, or that assigns ``state`` itself, is left to the other checks."""
-    try:
-        if template:
-            tree: nodes.Node = ENV.parse(source)
-        else:
-            parser = Parser(ENV, source, state="variable")
-            tree = nodes.Template([nodes.Output([parser.parse_expression()])])
-    except (TemplateSyntaxError, RecursionError):
-        return []
-    if "state" in _assigned_names(tree):
+    tree = _parsed(source, template)
+    if tree is None or "state" in _assigned_names(tree):
         return []
     found: list[tuple[str, int]] = []
     guarded: set[str] = set()
