@@ -66,7 +66,7 @@ def _open(path: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise UserError(f"{path}: cannot open the state database: {exc}") from None
     try:
-        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = OFF")  # no foreign keys: rows refer by id, checked by the engine
@@ -148,6 +148,35 @@ def _deliveries_json(results: list[tuple[str, str, dict[str, Any]]]) -> str | No
         return json.dumps(out, ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
     except ValueError:  # a timestamp that is not finite
         return None
+
+
+BUSY_SECONDS = 10.0  # how long a write waits for another connection's (as busy_timeout)
+BUSY_POLL = 0.001  # seconds between its tries
+
+
+def _begin(db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to ``BUSY_SECONDS`` for another writer, trying
+    again every millisecond. SQLite's own wait tries every 100 ms after its first
+    quarter second, and a runner working through a backlog leaves the lock free for
+    well under a millisecond between its groups of inputs: an `emit` waited 5.2 s
+    behind 20,000 of them (and would have given up at 10 s behind more)."""
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = None
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED") and "locked" not in str(exc):
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + BUSY_SECONDS
+                if now >= deadline:
+                    raise
+            time.sleep(BUSY_POLL)
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
 
 
 def _forget_statistics(db: sqlite3.Connection) -> None:
@@ -285,7 +314,7 @@ class SqliteStore(SqlStore):
             if group is not None:
                 yield from self._grouped_write(db, group)
                 return
-            db.execute("BEGIN IMMEDIATE")
+            _begin(db)
             try:
                 yield db
                 db.execute("COMMIT")
@@ -299,7 +328,7 @@ class SqliteStore(SqlStore):
         the first write), so that a write that fails is undone alone; the group is
         committed once it holds ``most`` writes or has been open ``within`` seconds."""
         if not db.in_transaction:
-            db.execute("BEGIN IMMEDIATE")
+            _begin(db)
             group.begun = time.monotonic()
             group.writes = 0
         db.execute("SAVEPOINT write")
