@@ -14,16 +14,9 @@ import click
 from ..clock import Clock, SystemClock, VirtualClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
+from ..runtime.logs import LibraryLog, json_log, log_warnings, text_log
 from ..runtime.prepare import load_programs, parse_now
-from ..runtime.runner import (
-    LibraryLog,
-    Runner,
-    StateLock,
-    build_runner,
-    json_log,
-    log_warnings,
-    text_log,
-)
+from ..runtime.runner import Runner, StateLock, build_runner
 from ..store.open import is_postgres
 from . import EXIT_OK, cli
 from .state import import_roster, state_option, store_at

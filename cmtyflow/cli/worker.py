@@ -13,8 +13,8 @@ import click
 from ..clock import SystemClock
 from ..errors import UserError
 from ..runtime.channels import ChannelSet
+from ..runtime.logs import LibraryLog, json_log, log_warnings, text_log
 from ..runtime.prepare import load_programs
-from ..runtime.runner import LibraryLog, json_log, log_warnings, text_log
 from ..store.open import ENV_VAR, is_postgres, shown, state_location
 from . import EXIT_OK, cli
 from .state import state_option

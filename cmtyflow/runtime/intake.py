@@ -68,7 +68,7 @@ from ..adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from ..engine.model import Event
 from ..errors import UserError
 from .inputs import DuplicateKey, SameIds, json_value, parse_event, quoted
-from .runner import Repeats
+from .logs import Repeats
 
 log = logging.getLogger("cmtyflow.intake")
 

@@ -15,7 +15,7 @@ import pytest
 
 from cmtyflow.errors import UserError
 from cmtyflow.runtime.intake import IntakeConfig, make_app
-from cmtyflow.runtime.runner import LibraryLog, json_log, text_log
+from cmtyflow.runtime.logs import LibraryLog, json_log, text_log
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 TOKEN = "tok-5be0c2d9a817"
@@ -88,7 +88,7 @@ def test_a_library_line_repeated_is_written_once_then_counted_once_a_minute():
 
 
 def test_repeats_say_a_kind_again_after_a_quiet_minute_and_flush_counts_when_other_lines_come():
-    from cmtyflow.runtime.runner import Repeats
+    from cmtyflow.runtime.logs import Repeats
 
     clock = Clock()
     repeats = Repeats(60.0, clock)
@@ -103,7 +103,7 @@ def test_repeats_say_a_kind_again_after_a_quiet_minute_and_flush_counts_when_oth
 
 
 def test_repeats_keep_a_bounded_number_of_kinds():
-    from cmtyflow.runtime.runner import Repeats
+    from cmtyflow.runtime.logs import Repeats
 
     clock = Clock()
     repeats = Repeats(60.0, clock)

@@ -18,7 +18,7 @@ from runner_harness import UTC, event, write_playbook
 
 from cmtyflow.adapters.base import Capabilities, Receipt
 from cmtyflow.cli import main
-from cmtyflow.runtime.runner import json_log, text_log
+from cmtyflow.runtime.logs import json_log, text_log
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
@@ -880,7 +880,7 @@ def test_what_libraries_log_is_one_line_of_the_runners_log_without_traceback_or_
     import json
     import logging
 
-    from cmtyflow.runtime.runner import LibraryLog, json_log
+    from cmtyflow.runtime.logs import LibraryLog, json_log
 
     out = io.StringIO()
     handler = LibraryLog(json_log(out, lambda: T0))
@@ -909,7 +909,7 @@ def test_a_fault_of_cmtyflows_own_logged_by_asyncio_keeps_where_it_happened():
     import logging
 
     from cmtyflow.runtime import runner
-    from cmtyflow.runtime.runner import LibraryLog, json_log
+    from cmtyflow.runtime.logs import LibraryLog, json_log
 
     out = io.StringIO()
     with LibraryLog(json_log(out, lambda: T0)).installed():
