@@ -46,43 +46,11 @@ from ..errors import UserError
 from . import rows
 from .base import OutboxRow, ScheduleUpdate
 from .codec import dt_cols, dt_parse, dt_text, dumps, loads
-from .migrations import migrate
 from .sqlbase import SqlStore, count, finish_params, finish_sql
+from .sqlite_connect import begin, identity, open_db
 
 RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)  # UPDATE ... RETURNING
 JSON = sqlite3.sqlite_version_info >= (3, 38, 0)  # json_each and ->> built in
-
-
-def _open(path: str) -> sqlite3.Connection:
-    if path != ":memory:" and not path.startswith("file:"):
-        if Path(path).is_dir():
-            raise UserError(f"{path}: a folder; the state is a file in it, e.g. {Path(path) / 'state.db'}")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{path}: cannot create the state folder: {exc.strerror or exc}") from None
-    try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=512)
-    except sqlite3.Error as exc:
-        raise UserError(f"{path}: cannot open the state database: {exc}") from None
-    try:
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA foreign_keys = OFF")  # no foreign keys: rows refer by id, checked by the engine
-        db.execute("PRAGMA temp_store = MEMORY")
-        db.execute("PRAGMA cache_size = -32768")  # 32 MiB
-        migrate(db, path)
-        _forget_statistics(db)
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB" or "not a database" in str(exc):
-            raise UserError(f"{path}: not an SQLite database (is --state/CMTYFLOW_STATE the right file?)") from None
-        raise UserError(f"{path}: cannot open the state database: {exc}") from None
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 # An int of 19 digits or more may not fit in 64 bits: JSON would give SQLite a REAL
@@ -150,52 +118,6 @@ def _deliveries_json(results: list[tuple[str, str, dict[str, Any]]]) -> str | No
         return None
 
 
-BUSY_SECONDS = 10.0  # how long a write waits for another connection's (as busy_timeout)
-BUSY_POLL = 0.001  # seconds between its tries
-
-
-def _begin(db: sqlite3.Connection) -> None:
-    """``BEGIN IMMEDIATE``, waiting up to ``BUSY_SECONDS`` for another writer, trying
-    again every millisecond. SQLite's own wait tries every 100 ms after its first
-    quarter second, and a runner working through a backlog leaves the lock free for
-    well under a millisecond between its groups of inputs: an `emit` waited 5.2 s
-    behind 20,000 of them (and would have given up at 10 s behind more)."""
-    db.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline = None
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED") and "locked" not in str(exc):
-                    raise
-                now = time.monotonic()
-                deadline = deadline if deadline is not None else now + BUSY_SECONDS
-                if now >= deadline:
-                    raise
-            time.sleep(BUSY_POLL)
-    finally:
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
-
-
-def _forget_statistics(db: sqlite3.Connection) -> None:
-    """Drop the table statistics an earlier version kept (``PRAGMA optimize`` at close).
-    Taken while the outbox was small (a first run), they stayed when it grew, and the
-    group commit of deliveries was planned as a scan of the whole outbox per delivery:
-    5,000 deliveries took 31.6 s instead of 0.13 s. Without statistics SQLite takes
-    every table for large and looks rows up by their indexes, as these statements
-    are written to be."""
-    found = db.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone()
-    if found is None or db.execute("SELECT 1 FROM sqlite_stat1 LIMIT 1").fetchone() is None:
-        return
-    try:
-        db.execute("DELETE FROM sqlite_stat1")
-        db.execute("ANALYZE sqlite_schema")  # the planner reloads what is left: nothing
-    except sqlite3.OperationalError:
-        pass  # another writer holds the file (busy): the next open drops them
-
-
 def _missing_key(db: sqlite3.Connection, keys: list[str]) -> KeyError:
     """The error for results of which some key has no outbox row (the write rolls back)."""
     missing = [k for k in keys if not db.execute("SELECT 1 FROM outbox WHERE key = ?", (k,)).fetchone()]
@@ -244,14 +166,6 @@ def _finish_many_sql(fields: tuple[str, ...], moves_due: bool) -> str:
     return f"UPDATE outbox SET {sets} FROM json_each(?) AS v WHERE outbox.key = v.value ->> {len(names)}"
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
-
-
 @dataclass
 class _Group:
     """The transaction that ``SqliteStore.grouped`` keeps open between writes."""
@@ -270,15 +184,15 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._lock = threading.RLock()  # held by each call: one thread at a time on the connection
-        self._db: sqlite3.Connection | None = _open(self.path)
-        self._file = _identity(self.path)
+        self._db: sqlite3.Connection | None = open_db(self.path)
+        self._file = identity(self.path)
         self._group: _Group | None = None  # writes made inside ``grouped``
 
     def check_file(self) -> None:
         """Raise ``UserError`` when the file at ``path`` is no longer the one opened
         (deleted, or replaced by a restore or a copy): writes would go to a file no one
         else reads, and be lost with the process. The runner checks at every pass."""
-        if _identity(self.path) != self._file:
+        if identity(self.path) != self._file:
             raise UserError(
                 f"{self.path}: the state file was deleted or replaced while the runner had it open; stopped, so that "
                 "nothing more is written to the old one. Restore the file and start the runner again"
@@ -314,7 +228,7 @@ class SqliteStore(SqlStore):
             if group is not None:
                 yield from self._grouped_write(db, group)
                 return
-            _begin(db)
+            begin(db)
             try:
                 yield db
                 db.execute("COMMIT")
@@ -328,7 +242,7 @@ class SqliteStore(SqlStore):
         the first write), so that a write that fails is undone alone; the group is
         committed once it holds ``most`` writes or has been open ``within`` seconds."""
         if not db.in_transaction:
-            _begin(db)
+            begin(db)
             group.begun = time.monotonic()
             group.writes = 0
         db.execute("SAVEPOINT write")

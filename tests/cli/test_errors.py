@@ -155,14 +155,14 @@ def test_a_full_disk_under_the_state_is_an_error_not_a_bug(tmp_path, monkeypatch
     state = tmp_path / "state.db"
     assert run(capsys, "emit", "ping", "--id", "e0", "--state", str(state))[0] == 0
     pages = sqlite3.connect(state).execute("PRAGMA page_count").fetchone()[0]
-    opened = sqlite_store._open  # noqa: SLF001
+    opened = sqlite_store.open_db
 
     def small(path):  # type: ignore[no-untyped-def]
         db = opened(path)
         db.execute(f"PRAGMA max_page_count = {pages + 2}")
         return db
 
-    monkeypatch.setattr(sqlite_store, "_open", small)
+    monkeypatch.setattr(sqlite_store, "open_db", small)
     events = tmp_path / "many.jsonl"
     line = {"type": "ping", "at": "2026-12-01T10:00:00+08:00", "data": {"text": "x" * 500}}
     events.write_text("".join(json.dumps({"id": f"e{i}", **line}) + "\n" for i in range(2000)), encoding="utf-8")
