@@ -52,7 +52,8 @@ def run(
     result, programs = load_programs(paths, warn=log_format != "json")  # in JSON, logged as lines of the log
     intake = None
     if listen:
-        from ..runtime.intake import IntakeConfig, parse_listen
+        from ..runtime.intake import IntakeConfig
+        from ..runtime.listen import parse_listen
 
         host, port = parse_listen(listen)
         intake = (host, port, IntakeConfig.from_env(os.environ))
@@ -104,7 +105,8 @@ async def _serve(runner: Runner, *, once: bool, intake: Any, default_tz: ZoneInf
     if intake is not None:
         # Listening first: a port already taken stops the command before the runner has
         # started (and recorded a start and a stop, and a first run of each playbook).
-        from ..runtime.intake import make_app, serve, store_accept
+        from ..runtime.intake import make_app, store_accept
+        from ..runtime.listen import serve
 
         host, port, config = intake
         app = make_app(

@@ -17,7 +17,8 @@ import pytest
 from cmtyflow.adapters.webhook import sign
 from cmtyflow.engine.model import Event
 from cmtyflow.errors import UserError
-from cmtyflow.runtime.intake import IntakeConfig, make_app, parse_listen, serve, store_accept
+from cmtyflow.runtime.intake import IntakeConfig, make_app, store_accept
+from cmtyflow.runtime.listen import parse_listen, serve
 from cmtyflow.store.sqlite import SqliteStore
 
 TZ = ZoneInfo("Europe/Berlin")

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cmtyflow.engine.model import Event
-from cmtyflow.runtime.intake import IntakeConfig, make_app, serve
+from cmtyflow.runtime.intake import IntakeConfig, make_app
+from cmtyflow.runtime.listen import serve
 
 TZ = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -162,12 +163,12 @@ async def test_connections_past_the_most_are_answered_503_and_closed(intake):
 def test_the_most_connections_is_a_quarter_of_the_file_descriptors_when_that_is_fewer(monkeypatch):
     import resource
 
-    from cmtyflow.runtime import intake
+    from cmtyflow.runtime import listen
 
     monkeypatch.setattr(resource, "getrlimit", lambda what: (256, 4096))
-    assert intake._connections_allowed(256) == 64
+    assert listen._connections_allowed(256) == 64
     monkeypatch.setattr(resource, "getrlimit", lambda what: (65536, 65536))
-    assert intake._connections_allowed(256) == 256
+    assert listen._connections_allowed(256) == 256
 
 
 # --- Expect: 100-continue ----------------------------------------------------------------
