@@ -270,6 +270,7 @@ class HttpAdapter:
                     f"{self.name}: waiting for {host_of(url)}'s rate limit, {math.ceil(exc.wait)}s",
                     retry_after=exc.wait,
                     rate_limited=True,
+                    paced=True,
                 ) from None
         hook = BEFORE_WRITE.get()  # ``about_to_write()``, inline: one call less per request
         if hook is not None:

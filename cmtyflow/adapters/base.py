@@ -58,12 +58,17 @@ class DeliveryError(Exception):
 class TransientDeliveryError(DeliveryError):
     """Try again later; ``retry_after`` (seconds) is the platform's own hint if it gave one.
     ``rate_limited``: the platform refused for rate (HTTP 429 or its own equivalent);
-    the runner waits as told and does not count it as a failed attempt."""
+    the runner waits as told and does not count it as a failed attempt. ``paced``: no
+    request was made, the channel's own rate limit put the message off (it is queued
+    again, not failed)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, rate_limited: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False, paced: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+        self.paced = paced
 
 
 class InDoubtDeliveryError(TransientDeliveryError):

@@ -23,7 +23,9 @@ Rules:
   ``retry.attempts`` the message is dead; otherwise it is retried after an
   exponential backoff with jitter (``BACKOFF_BASE`` doubling per attempt, capped at
   ``retry.max_delay``), never sooner than a ``Retry-After`` the platform gave, up to
-  ``retry.max_delay``.
+  ``retry.max_delay``. A message that the channel's own rate limit puts off before
+  any request (``paced``, a wait longer than the adapter takes in place) is queued
+  again for that time, not failed: nothing was tried.
 - A send whose request was written and got no answer (a timeout, a dropped
   connection: ``InDoubtDeliveryError``) is in doubt too, and follows the same rule
   as a crash's, below: retried as any transient failure where a resend is allowed,
@@ -109,6 +111,7 @@ class DispatchStats:
     paused: int = 0  # of ``requeued``: left for the next call when the budget was spent
     abandoned: int = 0
     held: int = 0  # in doubt (its request written, no answer) and held for `cmtyflow outbox`
+    put_off: int = 0  # queued again for the channel's own rate limit, nothing tried (not in ``total``)
     by_status: dict[str, int] = field(default_factory=dict)
 
     def total(self) -> int:
@@ -521,6 +524,14 @@ class Dispatcher:
             if asked is not None:
                 delay = max(delay, min(asked, MAX_HOLD if exc.rate_limited else max_delay))
         when = now + timedelta(seconds=delay)
+        if exc.rate_limited and getattr(exc, "paced", False) and attempts == row.attempts:
+            # Pacing, not a failure: nothing was sent, so the row is queued again for
+            # when the channel's rate limit lets it go (``outbox`` lists failures only;
+            # ``status`` counts it as queued, and ``last_error`` says why it waits).
+            self._results.append((m.key, "queued", {"next_attempt": when, "last_error": error}))
+            stats.put_off += 1
+            self.log("put_off", key=m.key, playbook=m.playbook, step=m.step, member=m.member, next_attempt=when.isoformat(), reason=error)
+            return
         self._results.append((m.key, "failed", {"attempts": attempts, "next_attempt": when, "last_error": error}))
         stats.failed += 1
         self.log("retry", key=m.key, playbook=m.playbook, step=m.step, member=m.member, attempts=attempts, next_attempt=when.isoformat(), error=error)

@@ -243,6 +243,7 @@ def add_stats(total: DispatchStats, stats: DispatchStats) -> None:
     total.requeued += stats.requeued
     total.abandoned += stats.abandoned
     total.held += stats.held
+    total.put_off += stats.put_off
 
 
 LOG_FIRING_EVERY = 10_000  # runs a firing under way starts between its log lines
@@ -290,7 +291,8 @@ def summary(verb: str, inputs: int, started: int, t: DispatchStats, firing_under
     """A runner's or worker's last line: what it handled, started, saw fail and sent."""
     runs_failed = f", {failed} run{'s' if failed != 1 else ''} failed (cmtyflow status says why)" if failed else ""
     line = (f"{verb}: {inputs} inputs handled, {started} runs started{runs_failed}, {t.sent} sent, {t.failed} to retry, "
-            f"{t.dead} dead-lettered, {t.cancelled} cancelled" + (f", {t.held} held in doubt (cmtyflow outbox)" if t.held else ""))
+            f"{t.dead} dead-lettered, {t.cancelled} cancelled" + (f", {t.held} held in doubt (cmtyflow outbox)" if t.held else "")
+            + (f", {t.put_off} put off for a channel's rate limit" if t.put_off else ""))
     if firing_under_way:
         line += "; a firing over the audience stopped part way: the next run goes on with it (cmtyflow status)"
     return line

@@ -106,12 +106,13 @@ async def test_a_robot_held_for_ten_minutes_puts_the_next_send_off_without_a_req
         "dingtalk", fake, lambda b, f: {"webhook_url": f"{b}/robot/send?access_token={f.access_token}"}
     )
     fake.then(fake.code(130101, "send too fast, exceed 20 times per minute"))
-    with pytest.raises(TransientDeliveryError, match="130101"):
+    with pytest.raises(TransientDeliveryError, match="130101") as refused:
         await adapter.send(message())
+    assert not refused.value.paced  # the platform refused it: a request was made
     with pytest.raises(TransientDeliveryError) as held:
         await adapter.send(message())
     assert str(held.value) == "dingtalk: waiting for 127.0.0.1's rate limit, 600s"
-    assert held.value.rate_limited and held.value.retry_after == pytest.approx(600)
+    assert held.value.rate_limited and held.value.paced and held.value.retry_after == pytest.approx(600)
     assert len(fake.requests) == 1 and clock.slept == []
     clock.now += 600
     await adapter.send(message())

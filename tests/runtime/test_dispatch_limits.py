@@ -102,14 +102,19 @@ async def test_a_robot_held_ten_minutes_does_not_hold_the_workers(aiohttp_server
         await ding.close()
         await tg.close()
     assert len(robot_calls) <= 2 and len(telegram_calls) == 1
-    assert stats.sent == 1 and stats.failed == 40
+    assert stats.sent == 1 and stats.failed == len(robot_calls) and stats.put_off == 40 - len(robot_calls)
     assert max(clock.slept, default=0.0) <= 5.0  # no worker slept through the block
     found = rows(store)
     assert found["t0"][0] == "sent"
     robot = [found[f"d{i:02d}"] for i in range(40)]
-    assert all(status == "failed" and attempts == 0 for status, attempts, _, _ in robot)
+    assert all(attempts == 0 for _, attempts, _, _ in robot)
+    # Refused by the platform: failed (no attempt counted); put off by the limiter
+    # before any request: queued again for the hold, with why it waits.
+    assert sum(status == "failed" for status, _, _, _ in robot) == len(robot_calls)
     put_off = [row for row in robot if row[3] == "dingtalk: waiting for 127.0.0.1's rate limit, 600s"]
     assert len(put_off) == 40 - len(robot_calls)
+    assert all(status == "queued" and at is not None and at >= now + timedelta(seconds=590) for status, _, at, _ in put_off)
+    assert [r.message.key for r in store.outbox(["failed"])] == [f"d{i:02d}" for i in range(len(robot_calls))]
     assert all(at is not None and at >= now + timedelta(seconds=599) for _, _, at, _ in robot)
 
 
