@@ -421,6 +421,21 @@ def test_failed_message_is_due_again_at_next_attempt(store: Store) -> None:
     assert again.message.key == "k1" and again.attempts == 1 and again.status == "inflight"
 
 
+def test_message_put_off_is_queued_until_its_time(store: Store) -> None:
+    """Put off for a channel's rate limit (nothing tried): queued again, not failed,
+    with why it waits, and due at that time."""
+    store.apply(Decision(messages=[message("k1", at(1))]))
+    store.claim_due_messages(at(1))
+    store.finish_messages([("k1", "queued", {"next_attempt": at(4), "last_error": "waiting for the rate limit, 3s"})])
+    assert list(store.outbox(["failed"])) == []
+    (row,) = store.outbox(["queued"])
+    assert (row.attempts, row.next_attempt, row.last_error) == (0, at(4), "waiting for the rate limit, 3s")
+    assert store.next_message_due() == at(4)
+    assert store.claim_due_messages(at(3)) == []
+    (again,) = store.claim_due_messages(at(4))
+    assert again.message.key == "k1" and again.attempts == 0 and again.status == "inflight"
+
+
 def test_sent_message_records_a_delivery(store: Store) -> None:
     store.apply(Decision(messages=[message("k1", at(1)), message("k2", at(1), playbook="other")]))
     store.claim_due_messages(at(1))
