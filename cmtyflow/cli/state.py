@@ -410,15 +410,28 @@ def events_import(file: str, tz_name: str | None, state: str | None) -> int:
                     accepted, duplicates = accepted + a, duplicates + d
     except (UserError, KeyboardInterrupt):
         if accepted + duplicates:
-            click.echo(f"note: stopped after queuing {accepted} events ({duplicates} seen before); import the file "
+            click.echo(f"note: stopped after queuing {accepted} events ({duplicates} duplicates not queued again); import the file "
                        "again to finish (events queued before are seen, not queued twice)", err=True)
         raise
     finally:
         store.close()
     for problem in problems:
         click.echo(f"{problem}: line skipped", err=True)
-    click.echo(f"queued {accepted} events, {duplicates} seen before" + (f", {len(problems)} lines skipped" if problems else ""))
+    click.echo(imported(accepted, duplicates, len(problems)))
     return EXIT_ERROR if problems else EXIT_OK
+
+
+def imported(accepted: int, duplicates: int, skipped: int) -> str:
+    """``events import``'s last line. A duplicate's id was queued before, by an earlier
+    import or earlier in the same file (the shipped example repeats one on purpose):
+    "1 seen before" on a new state read as a fault of the state."""
+    line = f"queued {accepted} event{'' if accepted == 1 else 's'}"
+    if duplicates:
+        line += (f", {duplicates} duplicate{'' if duplicates == 1 else 's'} not queued again "
+                 "(an id already queued, by an earlier import or earlier in this file)")
+    if skipped:
+        line += f", {skipped} line{'' if skipped == 1 else 's'} skipped"
+    return line
 
 
 # launch -----------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_events_import_and_emit_refuse_keys_named_twice(tmp_path, capsys):
     )
     assert main(["events", "import", str(events), "--state", state]) == 1
     out, err = capsys.readouterr()
-    assert "queued 1 events, 0 seen before, 1 lines skipped" in out
+    assert "queued 1 event, 1 line skipped" in out
     assert f'{events}:2: an object names the key "n" twice' in err
     assert main(["emit", "a.b", "--data", '{"a": 1, "a": 2}', "--state", state]) == 1
     assert 'error: --data: an object names the key "a" twice' in capsys.readouterr().err

@@ -77,9 +77,9 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     ]
     events.write_text("".join(json.dumps(e) + "\n" for e in lines) + "not json\n", encoding="utf-8")
     code, out, err = cli(capsys, "events", "import", str(events), "--state", state)
-    assert code == 1 and "queued 6 events, 0 seen before, 1 lines skipped" in out and ":7:" in err
+    assert code == 1 and "queued 6 events, 1 line skipped" in out and ":7:" in err
     code, out, _ = cli(capsys, "events", "import", str(events), "--state", state)
-    assert "queued 0 events, 6 seen before" in out
+    assert "queued 0 events, 6 duplicates not queued again (an id already queued, by an earlier import or earlier in this file)" in out
     code, out, _ = cli(capsys, "emit", "checkin.posted", "--member", "u2", "--at", "2026-12-03T09:00:00+01:00", "--id", "c5", "--state", state)
     assert (code, out.strip()) == (0, "queued event c5")
 
@@ -125,6 +125,15 @@ def test_members_events_launch_run_status_and_report(tmp_path, club, capsys):
     assert (code, err) == (1, "error: nowhere/club.yaml: no such file\n")
     code, _, err = cli(capsys, "launch", "club", "poke", "--state", str(tmp_path / "none.db"))
     assert code == 1 and "no state at" in err
+
+
+def test_the_shipped_events_say_which_line_repeats_an_id_on_a_new_state(tmp_path, capsys):
+    """The example file repeats an id on purpose: on a new state that is a duplicate
+    earlier in the file, not an event the state had ("1 seen before")."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "onboarding.events.jsonl"
+    code, out, _ = cli(capsys, "events", "import", str(example), "--state", str(tmp_path / "state.db"))
+    assert code == 0
+    assert out.strip().endswith(", 1 duplicate not queued again (an id already queued, by an earlier import or earlier in this file)")
 
 
 def test_a_roster_naming_a_member_twice_is_imported_with_a_note(tmp_path, capsys):
@@ -637,11 +646,11 @@ def test_a_sigterm_stops_an_import_as_ctrl_c_does_and_says_how_far_it_got(tmp_pa
     monkeypatch.setattr(SqliteStore, "add_events", add_then_terminated)
     state = str(tmp_path / "state.db")
     code, _, err = cli(capsys, "events", "import", str(tmp_path / "ev.jsonl"), "--state", state, "--timezone", "UTC")
-    assert code == 130 and "note: stopped after queuing 6 events (0 seen before); import the file again" in err
+    assert code == 130 and "note: stopped after queuing 6 events (0 duplicates not queued again); import the file again" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
     monkeypatch.setattr(SqliteStore, "add_events", add)
     code, out, _ = cli(capsys, "events", "import", str(tmp_path / "ev.jsonl"), "--state", state, "--timezone", "UTC")
-    assert (code, out.strip()) == (0, "queued 1 events, 6 seen before")
+    assert (code, out.strip()) == (0, "queued 1 event, 6 duplicates not queued again (an id already queued, by an earlier import or earlier in this file)")
 
 
 def test_ctrl_c_just_after_a_roster_batch_commits_is_counted_in_the_note(tmp_path, capsys, monkeypatch):
