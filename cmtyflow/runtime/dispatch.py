@@ -111,7 +111,7 @@ class DispatchStats:
     paused: int = 0  # of ``requeued``: left for the next call when the budget was spent
     abandoned: int = 0
     held: int = 0  # in doubt (its request written, no answer) and held for `cmtyflow outbox`
-    put_off: int = 0  # queued again for the channel's own rate limit, nothing tried (not in ``total``)
+    put_off: int = 0  # times a message was queued again for its channel's own rate limit, nothing tried (not in ``total``)
     by_status: dict[str, int] = field(default_factory=dict)
 
     def total(self) -> int:

@@ -22,6 +22,7 @@ from cmtyflow.adapters.webhook import WebhookAdapter, WebhookSettings
 from cmtyflow.engine.model import Decision, QueuedMessage
 from cmtyflow.runtime.channels import OpenChannel
 from cmtyflow.runtime.dispatch import Dispatcher
+from cmtyflow.runtime.runner import summary
 from cmtyflow.spec.models import Policies, Retry
 from cmtyflow.store.memory import MemoryStore
 
@@ -115,6 +116,7 @@ async def test_a_robot_held_ten_minutes_does_not_hold_the_workers(aiohttp_server
     assert len(put_off) == 40 - len(robot_calls)
     assert all(status == "queued" and at is not None and at >= now + timedelta(seconds=590) for status, _, at, _ in put_off)
     assert [r.message.key for r in store.outbox(["failed"])] == [f"d{i:02d}" for i in range(len(robot_calls))]
+    assert summary("done", 0, 0, stats, False).endswith(f"messages put off {stats.put_off} times for a channel's rate limit")
     assert all(at is not None and at >= now + timedelta(seconds=599) for _, _, at, _ in robot)
 
 
