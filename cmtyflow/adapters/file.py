@@ -1,10 +1,17 @@
-"""``file``: appends each message as one JSON line to a file (audits, tests, pipes)."""
+"""``file``: appends each message as one JSON line to a file (audits, tests, pipes).
+
+A line: ``{"key", "written_at", "playbook", "channel", "member", "format", "text",
+"urgent"}``; ``written_at`` is when the line was written (UTC, to the second, from the
+machine's clock also under ``run --now``), ``playbook`` the one that sent it."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -24,9 +31,10 @@ class FileAdapter:
     # Lines carry the idempotency key, so a reader can deduplicate an in-doubt resend.
     capabilities: ClassVar[Capabilities] = Capabilities(formats=("plain", "markdown", "html"), idempotent=True)
 
-    def __init__(self, settings: FileSettings, channel: str = "file") -> None:
+    def __init__(self, settings: FileSettings, channel: str = "file", *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.channel = channel
+        self._clock = clock
         self._fh: Any = None
 
     async def open(self) -> None:
@@ -47,6 +55,8 @@ class FileAdapter:
             await self.open()
         line = {
             "key": message.key,
+            "written_at": datetime.fromtimestamp(int(self._clock()), UTC).isoformat(),
+            "playbook": message.playbook,
             "channel": message.channel,
             "member": message.recipient.member_id if message.recipient else None,
             "format": message.format,
