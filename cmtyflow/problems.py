@@ -72,7 +72,8 @@ def format_text(problems: Iterable[Problem]) -> str:
     return "\n".join(format_problem(p) for p in problems)
 
 
-def _plural(count: int, word: str) -> str:
+def plural(count: int, word: str) -> str:
+    """``1 event``, ``2 events``: a count with its word."""
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
@@ -80,7 +81,7 @@ def summary(files: int, problems: Iterable[Problem]) -> str:
     problems = list(problems)
     errors = sum(1 for p in problems if p.is_error)
     warnings = len(problems) - errors
-    return f"{_plural(files, 'file')}, {_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+    return f"{plural(files, 'file')}, {plural(errors, 'error')}, {plural(warnings, 'warning')}"
 
 
 def format_json(problems: Iterable[Problem], files: int | None = None) -> str:

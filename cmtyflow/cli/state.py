@@ -32,6 +32,7 @@ from ..clock import SystemClock
 from ..engine.model import Launch
 from ..engine.program import Program
 from ..errors import UserError
+from ..problems import plural
 from ..runtime.driver import launch_event
 from ..runtime.inputs import (
     DuplicateKey,
@@ -425,12 +426,12 @@ def imported(accepted: int, duplicates: int, skipped: int) -> str:
     """``events import``'s last line. A duplicate's id was queued before, by an earlier
     import or earlier in the same file (the shipped example repeats one on purpose):
     "1 seen before" on a new state read as a fault of the state."""
-    line = f"queued {accepted} event{'' if accepted == 1 else 's'}"
+    line = f"queued {plural(accepted, 'event')}"
     if duplicates:
-        line += (f", {duplicates} duplicate{'' if duplicates == 1 else 's'} not queued again "
+        line += (f", {plural(duplicates, 'duplicate')} not queued again "
                  "(an id already queued, by an earlier import or earlier in this file)")
     if skipped:
-        line += f", {skipped} line{'' if skipped == 1 else 's'} skipped"
+        line += f", {plural(skipped, 'line')} skipped"
     return line
 
 

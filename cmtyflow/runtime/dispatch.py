@@ -524,7 +524,7 @@ class Dispatcher:
             if asked is not None:
                 delay = max(delay, min(asked, MAX_HOLD if exc.rate_limited else max_delay))
         when = now + timedelta(seconds=delay)
-        if exc.rate_limited and getattr(exc, "paced", False) and attempts == row.attempts:
+        if exc.paced and attempts == row.attempts:
             # Pacing, not a failure: nothing was sent, so the row is queued again for
             # when the channel's rate limit lets it go (``outbox`` lists failures only;
             # ``status`` counts it as queued, and ``last_error`` says why it waits).

@@ -33,6 +33,7 @@ from ..engine.model import Decision
 from ..engine.program import Program
 from ..errors import UserError
 from ..loader import LoadedPlaybook, LoadResult
+from ..problems import plural
 from ..store.base import Store
 from . import driver as driver_module
 from . import versions
@@ -292,7 +293,7 @@ def summary(verb: str, inputs: int, started: int, t: DispatchStats, firing_under
     runs_failed = f", {failed} run{'s' if failed != 1 else ''} failed (cmtyflow status says why)" if failed else ""
     line = (f"{verb}: {inputs} inputs handled, {started} runs started{runs_failed}, {t.sent} sent, {t.failed} to retry, "
             f"{t.dead} dead-lettered, {t.cancelled} cancelled" + (f", {t.held} held in doubt (cmtyflow outbox)" if t.held else "")
-            + (f", messages put off {t.put_off} time{'s' if t.put_off != 1 else ''} for a channel's rate limit" if t.put_off else ""))
+            + (f", messages put off {plural(t.put_off, 'time')} for a channel's rate limit" if t.put_off else ""))
     if firing_under_way:
         line += "; a firing over the audience stopped part way: the next run goes on with it (cmtyflow status)"
     return line

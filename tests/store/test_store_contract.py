@@ -409,31 +409,28 @@ def test_urgent_messages_are_claimed_before_older_ones_once_due(store: Store) ->
     assert store.claim_due_messages(at(30)) == [] and store.urgent_waiting() == 0
     assert store.next_message_due() is None
 
-def test_failed_message_is_due_again_at_next_attempt(store: Store) -> None:
+@pytest.mark.parametrize(
+    ("status", "attempts", "error", "not_listed"),
+    [
+        ("failed", 1, "503", "queued"),  # a failed attempt, retried
+        # Put off for a channel's rate limit (nothing tried): queued again, not failed,
+        # with why it waits.
+        ("queued", 0, "waiting for the rate limit, 3s", "failed"),
+    ],
+    ids=["failed", "put-off"],
+)
+def test_message_is_due_again_at_next_attempt(store: Store, status: str, attempts: int, error: str, not_listed: str) -> None:
     store.apply(Decision(messages=[message("k1", at(1))]))
     store.claim_due_messages(at(1))
-    store.finish_messages([("k1", "failed", {"attempts": 1, "next_attempt": at(4), "last_error": "503"})])
-    (row,) = store.outbox(["failed"])
-    assert (row.attempts, row.next_attempt, row.last_error) == (1, at(4), "503")
+    fields = {"attempts": attempts} if attempts else {}
+    store.finish_messages([("k1", status, {**fields, "next_attempt": at(4), "last_error": error})])
+    assert list(store.outbox([not_listed])) == []
+    (row,) = store.outbox([status])
+    assert (row.attempts, row.next_attempt, row.last_error) == (attempts, at(4), error)
     assert store.next_message_due() == at(4)
     assert store.claim_due_messages(at(3)) == []
     (again,) = store.claim_due_messages(at(4))
-    assert again.message.key == "k1" and again.attempts == 1 and again.status == "inflight"
-
-
-def test_message_put_off_is_queued_until_its_time(store: Store) -> None:
-    """Put off for a channel's rate limit (nothing tried): queued again, not failed,
-    with why it waits, and due at that time."""
-    store.apply(Decision(messages=[message("k1", at(1))]))
-    store.claim_due_messages(at(1))
-    store.finish_messages([("k1", "queued", {"next_attempt": at(4), "last_error": "waiting for the rate limit, 3s"})])
-    assert list(store.outbox(["failed"])) == []
-    (row,) = store.outbox(["queued"])
-    assert (row.attempts, row.next_attempt, row.last_error) == (0, at(4), "waiting for the rate limit, 3s")
-    assert store.next_message_due() == at(4)
-    assert store.claim_due_messages(at(3)) == []
-    (again,) = store.claim_due_messages(at(4))
-    assert again.message.key == "k1" and again.attempts == 0 and again.status == "inflight"
+    assert again.message.key == "k1" and again.attempts == attempts and again.status == "inflight"
 
 
 def test_sent_message_records_a_delivery(store: Store) -> None:
